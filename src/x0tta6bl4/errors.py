@@ -1,0 +1,130 @@
+"""Typed exceptions for every layer.
+
+Each decoder and verifier raises one of these, never a bare ``ValueError`` or
+``struct.error``, so callers can drop and count bad input by kind.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class X0tError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+# --- crypto -----------------------------------------------------------------
+
+
+class CryptoUnavailable(X0tError):
+    """The post-quantum primitives this program depends on are missing."""
+
+
+class CryptoError(X0tError):
+    """A cryptographic operation failed."""
+
+
+class InvalidKey(CryptoError):
+    """Key material has the wrong length, type or value."""
+
+
+class DecryptError(CryptoError):
+    """AEAD authentication failed: the ciphertext, tag or associated data was altered."""
+
+
+class BadSignature(CryptoError):
+    """A signature did not verify."""
+
+
+# --- wire decoding ------------------------------------------------------------
+
+
+class DecodeError(X0tError):
+    """Bytes that do not decode into the expected structure."""
+
+
+class Truncated(DecodeError):
+    """Fewer bytes than a length field or fixed layout requires."""
+
+
+class BadLength(DecodeError):
+    """A length field is out of its allowed range, or trailing bytes remain."""
+
+
+class BadVersion(DecodeError):
+    """The protocol version byte is not one we speak."""
+
+
+class UnknownType(DecodeError):
+    """The message type byte is not one we know."""
+
+
+# --- identity -----------------------------------------------------------------
+
+
+class IdentityError(X0tError):
+    """Certificate authority or certificate handling failed."""
+
+
+class RejectReason(enum.StrEnum):
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    UNKNOWN_CA = "unknown_ca"
+    BAD_SIGNATURE = "bad_signature"
+    REVOKED = "revoked"
+    WRONG_TRUST_DOMAIN = "wrong_trust_domain"
+    NOT_SVID = "not_svid"
+    MALFORMED = "malformed"
+
+
+class CertificateRejected(IdentityError):
+    """A certificate failed verification; ``reason`` says which check."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RevocationListError(IdentityError):
+    """A revocation list is malformed, unsigned, or older than the one we hold."""
+
+
+# --- protocol -----------------------------------------------------------------
+
+
+class ProtocolError(X0tError):
+    """A protocol message was well formed but not acceptable now."""
+
+
+class HandshakeError(ProtocolError):
+    """A handshake message failed authentication or did not fit the state."""
+
+
+class ReplayError(ProtocolError):
+    """A message was seen before, or is older than the replay window."""
+
+
+class SessionExpired(ProtocolError):
+    """The session's keys are past their reject time."""
+
+
+class NoSession(ProtocolError):
+    """There is no established session to send on (yet)."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A payload does not fit the path MTU; it was refused, not truncated."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload of {size} bytes exceeds the path limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class NoRoute(ProtocolError):
+    """No route to the destination node."""
+
+
+class PolicyDenied(X0tError):
+    """The access policy denies this flow."""
