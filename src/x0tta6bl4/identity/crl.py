@@ -1,0 +1,228 @@
+"""Revocation list: an X.509 CRL signed by the mesh CA with ML-DSA-65.
+
+The CRLNumber extension is the list's version. Versions only go up: a holder refuses a
+list older than the one it has (``accept_newer``), so an attacker replaying an old list
+cannot un-revoke a certificate. ``nextUpdate`` is set but informational: nodes keep
+using the newest list they have while the control plane is unreachable.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mldsa
+from cryptography.x509.oid import SignatureAlgorithmOID
+
+from x0tta6bl4.crypto.sign import SigningKey
+from x0tta6bl4.errors import RevocationListError
+from x0tta6bl4.identity.bundle import TrustBundle
+from x0tta6bl4.identity.cert import to_datetime
+
+CRL_NEXT_UPDATE = datetime.timedelta(days=7)
+# 100,000 entries is about 4 MB; a mesh revoking more than that needs a new CA anyway.
+MAX_CRL_SIZE = 8 * 1024 * 1024
+MAX_SERIAL = (1 << 159) - 1  # RFC 5280: at most 20 octets, positive
+
+# Reasons an operator may give. certificateHold and removeFromCRL are left out: we have no
+# "un-revoke"; a revocation is final.
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key-compromise": x509.ReasonFlags.key_compromise,
+    "ca-compromise": x509.ReasonFlags.ca_compromise,
+    "affiliation-changed": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
+    "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+
+_PARSE_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedEntry:
+    serial: int
+    revoked_at: float  # POSIX seconds
+    reason: x509.ReasonFlags
+
+
+def check_serial(serial: int) -> int:
+    if isinstance(serial, bool) or not isinstance(serial, int) or not 0 < serial <= MAX_SERIAL:
+        raise RevocationListError(f"serial must be a positive integer below 2**159, got {serial!r}")
+    return serial
+
+
+class RevocationList:
+    __slots__ = ("_by_serial", "_crl", "_der", "_version")
+
+    def __init__(self, crl: x509.CertificateRevocationList) -> None:
+        """Wrap an already signature-checked CRL; use ``from_der``/``from_pem`` for input."""
+        try:
+            exts = crl.extensions
+            version = exts.get_extension_for_class(x509.CRLNumber).value.crl_number
+            by_serial: dict[int, RevokedEntry] = {}
+            for rc in crl:
+                try:
+                    reason = rc.extensions.get_extension_for_class(x509.CRLReason).value.reason
+                except x509.ExtensionNotFound:
+                    reason = x509.ReasonFlags.unspecified
+                if rc.serial_number in by_serial:
+                    raise RevocationListError(f"serial {rc.serial_number:#x} listed twice")
+                by_serial[rc.serial_number] = RevokedEntry(
+                    rc.serial_number, rc.revocation_date_utc.timestamp(), reason
+                )
+        except x509.ExtensionNotFound:
+            raise RevocationListError("revocation list has no CRLNumber (version)") from None
+        except _PARSE_ERRORS as exc:
+            raise RevocationListError(f"unparsable revocation list: {exc}") from None
+        if version < 1:
+            raise RevocationListError(f"revocation list version must be >= 1, got {version}")
+        self._crl = crl
+        self._der = crl.public_bytes(serialization.Encoding.DER)
+        self._version = version
+        self._by_serial = by_serial
+
+    @classmethod
+    def build(
+        cls,
+        ca_key: SigningKey,
+        ca_cert: x509.Certificate,
+        version: int,
+        entries: Iterable[RevokedEntry],
+        now: float,
+    ) -> RevocationList:
+        """Sign a new list (the CA's job; nodes only ever load lists)."""
+        issued = to_datetime(now)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(issued)
+            .next_update(issued + CRL_NEXT_UPDATE)
+            .add_extension(x509.CRLNumber(version), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    ca_key.public_key().cryptography_key
+                ),
+                critical=False,
+            )
+        )
+        for e in sorted(entries, key=lambda e: e.serial):
+            rb = x509.RevokedCertificateBuilder().serial_number(e.serial)
+            rb = rb.revocation_date(to_datetime(e.revoked_at))
+            # RFC 5280 5.3.1: omit the reason rather than say "unspecified".
+            if e.reason is not x509.ReasonFlags.unspecified:
+                rb = rb.add_extension(x509.CRLReason(e.reason), critical=False)
+            builder = builder.add_revoked_certificate(rb.build())
+        return cls(builder.sign(ca_key.cryptography_key, None))
+
+    @classmethod
+    def from_der(cls, data: bytes, trusted: TrustBundle | x509.Certificate) -> RevocationList:
+        """Parse and check the CA signature; raises RevocationListError on anything wrong."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise RevocationListError("revocation list must be bytes")
+        if len(data) > MAX_CRL_SIZE:
+            raise RevocationListError(f"revocation list larger than {MAX_CRL_SIZE} bytes")
+        try:
+            crl = x509.load_der_x509_crl(bytes(data))
+        except ValueError as exc:
+            raise RevocationListError(f"not a DER revocation list: {exc}") from None
+        return cls._checked(crl, trusted)
+
+    @classmethod
+    def from_pem(cls, data: bytes, trusted: TrustBundle | x509.Certificate) -> RevocationList:
+        if len(data) > 2 * MAX_CRL_SIZE:
+            raise RevocationListError(f"revocation list larger than {2 * MAX_CRL_SIZE} bytes")
+        try:
+            crl = x509.load_pem_x509_crl(data)
+        except ValueError as exc:
+            raise RevocationListError(f"not a PEM revocation list: {exc}") from None
+        return cls._checked(crl, trusted)
+
+    @classmethod
+    def _checked(
+        cls, crl: x509.CertificateRevocationList, trusted: TrustBundle | x509.Certificate
+    ) -> RevocationList:
+        cas = trusted.issuers_for(crl.issuer) if isinstance(trusted, TrustBundle) else (trusted,)
+        cas = tuple(ca for ca in cas if ca.subject == crl.issuer)
+        if not cas:
+            raise RevocationListError("revocation list is not from a trusted CA")
+        if crl.signature_algorithm_oid != SignatureAlgorithmOID.ML_DSA_65:
+            raise RevocationListError("revocation list is not signed with ML-DSA-65")
+        for ca in cas:
+            try:
+                key = ca.public_key()
+                if isinstance(key, mldsa.MLDSA65PublicKey) and crl.is_signature_valid(key):
+                    return cls(crl)
+            except _PARSE_ERRORS:
+                continue
+        raise RevocationListError("revocation list signature does not verify")
+
+    # --- contents ---
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def entries(self) -> tuple[RevokedEntry, ...]:
+        return tuple(self._by_serial[s] for s in sorted(self._by_serial))
+
+    @property
+    def issued_at(self) -> float:
+        return self._crl.last_update_utc.timestamp()
+
+    @property
+    def next_update(self) -> float | None:
+        nu = self._crl.next_update_utc
+        return None if nu is None else nu.timestamp()
+
+    @property
+    def issuer(self) -> x509.Name:
+        return self._crl.issuer
+
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self._by_serial
+
+    def entry(self, serial: int) -> RevokedEntry | None:
+        return self._by_serial.get(serial)
+
+    def newer_than(self, other: RevocationList | None) -> bool:
+        return other is None or self._version > other._version
+
+    def to_der(self) -> bytes:
+        return self._der
+
+    def to_pem(self) -> bytes:
+        return self._crl.public_bytes(serialization.Encoding.PEM)
+
+    def __len__(self) -> int:
+        return len(self._by_serial)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RevocationList) and other._der == self._der
+
+    def __hash__(self) -> int:
+        return hash(self._der)
+
+    def __repr__(self) -> str:
+        return f"RevocationList(version={self._version}, {len(self._by_serial)} revoked)"
+
+
+def accept_newer(held: RevocationList | None, candidate: RevocationList) -> RevocationList:
+    """The list to keep after receiving ``candidate``: it must not be older than ``held``.
+
+    The same version twice is fine only if it is the same list; two different lists with
+    one version number mean the CA (or its key) misbehaved, and that is refused loudly.
+    """
+    if held is None or candidate.newer_than(held):
+        return candidate
+    if candidate.version == held.version and candidate == held:
+        return held
+    if candidate.version == held.version:
+        raise RevocationListError(f"two different revocation lists claim version {held.version}")
+    raise RevocationListError(
+        f"revocation list version {candidate.version} is older than the held {held.version}"
+    )

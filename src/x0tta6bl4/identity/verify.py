@@ -1,0 +1,200 @@
+"""The one place a node certificate is verified.
+
+Checks run in this order; the first failure raises ``CertificateRejected(reason, detail)``:
+
+1. MALFORMED           not DER, too large, unparsable extensions or extension contents
+2. NOT_SVID            not our X.509-SVID leaf profile (see ``identity.cert``)
+3. WRONG_TRUST_DOMAIN  the SPIFFE ID's trust domain is not the bundle's
+4. UNKNOWN_CA          no CA in the bundle has the certificate's issuer name
+5. BAD_SIGNATURE       a CA has that name, but none of their keys signed it
+6. NOT_YET_VALID / EXPIRED  at ``now``, for the certificate and for the CA that signed it
+7. REVOKED             the serial is on the revocation list
+
+Steps 1-5 depend only on the bytes and the bundle, so ``make_verifier`` caches their result
+by certificate fingerprint; steps 6-7 depend on ``now`` and the current list and are
+re-run on every call, cached or not.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from x0tta6bl4.crypto.kdf import sha256
+from x0tta6bl4.errors import CertificateRejected, RejectReason
+from x0tta6bl4.identity.bundle import TrustBundle
+from x0tta6bl4.identity.cert import NodeCertificate, format_time
+from x0tta6bl4.identity.crl import RevocationList
+from x0tta6bl4.identity.types import VerifiedIdentity
+
+DEFAULT_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Authenticated:
+    """What steps 1-5 established; safe to reuse for the same bytes and bundle."""
+
+    identity: VerifiedIdentity
+    ca_not_before: float
+    ca_not_after: float
+
+
+def _authenticate(cert_der: bytes, bundle: TrustBundle) -> _Authenticated:
+    cert = NodeCertificate.from_der(cert_der)
+    if cert.trust_domain != bundle.trust_domain:
+        raise CertificateRejected(
+            RejectReason.WRONG_TRUST_DOMAIN,
+            f"{cert.spiffe_id} is not in trust domain {bundle.trust_domain!r}",
+        )
+    cas = bundle.issuers_for(cert.issuer)
+    if not cas:
+        raise CertificateRejected(
+            RejectReason.UNKNOWN_CA, f"issuer {cert.issuer.rfc4514_string()!r} is not trusted"
+        )
+    signer = _signer(cert.certificate, cas)
+    if signer is None:
+        raise CertificateRejected(
+            RejectReason.BAD_SIGNATURE,
+            f"not signed by the trusted CA named {cert.issuer.rfc4514_string()!r}",
+        )
+    identity = VerifiedIdentity(
+        spiffe_id=cert.spiffe_id,
+        trust_domain=cert.trust_domain,
+        name=cert.name,
+        tags=cert.tags,
+        static_key=cert.static_key,
+        signing_key=cert.signing_key,
+        serial=cert.serial,
+        fingerprint=cert.fingerprint,
+        not_before=cert.not_before,
+        not_after=cert.not_after,
+    )
+    return _Authenticated(
+        identity,
+        signer.not_valid_before_utc.timestamp(),
+        signer.not_valid_after_utc.timestamp(),
+    )
+
+
+def _signer(cert: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
+    # Several CAs may share a name during key rotation: any one of them may have signed.
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError):
+            # ValueError/TypeError: name or signature-algorithm mismatch; a wrong signer.
+            continue
+        return ca
+    return None
+
+
+def _check_current(
+    auth: _Authenticated, crl: RevocationList | None, now: float
+) -> VerifiedIdentity:
+    ident = auth.identity
+    if now < ident.not_before:
+        raise CertificateRejected(
+            RejectReason.NOT_YET_VALID, f"valid from {format_time(ident.not_before)}"
+        )
+    if now > ident.not_after:
+        raise CertificateRejected(RejectReason.EXPIRED, f"expired {format_time(ident.not_after)}")
+    if now < auth.ca_not_before:
+        raise CertificateRejected(
+            RejectReason.NOT_YET_VALID,
+            f"issuing CA valid from {format_time(auth.ca_not_before)}",
+        )
+    if now > auth.ca_not_after:
+        raise CertificateRejected(
+            RejectReason.EXPIRED, f"issuing CA expired {format_time(auth.ca_not_after)}"
+        )
+    if crl is not None and crl.is_revoked(ident.serial):
+        raise CertificateRejected(
+            RejectReason.REVOKED,
+            f"serial {ident.serial:#x} revoked (revocation list version {crl.version})",
+        )
+    return ident
+
+
+def verify_node_certificate(
+    cert_der: bytes, bundle: TrustBundle, crl: RevocationList | None, now: float
+) -> VerifiedIdentity:
+    """Verify a node certificate at wall-clock time ``now`` (POSIX seconds).
+
+    ``crl=None`` means no revocation information (nothing is treated as revoked).
+    """
+    return _check_current(_authenticate(cert_der, bundle), crl, now)
+
+
+class CachedVerifier:
+    """A ``CertVerifier`` bound to one bundle, caching signature checks by fingerprint.
+
+    A repeat of the same DER skips parsing and the ML-DSA signature check but still checks
+    validity at ``now`` and the list returned by ``crl_getter`` at that moment. Only
+    successes are cached; the cache is a bounded LRU.
+    """
+
+    __slots__ = ("_bundle", "_cache", "_crl_getter", "_lock", "_size", "hits", "misses")
+
+    def __init__(
+        self,
+        bundle: TrustBundle,
+        crl_getter: Callable[[], RevocationList | None],
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self._bundle = bundle
+        self._crl_getter = crl_getter
+        self._size = max(0, cache_size)
+        self._cache: OrderedDict[bytes, _Authenticated] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def bundle(self) -> TrustBundle:
+        return self._bundle
+
+    def __call__(self, cert_der: bytes, now: float) -> VerifiedIdentity:
+        if not isinstance(cert_der, bytes):
+            # Let the full path produce the typed MALFORMED error.
+            return verify_node_certificate(cert_der, self._bundle, self._crl_getter(), now)
+        key = sha256(cert_der)
+        with self._lock:
+            auth = self._cache.get(key)
+            if auth is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+        if auth is None:
+            auth = _authenticate(cert_der, self._bundle)
+            with self._lock:
+                self.misses += 1
+                if self._size:
+                    self._cache[key] = auth
+                    while len(self._cache) > self._size:
+                        self._cache.popitem(last=False)
+        return _check_current(auth, self._crl_getter(), now)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def make_verifier(
+    bundle: TrustBundle,
+    crl_getter: Callable[[], RevocationList | None],
+    *,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+) -> CachedVerifier:
+    """A ``CertVerifier`` (``(cert_der, now) -> VerifiedIdentity``) for the handshake.
+
+    ``crl_getter`` is called on every verification, so a newly accepted revocation list
+    takes effect at once, even for cached certificates.
+    """
+    return CachedVerifier(bundle, crl_getter, cache_size)
