@@ -81,7 +81,14 @@ _KNOWN_EXTENSIONS = {
 }
 
 # Exceptions `cryptography` raises on bad certificate contents.
-_PARSE_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+# (Several fields are decoded lazily, on first access, so any access can raise these.)
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,
+)
 
 
 def _malformed(detail: str) -> CertificateRejected:
@@ -216,7 +223,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
             raise _malformed(f"PEM larger than {MAX_CERT_PEM_SIZE} bytes")
         try:
             certs = x509.load_pem_x509_certificates(data)
-        except ValueError as exc:
+        except _PARSE_ERRORS as exc:
             raise _malformed(f"not a PEM certificate: {exc}") from None
         if len(certs) != 1:
             raise _malformed(f"expected one PEM certificate, found {len(certs)}")
@@ -225,7 +232,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
         raise _malformed(f"DER larger than {MAX_CERT_DER_SIZE} bytes")
     try:
         return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except _PARSE_ERRORS as exc:
         raise _malformed(f"not a DER certificate: {exc}") from None
 
 
@@ -258,6 +265,7 @@ class NodeCertificate:
         "_cert",
         "_der",
         "_fingerprint",
+        "_issuer",
         "_name",
         "_not_after",
         "_not_before",
@@ -272,7 +280,21 @@ class NodeCertificate:
         self._cert = cert
         self._der = cert.public_bytes(serialization.Encoding.DER)
         self._fingerprint = sha256(self._der)
-        if cert.version is not x509.Version.v3:
+        try:
+            # Touch every lazily decoded field now, so later access cannot raise.
+            version = cert.version
+            self._issuer = cert.issuer
+            _ = cert.subject
+            serial = cert.serial_number
+            self._not_before = cert.not_valid_before_utc.timestamp()
+            self._not_after = cert.not_valid_after_utc.timestamp()
+            _ = cert.signature_algorithm_oid
+            key_oid = cert.public_key_algorithm_oid
+        except _PARSE_ERRORS as exc:
+            raise _malformed(f"unparsable certificate field: {exc}") from None
+        if serial <= 0:
+            raise _malformed("serial number is not positive")
+        if version is not x509.Version.v3:
             raise _not_svid("not an X.509 v3 certificate")
         exts = certificate_extensions(cert)
 
@@ -292,7 +314,7 @@ class NodeCertificate:
 
         _check_leaf_constraints(exts)
 
-        if cert.public_key_algorithm_oid != PublicKeyAlgorithmOID.ML_DSA_65:
+        if key_oid != PublicKeyAlgorithmOID.ML_DSA_65:
             raise _not_svid("subject key is not ML-DSA-65")
         try:
             pub = cert.public_key()
@@ -319,9 +341,6 @@ class NodeCertificate:
                 raise _malformed("tags extension has an unexpected type")
             self._tags = decode_tags(tags_ext.value)
 
-        self._not_before = cert.not_valid_before_utc.timestamp()
-        self._not_after = cert.not_valid_after_utc.timestamp()
-
     @classmethod
     def from_der(cls, data: bytes) -> NodeCertificate:
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -331,7 +350,7 @@ class NodeCertificate:
             raise _malformed(f"DER larger than {MAX_CERT_DER_SIZE} bytes")
         try:
             cert = x509.load_der_x509_certificate(data)
-        except ValueError as exc:
+        except _PARSE_ERRORS as exc:
             raise _malformed(f"not a DER certificate: {exc}") from None
         return cls(cert)
 
@@ -390,7 +409,7 @@ class NodeCertificate:
 
     @property
     def issuer(self) -> x509.Name:
-        return self._cert.issuer
+        return self._issuer
 
     @property
     def not_before(self) -> float:

@@ -39,7 +39,14 @@ REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
     "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
 
-_PARSE_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+# Fields decode lazily, so any first access can raise one of these.
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +63,14 @@ def check_serial(serial: int) -> int:
 
 
 class RevocationList:
-    __slots__ = ("_by_serial", "_crl", "_der", "_version")
+    __slots__ = ("_by_serial", "_crl", "_der", "_issued_at", "_issuer", "_next_update", "_version")
 
     def __init__(self, crl: x509.CertificateRevocationList) -> None:
         """Wrap an already signature-checked CRL; use ``from_der``/``from_pem`` for input."""
         try:
+            issuer = crl.issuer
+            issued_at = crl.last_update_utc.timestamp()
+            nu = crl.next_update_utc
             exts = crl.extensions
             version = exts.get_extension_for_class(x509.CRLNumber).value.crl_number
             by_serial: dict[int, RevokedEntry] = {}
@@ -82,6 +92,9 @@ class RevocationList:
             raise RevocationListError(f"revocation list version must be >= 1, got {version}")
         self._crl = crl
         self._der = crl.public_bytes(serialization.Encoding.DER)
+        self._issuer = issuer
+        self._issued_at = issued_at
+        self._next_update = None if nu is None else nu.timestamp()
         self._version = version
         self._by_serial = by_serial
 
@@ -127,7 +140,7 @@ class RevocationList:
             raise RevocationListError(f"revocation list larger than {MAX_CRL_SIZE} bytes")
         try:
             crl = x509.load_der_x509_crl(bytes(data))
-        except ValueError as exc:
+        except _PARSE_ERRORS as exc:
             raise RevocationListError(f"not a DER revocation list: {exc}") from None
         return cls._checked(crl, trusted)
 
@@ -137,7 +150,7 @@ class RevocationList:
             raise RevocationListError(f"revocation list larger than {2 * MAX_CRL_SIZE} bytes")
         try:
             crl = x509.load_pem_x509_crl(data)
-        except ValueError as exc:
+        except _PARSE_ERRORS as exc:
             raise RevocationListError(f"not a PEM revocation list: {exc}") from None
         return cls._checked(crl, trusted)
 
@@ -145,11 +158,16 @@ class RevocationList:
     def _checked(
         cls, crl: x509.CertificateRevocationList, trusted: TrustBundle | x509.Certificate
     ) -> RevocationList:
-        cas = trusted.issuers_for(crl.issuer) if isinstance(trusted, TrustBundle) else (trusted,)
-        cas = tuple(ca for ca in cas if ca.subject == crl.issuer)
+        try:
+            issuer = crl.issuer
+            algorithm = crl.signature_algorithm_oid
+        except _PARSE_ERRORS as exc:
+            raise RevocationListError(f"unparsable revocation list: {exc}") from None
+        cas = trusted.issuers_for(issuer) if isinstance(trusted, TrustBundle) else (trusted,)
+        cas = tuple(ca for ca in cas if ca.subject == issuer)
         if not cas:
             raise RevocationListError("revocation list is not from a trusted CA")
-        if crl.signature_algorithm_oid != SignatureAlgorithmOID.ML_DSA_65:
+        if algorithm != SignatureAlgorithmOID.ML_DSA_65:
             raise RevocationListError("revocation list is not signed with ML-DSA-65")
         for ca in cas:
             try:
@@ -172,16 +190,15 @@ class RevocationList:
 
     @property
     def issued_at(self) -> float:
-        return self._crl.last_update_utc.timestamp()
+        return self._issued_at
 
     @property
     def next_update(self) -> float | None:
-        nu = self._crl.next_update_utc
-        return None if nu is None else nu.timestamp()
+        return self._next_update
 
     @property
     def issuer(self) -> x509.Name:
-        return self._crl.issuer
+        return self._issuer
 
     def is_revoked(self, serial: int) -> bool:
         return serial in self._by_serial
