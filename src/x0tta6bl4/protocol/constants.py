@@ -1,0 +1,89 @@
+"""Every timer and limit of the secure channel, by name.
+
+Times are seconds (monotonic unless said otherwise), sizes are bytes. The values
+follow WireGuard where the two protocols meet (rekey, reject and cookie timers) and are
+tuned for a self-healing mesh elsewhere (fast handshake retries, fragment limits).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from x0tta6bl4.crypto import hybrid
+
+# --- wire -----------------------------------------------------------------------
+
+PROTOCOL_VERSION: Final = 1
+PROTOCOL_LABEL: Final = b"x0tta6bl4 pqIK hybrid-KEM v1"  # seeds the chaining key and transcript
+
+MSG_INIT: Final = 1
+MSG_RESP: Final = 2
+MSG_COOKIE: Final = 3
+MSG_DATA: Final = 4
+MSG_CERT_REQUEST: Final = 5
+MSG_CERT: Final = 6
+MSG_FRAGMENT: Final = 7
+
+HEADER_SIZE: Final = 4  # version u8 | type u8 | reserved u16
+INDEX_SIZE: Final = 4
+MAC_SIZE: Final = 16
+AEAD_TAG_SIZE: Final = 16
+FINGERPRINT_SIZE: Final = 32  # SHA-256 of a certificate's DER
+TIMESTAMP_SIZE: Final = 12  # seconds u64 | nanoseconds u32, big-endian
+COOKIE_SIZE: Final = 16
+COOKIE_NONCE_SIZE: Final = 12
+EPHEMERAL_SIZE: Final = hybrid.PUBLIC_KEY_SIZE  # 1216
+KEM_CIPHERTEXT_SIZE: Final = hybrid.CIPHERTEXT_SIZE  # 1120
+
+DATA_HEADER_SIZE: Final = HEADER_SIZE + INDEX_SIZE + 8  # ... | receiver u32 | counter u64
+DATA_OVERHEAD: Final = DATA_HEADER_SIZE + AEAD_TAG_SIZE  # 32
+
+FRAGMENT_HEADER_SIZE: Final = HEADER_SIZE + 4 + 1 + 1 + 2  # id u32 | index | count | total u16
+
+CERT_REQUEST_SIZE: Final = 128  # fixed, zero padded: at least as large as a COOKIE reply
+MAX_CERT_SIZE: Final = 16384  # an ML-DSA-65 signed SVID is about 7 KB
+
+DEFAULT_MAX_DATAGRAM: Final = 1280  # the IPv6 minimum MTU: never fragmented by IP
+MIN_DATAGRAM: Final = 576
+
+# --- fragmentation --------------------------------------------------------------
+
+MAX_MESSAGE_SIZE: Final = 32768  # largest message a reassembly may produce
+MAX_FRAGMENTS: Final = 64  # MIN_DATAGRAM chunks * 64 > MAX_MESSAGE_SIZE
+MAX_REASSEMBLIES_PER_SOURCE: Final = 4
+MAX_REASSEMBLIES_TOTAL: Final = 64  # so at most 64 * 32 KiB = 2 MiB buffered
+REASSEMBLY_TIMEOUT: Final = 5.0
+
+# --- sessions (WireGuard's values) ------------------------------------------------
+
+REKEY_AFTER_TIME: Final = 120.0  # a sender starts a new handshake past this session age
+RESPONDER_REKEY_DELAY: Final = 10.0  # the session's responder waits this much longer
+REJECT_AFTER_TIME: Final = 180.0  # no packet is sent or accepted on an older session
+REKEY_ON_RECEIVE_AFTER: Final = REJECT_AFTER_TIME - 15.0  # receiver-side rekey (initiator)
+REKEY_AFTER_MESSAGES: Final = 2**60
+REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1
+REPLAY_WINDOW: Final = 4096  # packets; a Python int bitmap
+MAX_UNCONFIRMED_PER_PEER: Final = 4  # responder sessions awaiting their first packet
+CONFIRM_GRACE: Final = 1.0  # a responder with queued data waits this long, then initiates
+
+# --- handshake ------------------------------------------------------------------
+
+HANDSHAKE_RETRY_BASE: Final = 0.25
+HANDSHAKE_RETRY_FACTOR: Final = 2.0
+HANDSHAKE_RETRY_CAP: Final = 1.0  # a healed link reconnects within about a second
+HANDSHAKE_RETRY_JITTER: Final = 0.2  # each delay is stretched by up to 20 %
+REKEY_ATTEMPT_TIME: Final = 30.0  # give up (and report) after trying this long
+MAX_TIMESTAMP_ENTRIES: Final = 16384  # initiators whose last accepted timestamp we keep
+MAX_CERT_CACHE: Final = 1024  # verified certificates cached by fingerprint
+
+# --- cookies and load -------------------------------------------------------------
+
+COOKIE_SECRET_LIFETIME: Final = 120.0  # the responder's cookie secret rotates this often
+COOKIE_VALIDITY: Final = 120.0  # how long an initiator uses a cookie it received
+UNDER_LOAD_THRESHOLD: Final = 100.0  # handshakes/s above which mac2 is required
+MAX_COOKIE_JAR: Final = 1024
+
+# --- peers and queues -------------------------------------------------------------
+
+MAX_QUEUED_PER_PEER: Final = 64  # payloads waiting for a session (drop-oldest)
+MAX_PEERS: Final = 65536
