@@ -1,0 +1,256 @@
+"""Analyse: which fault conditions hold now, and the incident lifecycle.
+
+:func:`analyse` turns a :class:`~x0tta6bl4.healing.monitor.Snapshot` into level
+:class:`~x0tta6bl4.healing.events.Finding`s (a condition that holds in this observation).
+:func:`track_incidents` opens an incident on a condition's rising edge, and closes it
+when its repair condition is *measured* in a later observation, when a broader incident
+supersedes it, or when it times out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from x0tta6bl4.healing.events import FaultKind, Finding, HealingEvent, IncidentKey, Outcome
+from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge
+from x0tta6bl4.healing.monitor import LinkFeatures, Snapshot
+
+
+def _first_since(stamps: deque[float], since: float) -> float | None:
+    """The earliest timestamp at or after ``since`` (stamps are in time order)."""
+    first = None
+    for t in reversed(stamps):
+        if t < since:
+            break
+        first = t
+    return first
+
+
+def _flapping(snap: Snapshot, knowledge: Knowledge) -> dict[str, Finding]:
+    config = knowledge.config
+    since = snap.now - config.flap_window
+    found: dict[str, Finding] = {}
+    for peer, lf in snap.links.items():
+        if lf.alive_transitions >= config.link_flap_threshold:
+            lk = knowledge.links[peer]
+            found[peer] = Finding(
+                FaultKind.FLAPPING_LINK,
+                peer,
+                severity=lf.alive_transitions / config.link_flap_threshold,
+                fault_started_at=_first_since(lk.alive_changes, since),
+            )
+    for dst, flap in snap.route_flaps.items():
+        if flap.changes < config.route_flap_threshold:
+            continue
+        # Blame the next hop whose own link is the unstable one (alive transitions and
+        # cost changes); a route flapping for reasons far away has no local culprit, and
+        # damping a healthy local link would not help it.
+        best: tuple[int, str] | None = None
+        for hop in flap.hops:
+            hop_link = snap.links.get(hop)
+            if hop_link is None:
+                continue
+            score = hop_link.alive_transitions + hop_link.cost_changes
+            if score > 0 and (best is None or (score, hop) > best):
+                best = (score, hop)
+        if best is None:
+            continue
+        culprit = best[1]
+        severity = flap.changes / config.route_flap_threshold
+        prev = found.get(culprit)
+        if prev is None or prev.severity < severity:
+            rk = knowledge.routes[dst]
+            started = next((t for t, *_ in rk.changes if t >= since), None)
+            found[culprit] = Finding(
+                FaultKind.FLAPPING_LINK, culprit, severity=severity, fault_started_at=started
+            )
+    return found
+
+
+def _dead(lf: LinkFeatures) -> bool:
+    return lf.ever_alive and not lf.alive
+
+
+def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
+    """The fault conditions that hold in this snapshot, in a deterministic order."""
+    config = knowledge.config
+    active = knowledge.active
+    now = snap.now
+    # When our own event loop runs late, silence and RTT growth may be ours, not the
+    # neighbour's: no new dead/degraded blame then (conditions already raised persist).
+    blame = snap.loop_lag is None or snap.loop_lag <= config.max_loop_lag
+    findings: list[Finding] = []
+
+    for peer, lf in snap.links.items():
+        lk = knowledge.links[peer]
+        dead_key = (FaultKind.DEAD_NEIGHBOUR, peer)
+        if _dead(lf) and (blame or dead_key in active):
+            # The fault began when the neighbour fell silent, not when we noticed.
+            started = lf.last_heard if lf.last_heard is not None else lk.last_alive_at
+            findings.append(
+                Finding(
+                    FaultKind.DEAD_NEIGHBOUR,
+                    peer,
+                    fault_started_at=started,
+                    destinations=lk.reachable_when_alive - {peer},
+                )
+            )
+        elif lf.handshake_failures >= config.handshake_fail_threshold:
+            # Not while the peer is dead: failing reconnects are part of that incident.
+            findings.append(
+                Finding(
+                    FaultKind.HANDSHAKE_FAILING,
+                    peer,
+                    severity=lf.handshake_failures / config.handshake_fail_threshold,
+                )
+            )
+        if lf.present and lf.alive:
+            degraded_key = (FaultKind.DEGRADED_LINK, peer)
+            entering = blame and lf.pressure >= 1.0
+            staying = degraded_key in active and lf.pressure >= config.recover_ratio
+            if entering or staying:
+                findings.append(
+                    Finding(
+                        FaultKind.DEGRADED_LINK,
+                        peer,
+                        severity=lf.pressure,
+                        fault_started_at=lf.degrading_since,
+                    )
+                )
+
+    findings.extend(sorted(_flapping(snap, knowledge).values(), key=lambda f: f.subject))
+
+    lost: dict[str, float] = {}
+    for dst, since in snap.unreachable_since.items():
+        if now - since < config.partition_grace:
+            continue  # routing may still be converging
+        neighbour = snap.links.get(dst)
+        if neighbour is not None and _dead(neighbour):
+            continue  # a dead neighbour is its own incident
+        lost[dst] = since
+    if lost:
+        findings.append(
+            Finding(
+                FaultKind.PARTITION,
+                snap.name,
+                severity=float(len(lost)),
+                fault_started_at=min(lost.values()),
+                destinations=frozenset(lost),
+            )
+        )
+
+    remaining = snap.cert_not_after - snap.wall_now
+    window = config.cert_renew_fraction * snap.cert_validity if snap.cert_validity else 0.0
+    if remaining <= window:
+        # The threshold crossing in wall-clock time, moved onto the monotonic clock;
+        # not before we started watching, or mttd would count time we were not running.
+        started = now - (snap.wall_now - (snap.cert_not_after - window))
+        if knowledge.first_seen is not None:
+            started = max(started, knowledge.first_seen)
+        findings.append(
+            Finding(
+                FaultKind.CERT_NEAR_EXPIRY,
+                snap.name,
+                severity=2.0 - remaining / window if window > 0 else 2.0,
+                fault_started_at=started,
+            )
+        )
+    return findings
+
+
+# --- incidents --------------------------------------------------------------------------
+
+
+def _repaired(
+    incident: Incident,
+    snap: Snapshot,
+    current: dict[IncidentKey, Finding],
+    config: HealingConfig,
+) -> bool:
+    kind = incident.kind
+    if kind in (FaultKind.DEAD_NEIGHBOUR, FaultKind.PARTITION):
+        return incident.destinations <= snap.reachable
+    lf = snap.links.get(incident.subject)
+    if kind is FaultKind.DEGRADED_LINK:
+        # Recovered (hysteresis applied by analyse), or carrying no transit traffic.
+        return incident.key not in current or lf is None or lf.routes_via == 0
+    if kind is FaultKind.FLAPPING_LINK:
+        return all(
+            flap.changes < config.route_flap_threshold
+            for flap in snap.route_flaps.values()
+            if incident.subject in flap.hops
+        )
+    if kind is FaultKind.HANDSHAKE_FAILING:
+        return lf is not None and (lf.alive or lf.handshake_failures == 0)
+    return incident.key not in current  # certificate renewed
+
+
+def track_incidents(
+    snap: Snapshot, findings: list[Finding], knowledge: Knowledge
+) -> list[HealingEvent]:
+    """Update open incidents from this cycle's findings; return the ones that closed."""
+    config = knowledge.config
+    now = snap.now
+    current = {f.key: f for f in findings}
+    closed: list[HealingEvent] = []
+
+    for incident in list(knowledge.incidents.values()):
+        if incident.detected_seq >= snap.seq:
+            continue  # a repair must be seen in an observation after the detection
+        if incident.kind is FaultKind.DEGRADED_LINK and (
+            (FaultKind.DEAD_NEIGHBOUR, incident.subject) in current
+        ):
+            # Not "recovered": the link died, and that is now the dead neighbour's incident.
+            closed.append(knowledge.close(incident, Outcome.SUPERSEDED, now))
+            continue
+        if _repaired(incident, snap, current, config):
+            closed.append(knowledge.close(incident, Outcome.REPAIRED, now))
+            continue
+        timeout = (
+            config.renewal_timeout
+            if incident.kind is FaultKind.CERT_NEAR_EXPIRY
+            else config.incident_timeout
+        )
+        if now - incident.detected_at >= timeout:
+            closed.append(knowledge.close(incident, Outcome.FAILED, now))
+
+    for key, finding in current.items():
+        open_incident = knowledge.incidents.get(key)
+        if open_incident is not None:
+            open_incident.severity = finding.severity
+            if finding.kind is FaultKind.PARTITION:
+                open_incident.destinations |= finding.destinations
+            continue
+        previous = knowledge.active.get(key)
+        destinations = finding.destinations
+        if previous is not None:
+            # A condition that persists is the same fault (its incident may have closed
+            # already); only a partition that loses further destinations is a new one.
+            if finding.kind is not FaultKind.PARTITION:
+                continue
+            destinations = destinations - previous.destinations
+            if not destinations:
+                continue
+        knowledge.incidents[key] = Incident(
+            kind=finding.kind,
+            subject=finding.subject,
+            detected_at=now,
+            detected_seq=snap.seq,
+            fault_started_at=finding.fault_started_at,
+            severity=finding.severity,
+            destinations=destinations,
+        )
+
+    # A dead neighbour whose missing destinations are all part of a partition is that
+    # partition now: one fault, one incident, measured by the partition's repair.
+    partition = knowledge.incidents.get((FaultKind.PARTITION, snap.name))
+    if partition is not None:
+        for incident in list(knowledge.incidents.values()):
+            if incident.kind is not FaultKind.DEAD_NEIGHBOUR:
+                continue
+            missing = incident.destinations - snap.reachable
+            if missing and missing <= partition.destinations:
+                closed.append(knowledge.close(incident, Outcome.SUPERSEDED, now))
+
+    knowledge.active = current
+    return closed

@@ -1,0 +1,125 @@
+"""The healing layer's vocabulary: fault and action kinds, findings, planned actions,
+runtime samples and the :class:`HealingEvent` every finished incident becomes.
+
+Kinds are ``StrEnum``s so they serialise as plain strings in traces and metric labels.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FaultKind(enum.StrEnum):
+    DEAD_NEIGHBOUR = "dead_neighbour"
+    DEGRADED_LINK = "degraded_link"
+    FLAPPING_LINK = "flapping_link"
+    PARTITION = "partition"
+    CERT_NEAR_EXPIRY = "cert_near_expiry"
+    HANDSHAKE_FAILING = "handshake_failing"
+
+
+class ActionKind(enum.StrEnum):
+    REROUTE = "reroute"  # drop_neighbour
+    REHANDSHAKE = "rehandshake"  # reconnect
+    RAISE_COST = "raise_cost"  # set_link_penalty(factor > 1)
+    LIFT_COST = "lift_cost"  # set_link_penalty(1.0)
+    DAMP = "damp"  # damp_link
+    REQUEST_RENEWAL = "request_renewal"
+
+
+class Outcome(enum.StrEnum):
+    REPAIRED = "repaired"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+NO_ACTION = "wait"
+"""``HealingEvent.action`` of an incident closed without any action executed for it."""
+
+IncidentKey = tuple[FaultKind, str]
+"""``(kind, subject)``: at most one open incident per key."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealingEvent:
+    """One finished incident: what broke, what we did, and when it was measured repaired.
+
+    ``action`` is the executed action kinds joined by ``+`` in execution order
+    (e.g. ``reroute+rehandshake``), or ``wait``. ``repaired_at`` is set only when the
+    outcome is ``repaired``: a repair is a later observation in which the repair
+    condition held, never the moment an action was sent.
+    """
+
+    kind: str
+    subject: str
+    detected_at: float
+    action: str
+    repaired_at: float | None
+    outcome: str
+    fault_started_at: float | None = None
+
+    @property
+    def mttr(self) -> float | None:
+        """Time to repair, detection to measured repair; None unless repaired."""
+        if self.repaired_at is None:
+            return None
+        return self.repaired_at - self.detected_at
+
+    @property
+    def mttd(self) -> float | None:
+        """Time to detect, fault start to detection; None when the start is unknown."""
+        if self.fault_started_at is None:
+            return None
+        return max(0.0, self.detected_at - self.fault_started_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A fault condition that holds in the current observation (level, not edge).
+
+    ``severity`` is 1.0 at the detection threshold and grows with the fault.
+    ``destinations`` are the nodes that must be reachable again for a repair
+    (dead neighbour: reachable before it died; partition: the lost ones).
+    """
+
+    kind: FaultKind
+    subject: str
+    severity: float = 1.0
+    fault_started_at: float | None = None
+    destinations: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> IncidentKey:
+        return (self.kind, self.subject)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """One call the Execute phase should make on the node.
+
+    ``subject`` is the peer acted on (the node's own name for renewal); ``incidents``
+    are the open incidents the action is credited to. ``factor`` is for cost actions,
+    ``until`` for damping, ``retry_at`` is when the planner may repeat the action
+    (backoff), recorded only if the action is executed.
+    """
+
+    kind: ActionKind
+    subject: str
+    reason: FaultKind
+    incidents: tuple[IncidentKey, ...] = ()
+    factor: float | None = None
+    until: float | None = None
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """Facts about the node's own process that only the runtime can measure.
+
+    The runtime feeds them to :class:`~x0tta6bl4.healing.loop.HealingNode` as an input;
+    the simulator never does, so every field is optional.
+    """
+
+    loop_lag: float | None = None  # seconds the event loop ran late
+    memory_bytes: int | None = None  # resident set size

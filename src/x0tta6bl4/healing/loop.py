@@ -1,0 +1,182 @@
+"""The MAPE-K loop of one node, and the sans-IO core that runs it on a timer.
+
+:class:`HealingLoop` does Monitor, Analyse, Plan and Execute once per ``cycle(now)``.
+:class:`HealingNode` wraps a mesh node core: it forwards every input to it, runs the
+loop on its own timer key ``("mapek",)`` and adds an ``Event("healing", ...)`` action per
+finished :class:`~x0tta6bl4.healing.events.HealingEvent`, so simulator traces carry
+every repair with its times.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Final, Protocol
+
+from x0tta6bl4.healing.analyse import analyse, track_incidents
+from x0tta6bl4.healing.events import (
+    NO_ACTION,
+    ActionKind,
+    Finding,
+    HealingEvent,
+    Outcome,
+    RuntimeStats,
+)
+from x0tta6bl4.healing.execute import Executor
+from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge
+from x0tta6bl4.healing.monitor import Monitor, Snapshot
+from x0tta6bl4.healing.plan import plan
+from x0tta6bl4.protocol.events import Action, Event, Input, SetTimer, Timer
+from x0tta6bl4.protocol.observe import HealableNode
+
+PHASES: Final = ("monitor", "analyse", "plan", "execute")
+TIMER_KEY: Final[Hashable] = ("mapek",)
+
+
+class HealingLoop:
+    """Monitor -> Analyse -> Plan -> Execute over shared Knowledge, once per ``cycle``.
+
+    ``on_event`` receives every finished HealingEvent (the runtime passes the metrics
+    recorder); ``on_cycle`` receives each cycle's phase durations in seconds, measured
+    with ``perf_counter`` (our own CPU time, not the protocol clock).
+    """
+
+    def __init__(
+        self,
+        node: HealableNode,
+        *,
+        rng: random.Random,
+        config: HealingConfig | None = None,
+        on_event: Callable[[HealingEvent], None] | None = None,
+        on_cycle: Callable[[Mapping[str, float]], None] | None = None,
+        perf_counter: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.node = node
+        self.rng = rng
+        self.config = config if config is not None else HealingConfig()
+        self.on_event = on_event
+        self.on_cycle = on_cycle
+        self.perf_counter = perf_counter
+        self.knowledge = Knowledge(self.config)
+        self.monitor = Monitor(self.knowledge)
+        self.executor = Executor(node, self.config)
+        self.last_snapshot: Snapshot | None = None
+        self.last_findings: tuple[Finding, ...] = ()
+        self.last_finished: tuple[HealingEvent, ...] = ()
+        self.last_phase_durations: dict[str, float] = {}
+
+    @property
+    def events(self) -> tuple[HealingEvent, ...]:
+        """Finished incidents, oldest first (the most recent ``event_history``)."""
+        return tuple(self.knowledge.events)
+
+    @property
+    def open_incidents(self) -> tuple[Incident, ...]:
+        return tuple(self.knowledge.incidents.values())
+
+    def cycle(self, now: float, stats: RuntimeStats | None = None) -> list[Action]:
+        """Run the four phases once; return the node's actions (and trace events)."""
+        clock = self.perf_counter
+        knowledge = self.knowledge
+        t0 = clock()
+        snap = self.monitor.update(self.node.observe(now), stats)
+        t1 = clock()
+        findings = analyse(snap, knowledge)
+        finished = track_incidents(snap, findings, knowledge)
+        t2 = clock()
+        for event in finished:
+            self._feedback(now, event)
+        planned = plan(snap, findings, knowledge, self.rng)
+        t3 = clock()
+        result = self.executor.execute(now, planned)
+        for action in result.executed:
+            knowledge.note_executed(now, action)
+        t4 = clock()
+
+        self.last_snapshot = snap
+        self.last_findings = tuple(findings)
+        self.last_finished = tuple(finished)
+        durations = (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        self.last_phase_durations = dict(zip(PHASES, durations, strict=True))
+        if self.on_cycle is not None:
+            self.on_cycle(self.last_phase_durations)
+        if self.on_event is not None:
+            for event in finished:
+                self.on_event(event)
+        return result.actions
+
+    def _feedback(self, now: float, event: HealingEvent) -> None:
+        # An incident's outcome is the measured verdict on the actions taken for it;
+        # superseded incidents say nothing either way.
+        if event.outcome == Outcome.SUPERSEDED or event.action == NO_ACTION:
+            return
+        ok = event.outcome == Outcome.REPAIRED
+        for name in event.action.split("+"):
+            self.executor.report(now, ActionKind(name), ok)
+
+
+class DrivableNode(HealableNode, Protocol):
+    """A sans-IO mesh node core: driven by inputs, healable through HealableNode."""
+
+    def start(self, now: float) -> list[Action]: ...
+
+    def handle(self, now: float, inp: Input) -> list[Action]: ...
+
+
+def event_fields(event: HealingEvent) -> dict[str, Any]:
+    """The flat, JSON-able trace fields of a finished HealingEvent."""
+    return {
+        "kind": event.kind,
+        "subject": event.subject,
+        "action": event.action,
+        "outcome": event.outcome,
+        "detected_at": event.detected_at,
+        "repaired_at": event.repaired_at,
+        "mttr": event.mttr,
+        "mttd": event.mttd,
+    }
+
+
+class HealingNode:
+    """A node core with its healing loop: same ``start``/``handle`` shape as the core.
+
+    ``RuntimeStats`` inputs (from the runtime only) are kept for the next cycles and not
+    forwarded; every other input goes to the wrapped node.
+    """
+
+    def __init__(self, node: DrivableNode, loop: HealingLoop) -> None:
+        if loop.node is not node:
+            raise ValueError("HealingNode: the loop must heal the node it wraps")
+        self.node = node
+        self.loop = loop
+        self._stats: RuntimeStats | None = None
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def events(self) -> tuple[HealingEvent, ...]:
+        return self.loop.events
+
+    @property
+    def open_incidents(self) -> tuple[Incident, ...]:
+        return self.loop.open_incidents
+
+    def _next_timer(self, now: float) -> SetTimer:
+        return SetTimer(now + self.loop.config.cycle_interval, TIMER_KEY)
+
+    def start(self, now: float) -> list[Action]:
+        return [*self.node.start(now), self._next_timer(now)]
+
+    def handle(self, now: float, inp: Input | RuntimeStats) -> list[Action]:
+        if isinstance(inp, RuntimeStats):
+            self._stats = inp
+            return []
+        if isinstance(inp, Timer) and inp.key == TIMER_KEY:
+            actions = self.loop.cycle(now, self._stats)
+            actions.extend(Event("healing", event_fields(e)) for e in self.loop.last_finished)
+            actions.append(self._next_timer(now))
+            return actions
+        return self.node.handle(now, inp)

@@ -1,0 +1,380 @@
+"""Monitor: successive ``NodeObservation``s in, one feature :class:`Snapshot` out.
+
+It keeps the time series in :class:`~x0tta6bl4.healing.knowledge.Knowledge` (RTT, loss,
+jitter, alive transitions, cost changes, session resets, route next-hop changes) and
+derives the features the Analyse phase thresholds: a per-link anomaly score against the
+link's own baseline, transition counts within the flap window, which routes use which
+link, and which once-reachable destinations are unreachable now.
+
+Route bookkeeping is incremental (work in proportion to the routes that changed), since
+a node in a 1,000-node simulation sees 1,000 routes every 0.1 s cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from x0tta6bl4.healing.events import RuntimeStats
+from x0tta6bl4.healing.knowledge import (
+    EwmaBaseline,
+    HealingConfig,
+    Knowledge,
+    LinkKnowledge,
+    LinkSample,
+    RouteKnowledge,
+    clamp,
+    count_since,
+)
+from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+
+_SESSION_AGE_SLACK = 1e-3  # seconds of float noise tolerated before "age went backwards"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFeatures:
+    """One link in this cycle. Counts are within the flap window."""
+
+    peer: str
+    present: bool  # listed in this observation (a vanished live link reads as dead)
+    alive: bool
+    ever_alive: bool
+    rtt: float | None
+    loss: float
+    jitter: float | None
+    last_heard: float | None
+    cost: int
+    base_cost: int
+    session_age: float | None
+    handshake_failures: int
+    damped_until: float | None
+    alive_transitions: int
+    cost_changes: int
+    session_resets: int
+    anomaly: float  # smoothed one-sided z-score, max of loss and RTT
+    pressure: float  # max of loss, RTT and anomaly over their thresholds (1.0 = degraded)
+    loss_threshold: float
+    rtt_threshold: float
+    degrading_since: float | None
+    routes_via: int  # routes to other destinations that use this link as next hop
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFlap:
+    """A destination whose next hop changed within the flap window."""
+
+    changes: int
+    hops: frozenset[str]  # next hops involved (old and new)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Features of one observation; what Analyse and Plan read."""
+
+    seq: int  # observation number, from 1
+    now: float
+    wall_now: float
+    name: str
+    links: Mapping[str, LinkFeatures]
+    routes: Mapping[str, RouteObservation]  # as observed
+    reachable: frozenset[str]
+    route_flaps: Mapping[str, RouteFlap]
+    unreachable_since: Mapping[str, float]  # once-reachable destinations, unreachable now
+    cert_not_after: float
+    cert_validity: float | None  # configured, or learned from the first sight of the cert
+    loop_lag: float | None
+    memory_bytes: int | None
+    counters: Mapping[str, int]
+
+
+def _finite(x: float | None) -> float | None:
+    # A node should never report NaN or a negative RTT; if one does, the sample is
+    # dropped rather than poisoning a baseline forever.
+    if x is None or not math.isfinite(x) or x < 0:
+        return None
+    return float(x)
+
+
+def _scored(
+    base: EwmaBaseline, x: float, floor: float, score: float, config: HealingConfig
+) -> float:
+    """Update ``base`` with sample ``x``; return the new smoothed anomaly score."""
+    if base.n >= config.baseline_min_samples:
+        score += config.anomaly_alpha * (base.z(x, floor) - score)
+    # While the link looks anomalous the baseline learns only slowly, so a creeping
+    # degradation is not absorbed as the new normal (it still is, eventually).
+    alpha = config.baseline_alpha
+    if score > config.baseline_gate:
+        alpha *= config.baseline_slow_factor
+    base.update(x, alpha)
+    return score
+
+
+class Monitor:
+    """Turns observations into snapshots; holds the previous observation for diffs."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.knowledge = knowledge
+        self.config = knowledge.config
+        self.seq = 0
+        self._prev_now: float | None = None
+        self._prev_routes: Mapping[str, RouteObservation] = {}
+        self._reachable: set[str] = set()
+        self._reachable_frozen: frozenset[str] = frozenset()
+        self._reachable_dirty = False  # rebuild the frozenset once per cycle, not per route
+        self._via: dict[str, set[str]] = {}  # next hop -> destinations (other than itself)
+        self._unreachable_since: dict[str, float] = {}
+
+    # -- routes ------------------------------------------------------------------------
+
+    def _route_changed(
+        self, now: float, dst: str, prev: RouteObservation | None, cur: RouteObservation | None
+    ) -> None:
+        old = prev.next_hop if prev is not None else None
+        new = cur.next_hop if cur is not None else None
+        if prev is not None and cur is not None:
+            # Counters going backwards means the node restarted: count the hop change only.
+            n = cur.changes - prev.changes if cur.changes >= prev.changes else 0
+            n = max(n, 1 if old != new else 0)
+        else:
+            n = 1 if prev is not None and old is not None else 0  # a vanished live route
+        if n:
+            rk = self.knowledge.routes.get(dst)
+            if rk is None:
+                rk = self.knowledge.routes[dst] = RouteKnowledge(self.config)
+            rk.changes.append((now, old, new, min(n, self.config.history_len)))
+        if old == new:
+            return
+        if old is not None:
+            self._reachable.discard(dst)
+            if old != dst:
+                via = self._via.get(old)
+                if via is not None:
+                    via.discard(dst)
+                    if not via:
+                        del self._via[old]
+            if new is None:
+                self._unreachable_since[dst] = now
+        if new is not None:
+            self._reachable.add(dst)
+            self._unreachable_since.pop(dst, None)
+            if new != dst:
+                self._via.setdefault(new, set()).add(dst)
+        self._reachable_dirty = True
+
+    def _update_routes(self, now: float, routes: Mapping[str, RouteObservation]) -> None:
+        prev = self._prev_routes
+        if routes is prev:
+            return
+        seen = 0
+        for dst, cur in routes.items():
+            p = prev.get(dst)
+            if p is not None:
+                seen += 1
+                if p is cur or (p.next_hop == cur.next_hop and p.changes == cur.changes):
+                    continue
+            self._route_changed(now, dst, p, cur)
+        if seen < len(prev):
+            for dst in prev.keys() - routes.keys():
+                self._route_changed(now, dst, prev[dst], None)
+        self._prev_routes = routes
+        if self._reachable_dirty:
+            self._reachable_frozen = frozenset(self._reachable)
+            self._reachable_dirty = False
+
+    def _route_flaps(self, now: float) -> dict[str, RouteFlap]:
+        since = now - self.config.flap_window
+        flaps: dict[str, RouteFlap] = {}
+        stale: list[str] = []
+        for dst, rk in self.knowledge.routes.items():
+            n = rk.changes_since(since)
+            if n:
+                flaps[dst] = RouteFlap(n, frozenset(rk.hops_since(since)))
+            else:
+                stale.append(dst)  # nothing within the window: no longer worth keeping
+        for dst in stale:
+            del self.knowledge.routes[dst]
+        return flaps
+
+    # -- links -------------------------------------------------------------------------
+
+    def _update_link(
+        self, lk: LinkKnowledge, lo: LinkObservation | None, now: float, elapsed: float
+    ) -> None:
+        config = self.config
+        alive = lo is not None and bool(lo.alive)
+        if lk.alive is not None and lk.alive != alive:
+            lk.alive_changes.append(now)
+        lk.alive = alive
+        if lo is None:
+            lk.loss_score = lk.rtt_score = 0.0
+            lk.degrading_since = None
+            return
+        lk.last_seen = now
+        lk.last_heard = _finite(lo.last_heard)
+        lk.handshake_failures = max(0, lo.handshake_failures)
+        if alive:
+            lk.ever_alive = True
+            lk.last_alive_at = now
+            lk.reachable_when_alive = self._reachable_frozen
+            if lk.handshake_failures == 0:
+                lk.reconnect_attempts = 0
+                lk.reconnect_next_at = None
+        if lk.base_cost is not None and _significant(lk.base_cost, lo.base_cost, config):
+            lk.cost_changes.append(now)
+        lk.base_cost = lo.base_cost
+        age = _finite(lo.session_age)
+        if (
+            lk.session_age is not None
+            and age is not None
+            and age + _SESSION_AGE_SLACK < lk.session_age + elapsed
+            and age < lk.session_age  # a fresh session, not a long gap between cycles
+        ):
+            lk.session_resets.append(now)
+        lk.session_age = age
+        rtt = _finite(lo.rtt)
+        raw_loss = _finite(lo.loss)
+        loss = clamp(raw_loss, 0.0, 1.0) if raw_loss is not None else 1.0
+        lk.samples.append(LinkSample(now, alive, rtt, loss, _finite(lo.jitter)))
+        if not alive:
+            # A dead link is the dead-neighbour finding's business; its anomaly score
+            # starts afresh when it returns (the baseline is kept).
+            lk.loss_score = lk.rtt_score = 0.0
+            lk.degrading_since = None
+            return
+        lk.loss_score = _scored(lk.loss_base, loss, config.loss_sigma_floor, lk.loss_score, config)
+        if rtt is not None:
+            floor = max(config.rtt_sigma_floor, config.rtt_sigma_floor_ratio * lk.rtt_base.mean)
+            lk.rtt_score = _scored(lk.rtt_base, rtt, floor, lk.rtt_score, config)
+        lk.adapt_thresholds(config)
+        if _pressure(lk, loss, rtt, config) >= config.onset_ratio:
+            if lk.degrading_since is None:
+                lk.degrading_since = now
+        else:
+            lk.degrading_since = None
+
+    def _features(self, lk: LinkKnowledge, lo: LinkObservation | None, now: float) -> LinkFeatures:
+        since = now - self.config.flap_window
+        last = lk.samples[-1] if lk.samples else None
+        present = lo is not None
+        return LinkFeatures(
+            peer=lk.peer,
+            present=present,
+            alive=bool(lk.alive),
+            ever_alive=lk.ever_alive,
+            rtt=last.rtt if present and last is not None else None,
+            loss=last.loss if present and last is not None else 1.0,
+            jitter=last.jitter if present and last is not None else None,
+            last_heard=lk.last_heard,
+            cost=lo.cost if lo is not None else 0,
+            base_cost=lo.base_cost if lo is not None else 0,
+            session_age=lk.session_age if present else None,
+            handshake_failures=lk.handshake_failures,
+            damped_until=lo.damped_until if lo is not None else lk.damped_until,
+            alive_transitions=count_since(lk.alive_changes, since),
+            cost_changes=count_since(lk.cost_changes, since),
+            session_resets=count_since(lk.session_resets, since),
+            anomaly=lk.anomaly,
+            pressure=(
+                _pressure(lk, last.loss, last.rtt, self.config)
+                if present and lk.alive and last is not None
+                else 0.0
+            ),
+            loss_threshold=lk.loss_threshold,
+            rtt_threshold=lk.rtt_threshold,
+            degrading_since=lk.degrading_since,
+            routes_via=len(self._via.get(lk.peer, ())),
+        )
+
+    def _update_links(self, obs: NodeObservation, elapsed: float) -> dict[str, LinkFeatures]:
+        now = obs.now
+        knowledge = self.knowledge
+        features: dict[str, LinkFeatures] = {}
+        for peer, lo in obs.links.items():
+            lk = knowledge.link(peer)
+            self._update_link(lk, lo, now, elapsed)
+            features[peer] = self._features(lk, lo, now)
+        gone: list[str] = []
+        for peer, lk in knowledge.links.items():
+            if peer in features:
+                continue
+            if now - lk.last_seen > self.config.forget_after:
+                gone.append(peer)
+                continue
+            self._update_link(lk, None, now, elapsed)
+            if lk.ever_alive:
+                features[peer] = self._features(lk, None, now)
+        for peer in gone:
+            del knowledge.links[peer]
+        return features
+
+    # -- the phase ---------------------------------------------------------------------
+
+    def _update_cert(self, obs: NodeObservation) -> float | None:
+        cert = self.knowledge.cert
+        remaining = obs.cert_not_after - obs.wall_now
+        if cert.not_after != obs.cert_not_after:
+            # A new certificate: start its validity estimate and the renewal backoff over.
+            cert.not_after = obs.cert_not_after
+            cert.validity = remaining
+            cert.renewal_attempts = 0
+            cert.renewal_next_at = None
+        elif cert.validity is None or remaining > cert.validity:
+            cert.validity = remaining
+        if self.config.cert_validity is not None:
+            return self.config.cert_validity
+        return cert.validity
+
+    def update(self, obs: NodeObservation, stats: RuntimeStats | None = None) -> Snapshot:
+        """Fold one observation into the history and return its features."""
+        now = obs.now
+        self.seq += 1
+        if self.knowledge.first_seen is None:
+            self.knowledge.first_seen = now
+        elapsed = now - self._prev_now if self._prev_now is not None else 0.0
+        self._prev_now = now
+        self._update_routes(now, obs.routes)
+        memory = self.config.partition_memory
+        for dst in [d for d, t in self._unreachable_since.items() if now - t > memory]:
+            del self._unreachable_since[dst]
+        links = self._update_links(obs, elapsed)
+        validity = self._update_cert(obs)
+        lag = memory_bytes = None
+        if stats is not None:
+            lag = _finite(stats.loop_lag)
+            if lag is not None:
+                self.knowledge.loop_lag.append((now, lag))
+            if stats.memory_bytes is not None and stats.memory_bytes >= 0:
+                memory_bytes = stats.memory_bytes
+                self.knowledge.memory.append((now, memory_bytes))
+        return Snapshot(
+            seq=self.seq,
+            now=now,
+            wall_now=obs.wall_now,
+            name=obs.name,
+            links=links,
+            routes=obs.routes,
+            reachable=self._reachable_frozen,
+            route_flaps=self._route_flaps(now),
+            unreachable_since=dict(self._unreachable_since),
+            cert_not_after=obs.cert_not_after,
+            cert_validity=validity,
+            loop_lag=lag,
+            memory_bytes=memory_bytes,
+            counters=obs.counters,
+        )
+
+
+def _pressure(lk: LinkKnowledge, loss: float, rtt: float | None, config: HealingConfig) -> float:
+    """How close the link is to degraded: 1.0 at any threshold, more beyond."""
+    p = max(loss / lk.loss_threshold, lk.anomaly / config.anomaly_threshold)
+    if rtt is not None:
+        p = max(p, rtt / lk.rtt_threshold)
+    return p
+
+
+def _significant(old: int, new: int, config: HealingConfig) -> bool:
+    # The link estimator's cost moves a little with every hello; only a real step (or
+    # going to / coming back from infinity) says the link is unstable.
+    return abs(new - old) >= config.cost_change_ratio * max(1, min(old, new))

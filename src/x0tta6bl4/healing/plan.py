@@ -1,0 +1,174 @@
+"""Plan: findings and open incidents in, the node calls to make out.
+
+Two kinds of rule:
+
+* one-shot, per incident: a dead neighbour is dropped (``reroute``) once; a new
+  partition retries every dead neighbour's handshake once;
+* reconciliation toward a desired state, every cycle: a dead or handshake-failing
+  neighbour is reconnected on an exponential backoff with jitter; a degraded link's cost
+  factor follows its severity up and is lifted when it recovers; a flapping link is held
+  down for a period that doubles with each episode (route-flap damping, RFC 2439's
+  idea); a certificate near expiry asks for renewal, again on a backoff.
+
+An action is recorded in Knowledge only once Execute has run it, so one that was rate
+limited or refused by a circuit breaker is planned again next cycle.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from x0tta6bl4.healing.events import ActionKind, FaultKind, Finding, IncidentKey, PlannedAction
+from x0tta6bl4.healing.knowledge import HealingConfig, Knowledge, LinkKnowledge, clamp
+from x0tta6bl4.healing.monitor import Snapshot
+
+
+def reconnect_delay(attempt: int, config: HealingConfig, rng: random.Random) -> float:
+    """Delay after the ``attempt``-th reconnect (from 1): doubling, capped, jittered."""
+    delay = min(config.reconnect_max, config.reconnect_base * 2.0 ** max(0, attempt - 1))
+    # Jitter keeps the neighbours of a crashed node from retrying in lockstep.
+    return delay * (1.0 + rng.uniform(-config.reconnect_jitter, config.reconnect_jitter))
+
+
+def renewal_delay(attempt: int, config: HealingConfig) -> float:
+    return min(config.renewal_retry_max, config.renewal_retry * 2.0 ** max(0, attempt - 1))
+
+
+def penalty_factor(severity: float, config: HealingConfig) -> float:
+    """Cost factor for a degraded link: 2 at the threshold, doubling per unit of severity.
+
+    Powers of two, so a severity that wobbles does not re-issue a penalty every cycle.
+    """
+    top = max(1, math.floor(math.log2(config.penalty_max)))
+    exponent = clamp(math.floor(severity) if math.isfinite(severity) else top, 1, top)
+    return 2.0 ** int(exponent)
+
+
+def damp_hold(episodes: int, config: HealingConfig) -> float:
+    """Hold-down of the next damping episode, given how many already counted."""
+    return min(config.damp_hold_max, config.damp_hold * config.damp_backoff**episodes)
+
+
+def _dead_peers(snap: Snapshot) -> list[str]:
+    return sorted(peer for peer, lf in snap.links.items() if not lf.alive)
+
+
+def plan(
+    snap: Snapshot, findings: list[Finding], knowledge: Knowledge, rng: random.Random
+) -> list[PlannedAction]:
+    """The actions for this cycle, in a fixed order (kind, then subject)."""
+    config = knowledge.config
+    now = snap.now
+    current = {f.key: f for f in findings}
+    actions: list[PlannedAction] = []
+
+    # reroute: once per dead-neighbour incident, while the neighbour is still dead
+    for incident in knowledge.incidents.values():
+        if incident.kind is not FaultKind.DEAD_NEIGHBOUR:
+            continue
+        peer = incident.subject
+        lf = snap.links.get(peer)
+        if lf is not None and not lf.alive and (ActionKind.REROUTE, peer) not in incident.done:
+            actions.append(
+                PlannedAction(
+                    ActionKind.REROUTE, peer, FaultKind.DEAD_NEIGHBOUR, incidents=(incident.key,)
+                )
+            )
+
+    # rehandshake: backoff-paced for dead / failing neighbours; a new partition kicks
+    # every dead neighbour once regardless of its backoff
+    credit: dict[str, list[IncidentKey]] = {}
+    reasons: dict[str, FaultKind] = {}
+    for finding in findings:
+        if finding.kind not in (FaultKind.DEAD_NEIGHBOUR, FaultKind.HANDSHAKE_FAILING):
+            continue
+        lk = knowledge.links[finding.subject]
+        if lk.reconnect_next_at is None or now >= lk.reconnect_next_at:
+            credit[finding.subject] = [finding.key] if finding.key in knowledge.incidents else []
+            reasons[finding.subject] = finding.kind
+    partition = knowledge.incidents.get((FaultKind.PARTITION, snap.name))
+    if partition is not None:
+        for peer in _dead_peers(snap):
+            if (ActionKind.REHANDSHAKE, peer) not in partition.done:
+                credit.setdefault(peer, []).append(partition.key)
+                reasons.setdefault(peer, FaultKind.PARTITION)
+    for peer in sorted(credit):
+        lk = knowledge.link(peer)
+        actions.append(
+            PlannedAction(
+                ActionKind.REHANDSHAKE,
+                peer,
+                reasons[peer],
+                incidents=tuple(credit[peer]),
+                retry_at=now + reconnect_delay(lk.reconnect_attempts + 1, config, rng),
+            )
+        )
+
+    # link cost: follow severity upward while degraded; lift once recovered and alive
+    for peer in sorted(knowledge.links):
+        lk = knowledge.links[peer]
+        degraded = current.get((FaultKind.DEGRADED_LINK, peer))
+        if degraded is not None:
+            factor = penalty_factor(degraded.severity, config)
+            if factor > lk.penalty:
+                key = degraded.key
+                actions.append(
+                    PlannedAction(
+                        ActionKind.RAISE_COST,
+                        peer,
+                        FaultKind.DEGRADED_LINK,
+                        incidents=(key,) if key in knowledge.incidents else (),
+                        factor=factor,
+                    )
+                )
+        elif lk.penalty != 1.0 and _alive_now(snap, peer):
+            actions.append(
+                PlannedAction(ActionKind.LIFT_COST, peer, FaultKind.DEGRADED_LINK, factor=1.0)
+            )
+
+    # damping: hold a flapping link down, longer each time it is still flapping
+    for finding in findings:
+        if finding.kind is not FaultKind.FLAPPING_LINK:
+            continue
+        peer = finding.subject
+        lk = knowledge.links[peer]
+        if _damped(snap, lk, now):
+            continue
+        hold = damp_hold(lk.episodes_at(now, config), config)
+        actions.append(
+            PlannedAction(
+                ActionKind.DAMP,
+                peer,
+                FaultKind.FLAPPING_LINK,
+                incidents=(finding.key,) if finding.key in knowledge.incidents else (),
+                until=now + hold,
+            )
+        )
+
+    # certificate: ask once, then again only after a growing retry interval
+    cert_finding = current.get((FaultKind.CERT_NEAR_EXPIRY, snap.name))
+    cert = knowledge.cert
+    if cert_finding is not None and (cert.renewal_next_at is None or now >= cert.renewal_next_at):
+        key = cert_finding.key
+        actions.append(
+            PlannedAction(
+                ActionKind.REQUEST_RENEWAL,
+                snap.name,
+                FaultKind.CERT_NEAR_EXPIRY,
+                incidents=(key,) if key in knowledge.incidents else (),
+                retry_at=now + renewal_delay(cert.renewal_attempts + 1, config),
+            )
+        )
+    return actions
+
+
+def _alive_now(snap: Snapshot, peer: str) -> bool:
+    lf = snap.links.get(peer)
+    return lf is not None and lf.present and lf.alive
+
+
+def _damped(snap: Snapshot, lk: LinkKnowledge, now: float) -> bool:
+    lf = snap.links.get(lk.peer)
+    node_says = lf is not None and lf.damped_until is not None and lf.damped_until > now
+    return node_says or lk.damped_at(now)

@@ -1,0 +1,328 @@
+"""Analyse and the incident lifecycle over hand-built observation sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from x0tta6bl4.healing import (
+    FaultKind,
+    Finding,
+    HealingConfig,
+    HealingEvent,
+    Knowledge,
+    Monitor,
+    Outcome,
+    RuntimeStats,
+    analyse,
+    track_incidents,
+)
+from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+
+DEAD = FaultKind.DEAD_NEIGHBOUR
+DEGRADED = FaultKind.DEGRADED_LINK
+FLAPPING = FaultKind.FLAPPING_LINK
+PARTITION = FaultKind.PARTITION
+CERT = FaultKind.CERT_NEAR_EXPIRY
+HANDSHAKE = FaultKind.HANDSHAKE_FAILING
+
+
+def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:
+    fields: dict[str, object] = {
+        "rtt": 0.01,
+        "jitter": 0.001,
+        "loss": 0.0,
+        "last_heard": None,
+        "cost": 96,
+        "base_cost": 96,
+        "session_age": 1.0,
+        "handshake_failures": 0,
+    }
+    fields.update(kw)
+    return LinkObservation(peer=peer, alive=alive, **fields)  # type: ignore[arg-type]
+
+
+def route(dst: str, hop: str | None, changes: int = 0) -> RouteObservation:
+    return RouteObservation(dst, hop, 96 if hop else 0xFFFF, changes)
+
+
+class Harness:
+    """Monitor + Analyse + incident tracking, one observation at a time."""
+
+    def __init__(self, **cfg: object) -> None:
+        self.k = Knowledge(HealingConfig(**cfg))  # type: ignore[arg-type]
+        self.m = Monitor(self.k)
+        self.events: list[HealingEvent] = []
+
+    def step(
+        self,
+        now: float,
+        links: list[LinkObservation] | None = None,
+        routes: list[RouteObservation] | None = None,
+        *,
+        not_after: float = 1e12,
+        wall: float = 1e6,
+        stats: RuntimeStats | None = None,
+    ) -> dict[tuple[FaultKind, str], Finding]:
+        o = NodeObservation(
+            now=now,
+            name="A",
+            links={lo.peer: lo for lo in links or []},
+            routes={r.dst: r for r in routes or []},
+            cert_not_after=not_after,
+            wall_now=wall + now,
+        )
+        snap = self.m.update(o, stats)
+        findings = analyse(snap, self.k)
+        self.events += track_incidents(snap, findings, self.k)
+        return {f.key: f for f in findings}
+
+
+TABLE = [route("B", "B"), route("C", "B"), route("D", "E"), route("E", "E")]
+AFTER_B_DIES = [route("C", None, 1), route("D", "E"), route("E", "E")]
+HEALED = [route("C", "E", 2), route("D", "E"), route("E", "E")]
+
+
+def test_dead_neighbour_needs_alive_then_dead() -> None:
+    h = Harness()
+    assert h.step(0.0, [link("B", alive=False)]) == {}  # never alive: not dead, just unborn
+    h.step(1.0, [link("B", last_heard=0.9), link("E")], TABLE)
+    found = h.step(2.0, [link("B", alive=False, last_heard=1.4), link("E")], AFTER_B_DIES)
+    f = found[(DEAD, "B")]
+    assert f.fault_started_at == 1.4
+    assert f.destinations == {"C", "D", "E"}  # reachable while B was alive, minus B
+    assert (DEAD, "B") in h.k.incidents
+
+
+def test_dead_neighbour_repaired_only_in_a_later_observation() -> None:
+    h = Harness()
+    h.step(1.0, [link("B"), link("E")], TABLE)
+    # Routing already healed in the very observation that shows B dead: still not a
+    # repair, since it must be measured after the detection.
+    h.step(2.0, [link("B", alive=False, last_heard=1.5), link("E")], HEALED)
+    assert h.events == []
+    h.step(2.1, [link("B", alive=False), link("E")], HEALED)
+    [event] = h.events
+    assert event.outcome == Outcome.REPAIRED and event.kind == "dead_neighbour"
+    assert event.mttr == pytest.approx(0.1) and event.mttd == pytest.approx(0.5)
+    assert event.action == "wait"
+    # the neighbour is still dead: the same fault does not open a second incident
+    h.step(2.2, [link("B", alive=False), link("E")], HEALED)
+    assert h.k.incidents == {}
+
+
+def test_dead_neighbour_waits_for_every_destination() -> None:
+    h = Harness()
+    h.step(1.0, [link("B"), link("E")], TABLE)
+    h.step(2.0, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    h.step(2.1, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    assert h.events == []
+    h.step(2.5, [link("B", alive=False), link("E")], HEALED)
+    [event] = h.events
+    assert event.repaired_at == 2.5 and event.mttr == pytest.approx(0.5)
+
+
+def test_loop_lag_suppresses_new_blame_but_keeps_raised_conditions() -> None:
+    h = Harness(max_loop_lag=0.5)
+    h.step(0.0, [link("B"), link("C")])
+    lag = RuntimeStats(loop_lag=2.0)
+    found = h.step(1.0, [link("B", alive=False), link("C")], stats=lag)
+    assert (DEAD, "B") not in found
+    found = h.step(1.1, [link("B", alive=False), link("C")])
+    assert (DEAD, "B") in found
+    found = h.step(1.2, [link("B", alive=False), link("C", alive=False)], stats=lag)
+    assert (DEAD, "B") in found and (DEAD, "C") not in found
+
+
+def creep(h: Harness, start: float, steps: int, loss0: float, dloss: float) -> list[float]:
+    """Loss creeping up by ``dloss`` per 0.1 s cycle; returns when degraded was found."""
+    times = []
+    for i in range(steps):
+        now = start + i * 0.1
+        found = h.step(now, [link("B", loss=min(1.0, loss0 + i * dloss)), link("E")], TABLE)
+        if (DEGRADED, "B") in found:
+            times.append(now)
+    return times
+
+
+def test_slowly_worsening_link_is_degraded_before_it_dies() -> None:
+    h = Harness()
+    creep(h, 0.0, 50, 0.0, 0.0)
+    hits = creep(h, 5.0, 100, 0.0, 0.002)  # +2 % loss per second
+    assert hits, "a creeping link must be found degraded"
+    first = hits[0]
+    loss_at_first = (first - 5.0) / 0.1 * 0.002
+    assert loss_at_first < 0.2  # the anomaly score fires before the absolute threshold
+    inc = h.k.incidents[(DEGRADED, "B")]
+    assert inc.fault_started_at is not None and inc.fault_started_at < first
+
+
+def test_degraded_hysteresis_and_repair_on_recovery() -> None:
+    h = Harness()
+    creep(h, 0.0, 30, 0.0, 0.0)
+    assert (DEGRADED, "B") in h.step(3.0, [link("B", loss=0.5), link("E")], TABLE)
+    # just under the threshold: still degraded (hysteresis)
+    lk = h.k.links["B"]
+    lk.loss_score = lk.rtt_score = 0.0
+    loss = lk.loss_threshold * 0.9
+    assert (DEGRADED, "B") in h.step(3.1, [link("B", loss=loss), link("E")], TABLE)
+    for i in range(40):
+        found = h.step(3.2 + i * 0.1, [link("B", loss=0.0), link("E")], TABLE)
+    assert (DEGRADED, "B") not in found
+    [event] = h.events
+    assert event.kind == "degraded_link" and event.outcome == Outcome.REPAIRED
+
+
+def test_degraded_link_repaired_once_no_transit_route_uses_it() -> None:
+    h = Harness()
+    h.step(0.0, [link("B", loss=0.5), link("E")], TABLE)
+    assert (DEGRADED, "B") in h.k.incidents
+    moved = [route("B", "B"), route("C", "E", 1), route("D", "E"), route("E", "E")]
+    h.step(0.1, [link("B", loss=0.5), link("E")], moved)
+    [event] = h.events
+    assert event.outcome == Outcome.REPAIRED and event.mttr == pytest.approx(0.1)
+    # still degraded, so no new incident for the same condition
+    h.step(0.2, [link("B", loss=0.5), link("E")], moved)
+    assert (DEGRADED, "B") not in h.k.incidents
+
+
+def test_degraded_superseded_when_the_link_dies() -> None:
+    h = Harness()
+    h.step(0.0, [link("B", loss=0.5), link("E")], TABLE)
+    h.step(0.1, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    [event] = h.events
+    assert event.kind == "degraded_link" and event.outcome == Outcome.SUPERSEDED
+    assert event.repaired_at is None and event.mttr is None
+    assert (DEAD, "B") in h.k.incidents
+
+
+def test_flapping_by_alive_transitions() -> None:
+    h = Harness(link_flap_threshold=4, flap_window=10.0)
+    for i in range(5):
+        found = h.step(float(i), [link("B", alive=i % 2 == 0), link("E")])
+    f = found[(FLAPPING, "B")]
+    assert f.severity == 1.0 and f.fault_started_at == 1.0
+
+
+def test_route_flap_blames_the_unstable_next_hop() -> None:
+    h = Harness(route_flap_threshold=3, link_flap_threshold=100)
+    n = 0
+    for i in range(8):
+        hop = "B" if i % 2 == 0 else "E"
+        cost_b = 96 if i % 2 == 0 else 400  # B's cost jumps about, E's is steady
+        n += 1 if i else 0
+        found = h.step(i * 0.5, [link("B", base_cost=cost_b), link("E")], [route("X", hop, n)])
+    assert set(found) == {(FLAPPING, "B")}
+    assert found[(FLAPPING, "B")].fault_started_at == 0.5
+
+
+def test_route_flap_without_a_local_culprit_damps_nothing() -> None:
+    h = Harness(route_flap_threshold=3)
+    for i in range(8):
+        found = h.step(i * 0.5, [link("B"), link("E")], [route("X", "BE"[i % 2], i)])
+    assert found == {}
+
+
+def test_flapping_repaired_when_route_changes_fall_under_the_bound() -> None:
+    h = Harness(link_flap_threshold=3, route_flap_threshold=3, flap_window=4.0)
+    for i in range(6):
+        alive = i % 2 == 0
+        h.step(
+            float(i), [link("B", alive=alive), link("E")], [route("B", "B" if alive else "E", i)]
+        )
+    assert (FLAPPING, "B") in h.k.incidents
+    for t in (6.0, 7.0, 8.0, 9.0, 10.0):
+        h.step(t, [link("B", alive=False), link("E")], [route("B", "E", 5)])
+    flap = [e for e in h.events if e.kind == "flapping_link"]
+    assert flap and flap[0].outcome == Outcome.REPAIRED
+
+
+def test_partition_after_grace_and_repair() -> None:
+    h = Harness(partition_grace=1.0)
+    table = [route("E", "E"), route("X", "E"), route("Y", "E")]
+    h.step(0.0, [link("E")], table)
+    cut = [route("E", "E")]
+    assert (PARTITION, "A") not in h.step(0.5, [link("E")], cut)
+    found = h.step(1.6, [link("E")], cut)
+    f = found[(PARTITION, "A")]
+    assert f.destinations == {"X", "Y"} and f.fault_started_at == 0.5
+    h.step(2.0, [link("E")], [route("E", "E"), route("X", "E")])
+    assert h.events == []
+    h.step(2.5, [link("E")], table)
+    [event] = h.events
+    assert event.kind == "partition" and event.mttr == pytest.approx(0.9)
+    assert event.mttd == pytest.approx(1.1)
+
+
+def test_partition_ignores_dead_neighbours_and_reopens_for_new_losses() -> None:
+    h = Harness(partition_grace=0.0, incident_timeout=5.0)
+    h.step(0.0, [link("B"), link("E")], [route("B", "B"), route("E", "E"), route("X", "E")])
+    h.step(1.0, [link("B", alive=False), link("E")], [route("E", "E"), route("X", "E")])
+    assert (PARTITION, "A") not in h.k.incidents  # B is its own dead-neighbour incident
+    h.step(2.0, [link("B", alive=False), link("E")], [route("E", "E")])
+    assert h.k.incidents[(PARTITION, "A")].destinations == {"X"}
+    h.step(8.0, [link("B", alive=False), link("E")], [route("E", "E")])
+    assert [e.outcome for e in h.events if e.kind == "partition"] == ["failed"]
+    # X still lost (the same fault, no second incident); E is a dead neighbour, not lost
+    h.step(9.0, [link("B", alive=False), link("E", alive=False)], [])
+    assert (PARTITION, "A") not in h.k.incidents
+    h2 = Harness(partition_grace=0.0, incident_timeout=5.0)
+    table = [route("E", "E"), route("X", "E"), route("Y", "E")]
+    h2.step(0.0, [link("E")], table)
+    h2.step(1.0, [link("E")], [route("E", "E"), route("Y", "E")])
+    h2.step(7.0, [link("E")], [route("E", "E"), route("Y", "E")])  # X's incident failed
+    h2.step(8.0, [link("E")], [route("E", "E")])
+    assert h2.k.incidents[(PARTITION, "A")].destinations == {"Y"}
+
+
+def test_dead_neighbour_superseded_by_a_partition() -> None:
+    h = Harness(partition_grace=1.0)
+    h.step(0.0, [link("B"), link("E")], [route("B", "B"), route("C", "B"), route("E", "E")])
+    h.step(0.5, [link("B", alive=False), link("E")], [route("E", "E")])
+    h.step(1.6, [link("B", alive=False), link("E")], [route("E", "E")])
+    kinds = {(e.kind, e.outcome) for e in h.events}
+    assert kinds == {("dead_neighbour", "superseded")}
+    assert h.k.incidents[(PARTITION, "A")].destinations == {"C"}
+
+
+def test_open_incidents_time_out_as_failed() -> None:
+    h = Harness(incident_timeout=5.0, partition_grace=100.0)
+    h.step(0.0, [link("B"), link("E")], TABLE)
+    h.step(1.0, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    h.step(5.9, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    assert h.events == []
+    h.step(6.0, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    [event] = h.events
+    assert event.outcome == Outcome.FAILED and event.mttr is None
+
+
+def test_cert_near_expiry_with_learned_validity() -> None:
+    h = Harness(renewal_timeout=1000.0)
+    wall = 1e6
+    assert h.step(0.0, not_after=wall + 300.0, wall=wall) == {}  # 300 s left of 300 s
+    assert h.step(150.0, not_after=wall + 300.0, wall=wall) == {}
+    found = h.step(201.0, not_after=wall + 300.0, wall=wall)  # 99 s left < 300 / 3
+    f = found[(CERT, "A")]
+    assert f.fault_started_at == pytest.approx(200.0) and f.severity == pytest.approx(1.01)
+    h.step(202.0, not_after=wall + 1000.0, wall=wall)  # renewed
+    [event] = h.events
+    assert event.kind == "cert_near_expiry" and event.mttr == pytest.approx(1.0)
+
+
+def test_cert_configured_validity_and_fault_start_clamped() -> None:
+    h = Harness(cert_validity=3000.0)
+    found = h.step(50.0, not_after=1e6 + 100.0, wall=1e6)  # started long before us
+    assert found[(CERT, "A")].fault_started_at == 50.0
+    h2 = Harness()
+    found = h2.step(0.0, not_after=1e6 - 1.0, wall=1e6)  # already expired
+    assert found[(CERT, "A")].severity == 2.0
+
+
+def test_handshake_failing_unless_the_peer_is_dead() -> None:
+    h = Harness()
+    found = h.step(0.0, [link("B", alive=False, handshake_failures=6)])
+    assert found[(HANDSHAKE, "B")].severity == 2.0
+    h.step(1.0, [link("B", handshake_failures=0)])
+    [event] = h.events
+    assert event.kind == "handshake_failing" and event.outcome == Outcome.REPAIRED
+    found = h.step(2.0, [link("B", alive=False, handshake_failures=6)])
+    assert set(found) == {(DEAD, "B")}
