@@ -111,6 +111,19 @@ def test_load_errors(ca: CertificateAuthority, tmp_path: Path) -> None:
         CertificateAuthority.load(ca.directory)
 
 
+def test_load_needs_a_trust_domain(ca: CertificateAuthority) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from identity_helpers import self_signed_ca
+
+    from x0tta6bl4.crypto.keys import load_signing_key
+
+    key = load_signing_key(ca.directory / CA_KEY_FILE).cryptography_key
+    no_uri = self_signed_ca(ca.certificate.subject, key, uri=None)
+    (ca.directory / CA_CERT_FILE).write_bytes(no_uri.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(IdentityError, match="names no trust domain"):
+        CertificateAuthority.load(ca.directory)
+
+
 def test_repr_hides_key(ca: CertificateAuthority) -> None:
     key_pem = (ca.directory / CA_KEY_FILE).read_bytes()
     for text in (repr(ca), str(ca)):

@@ -23,7 +23,9 @@ from x0tta6bl4.identity import (
 from x0tta6bl4.identity.cert import decode_static_key, decode_tags, encode_tags, normalize_tags
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("X0T_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("X0T_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

@@ -25,7 +25,9 @@ from x0tta6bl4.identity import (
 from x0tta6bl4.identity.cert import encode_tags
 
 
-def reject(der: bytes, bundle: TrustBundle, crl: RevocationList | None = None, now: float = NOW):
+def reject(
+    der: bytes, bundle: TrustBundle, crl: RevocationList | None = None, now: float = NOW
+) -> CertificateRejected:
     with pytest.raises(CertificateRejected) as info:
         verify_node_certificate(der, bundle, crl, now)
     return info.value
