@@ -189,13 +189,20 @@ def test_dead_link_resets_its_score() -> None:
 
 
 def test_lossy_link_threshold_adapts_up_within_bounds() -> None:
-    m = monitor()
+    m = monitor(degraded_loss_max=0.3, degraded_rtt_max=1.0)
     for i in range(500):
-        m.update(obs(i * 0.1, [link("B", loss=0.45, rtt=1.5)]))
+        m.update(obs(i * 0.1, [link("B", loss=0.15, rtt=0.4)]))
     lk = m.knowledge.links["B"]
     cfg = m.config
-    assert lk.loss_threshold == pytest.approx(cfg.degraded_loss_max)  # 0.45 + 0.1 -> clamped
-    assert lk.rtt_threshold == pytest.approx(cfg.degraded_rtt_max)
+    assert lk.loss_threshold == pytest.approx(0.25)  # its normal 0.15 + margin 0.1
+    assert lk.rtt_threshold == pytest.approx(cfg.degraded_rtt_max)  # 0.4 * 3 + 0.05, clamped
+
+
+def test_thresholds_do_not_learn_from_a_degraded_link() -> None:
+    m = monitor()
+    for i in range(500):
+        m.update(obs(i * 0.1, [link("B", loss=0.45)]))
+    assert m.knowledge.links["B"].loss_threshold == m.config.degraded_loss
 
 
 def test_certificate_validity_learned_and_reset_on_renewal() -> None:

@@ -247,8 +247,12 @@ class Monitor:
         if rtt is not None:
             floor = max(config.rtt_sigma_floor, config.rtt_sigma_floor_ratio * lk.rtt_base.mean)
             lk.rtt_score = _scored(lk.rtt_base, rtt, floor, lk.rtt_score, config)
-        lk.adapt_thresholds(config)
-        if _pressure(lk, loss, rtt, config) >= config.onset_ratio:
+        pressure = _pressure(lk, loss, rtt, config)
+        if pressure < 1.0 and lk.anomaly <= config.baseline_gate:
+            # Thresholds learn from healthy history only: a degrading link must not
+            # loosen the very threshold that is about to catch it.
+            lk.adapt_thresholds(config)
+        if pressure >= config.onset_ratio:
             if lk.degrading_since is None:
                 lk.degrading_since = now
         else:

@@ -1,0 +1,375 @@
+"""The whole loop, driven through a scripted HealableNode, and the HealingNode core."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from x0tta6bl4.healing import (
+    TIMER_KEY,
+    ActionKind,
+    BreakerState,
+    FaultKind,
+    HealingConfig,
+    HealingEvent,
+    HealingLoop,
+    HealingNode,
+    RuntimeStats,
+)
+from x0tta6bl4.protocol.events import Action, Datagram, Event, Input, SetTimer, Timer
+from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+
+
+def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:
+    fields: dict[str, object] = {
+        "rtt": 0.01,
+        "jitter": 0.001,
+        "loss": 0.0,
+        "last_heard": None,
+        "cost": 96,
+        "base_cost": 96,
+        "session_age": 1.0,
+        "handshake_failures": 0,
+    }
+    fields.update(kw)
+    return LinkObservation(peer=peer, alive=alive, **fields)  # type: ignore[arg-type]
+
+
+def route(dst: str, hop: str | None, changes: int = 0) -> RouteObservation:
+    return RouteObservation(dst, hop, 96 if hop else 0xFFFF, changes)
+
+
+class RecordingNode:
+    """A scripted HealableNode (and sans-IO core): the test sets what ``observe``
+    returns and reads back every call the loop made."""
+
+    def __init__(self, name: str = "A") -> None:
+        self.name = name
+        self.links: dict[str, LinkObservation] = {}
+        self.routes: dict[str, RouteObservation] = {}
+        self.not_after = 1e12
+        self.wall_offset = 1e6
+        self.calls: list[tuple[Any, ...]] = []
+        self.inputs: list[Input] = []
+        self.refuse: dict[str, Exception] = {}
+
+    def set(self, links: list[LinkObservation], routes: list[RouteObservation]) -> None:
+        # damping the node was told about stays visible, as on a real node
+        damped = {p: lo.damped_until for p, lo in self.links.items()}
+        self.links = {
+            lo.peer: dataclasses.replace(lo, damped_until=lo.damped_until or damped.get(lo.peer))
+            for lo in links
+        }
+        self.routes = {r.dst: r for r in routes}
+
+    def observe(self, now: float) -> NodeObservation:
+        return NodeObservation(
+            now, self.name, dict(self.links), dict(self.routes), self.not_after, now + 1e6
+        )
+
+    def _record(self, *call: object) -> list[Action]:
+        self.calls.append(call)
+        exc = self.refuse.get(str(call[0]))
+        if exc is not None:
+            raise exc
+        return []
+
+    def set_link_penalty(self, now: float, peer: str, factor: float) -> list[Action]:
+        return self._record("set_link_penalty", now, peer, factor)
+
+    def drop_neighbour(self, now: float, peer: str) -> list[Action]:
+        return self._record("drop_neighbour", now, peer)
+
+    def reconnect(self, now: float, peer: str) -> list[Action]:
+        return self._record("reconnect", now, peer)
+
+    def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
+        if peer in self.links:
+            self.links[peer] = dataclasses.replace(self.links[peer], damped_until=until)
+        return self._record("damp_link", now, peer, until)
+
+    def request_renewal(self, now: float) -> list[Action]:
+        return [*self._record("request_renewal", now), Event("renewal_requested", {})]
+
+    def start(self, now: float) -> list[Action]:
+        return [SetTimer(now + 1.0, ("hello",))]
+
+    def handle(self, now: float, inp: Input) -> list[Action]:
+        self.inputs.append(inp)
+        return [Event("handled", {})]
+
+    def called(self, method: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == method]
+
+
+def make(seed: int = 1, **cfg: object) -> tuple[RecordingNode, HealingLoop, list[HealingEvent]]:
+    node = RecordingNode()
+    events: list[HealingEvent] = []
+    loop = HealingLoop(
+        node,
+        rng=random.Random(seed),
+        config=HealingConfig(**cfg),  # type: ignore[arg-type]
+        on_event=events.append,
+    )
+    return node, loop, events
+
+
+def run(node: RecordingNode, loop: HealingLoop, t0: float, t1: float, dt: float = 0.1) -> None:
+    for i in range(round((t1 - t0) / dt)):
+        loop.cycle(round(t0 + i * dt, 6))
+
+
+TABLE = [route("B", "B"), route("C", "B"), route("D", "B"), route("E", "E")]
+
+
+def test_dead_neighbour_reroute_rehandshake_and_measured_repair() -> None:
+    node, loop, events = make(partition_grace=100.0)
+    node.set([link("B"), link("E")], TABLE)
+    run(node, loop, 0.0, 1.0)
+    node.set([link("B", alive=False, last_heard=0.7), link("E")], [route("E", "E")])
+    loop.cycle(1.0)
+    assert node.called("drop_neighbour") == [("drop_neighbour", 1.0, "B")]
+    assert node.called("reconnect") == [("reconnect", 1.0, "B")]
+    assert [i.kind for i in loop.open_incidents] == [FaultKind.DEAD_NEIGHBOUR]
+    # C comes back through E, D does not: still open
+    node.set([link("B", alive=False), link("E")], [route("C", "E", 1), route("E", "E")])
+    run(node, loop, 1.1, 1.5)
+    assert events == []
+    node.set(
+        [link("B", alive=False), link("E")],
+        [route("C", "E", 1), route("D", "E", 1), route("E", "E")],
+    )
+    loop.cycle(1.5)
+    [event] = events
+    assert event.kind == "dead_neighbour" and event.subject == "B"
+    assert event.outcome == "repaired" and event.action == "reroute+rehandshake"
+    assert event.detected_at == 1.0 and event.repaired_at == 1.5
+    assert event.mttr == pytest.approx(0.5) and event.mttd == pytest.approx(0.3)
+    assert loop.events == (event,) and loop.last_finished == (event,)
+    assert loop.knowledge.repair_stats[("dead_neighbour", "reroute+rehandshake")].repaired == 1
+    # B stays dead: reconnects continue on the backoff, the incident does not reopen
+    run(node, loop, 1.6, 5.0)
+    assert len(events) == 1 and loop.open_incidents == ()
+    assert 2 <= len(node.called("reconnect")) <= 6
+    assert len(node.called("drop_neighbour")) == 1
+
+
+def test_slowly_worsening_link_gets_its_cost_raised_before_it_dies() -> None:
+    node, loop, events = make()
+    table = [route("B", "B"), route("C", "B"), route("E", "E")]
+    node.set([link("B"), link("E")], table)
+    run(node, loop, 0.0, 3.0)
+    raised_at = None
+    t = 3.0
+    for i in range(300):
+        loss = 0.003 * i  # +3 % loss per second, dead at 100 %
+        t = round(3.0 + i * 0.1, 6)
+        node.set([link("B", loss=loss, rtt=0.01 + 0.001 * i), link("E")], table)
+        loop.cycle(t)
+        if node.called("set_link_penalty") and raised_at is None:
+            raised_at, loss_then = t, loss
+    assert raised_at is not None and loss_then < 0.2  # well before the link is dead
+    factors = [c[3] for c in node.called("set_link_penalty")]
+    assert factors == sorted(factors) and factors[0] == 2.0 and factors[-1] == 16.0
+    # traffic moves off B: the degraded incident is measured repaired
+    node.set([link("B", loss=0.9), link("E")], [route("B", "B"), route("C", "E", 1), table[2]])
+    loop.cycle(t + 0.1)
+    loop.cycle(t + 0.2)
+    degraded = [e for e in events if e.kind == "degraded_link"]
+    assert degraded and degraded[-1].outcome == "repaired" and degraded[-1].action == "raise_cost"
+    # the link recovers: the penalty is lifted exactly once
+    node.set([link("B"), link("E")], table)
+    run(node, loop, t + 0.3, t + 15.0)
+    assert node.called("set_link_penalty")[-1][3] == 1.0
+    assert [c[3] for c in node.called("set_link_penalty")].count(1.0) == 1
+
+
+def test_flapping_link_damped_with_growing_hold_down() -> None:
+    node, loop, events = make(damp_hold=1.0, flap_window=5.0, damp_forget=600.0)
+    for i in range(400):
+        alive = (i // 3) % 2 == 0  # B flips every 0.3 s for 40 s
+        hop = "B" if alive else "E"
+        node.set([link("B", alive=alive), link("E")], [route("B", hop, i // 3), route("E", "E")])
+        loop.cycle(round(i * 0.1, 6))
+    holds = [round(c[3] - c[1], 6) for c in node.called("damp_link")]
+    assert holds[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert all(a <= b for a, b in itertools.pairwise(holds))
+    flaps = [e for e in events if e.kind == "flapping_link"]
+    assert flaps and {e.action for e in flaps} == {"damp"}
+
+
+def test_partition_detected_rehandshakes_and_repairs() -> None:
+    node, loop, events = make(partition_grace=1.0, reconnect_jitter=0.0)
+    full = [route("E", "E"), route("X", "E"), route("Y", "E")]
+    node.set([link("B", alive=False, handshake_failures=1), link("E")], full)
+    run(node, loop, 0.0, 1.0)
+    node.set([link("B", alive=False), link("E")], [route("E", "E")])
+    run(node, loop, 1.0, 2.0)
+    assert loop.open_incidents == ()  # within the grace period
+    loop.cycle(2.0)
+    assert len(loop.open_incidents) == 1
+    incident = loop.open_incidents[0]
+    assert incident.kind is FaultKind.PARTITION and incident.destinations == {"X", "Y"}
+    assert node.called("reconnect") == [("reconnect", 2.0, "B")]  # the dead neighbour
+    run(node, loop, 2.1, 4.0)
+    node.set([link("B", alive=False), link("E")], full)
+    loop.cycle(4.0)
+    [event] = events
+    assert event.kind == "partition" and event.outcome == "repaired"
+    assert event.action == "rehandshake" and event.mttr == pytest.approx(2.0)
+    assert event.mttd == pytest.approx(1.0)
+
+
+def test_certificate_renewal_requested_once_not_every_cycle() -> None:
+    node, loop, events = make(renewal_retry=60.0)
+    node.not_after = 1e6 + 300.0
+    run(node, loop, 0.0, 1.0)
+    run(node, loop, 200.0, 230.0)  # 300 cycles inside the renewal window
+    assert node.called("request_renewal") == [("request_renewal", 200.0)]  # 100 s of 300 left
+    node.not_after = 1e6 + 2000.0
+    run(node, loop, 230.0, 231.0)
+    [event] = events
+    assert event.kind == "cert_near_expiry" and event.action == "request_renewal"
+    assert event.outcome == "repaired" and event.mttr == pytest.approx(30.0)
+
+
+def test_repeated_failures_open_the_breaker_and_stop_the_calls() -> None:
+    node, loop, events = make(
+        incident_timeout=1.0, partition_grace=100.0, breaker_failures=2, breaker_cooldown=30.0
+    )
+    for i, peer in enumerate("BCD"):  # three neighbours die in turn; X never comes back
+        routes = [route(p, p) for p in "BCD" if p != peer] + [route("X", peer)]
+        node.set([link(p) for p in "BCD"], routes)
+        loop.cycle(i * 2.0)
+        node.set([link(p, alive=p != peer) for p in "BCD"], routes[:-1])
+        loop.cycle(i * 2.0 + 0.1)
+        loop.cycle(i * 2.0 + 1.2)
+    assert [e.outcome for e in events] == ["failed", "failed", "failed"]
+    assert loop.executor.breakers[ActionKind.REROUTE].state is BreakerState.OPEN
+    assert [c[2] for c in node.called("drop_neighbour")] == ["B", "C"]  # not D
+
+
+def test_phase_durations_use_the_injected_counter() -> None:
+    ticks = itertools.count()
+    seen: list[dict[str, float]] = []
+    node = RecordingNode()
+    loop = HealingLoop(
+        node,
+        rng=random.Random(0),
+        perf_counter=lambda: float(next(ticks)),
+        on_cycle=lambda d: seen.append(dict(d)),
+    )
+    loop.cycle(0.0)
+    assert seen == [{"monitor": 1.0, "analyse": 1.0, "plan": 1.0, "execute": 1.0}]
+    assert loop.last_phase_durations == seen[0]
+    assert loop.config == HealingConfig()
+
+
+def test_healing_node_drives_the_loop_on_its_timer() -> None:
+    node = RecordingNode()
+    loop = HealingLoop(node, rng=random.Random(0), config=HealingConfig(cycle_interval=0.5))
+    core = HealingNode(node, loop)
+    assert core.name == "A"
+    assert core.start(0.0) == [SetTimer(1.0, ("hello",)), SetTimer(0.5, TIMER_KEY)]
+    assert core.handle(0.1, Datagram("x", b"hi")) == [Event("handled", {})]
+    assert core.handle(0.2, Timer(("hello",))) == [Event("handled", {})]
+    assert core.handle(0.3, RuntimeStats(loop_lag=0.01, memory_bytes=10)) == []
+    assert len(node.inputs) == 2  # runtime stats are the loop's, not the node's
+    node.set([link("B", alive=False, handshake_failures=5)], [])
+    out = core.handle(0.5, Timer(TIMER_KEY))
+    assert out[-1] == SetTimer(1.0, TIMER_KEY)
+    assert loop.last_snapshot is not None and loop.last_snapshot.loop_lag == 0.01
+    assert [i.kind for i in core.open_incidents] == [FaultKind.HANDSHAKE_FAILING]
+    node.set([link("B")], [])
+    out = core.handle(1.0, Timer(TIMER_KEY))
+    [healing] = [a for a in out if isinstance(a, Event) and a.kind == "healing"]
+    assert healing.fields == {
+        "kind": "handshake_failing",
+        "subject": "B",
+        "action": "rehandshake",
+        "outcome": "repaired",
+        "detected_at": 0.5,
+        "repaired_at": 1.0,
+        "mttr": 0.5,
+        "mttd": None,
+    }
+    assert core.events == loop.events and core.open_incidents == ()
+
+
+def test_healing_node_refuses_a_loop_for_another_node() -> None:
+    loop = HealingLoop(RecordingNode(), rng=random.Random(0))
+    with pytest.raises(ValueError):
+        HealingNode(RecordingNode(), loop)
+
+
+# --- property: any observation sequence keeps thresholds in bounds, never raises -------
+
+PEERS = ("B", "C", "D")
+floats = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.floats(min_value=0.0, max_value=3.0),
+)
+links_st = st.builds(
+    LinkObservation,
+    peer=st.sampled_from(PEERS),
+    alive=st.booleans(),
+    rtt=floats,
+    jitter=floats,
+    loss=st.one_of(st.floats(width=32), st.floats(min_value=0.0, max_value=1.0)),
+    last_heard=floats,
+    cost=st.integers(0, 0xFFFF),
+    base_cost=st.integers(0, 0xFFFF),
+    session_age=floats,
+    handshake_failures=st.integers(0, 10),
+    damped_until=floats,
+)
+routes_st = st.builds(
+    RouteObservation,
+    dst=st.sampled_from(("B", "C", "D", "X", "Y")),
+    next_hop=st.one_of(st.none(), st.sampled_from(PEERS)),
+    metric=st.integers(0, 0xFFFF),
+    changes=st.integers(0, 50),
+)
+step_st = st.tuples(
+    st.floats(min_value=0.0, max_value=5.0),  # time step
+    st.lists(links_st, max_size=3),
+    st.lists(routes_st, max_size=5),
+    st.floats(min_value=-10.0, max_value=1e4),  # cert remaining
+    st.one_of(st.none(), st.floats(min_value=0.0, max_value=5.0)),  # loop lag
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(step_st, min_size=1, max_size=40), seed=st.integers(0, 2**16))
+def test_any_observation_sequence_keeps_thresholds_in_bounds(
+    steps: list[tuple[float, list[LinkObservation], list[RouteObservation], float, float | None]],
+    seed: int,
+) -> None:
+    node = RecordingNode()
+    config = HealingConfig(baseline_min_samples=2, incident_timeout=3.0)
+    loop = HealingLoop(node, rng=random.Random(seed), config=config)
+    core = HealingNode(node, loop)
+    now = 0.0
+    for dt, links, routes, remaining, lag in steps:
+        now += dt
+        node.links = {lo.peer: lo for lo in links}
+        node.routes = {r.dst: r for r in routes}
+        node.not_after = now + 1e6 + remaining
+        core.handle(now, RuntimeStats(loop_lag=lag))
+        core.handle(now, Timer(TIMER_KEY))
+        for lk in loop.knowledge.links.values():
+            assert config.degraded_loss_min <= lk.loss_threshold <= config.degraded_loss_max
+            assert config.degraded_rtt_min <= lk.rtt_threshold <= config.degraded_rtt_max
+            assert math.isfinite(lk.anomaly) and lk.anomaly >= 0
+            assert 1.0 <= lk.penalty <= config.penalty_max
+    for event in loop.events:
+        assert event.outcome in ("repaired", "failed", "superseded")
+        assert event.mttr is None or event.mttr >= 0
