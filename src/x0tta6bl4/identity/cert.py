@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, PublicKeyAlgorithmOID
 
 from x0tta6bl4.crypto.hybrid import PUBLIC_KEY_SIZE as STATIC_KEY_SIZE
@@ -88,6 +89,8 @@ _PARSE_ERRORS = (
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
     x509.InvalidVersion,
+    # Only raised when warnings are errors (python -W error); then it means malformed too.
+    CryptographyDeprecationWarning,
 )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from x0tta6bl4.crypto.sign import SigningKey
@@ -46,6 +47,8 @@ _PARSE_ERRORS = (
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
     x509.InvalidVersion,
+    # Only raised when warnings are errors (python -W error); then it means malformed too.
+    CryptographyDeprecationWarning,
 )
 
 
