@@ -57,9 +57,11 @@ REASSEMBLY_TIMEOUT: Final = 5.0
 # --- sessions (WireGuard's values) ------------------------------------------------
 
 REKEY_AFTER_TIME: Final = 120.0  # a sender starts a new handshake past this session age
-RESPONDER_REKEY_DELAY: Final = 10.0  # the session's responder waits this much longer
+# WireGuard lets only a session's initiator rekey on time (and adds a receive-side rule for
+# an initiator that only listens); here the responder also rekeys when it sends, 10 s later,
+# so one-way traffic in either direction rekeys and the initiator normally goes first.
+RESPONDER_REKEY_DELAY: Final = 10.0
 REJECT_AFTER_TIME: Final = 180.0  # no packet is sent or accepted on an older session
-REKEY_ON_RECEIVE_AFTER: Final = REJECT_AFTER_TIME - 15.0  # receiver-side rekey (initiator)
 REKEY_AFTER_MESSAGES: Final = 2**60
 REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1
 REPLAY_WINDOW: Final = 4096  # packets; a Python int bitmap

@@ -133,6 +133,9 @@ class CookieJar:
         while len(self._cookies) > self._max:
             self._cookies.popitem(last=False)
 
+    def forget(self, addr: Addr) -> None:
+        self._cookies.pop(addr, None)
+
     def get(self, now: float, addr: Addr) -> bytes | None:
         entry = self._cookies.get(addr)
         if entry is None:

@@ -62,6 +62,7 @@ from x0tta6bl4.protocol.wire import (
     CERT_REQUEST_USED,
     HDR_CERT,
     HDR_CERT_REQUEST,
+    INIT_CACHED_SIZE,
     INIT_MAX_SIZE,
     INIT_MIN_SIZE,
     RESP_SIZE,
@@ -99,6 +100,7 @@ class _Attempt:
 
     __slots__ = (
         "attempts",
+        "backoff",
         "cr_check",
         "deadline",
         "identity",
@@ -109,12 +111,14 @@ class _Attempt:
         "rekey",
         "responder_der",
         "started",
+        "used_cookie",
     )
 
     def __init__(self, started: float, rekey: bool) -> None:
         self.started = started
         self.rekey = rekey
-        self.attempts = 0
+        self.attempts = 0  # messages sent in this attempt
+        self.backoff = 0  # messages sent since the last (re)start: drives the retry delay
         self.index = 0
         self.deadline = started
         self.last_sent = started
@@ -123,6 +127,7 @@ class _Attempt:
         self.responder_der: bytes | None = None
         self.cr_check = b""
         self.init_mac1 = b""
+        self.used_cookie = False
 
 
 class _Unconfirmed:
@@ -263,6 +268,11 @@ class SecureEndpoint:
         """Session indices currently allocated (confirmed or not)."""
         return len(self._sessions)
 
+    @property
+    def reassemblies_pending(self) -> int:
+        """Partially received fragmented messages held now."""
+        return len(self._reasm)
+
     def set_under_load(self, value: bool | None) -> None:
         """Force (True/False) or let the token bucket decide (None) whether mac2 is required."""
         self._load.forced = value
@@ -315,9 +325,11 @@ class SecureEndpoint:
         if att is None:
             return self._start(now, peer)
         att.started = now
+        att.backoff = 0
         if now - att.last_sent >= C.HANDSHAKE_RETRY_BASE:
             return self._attempt(now, peer)
-        return []
+        att.deadline = att.last_sent + C.HANDSHAKE_RETRY_BASE  # soon, but no flood
+        return [SetTimer(att.deadline, (self._ns, "hs", addr))]
 
     def send(self, now: float, addr: Addr, payload: bytes) -> list[Action]:
         """Seal ``payload`` for ``addr`` on the current session, or queue it (bounded,
@@ -513,10 +525,12 @@ class SecureEndpoint:
             att.initiator.abandon()
             att.initiator = None
         att.attempts += 1
+        att.backoff += 1
         att.last_sent = now
         att.index = index = self._new_index()
         self._pending[index] = peer
         cookie = self._jar.get(now, peer.addr)
+        att.used_cookie = cookie is not None
         responder = self._responder_identity(peer, now)
         out: list[Action]
         if responder is None:
@@ -544,7 +558,7 @@ class SecureEndpoint:
             att.initiator = init
             att.init_mac1 = message[-2 * C.MAC_SIZE : _MAC_END]
             out = self._emit(peer.addr, message)
-        att.deadline = now + _retry_delay(att.attempts, self._rng.random())
+        att.deadline = now + _retry_delay(att.backoff, self._rng.random())
         out.append(SetTimer(att.deadline, (self._ns, "hs", peer.addr)))
         return out
 
@@ -571,6 +585,8 @@ class SecureEndpoint:
                     },
                 )
             ]
+        if att.used_cookie:  # unanswered with mac2: the cookie may be stale (peer restarted)
+            self._jar.forget(peer.addr)
         return self._attempt(now, peer)
 
     # --- datagrams --------------------------------------------------------------------
@@ -642,13 +658,6 @@ class SecureEndpoint:
         if payload:
             ident = peer.identity
             out.append(Deliver(ident.name if ident is not None else _label(addr), 0, payload))
-        if (
-            session is peer.current
-            and session.initiator
-            and peer.hs is None
-            and now - session.created >= C.REKEY_ON_RECEIVE_AFTER
-        ):
-            out += self._start(now, peer)
         return out
 
     # --- responder ----------------------------------------------------------------------
@@ -939,6 +948,38 @@ class SecureEndpoint:
         if cur is not None and self._can_send(cur, now):
             return self._flush(peer, cur)
         return self._start(now, peer)
+
+
+def handshake_wire_cost(
+    cert_size: int, max_datagram: int = C.DEFAULT_MAX_DATAGRAM
+) -> dict[str, list[tuple[str, str, int, int]]]:
+    """Datagrams and bytes on the wire per handshake, from the codec's own sizes:
+    ``{"first_contact": [...], "cached": [...]}``, each entry ``(message, direction,
+    datagrams, bytes)`` for certificates of ``cert_size`` bytes (fragment headers included)."""
+
+    def cost(name: str, direction: str, size: int) -> tuple[str, str, int, int]:
+        parts = split(bytes(size), 0, max_datagram)
+        return name, direction, len(parts), sum(len(p) for p in parts)
+
+    init_full = INIT_MIN_SIZE - 1 + cert_size  # INIT_MIN_SIZE has a one-byte certificate
+    cert = C.HEADER_SIZE + C.INDEX_SIZE + 2 + cert_size + C.MAC_SIZE
+    cookie = C.HEADER_SIZE + C.INDEX_SIZE + C.COOKIE_NONCE_SIZE + C.COOKIE_SIZE + C.AEAD_TAG_SIZE
+    return {
+        "first_contact": [
+            cost("CERT_REQUEST", "I->R", C.CERT_REQUEST_SIZE),
+            cost("COOKIE", "R->I", cookie),
+            cost("CERT_REQUEST + mac2", "I->R", C.CERT_REQUEST_SIZE),
+            cost("CERT", "R->I", cert),
+            cost("INIT (certificate)", "I->R", init_full),
+            cost("RESP", "R->I", RESP_SIZE),
+            cost("DATA keepalive", "I->R", C.DATA_OVERHEAD),
+        ],
+        "cached": [
+            cost("INIT (fingerprint)", "I->R", INIT_CACHED_SIZE),
+            cost("RESP", "R->I", RESP_SIZE),
+            cost("DATA keepalive", "I->R", C.DATA_OVERHEAD),
+        ],
+    }
 
 
 def _label(addr: Addr | None) -> Any:
