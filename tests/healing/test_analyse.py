@@ -326,3 +326,27 @@ def test_handshake_failing_unless_the_peer_is_dead() -> None:
     assert event.kind == "handshake_failing" and event.outcome == Outcome.REPAIRED
     found = h.step(2.0, [link("B", alive=False, handshake_failures=6)])
     assert set(found) == {(DEAD, "B")}
+
+
+def test_held_down_link_is_neither_dead_nor_degraded() -> None:
+    h = Harness()
+    h.step(0.0, [link("B"), link("E")], TABLE)
+    found = h.step(0.1, [link("B", loss=0.9, damped_until=5.0), link("E")], TABLE)
+    assert (DEGRADED, "B") not in found
+    found = h.step(0.2, [link("B", alive=False, damped_until=5.0), link("E")], AFTER_B_DIES)
+    assert (DEAD, "B") not in found and (HANDSHAKE, "B") not in found
+    # the hold-down over, a dead link is a dead neighbour again
+    found = h.step(5.0, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    assert (DEAD, "B") in found
+
+
+def test_revived_link_settles_before_a_degradation_verdict() -> None:
+    h = Harness(revive_grace=2.0)
+    h.step(0.0, [link("B"), link("E")], TABLE)
+    h.step(0.1, [link("B", alive=False), link("E")], AFTER_B_DIES)
+    # back, but its hello history still holds the outage
+    for t in (0.2, 1.0, 2.0):
+        found = h.step(t, [link("B", loss=0.4), link("E")], TABLE)
+        assert (DEGRADED, "B") not in found
+    found = h.step(2.2, [link("B", loss=0.4), link("E")], TABLE)
+    assert (DEGRADED, "B") in found

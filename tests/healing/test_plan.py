@@ -241,3 +241,21 @@ def test_helpers() -> None:
         nominal = min(cfg.reconnect_max, cfg.reconnect_base * 2 ** (attempt - 1))
         assert nominal * 0.8 <= d <= nominal * 1.2
     assert renewal_delay(20, cfg) == cfg.renewal_retry_max
+
+
+def test_penalty_kept_while_held_down_or_settling() -> None:
+    p = Planner(revive_grace=2.0)
+    p.step(0.0, [link("B", loss=0.5), link("E")], TABLE)
+    assert p.k.links["B"].penalty == 4.0  # 0.5 / 0.2 = severity 2.5
+    # recovered but held down: not judged, so not lifted
+    assert p.step(0.1, [link("B", damped_until=3.0), link("E")], TABLE) == []
+    # died and came back: settling, not lifted either
+    p.step(3.0, [link("B", alive=False), link("E")], TABLE)
+    settling = [
+        a for a in p.step(3.1, [link("B"), link("E")], TABLE) if a.kind is (ActionKind.LIFT_COST)
+    ]
+    assert settling == []
+    lifted = [
+        a for a in p.step(5.2, [link("B"), link("E")], TABLE) if a.kind is (ActionKind.LIFT_COST)
+    ]
+    assert len(lifted) == 1

@@ -83,8 +83,13 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
 
     for peer, lf in snap.links.items():
         lk = knowledge.links[peer]
+        # A link we hold down is out of routing on purpose: its deaths and losses are
+        # not faults to repair until the hold-down ends (flapping stays tracked).
+        held = lk.damped_at(now) or (lf.damped_until is not None and lf.damped_until > now)
         dead_key = (FaultKind.DEAD_NEIGHBOUR, peer)
-        if _dead(lf) and (blame or dead_key in active):
+        if held:
+            pass  # neither dead nor failing handshakes count while held down
+        elif _dead(lf) and (blame or dead_key in active):
             # The fault began when the neighbour fell silent, not when we noticed.
             started = lf.last_heard if lf.last_heard is not None else lk.last_alive_at
             findings.append(
@@ -104,7 +109,9 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
                     severity=lf.handshake_failures / config.handshake_fail_threshold,
                 )
             )
-        if lf.present and lf.alive:
+        # A link just back from the dead gets no verdict until its history caught up
+        # (its degraded condition, if any, was cleared when it died).
+        if lf.present and lf.alive and not held and not lf.settling:
             degraded_key = (FaultKind.DEGRADED_LINK, peer)
             entering = blame and lf.pressure >= 1.0
             staying = degraded_key in active and lf.pressure >= config.recover_ratio

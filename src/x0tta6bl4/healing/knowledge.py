@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 from x0tta6bl4.healing.events import (
     NO_ACTION,
@@ -62,6 +63,9 @@ class HealingConfig:
     rtt_sigma_floor: float = 0.005
     rtt_sigma_floor_ratio: float = 0.25  # of the baseline RTT
     onset_ratio: float = 0.34  # pressure (1.0 = threshold) that marks a degradation's start
+    # A link back from the dead still reports the outage in its hello history (16 hellos
+    # at 0.1 s): no degradation verdict, and no baseline learning, for this long.
+    revive_grace: float = 2.0
     recover_ratio: float = 0.7  # degraded until severity falls below this (hysteresis)
     penalty_max: float = 16.0  # largest cost factor; factors are powers of two
     # -- flapping
@@ -169,8 +173,8 @@ class EwmaBaseline:
         return max(0.0, (x - self.mean) / sigma)
 
 
-@dataclass(frozen=True, slots=True)
-class LinkSample:
+class LinkSample(NamedTuple):
+    # a NamedTuple, not a dataclass: one is made per link per cycle
     t: float
     alive: bool
     rtt: float | None
@@ -192,6 +196,7 @@ class LinkKnowledge:
         self.ever_alive = False
         self.last_seen = -math.inf  # last observation that listed the link
         self.last_alive_at: float | None = None
+        self.revived_at: float | None = None  # last dead -> alive transition
         self.last_heard: float | None = None
         self.base_cost: int | None = None
         self.session_age: float | None = None
@@ -202,6 +207,7 @@ class LinkKnowledge:
         self.loss_score = 0.0
         self.rtt_score = 0.0
         self.degrading_since: float | None = None
+        self.pressure = 0.0  # of the latest sample; 0 while the link is dead
         self.loss_threshold = config.degraded_loss
         self.rtt_threshold = config.degraded_rtt
         # healing state, written when actions are executed

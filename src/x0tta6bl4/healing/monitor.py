@@ -49,6 +49,7 @@ class LinkFeatures:
     session_age: float | None
     handshake_failures: int
     damped_until: float | None
+    settling: bool  # back from the dead within revive_grace: no degradation verdict yet
     alive_transitions: int
     cost_changes: int
     session_resets: int
@@ -206,9 +207,11 @@ class Monitor:
         alive = lo is not None and bool(lo.alive)
         if lk.alive is not None and lk.alive != alive:
             lk.alive_changes.append(now)
+            if alive:
+                lk.revived_at = now
         lk.alive = alive
         if lo is None:
-            lk.loss_score = lk.rtt_score = 0.0
+            lk.loss_score = lk.rtt_score = lk.pressure = 0.0
             lk.degrading_since = None
             return
         lk.last_seen = now
@@ -237,17 +240,18 @@ class Monitor:
         raw_loss = _finite(lo.loss)
         loss = clamp(raw_loss, 0.0, 1.0) if raw_loss is not None else 1.0
         lk.samples.append(LinkSample(now, alive, rtt, loss, _finite(lo.jitter)))
-        if not alive:
+        if not alive or (lk.revived_at is not None and now - lk.revived_at < config.revive_grace):
             # A dead link is the dead-neighbour finding's business; its anomaly score
-            # starts afresh when it returns (the baseline is kept).
-            lk.loss_score = lk.rtt_score = 0.0
+            # starts afresh once it is back and its history has caught up (the baseline
+            # is kept).
+            lk.loss_score = lk.rtt_score = lk.pressure = 0.0
             lk.degrading_since = None
             return
         lk.loss_score = _scored(lk.loss_base, loss, config.loss_sigma_floor, lk.loss_score, config)
         if rtt is not None:
             floor = max(config.rtt_sigma_floor, config.rtt_sigma_floor_ratio * lk.rtt_base.mean)
             lk.rtt_score = _scored(lk.rtt_base, rtt, floor, lk.rtt_score, config)
-        pressure = _pressure(lk, loss, rtt, config)
+        lk.pressure = pressure = _pressure(lk, loss, rtt, config)
         if pressure < 1.0 and lk.anomaly <= config.baseline_gate:
             # Thresholds learn from healthy history only: a degrading link must not
             # loosen the very threshold that is about to catch it.
@@ -276,15 +280,14 @@ class Monitor:
             session_age=lk.session_age if present else None,
             handshake_failures=lk.handshake_failures,
             damped_until=lo.damped_until if lo is not None else lk.damped_until,
+            settling=bool(lk.alive)
+            and lk.revived_at is not None
+            and now - lk.revived_at < self.config.revive_grace,
             alive_transitions=count_since(lk.alive_changes, since),
             cost_changes=count_since(lk.cost_changes, since),
             session_resets=count_since(lk.session_resets, since),
             anomaly=lk.anomaly,
-            pressure=(
-                _pressure(lk, last.loss, last.rtt, self.config)
-                if present and lk.alive and last is not None
-                else 0.0
-            ),
+            pressure=lk.pressure,
             loss_threshold=lk.loss_threshold,
             rtt_threshold=lk.rtt_threshold,
             degrading_since=lk.degrading_since,

@@ -122,7 +122,8 @@ def plan(
                         factor=factor,
                     )
                 )
-        elif lk.penalty != 1.0 and _alive_now(snap, peer):
+        elif lk.penalty != 1.0 and _recovered(snap, peer) and not _damped(snap, lk, now):
+            # (a held-down link is not judged at all, so it has not shown recovery)
             actions.append(
                 PlannedAction(ActionKind.LIFT_COST, peer, FaultKind.DEGRADED_LINK, factor=1.0)
             )
@@ -163,9 +164,10 @@ def plan(
     return actions
 
 
-def _alive_now(snap: Snapshot, peer: str) -> bool:
+def _recovered(snap: Snapshot, peer: str) -> bool:
+    # Only a link that is up and past its revive grace has shown it recovered.
     lf = snap.links.get(peer)
-    return lf is not None and lf.present and lf.alive
+    return lf is not None and lf.present and lf.alive and not lf.settling
 
 
 def _damped(snap: Snapshot, lk: LinkKnowledge, now: float) -> bool:
