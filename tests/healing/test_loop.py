@@ -348,13 +348,18 @@ step_st = st.tuples(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(step_st, min_size=1, max_size=40), seed=st.integers(0, 2**16))
+@given(
+    steps=st.lists(step_st, min_size=1, max_size=40),
+    seed=st.integers(0, 2**16),
+    max_peers=st.integers(1, 4),
+)
 def test_any_observation_sequence_keeps_thresholds_in_bounds(
     steps: list[tuple[float, list[LinkObservation], list[RouteObservation], float, float | None]],
     seed: int,
+    max_peers: int,
 ) -> None:
     node = RecordingNode()
-    config = HealingConfig(baseline_min_samples=2, incident_timeout=3.0)
+    config = HealingConfig(baseline_min_samples=2, incident_timeout=3.0, max_peers=max_peers)
     loop = HealingLoop(node, rng=random.Random(seed), config=config)
     core = HealingNode(node, loop)
     now = 0.0

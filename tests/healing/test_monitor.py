@@ -161,6 +161,8 @@ def test_peers_bounded_by_lru() -> None:
     m.update(obs(0.0, [link("B"), link("C")]))
     m.update(obs(1.0, [link("C"), link("D")]))
     assert list(m.knowledge.links) == ["C", "D"]
+    snap = m.update(obs(2.0, [link("B"), link("C"), link("D")]))
+    assert set(snap.links) == set(m.knowledge.links) == {"C", "D"}
 
 
 def test_anomaly_score_rises_on_a_creeping_link_and_baseline_holds() -> None:

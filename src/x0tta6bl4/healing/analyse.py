@@ -100,8 +100,9 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
                     destinations=lk.reachable_when_alive - {peer},
                 )
             )
-        elif lf.handshake_failures >= config.handshake_fail_threshold:
-            # Not while the peer is dead: failing reconnects are part of that incident.
+        elif not lf.alive and lf.handshake_failures >= config.handshake_fail_threshold:
+            # A link that never came up (or is up on an old session: it works). Not
+            # while the peer is dead: failing reconnects are part of that incident.
             findings.append(
                 Finding(
                     FaultKind.HANDSHAKE_FAILING,

@@ -314,6 +314,9 @@ class Monitor:
                 features[peer] = self._features(lk, None, now)
         for peer in gone:
             del knowledge.links[peer]
+        if len(features) > len(knowledge.links):
+            # More links than max_peers: the LRU already forgot some; so do we.
+            features = {p: f for p, f in features.items() if p in knowledge.links}
         return features
 
     # -- the phase ---------------------------------------------------------------------
