@@ -1,0 +1,959 @@
+"""Loop-free distance-vector routing in the manner of Babel (RFC 8966), sans-IO.
+
+Every node originates exactly one destination: its own 8-byte node id. Neighbours are
+named by the link peer's name. The router never touches a socket or a clock; callers feed
+it ``now`` and received TLVs, and send what it returns.
+
+Loop freedom (RFC 8966 §2.4, §3.5.1). For each destination the router keeps a
+feasibility distance ``FD = (seqno, metric)``: the best pair it has ever *advertised*
+(newer seqno wins, then smaller metric). A received route ``(seqno, metric)`` is
+feasible iff it is strictly better than FD (or a retraction). Only feasible routes are
+ever selected, and FD is updated whenever an update with a finite metric is emitted.
+Along any chain of selected next hops FD therefore strictly improves, so the chain
+cannot close into a cycle. Sources (FDs) outlive every route that could refer to them.
+
+Starvation (§3.8.2.1): when the selected route is lost and nothing feasible remains, the
+destination stays unreachable, a retraction goes out, and a seqno request asks the
+origin for a newer seqno; routes carrying it are feasible everywhere.
+
+Outputs: every entry point returns ``list[Outgoing]``, at most one per recipient
+(``None`` meaning every neighbour), each a batch of TLVs to encode with
+:func:`pack_tlvs`.
+
+Wire format (big-endian)::
+
+    tlv            = type:u8 length:u16 body[length]
+    UPDATE    (1)  body = interval_cs:u16 { dst:8 seqno:u16 metric:u16 }+
+    SEQNO_REQ (2)  body = dst:8 seqno:u16 hop_count:u8
+    ROUTE_REQ (3)  body = "" (wildcard) | dst:8
+
+Consecutive updates with the same interval share one UPDATE TLV (12 bytes each), which
+keeps a 1,000-route dump at ~12 kB and lets the decoder unpack records in C.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final, NamedTuple, TypeAlias
+
+from x0tta6bl4.errors import BadLength, Truncated, UnknownType
+
+NodeId: TypeAlias = bytes
+"""A node's 8-byte id; opaque to the router."""
+
+# --- constants ------------------------------------------------------------------
+
+NODE_ID_LEN: Final = 8
+INFINITY: Final = 0xFFFF
+"""Metric of an unreachable destination; an update carrying it is a retraction."""
+
+UPDATE_INTERVAL: Final = 16.0
+"""Seconds between full dumps. At 1,000 nodes a dump is ~12 kB per neighbour, so ~0.75
+kB/s per link; triggered updates carry the changes in between."""
+
+UPDATE_JITTER: Final = 0.1
+"""Each dump period is shortened by up to this fraction at random, to desynchronise."""
+
+ROUTE_EXPIRY_FACTOR: Final = 3.5
+"""A route not refreshed within this many of its advertised intervals is dropped."""
+
+SOURCE_GC_TIME: Final = 180.0
+"""Minimum seconds a feasibility distance is kept after it was last used."""
+
+HYSTERESIS_ABS: Final = 32
+"""Switch away from a usable route only if the new one is better by more than this..."""
+
+HYSTERESIS_REL: Final = 0.05
+"""...and by more than this fraction of the current metric."""
+
+TRIGGER_METRIC_DELTA: Final = 96
+"""A selected metric moving this far from what we last advertised triggers an update."""
+
+LINK_COST_DEADBAND_ABS: Final = 16
+"""Link cost changes smaller than this (and than the relative band) are absorbed, so a
+noisy estimator does not make the router rescan every route through the link."""
+
+LINK_COST_DEADBAND_REL: Final = 0.1
+
+SEQNO_REQUEST_HOPS: Final = 64
+"""Initial hop count of a seqno request (RFC 8966's suggested value)."""
+
+SEQNO_REQUEST_RESEND_DELAY: Final = 0.5
+"""First resend of an unanswered seqno request we originated; doubles each time.
+Also the minimum gap between forwarding two requests for the same destination."""
+
+SEQNO_REQUEST_MAX_RESENDS: Final = 3
+
+SEQNO_REQUEST_HOLD: Final = 5.0
+"""How long a pending (originated or forwarded) seqno request is remembered."""
+
+TRIGGER_DELAY: Final = 0.05
+"""Good news (a new route, an improvement, a voluntary switch) is coalesced for up to
+this long, so a burst of changes leaves as one batch instead of one per received packet;
+bad news (retractions, failovers, metric increases, answers to seqno requests) is sent
+at once."""
+
+CHANGE_LOG_MAX: Final = 4096
+"""Bound on undrained next-hop change records."""
+
+MIN_LINK_COST: Final = 1
+"""Metrics must strictly grow per hop for the feasibility argument; costs clamp to this."""
+
+T_UPDATE: Final = 1
+T_SEQNO_REQUEST: Final = 2
+T_ROUTE_REQUEST: Final = 3
+
+_SEQNO_MOD: Final = 1 << 16
+_HALF: Final = 1 << 15
+_HDR = struct.Struct(">BH")
+_U16 = struct.Struct(">H")
+_UPD_REC = struct.Struct(">8sHH")
+_SEQREQ = struct.Struct(">8sHB")
+_UPD_HDR_SIZE: Final = _HDR.size + _U16.size  # 5
+_MAX_RECORDS: Final = (0xFFFF - _U16.size) // _UPD_REC.size
+_SEQREQ_TLV_SIZE: Final = _HDR.size + _SEQREQ.size  # 14
+_NO_FD: Final = -1
+
+
+def seqno_newer(a: int, b: int) -> bool:
+    """True iff 16-bit seqno ``a`` is strictly newer than ``b`` (RFC 8966 §3.2.1)."""
+    return 0 < ((a - b) & 0xFFFF) < _HALF
+
+
+def seqno_ge(a: int, b: int) -> bool:
+    """True iff ``a`` is the same as or newer than ``b``, modulo 2^16."""
+    return ((a - b) & 0xFFFF) < _HALF
+
+
+# --- TLVs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Route to ``dst`` with ``metric`` (INFINITY: retraction) valid for ~3.5 intervals."""
+
+    dst: NodeId
+    seqno: int
+    metric: int
+    interval: int
+    """Sender's update interval in centiseconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeqnoRequest:
+    """Ask ``dst``'s origin (via the path toward it) for a seqno of at least ``seqno``."""
+
+    dst: NodeId
+    seqno: int
+    hop_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """Ask a neighbour for its route to ``dst``, or for a full dump if ``dst`` is None."""
+
+    dst: NodeId | None = None
+
+
+Tlv: TypeAlias = Update | SeqnoRequest | RouteRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """TLVs to send to neighbour ``to``, or to every neighbour if ``to`` is None."""
+
+    to: str | None
+    tlvs: list[Tlv]
+
+
+class RouteChange(NamedTuple):
+    """The selected next hop toward ``dst`` changed at ``time`` (None: unreachable)."""
+
+    time: float
+    dst: NodeId
+    old: str | None
+    new: str | None
+
+
+# --- codec ----------------------------------------------------------------------
+
+
+def _segments(data: bytes) -> list[tuple[int, int, int]]:
+    """Validate the TLV framing of a packet; return (type, body start, body end)."""
+    segs: list[tuple[int, int, int]] = []
+    n = len(data)
+    pos = 0
+    while pos < n:
+        if n - pos < _HDR.size:
+            raise Truncated(f"TLV header needs {_HDR.size} bytes, {n - pos} left")
+        t, ln = _HDR.unpack_from(data, pos)
+        pos += _HDR.size
+        if n - pos < ln:
+            raise Truncated(f"TLV type {t} claims {ln} bytes, {n - pos} left")
+        if t == T_UPDATE:
+            if ln < _U16.size + _UPD_REC.size or (ln - _U16.size) % _UPD_REC.size:
+                raise BadLength(f"update TLV body of {ln} bytes")
+        elif t == T_SEQNO_REQUEST:
+            if ln != _SEQREQ.size:
+                raise BadLength(f"seqno request TLV body of {ln} bytes")
+        elif t == T_ROUTE_REQUEST:
+            if ln not in (0, NODE_ID_LEN):
+                raise BadLength(f"route request TLV body of {ln} bytes")
+        else:
+            raise UnknownType(f"TLV type {t}")
+        segs.append((t, pos, pos + ln))
+        pos += ln
+    return segs
+
+
+def decode_tlvs(data: bytes) -> list[Tlv]:
+    """Decode a packet of TLVs; raise a DecodeError subclass on anything malformed."""
+    out: list[Tlv] = []
+    for t, start, end in _segments(data):
+        if t == T_UPDATE:
+            (interval,) = _U16.unpack_from(data, start)
+            for dst, seqno, metric in _UPD_REC.iter_unpack(data[start + _U16.size : end]):
+                out.append(Update(dst, seqno, metric, interval))
+        elif t == T_SEQNO_REQUEST:
+            dst, seqno, hops = _SEQREQ.unpack_from(data, start)
+            out.append(SeqnoRequest(dst, seqno, hops))
+        else:
+            out.append(RouteRequest(bytes(data[start:end]) if end > start else None))
+    return out
+
+
+def _check_id(dst: bytes) -> None:
+    if len(dst) != NODE_ID_LEN:
+        raise ValueError(f"node id must be {NODE_ID_LEN} bytes, got {len(dst)}")
+
+
+def _encode_one(t: Tlv) -> bytes:
+    """A single non-update TLV (updates are grouped by the callers)."""
+    if isinstance(t, SeqnoRequest):
+        _check_id(t.dst)
+        return _HDR.pack(T_SEQNO_REQUEST, _SEQREQ.size) + _SEQREQ.pack(t.dst, t.seqno, t.hop_count)
+    if isinstance(t, RouteRequest):
+        if t.dst is None:
+            return _HDR.pack(T_ROUTE_REQUEST, 0)
+        _check_id(t.dst)
+        return _HDR.pack(T_ROUTE_REQUEST, NODE_ID_LEN) + t.dst
+    raise TypeError(f"not a TLV: {t!r}")
+
+
+def _update_record(u: Update) -> bytes:
+    _check_id(u.dst)
+    return _UPD_REC.pack(u.dst, u.seqno, u.metric)
+
+
+def _packets(tlvs: Iterable[Tlv], max_bytes: int) -> Iterator[bytes]:
+    """Greedy packer: consecutive same-interval updates share a TLV; packets <= max_bytes."""
+    parts: list[bytes] = []
+    size = 0
+    # Open update group: its interval, records, and where its header goes in ``parts``.
+    g_interval = -1
+    g_recs: list[bytes] = []
+
+    def close_group() -> None:
+        nonlocal g_interval
+        if g_recs:
+            body_len = _U16.size + _UPD_REC.size * len(g_recs)
+            parts.append(_HDR.pack(T_UPDATE, body_len) + _U16.pack(g_interval))
+            parts.extend(g_recs)
+            g_recs.clear()
+        g_interval = -1
+
+    try:
+        for t in tlvs:
+            if isinstance(t, Update):
+                rec = _update_record(t)
+                if t.interval == g_interval and len(g_recs) < _MAX_RECORDS:
+                    need = _UPD_REC.size
+                else:
+                    need = _UPD_HDR_SIZE + _UPD_REC.size
+                if size + need > max_bytes and size > 0:
+                    close_group()
+                    yield b"".join(parts)
+                    parts.clear()
+                    size = 0
+                    need = _UPD_HDR_SIZE + _UPD_REC.size
+                if need > _UPD_REC.size:
+                    close_group()
+                    _U16.pack(t.interval)  # range check before committing
+                    g_interval = t.interval
+                if size + need > max_bytes:
+                    raise ValueError(f"max_bytes={max_bytes} cannot hold one update")
+                g_recs.append(rec)
+                size += need
+            else:
+                enc = _encode_one(t)
+                if size + len(enc) > max_bytes and size > 0:
+                    close_group()
+                    yield b"".join(parts)
+                    parts.clear()
+                    size = 0
+                if len(enc) > max_bytes:
+                    raise ValueError(f"max_bytes={max_bytes} cannot hold {t!r}")
+                close_group()
+                parts.append(enc)
+                size += len(enc)
+        close_group()
+        if parts:
+            yield b"".join(parts)
+    except struct.error as exc:
+        raise ValueError(f"TLV field out of range: {exc}") from None
+
+
+def encode_tlvs(tlvs: Iterable[Tlv]) -> bytes:
+    """Encode TLVs into one packet (no size limit). ValueError on out-of-range fields."""
+    return b"".join(_packets(tlvs, 1 << 62))
+
+
+def pack_tlvs(tlvs: Iterable[Tlv], max_bytes: int) -> list[bytes]:
+    """Encode TLVs into packets of at most ``max_bytes`` each, in order."""
+    return list(_packets(tlvs, max_bytes))
+
+
+# --- router state -------------------------------------------------------------------
+
+
+class _Route:
+    """What neighbour ``nbr`` last advertised for one destination."""
+
+    __slots__ = ("adv", "expires", "nbr", "seqno")
+
+    def __init__(self, nbr: str, seqno: int, adv: int, expires: float) -> None:
+        self.nbr = nbr
+        self.seqno = seqno
+        self.adv = adv
+        self.expires = expires
+
+
+class _Dest:
+    """Everything about one destination: its routes, selection and source (FD)."""
+
+    __slots__ = ("adv_metric", "fd_metric", "fd_seqno", "fd_time", "routes", "sel", "seqno")
+
+    def __init__(self, seqno: int) -> None:
+        self.routes: dict[str, _Route] = {}
+        self.sel: _Route | None = None
+        self.seqno = seqno  # latest seqno we know, for retractions and requests
+        self.adv_metric = INFINITY  # metric we last advertised, for trigger decisions
+        self.fd_seqno = _NO_FD
+        self.fd_metric = INFINITY
+        self.fd_time = float("-inf")
+
+
+class _Pending:
+    """A seqno request we originated or forwarded and have not seen answered."""
+
+    __slots__ = ("expires", "forwarded_at", "next_resend", "originated", "resends", "seqno")
+
+    def __init__(self, seqno: int, now: float, originated: bool) -> None:
+        self.seqno = seqno
+        self.originated = originated
+        self.forwarded_at = now
+        self.expires = now + SEQNO_REQUEST_HOLD
+        self.resends = SEQNO_REQUEST_MAX_RESENDS if originated else 0
+        self.next_resend = now + SEQNO_REQUEST_RESEND_DELAY
+
+
+class _Out:
+    """Collects what one call wants to send; turned into Outgoing batches at the end."""
+
+    __slots__ = ("all", "dump_to", "lazy", "reqs", "uni")
+
+    def __init__(self) -> None:
+        self.all: dict[NodeId, None] = {}  # ordered set of dsts to advertise to everyone
+        self.lazy: dict[NodeId, None] = {}  # ditto, but may wait TRIGGER_DELAY
+        self.uni: dict[str, dict[NodeId, None]] = {}
+        self.dump_to: dict[str, None] = {}
+        self.reqs: dict[str | None, list[Tlv]] = {}
+
+    def request(self, to: str | None, tlv: Tlv) -> None:
+        self.reqs.setdefault(to, []).append(tlv)
+
+
+class Router:
+    """Babel-style router for one node. All methods return ``list[Outgoing]``."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        rng: random.Random,
+        *,
+        update_interval: float = UPDATE_INTERVAL,
+    ) -> None:
+        _check_id(node_id)
+        if update_interval <= 0:
+            raise ValueError("update_interval must be positive")
+        self.node_id: NodeId = bytes(node_id)
+        self.update_interval = update_interval
+        self._rng = rng
+        self._interval_cs = max(1, min(0xFFFF, round(update_interval * 100)))
+        # A random start makes a restarted node likely to be newer than its old seqno.
+        self.seqno: int = rng.randrange(_SEQNO_MOD)
+        # A source must outlive any route a neighbour may still hold from us.
+        self._source_gc = max(SOURCE_GC_TIME, 2 * ROUTE_EXPIRY_FACTOR * update_interval)
+        self._costs: dict[str, int] = {}
+        self._by_nbr: dict[str, dict[NodeId, _Route]] = {}
+        self._dests: dict[NodeId, _Dest] = {}
+        self._pending: dict[NodeId, _Pending] = {}
+        self._next_dump: float | None = None
+        self._next_sweep: float | None = None
+        self._buffered: dict[NodeId, None] = {}  # coalesced triggered updates
+        self._flush_at: float | None = None
+        self.route_changes: dict[NodeId, int] = {}
+        """Number of next-hop changes per destination (flap detection)."""
+        self._changes: deque[RouteChange] = deque(maxlen=CHANGE_LOG_MAX)
+
+    # -- queries --------------------------------------------------------------------
+
+    def next_hop(self, dst: NodeId) -> str | None:
+        d = self._dests.get(dst)
+        if d is None or d.sel is None:
+            return None
+        return d.sel.nbr
+
+    def metric(self, dst: NodeId) -> int:
+        """Metric of the selected route to ``dst`` (0 for ourselves), INFINITY if none."""
+        if dst == self.node_id:
+            return 0
+        d = self._dests.get(dst)
+        if d is None or d.sel is None:
+            return INFINITY
+        return min(INFINITY, d.sel.adv + self._costs[d.sel.nbr])
+
+    def selected(self) -> dict[NodeId, tuple[str, int, int]]:
+        """Every reachable destination -> (next hop, metric, seqno)."""
+        costs = self._costs
+        return {
+            dst: (r.nbr, r.adv + costs[r.nbr], r.seqno)
+            for dst, d in self._dests.items()
+            if (r := d.sel) is not None
+        }
+
+    def neighbours(self) -> dict[str, int]:
+        """Current neighbours and the link cost the router uses for each."""
+        return dict(self._costs)
+
+    def feasibility_distance(self, dst: NodeId) -> tuple[int, int] | None:
+        d = self._dests.get(dst)
+        if d is None or d.fd_seqno == _NO_FD:
+            return None
+        return (d.fd_seqno, d.fd_metric)
+
+    def drain_changes(self) -> list[RouteChange]:
+        """Next-hop changes since the last drain, oldest first."""
+        out = list(self._changes)
+        self._changes.clear()
+        return out
+
+    # -- link events --------------------------------------------------------------------
+
+    def set_link_cost(self, now: float, neighbour: str, cost: int) -> list[Outgoing]:
+        """Add a neighbour or change its link cost; INFINITY means the link is gone."""
+        if cost >= INFINITY:
+            return self.remove_neighbour(now, neighbour)
+        cost = max(MIN_LINK_COST, int(cost))
+        out = _Out()
+        old = self._costs.get(neighbour)
+        if old is None:
+            self._costs[neighbour] = cost
+            self._by_nbr[neighbour] = {}
+            # A new link: learn its table and give it ours straight away.
+            out.request(neighbour, RouteRequest(None))
+            out.dump_to[neighbour] = None
+            return self._finish(now, out)
+        if abs(cost - old) < max(LINK_COST_DEADBAND_ABS, old * LINK_COST_DEADBAND_REL):
+            return []
+        self._costs[neighbour] = cost
+        dests = self._dests
+        costs = self._costs
+        for dst, r in list(self._by_nbr[neighbour].items()):
+            if r.adv >= INFINITY:
+                continue
+            d = dests[dst]
+            sel = d.sel
+            if sel is r:
+                self._reselect(now, dst, d, out)
+            elif cost < old and sel is not None:
+                # Only a cheaper link can make a non-selected route win; check first.
+                cur = sel.adv + costs[sel.nbr]
+                new = r.adv + cost
+                if cur - new > max(HYSTERESIS_ABS, cur * HYSTERESIS_REL):
+                    self._reselect(now, dst, d, out)
+        return self._finish(now, out)
+
+    def remove_neighbour(self, now: float, neighbour: str) -> list[Outgoing]:
+        """The link is gone: routes through it become unusable immediately."""
+        if self._costs.pop(neighbour, None) is None:
+            return []
+        out = _Out()
+        table = self._by_nbr.pop(neighbour)
+        dests = self._dests
+        for dst, r in table.items():
+            d = dests[dst]
+            del d.routes[neighbour]
+            if d.sel is r:
+                self._reselect(now, dst, d, out)
+        return self._finish(now, out)
+
+    # -- received TLVs ------------------------------------------------------------------
+
+    def handle(self, now: float, neighbour: str, tlvs: Iterable[Tlv]) -> list[Outgoing]:
+        """Process TLVs received from ``neighbour``; ignored if it is not a neighbour."""
+        table = self._by_nbr.get(neighbour)
+        if table is None:
+            return []
+        out = _Out()
+        for t in tlvs:
+            if type(t) is Update:
+                metric = t.metric
+                r = table.get(t.dst)
+                exp = now + _expiry(t.interval)
+                # Fast path: the periodic refresh of an unchanged route.
+                if r is not None and r.seqno == t.seqno and r.adv == metric < INFINITY:
+                    r.expires = exp
+                else:
+                    self._on_update(now, neighbour, t.dst, t.seqno, metric, exp, out)
+            elif type(t) is SeqnoRequest:
+                self._on_seqno_request(now, neighbour, t.dst, t.seqno, t.hop_count, out)
+            elif type(t) is RouteRequest:
+                self._on_route_request(neighbour, t.dst, out)
+        return self._finish(now, out)
+
+    def handle_packet(self, now: float, neighbour: str, data: bytes) -> list[Outgoing]:
+        """Decode and process one packet without building TLV objects (the fast path).
+
+        The whole packet is validated first, so a malformed one changes nothing and
+        raises a DecodeError subclass.
+        """
+        segs = _segments(data)
+        table = self._by_nbr.get(neighbour)
+        if table is None:
+            return []
+        out = _Out()
+        for t, start, end in segs:
+            if t == T_UPDATE:
+                (interval,) = _U16.unpack_from(data, start)
+                exp = now + _expiry(interval)
+                get = table.get
+                for dst, seqno, metric in _UPD_REC.iter_unpack(data[start + _U16.size : end]):
+                    r = get(dst)
+                    if r is not None and r.seqno == seqno and r.adv == metric < INFINITY:
+                        r.expires = exp
+                    else:
+                        self._on_update(now, neighbour, dst, seqno, metric, exp, out)
+            elif t == T_SEQNO_REQUEST:
+                dst, seqno, hops = _SEQREQ.unpack_from(data, start)
+                self._on_seqno_request(now, neighbour, dst, seqno, hops, out)
+            else:
+                self._on_route_request(neighbour, bytes(data[start:end]) or None, out)
+        return self._finish(now, out)
+
+    def _on_update(
+        self,
+        now: float,
+        nbr: str,
+        dst: NodeId,
+        seqno: int,
+        metric: int,
+        expires: float,
+        out: _Out,
+    ) -> None:
+        """An update that is not a plain refresh; ``expires`` is its refresh deadline."""
+        if dst == self.node_id:
+            # Someone remembers a newer seqno of ours (we restarted): jump past it.
+            if seqno_newer(seqno, self.seqno):
+                self.seqno = (seqno + 1) & 0xFFFF
+                out.all[dst] = None
+            return
+        d = self._dests.get(dst)
+        if d is None:
+            if metric >= INFINITY:
+                return
+            d = self._dests[dst] = _Dest(seqno)
+        r = d.routes.get(nbr)
+        sel = d.sel
+        if r is None:
+            if metric >= INFINITY:
+                return
+            r = _Route(nbr, seqno, metric, expires)
+            d.routes[nbr] = r
+            self._by_nbr[nbr][dst] = r
+        else:
+            if (
+                r is sel
+                and metric < INFINITY
+                and d.fd_seqno != _NO_FD
+                and not _better(seqno, metric, d.fd_seqno, d.fd_metric)
+            ):
+                # Unfeasible update for the selected route (RFC 8966 §3.5.3 allows
+                # ignoring it): keep forwarding on what the neighbour said before,
+                # which is still loop-free, and ask for a newer seqno instead of
+                # black-holing traffic.
+                self._request_seqno(now, dst, d, nbr, out)
+                return
+            r.seqno = seqno
+            r.adv = metric
+            if metric < INFINITY:
+                r.expires = expires
+        if seqno != d.seqno and seqno_newer(seqno, d.seqno):
+            d.seqno = seqno
+        if sel is not None and r is not sel and dst not in self._pending:
+            # The selected route is unchanged and, by invariant, usable: a change
+            # elsewhere matters only if it beats it by the hysteresis margin. This
+            # spares the full reselection for most updates while routes are learnt.
+            if metric >= INFINITY:
+                return
+            costs = self._costs
+            cur = sel.adv + costs[sel.nbr]
+            gain = cur - metric - costs[nbr]
+            if gain <= HYSTERESIS_ABS or gain <= cur * HYSTERESIS_REL:
+                return
+        self._reselect(now, dst, d, out)
+
+    def _on_seqno_request(
+        self, now: float, nbr: str, dst: NodeId, seqno: int, hops: int, out: _Out
+    ) -> None:
+        if dst == self.node_id:
+            if seqno_newer(seqno, self.seqno):
+                # RFC 8966 §3.8.1.2: never more than +1 per request.
+                self.seqno = (self.seqno + 1) & 0xFFFF
+                out.all[dst] = None
+            else:
+                out.uni.setdefault(nbr, {})[dst] = None
+            return
+        d = self._dests.get(dst)
+        if d is None:
+            return
+        sel = d.sel
+        if sel is not None and seqno_ge(sel.seqno, seqno):
+            out.uni.setdefault(nbr, {})[dst] = None  # we can satisfy it ourselves
+            return
+        if hops <= 1:
+            return
+        p = self._pending.get(dst)
+        if (
+            p is not None
+            and seqno_ge(p.seqno, seqno)
+            and now - p.forwarded_at < SEQNO_REQUEST_RESEND_DELAY
+        ):
+            return  # the same request went upstream a moment ago
+        target = self._request_target(d, nbr)
+        if target is None:
+            return
+        if p is None or p.expires <= now:
+            p = self._pending[dst] = _Pending(seqno, now, originated=False)
+        else:
+            if seqno_newer(seqno, p.seqno):
+                p.seqno = seqno
+            p.forwarded_at = now
+            p.expires = now + SEQNO_REQUEST_HOLD
+        out.request(target, SeqnoRequest(dst, seqno, hops - 1))
+
+    def _request_target(self, d: _Dest, skip: str | None) -> str | None:
+        """Where to send a seqno request: the selected next hop, else the neighbour with
+        the best (possibly unfeasible) route, never back to ``skip``."""
+        if d.sel is not None and d.sel.nbr != skip:
+            return d.sel.nbr
+        costs = self._costs
+        best: str | None = None
+        best_m = INFINITY
+        for r in d.routes.values():
+            if r.nbr == skip or r.adv >= INFINITY:
+                continue
+            m = r.adv + costs[r.nbr]
+            if m < best_m:
+                best, best_m = r.nbr, m
+        return best
+
+    def _on_route_request(self, nbr: str, dst: NodeId | None, out: _Out) -> None:
+        if dst is None:
+            out.dump_to[nbr] = None
+        else:
+            out.uni.setdefault(nbr, {})[dst] = None
+
+    # -- selection ------------------------------------------------------------------------
+
+    def _reselect(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
+        """Pick the best feasible route for ``dst``, with hysteresis; queue what follows."""
+        costs = self._costs
+        fs, fm = d.fd_seqno, d.fd_metric
+        cur = d.sel
+        cur_m = INFINITY
+        best: _Route | None = None
+        best_m = INFINITY
+        unfeasible_m = INFINITY
+        p = self._pending.get(dst)
+        if p is not None and p.expires <= now:
+            p = None
+        want = p.seqno if p is not None else 0
+        fresh: _Route | None = None  # best feasible route carrying the requested seqno
+        fresh_m = INFINITY
+        for r in d.routes.values():
+            a = r.adv
+            if a >= INFINITY:
+                continue
+            m = a + costs[r.nbr]
+            if m >= INFINITY:
+                continue
+            if fs != _NO_FD:
+                s = r.seqno
+                # Inlined _better(s, a, fs, fm): this loop is the hot path of learning.
+                if not ((s == fs and a < fm) or 0 < ((s - fs) & 0xFFFF) < _HALF):
+                    if m < unfeasible_m:
+                        unfeasible_m = m
+                    continue
+            if r is cur:
+                cur_m = m
+            if m < best_m:
+                best, best_m = r, m
+            if p is not None and m < fresh_m and ((r.seqno - want) & 0xFFFF) < _HALF:
+                fresh, fresh_m = r, m
+        # Hysteresis: stay on a usable route unless the new one is clearly better.
+        if (
+            cur_m < INFINITY
+            and best is not cur
+            and cur_m - best_m <= max(HYSTERESIS_ABS, cur_m * HYSTERESIS_REL)
+        ):
+            best, best_m = cur, cur_m
+        if fresh is not None and (best is None or not seqno_ge(best.seqno, want)):
+            # Someone is waiting for this seqno (maybe a starving node downstream):
+            # take the route that carries it, even if longer, so the answer flows back.
+            best, best_m = fresh, fresh_m
+        d.sel = best
+        old_nh = cur.nbr if cur is not None else None
+        new_nh = best.nbr if best is not None else None
+        if old_nh != new_nh:
+            self.route_changes[dst] = self.route_changes.get(dst, 0) + 1
+            self._changes.append(RouteChange(now, dst, old_nh, new_nh))
+            if cur_m >= INFINITY and cur is not None:
+                out.all[dst] = None  # retraction or failover: tell everyone now
+            else:
+                out.lazy[dst] = None  # new route or voluntary switch: coalesce
+        if best is None:
+            if cur is not None:
+                self._request_seqno(now, dst, d, None, out)  # starvation escape
+            elif unfeasible_m < INFINITY:
+                # Unreachable, yet a neighbour has a route we may not take: ask for a
+                # newer seqno so it becomes feasible (rate-limited by _pending).
+                self._request_seqno(now, dst, d, None, out)
+            return
+        if seqno_newer(best.seqno, d.seqno):
+            d.seqno = best.seqno
+        delta = best_m - d.adv_metric
+        if delta >= TRIGGER_METRIC_DELTA:
+            out.all[dst] = None  # bad news travels fast
+        elif delta <= -TRIGGER_METRIC_DELTA:
+            out.lazy[dst] = None
+        elif unfeasible_m < best_m and best_m - unfeasible_m > max(
+            HYSTERESIS_ABS, best_m * HYSTERESIS_REL
+        ):
+            # A much better route exists but is unfeasible: a newer seqno would free it.
+            self._request_seqno(now, dst, d, None, out)
+        if p is not None and seqno_ge(best.seqno, want):
+            # The seqno someone asked for has arrived: pass it on promptly.
+            del self._pending[dst]
+            out.all[dst] = None
+
+    def _request_seqno(self, now: float, dst: NodeId, d: _Dest, to: str | None, out: _Out) -> None:
+        """Originate a seqno request for ``dst`` unless one is already outstanding."""
+        base = d.fd_seqno if d.fd_seqno != _NO_FD else d.seqno
+        want = (base + 1) & 0xFFFF
+        p = self._pending.get(dst)
+        if p is not None and p.expires > now and seqno_ge(p.seqno, want):
+            return
+        self._pending[dst] = _Pending(want, now, originated=True)
+        out.request(to, SeqnoRequest(dst, want, SEQNO_REQUEST_HOPS))
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> tuple[list[Outgoing], float]:
+        """Periodic work due at ``now``; returns messages and when to call tick next."""
+        out = _Out()
+        interval = self.update_interval
+        if self._next_dump is None:
+            # Spread first dumps; new neighbours already got one from set_link_cost.
+            self._next_dump = now + interval * self._rng.random()
+            self._next_sweep = now + interval / 2
+        if now >= self._next_dump:
+            out.dump_to[_ALL] = None
+            self._next_dump = now + interval * (1.0 - UPDATE_JITTER * self._rng.random())
+        assert self._next_sweep is not None
+        if now >= self._next_sweep:
+            self._sweep(now, out)
+            self._next_sweep = now + interval / 2
+        if self._pending:
+            for dst, p in list(self._pending.items()):
+                if p.expires <= now:
+                    del self._pending[dst]
+                    continue
+                if not p.originated or p.resends <= 0:
+                    continue
+                if p.next_resend <= now:
+                    d = self._dests.get(dst)
+                    if d is not None and (d.sel is None or not seqno_ge(d.sel.seqno, p.seqno)):
+                        out.request(None, SeqnoRequest(dst, p.seqno, SEQNO_REQUEST_HOPS))
+                    p.resends -= 1
+                    done = SEQNO_REQUEST_MAX_RESENDS - p.resends
+                    p.next_resend = now + SEQNO_REQUEST_RESEND_DELAY * (1 << done)
+        msgs = self._finish(now, out)
+        return msgs, self.next_deadline()
+
+    def next_deadline(self) -> float:
+        """When tick() is next due. Check it after every call: handle() and friends may
+        queue coalesced updates or seqno requests that need a timer."""
+        if self._next_dump is None or self._next_sweep is None:
+            return 0.0  # tick() has never run: due at once, to start the timers
+        t = min(self._next_dump, self._next_sweep)
+        if self._flush_at is not None and self._flush_at < t:
+            t = self._flush_at
+        for p in self._pending.values():
+            if p.originated and p.resends > 0 and p.next_resend < t:
+                t = p.next_resend
+        return t
+
+    def _sweep(self, now: float, out: _Out) -> None:
+        """Drop expired routes, then sources no route can refer to any more."""
+        dests = self._dests
+        for nbr, table in self._by_nbr.items():
+            expired = [dst for dst, r in table.items() if r.expires <= now]
+            for dst in expired:
+                r = table.pop(dst)
+                d = dests[dst]
+                del d.routes[nbr]
+                if d.sel is r:
+                    self._reselect(now, dst, d, out)
+        gc = self._source_gc
+        dead = [
+            dst
+            for dst, d in dests.items()
+            if not d.routes and d.sel is None and now - d.fd_time > gc
+        ]
+        for dst in dead:
+            del dests[dst]
+            self._pending.pop(dst, None)
+
+    # -- output --------------------------------------------------------------------------
+
+    def _advert(self, now: float, dst: NodeId) -> Update:
+        """Our current route to ``dst`` as an Update; emitting it updates the FD."""
+        ics = self._interval_cs
+        if dst == self.node_id:
+            return Update(dst, self.seqno, 0, ics)
+        d = self._dests.get(dst)
+        if d is None:
+            return Update(dst, 0, INFINITY, ics)
+        r = d.sel
+        if r is None:
+            d.adv_metric = INFINITY
+            return Update(dst, d.seqno, INFINITY, ics)
+        m = r.adv + self._costs[r.nbr]
+        s = r.seqno
+        if d.fd_seqno == _NO_FD or _better(s, m, d.fd_seqno, d.fd_metric):
+            d.fd_seqno, d.fd_metric = s, m
+        d.fd_time = now
+        d.adv_metric = m
+        return Update(dst, s, m, ics)
+
+    def _full_dump(self, now: float) -> list[Tlv]:
+        """Every reachable destination plus ourselves; the hot loop of periodic updates."""
+        ics = self._interval_cs
+        costs = self._costs
+        tlvs: list[Tlv] = [Update(self.node_id, self.seqno, 0, ics)]
+        append = tlvs.append
+        for dst, d in self._dests.items():
+            r = d.sel
+            if r is None:
+                continue
+            m = r.adv + costs[r.nbr]
+            s = r.seqno
+            fs = d.fd_seqno
+            if fs == _NO_FD or _better(s, m, fs, d.fd_metric):
+                d.fd_seqno, d.fd_metric = s, m
+            d.fd_time = now
+            d.adv_metric = m
+            append(Update(dst, s, m, ics))
+        return tlvs
+
+    def _finish(self, now: float, out: _Out) -> list[Outgoing]:
+        """Turn what a call collected into at most one batch per recipient."""
+        if not self._costs:
+            # Nobody to tell; nothing is advertised, so no FD changes either.
+            self._buffered.clear()
+            self._flush_at = None
+            return []
+        everyone = _ALL in out.dump_to
+        buffered = self._buffered
+        if out.lazy:
+            for dst in out.lazy:
+                buffered[dst] = None
+            if self._flush_at is None:
+                self._flush_at = now + TRIGGER_DELAY
+        if buffered:
+            if everyone or (self._flush_at is not None and now >= self._flush_at):
+                out.all.update(buffered)
+                buffered.clear()
+                self._flush_at = None
+            else:
+                for dst in out.all:
+                    buffered.pop(dst, None)  # leaving now anyway
+            if not buffered:
+                self._flush_at = None
+        result: list[Outgoing] = []
+        if everyone:
+            to_all = self._full_dump(now)
+            # The dump already carries every selected route; add only retractions.
+            to_all.extend(self._advert(now, dst) for dst in out.all if not self._dumped(dst))
+        else:
+            to_all = [self._advert(now, dst) for dst in out.all]
+        to_all.extend(out.reqs.get(None, ()))
+        if to_all:
+            result.append(Outgoing(None, to_all))
+        dump: list[Tlv] | None = None
+        targets = dict.fromkeys([*out.dump_to, *out.uni, *(k for k in out.reqs if k is not None)])
+        for nbr in targets:
+            if nbr == _ALL or nbr not in self._costs:
+                continue
+            tlvs: list[Tlv] = list(out.reqs.get(nbr, ()))
+            if nbr in out.dump_to:
+                if not everyone:
+                    if dump is None:
+                        dump = self._full_dump(now)
+                    tlvs.extend(dump)
+            else:
+                for dst in out.uni.get(nbr, ()):
+                    if dst in out.all or (everyone and self._dumped(dst)):
+                        continue  # already going to everyone
+                    tlvs.append(self._advert(now, dst))
+            if tlvs:
+                result.append(Outgoing(nbr, tlvs))
+        return result
+
+    def _dumped(self, dst: NodeId) -> bool:
+        """Whether a full dump includes ``dst``."""
+        if dst == self.node_id:
+            return True
+        d = self._dests.get(dst)
+        return d is not None and d.sel is not None
+
+
+_ALL: Final = "\x00all"
+"""Key in ``_Out.dump_to`` for a periodic dump to everyone (not a valid peer name)."""
+
+
+def _expiry(interval_cs: int) -> float:
+    """Seconds a route advertised with this interval stays valid without refresh."""
+    if interval_cs <= 0:
+        interval_cs = round(UPDATE_INTERVAL * 100)
+    return ROUTE_EXPIRY_FACTOR * interval_cs / 100.0
+
+
+def _better(s: int, m: int, fs: int, fm: int) -> bool:
+    """(s, m) strictly better than the feasibility distance (fs, fm)."""
+    return seqno_newer(s, fs) or (s == fs and m < fm)
