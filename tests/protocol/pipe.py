@@ -59,6 +59,7 @@ class Net:
     delivered: dict[Hashable, list[tuple[str, bytes]]] = field(default_factory=dict)
     events: list[tuple[float, Hashable, Event]] = field(default_factory=list)
     sent: list[tuple[float, Hashable, Hashable, bytes]] = field(default_factory=list)
+    lost: list[tuple[float, Hashable, Hashable, bytes]] = field(default_factory=list)
     tap: Tap | None = None  # (src, dst, data) -> data to deliver, or None to drop
 
     def __post_init__(self) -> None:
@@ -85,6 +86,7 @@ class Net:
                 copies = 1
                 if self._rng.random() < self.loss:
                     copies = 0
+                    self.lost.append((self.now, addr, a.addr, a.data))
                 elif self._rng.random() < self.dup:
                     copies = 2
                 for _ in range(copies):

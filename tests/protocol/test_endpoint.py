@@ -94,7 +94,22 @@ def test_rekey_under_traffic_loses_nothing(world: World) -> None:
     no_internal_errors(a, b)
 
 
-def test_receiver_side_rekey_for_one_way_traffic(world: World) -> None:
+def test_rekey_under_lossy_traffic_loses_only_what_the_pipe_drops(world: World) -> None:
+    n, a, b = pair(world, seed=24, loss=0.05, dup=0.05, jitter=0.03)
+    traffic(n, until=300.0, every=0.5)
+    n.run(301.0)
+
+    def data(rows: list[tuple[float, object, object, bytes]], src: str) -> int:
+        return sum(1 for _, s, _, d in rows if s == src and d[1] == C.MSG_DATA and len(d) > 32)
+
+    # every payload-carrying DATA datagram the pipe did not drop was delivered exactly once
+    assert len(payloads(n, "B")) == data(n.sent, "A") - data(n.lost, "A")
+    assert len(payloads(n, "A")) == data(n.sent, "B") - data(n.lost, "B")
+    assert n.kinds().count("session_rekeyed") >= 4
+    no_internal_errors(a, b)
+
+
+def test_one_way_traffic_rekeys(world: World) -> None:
     n, a, _b = pair(world, seed=3)
     n.connect("A", "B")  # alpha initiates, then only beta talks
     n.run(1.0)
@@ -523,3 +538,51 @@ def test_unconfirmed_responder_sessions_are_bounded(world: World) -> None:
     assert info is not None and not info.established
     labels = {x.fields.get("addr") for x in out if isinstance(x, Event)}
     assert labels <= {repr(addr_b)}
+
+
+def test_counter_exhaustion_rekeys_and_queues(world: World) -> None:
+    n, a, _b = pair(world, seed=25)
+    n.send("A", "B", b"first")
+    n.run(1.0)
+    cur = a._peers["B"].current
+    assert cur is not None
+    cur._set_send_counter(C.REKEY_AFTER_MESSAGES)
+    n.send("A", "B", b"rekey now")  # still sent, and a handshake starts
+    assert a.peer("B").handshaking  # type: ignore[union-attr]
+    n.run(2.0)
+    new = a._peers["B"].current
+    assert new is not None and new is not cur
+    new._set_send_counter(C.REJECT_AFTER_MESSAGES)
+    n.send("A", "B", b"queued")  # the session may not send any more: queue + handshake
+    assert not a.peer("B").established  # type: ignore[union-attr]
+    n.run(3.0)
+    assert payloads(n, "B") == [b"first", b"rekey now", b"queued"]
+
+
+def test_peer_with_a_renewed_certificate_and_key_is_found_again(world: World) -> None:
+    from x0tta6bl4.identity import NodeCredentials
+
+    n, a, _b = pair(world, seed=26)
+    n.send("A", "B", b"before")
+    n.run(1.0)
+    renewed = NodeCredentials.generate_and_issue(world.ca, "beta", ["role:test"], WALL + 1)
+    n.add(
+        "B",
+        SecureEndpoint(
+            renewed.cert.der,
+            renewed.static_private,
+            world.verifier,
+            rng=random.Random(261),
+            wall_offset=WALL,
+            trust_domain="x0tta6bl4.mesh",
+        ),
+    )
+    n.connect("A", "B")  # INITs sealed to beta's old key: beta cannot open them
+    n.run(10.0)
+    assert n.nodes["B"].counters["bad_mac1"] >= 1  # mac1 was keyed to the old key
+    n.send("A", "B", b"after")
+    n.run(12.0)
+    assert payloads(n, "B")[-1:] == [b"after"]
+    info = a.peer("B")
+    assert info is not None and info.identity is not None
+    assert info.identity.fingerprint == renewed.cert.fingerprint

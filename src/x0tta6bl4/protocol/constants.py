@@ -75,6 +75,7 @@ HANDSHAKE_RETRY_FACTOR: Final = 2.0
 HANDSHAKE_RETRY_CAP: Final = 1.0  # a healed link reconnects within about a second
 HANDSHAKE_RETRY_JITTER: Final = 0.2  # each delay is stretched by up to 20 %
 REKEY_ATTEMPT_TIME: Final = 30.0  # give up (and report) after trying this long
+CERT_REFRESH_AFTER: Final = 3  # unanswered INITs before asking for the peer's certificate again
 MAX_TIMESTAMP_ENTRIES: Final = 16384  # initiators whose last accepted timestamp we keep
 MAX_CERT_CACHE: Final = 1024  # verified certificates cached by fingerprint
 

@@ -54,7 +54,17 @@ from x0tta6bl4.protocol.cookie import (
     check_mac1,
     cookie_key,
 )
-from x0tta6bl4.protocol.events import Action, Addr, Datagram, Deliver, Event, Send, SetTimer, Timer
+from x0tta6bl4.protocol.events import (
+    Action,
+    Addr,
+    Datagram,
+    Deliver,
+    Event,
+    Input,
+    Send,
+    SetTimer,
+    Timer,
+)
 from x0tta6bl4.protocol.fragment import Reassembler, split
 from x0tta6bl4.protocol.handshake import Initiator, Responder, SessionKeys
 from x0tta6bl4.protocol.session import Session
@@ -62,6 +72,7 @@ from x0tta6bl4.protocol.wire import (
     CERT_REQUEST_USED,
     HDR_CERT,
     HDR_CERT_REQUEST,
+    HDR_DATA,
     INIT_CACHED_SIZE,
     INIT_MAX_SIZE,
     INIT_MIN_SIZE,
@@ -78,6 +89,8 @@ from x0tta6bl4.protocol.wire import (
 _U32 = struct.Struct("<I")
 _MAC_END = -C.MAC_SIZE  # mac2 is the last 16 bytes of INIT and RESP
 _EPS = 1e-9
+_DATA_OVERHEAD = C.DATA_OVERHEAD
+_REJECT_AFTER_TIME = C.REJECT_AFTER_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,7 @@ class _Attempt:
         "attempts",
         "backoff",
         "cr_check",
+        "cr_index",
         "deadline",
         "identity",
         "index",
@@ -119,7 +133,8 @@ class _Attempt:
         self.rekey = rekey
         self.attempts = 0  # messages sent in this attempt
         self.backoff = 0  # messages sent since the last (re)start: drives the retry delay
-        self.index = 0
+        self.index = 0  # of the INIT in flight (0: none)
+        self.cr_index = 0  # of the CERT_REQUEST in flight (0: none)
         self.deadline = started
         self.last_sent = started
         self.initiator: Initiator | None = None  # None while asking for the certificate
@@ -355,7 +370,7 @@ class SecureEndpoint:
             return [SetTimer(at, (self._ns, "confirm", addr))]
         return self._start(now, peer)
 
-    def handle(self, now: float, inp: Any) -> list[Action]:
+    def handle(self, now: float, inp: Input) -> list[Action]:
         """Process one input. Never raises: bad input is dropped and counted."""
         self._now = now
         try:
@@ -496,6 +511,7 @@ class SecureEndpoint:
         att = peer.hs
         if att is not None:
             self._pending.pop(att.index, None)
+            self._pending.pop(att.cr_index, None)
             if att.initiator is not None:
                 att.initiator.abandon()
             peer.hs = None
@@ -517,31 +533,30 @@ class SecureEndpoint:
         return ident, der
 
     def _attempt(self, now: float, peer: _Peer) -> list[Action]:
-        """Send (or resend) our INIT, or a CERT_REQUEST if we lack the peer's certificate."""
+        """Send (or resend) our INIT, or a CERT_REQUEST if we lack the peer's certificate.
+        Every ``CERT_REFRESH_AFTER``-th unanswered INIT also asks for the certificate
+        again, in parallel: the peer may have renewed its certificate and static key."""
         att = peer.hs
         assert att is not None
         self._pending.pop(att.index, None)
+        att.index = 0
         if att.initiator is not None:
             att.initiator.abandon()
             att.initiator = None
         att.attempts += 1
         att.backoff += 1
         att.last_sent = now
-        att.index = index = self._new_index()
-        self._pending[index] = peer
         cookie = self._jar.get(now, peer.addr)
         att.used_cookie = cookie is not None
         responder = self._responder_identity(peer, now)
         out: list[Action]
         if responder is None:
-            body = HDR_CERT_REQUEST + _U32.pack(index)
-            mac2 = mac16(cookie, body) if cookie is not None else ZERO_MAC
-            check = mac16(self._certreq_key, body + mac2)
-            att.cr_check = check
-            out = [Send(peer.addr, encode(CertRequest(index, mac2, check)))]
+            out = self._cert_request(peer, cookie)
         else:
             ident, der = responder
             att.identity, att.responder_der = ident, der
+            att.index = index = self._new_index()
+            self._pending[index] = peer
             init = Initiator(
                 static_private=self._static,
                 responder_static=ident.static_key,
@@ -558,9 +573,23 @@ class SecureEndpoint:
             att.initiator = init
             att.init_mac1 = message[-2 * C.MAC_SIZE : _MAC_END]
             out = self._emit(peer.addr, message)
+            if att.backoff % C.CERT_REFRESH_AFTER == 0:
+                out += self._cert_request(peer, cookie)
         att.deadline = now + _retry_delay(att.backoff, self._rng.random())
         out.append(SetTimer(att.deadline, (self._ns, "hs", peer.addr)))
         return out
+
+    def _cert_request(self, peer: _Peer, cookie: bytes | None) -> list[Action]:
+        att = peer.hs
+        assert att is not None
+        self._pending.pop(att.cr_index, None)
+        att.cr_index = index = self._new_index()
+        self._pending[index] = peer
+        body = HDR_CERT_REQUEST + _U32.pack(index)
+        mac2 = mac16(cookie, body) if cookie is not None else ZERO_MAC
+        check = mac16(self._certreq_key, body + mac2)
+        att.cr_check = check
+        return [Send(peer.addr, encode(CertRequest(index, mac2, check)))]
 
     def _on_hs_timer(self, now: float, peer: _Peer) -> list[Action]:
         att = peer.hs
@@ -592,6 +621,8 @@ class SecureEndpoint:
     # --- datagrams --------------------------------------------------------------------
 
     def _on_datagram(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        if data[:4] == HDR_DATA:  # the hot path first
+            return self._on_data(now, addr, data)
         try:
             msg_type = check_header(data)
         except DecodeError:
@@ -637,13 +668,13 @@ class SecureEndpoint:
         return out
 
     def _on_data(self, now: float, addr: Addr, data: bytes) -> list[Action]:
-        if len(data) < C.DATA_OVERHEAD:
+        if len(data) < _DATA_OVERHEAD:
             return self._drop("malformed", addr)
-        entry = self._sessions.get(_U32.unpack_from(data, C.HEADER_SIZE)[0])
+        entry = self._sessions.get(_U32.unpack_from(data, 4)[0])
         if entry is None:
             return self._drop("unknown_index", addr)
         peer, session = entry
-        if now - session.created >= C.REJECT_AFTER_TIME:
+        if now - session.created >= _REJECT_AFTER_TIME:
             return self._drop("expired_session", addr)
         try:
             payload = session.open(data)
@@ -795,7 +826,9 @@ class SecureEndpoint:
 
     def _pending_for(self, addr: Addr, index: int) -> _Peer | None:
         peer = self._pending.get(index)
-        if peer is None or peer.addr != addr or peer.hs is None or peer.hs.index != index:
+        if peer is None or peer.addr != addr or peer.hs is None:
+            return None
+        if index != peer.hs.index and index != peer.hs.cr_index:
             return None
         return peer
 
@@ -811,7 +844,13 @@ class SecureEndpoint:
             return self._drop("unknown_index", addr)
         att = peer.hs
         assert att is not None
-        if att.initiator is None or att.identity is None or att.responder_der is None:
+        index = att.index
+        if (
+            att.initiator is None
+            or att.identity is None
+            or att.responder_der is None
+            or _U32.unpack_from(data, C.HEADER_SIZE + 4)[0] != index
+        ):
             return self._drop("unknown_index", addr)
         try:
             keys: SessionKeys = att.initiator.consume_resp(data)
@@ -819,8 +858,7 @@ class SecureEndpoint:
             return self._drop("malformed", addr)
         except (CryptoError, HandshakeError):
             return self._drop("decrypt_failed", addr)
-        self._pending.pop(att.index, None)
-        peer.hs = None
+        self._cancel(peer)
         session = keys.session(now, self._max_datagram)
         self._register(peer, session)
         return self._established(
@@ -837,7 +875,8 @@ class SecureEndpoint:
             return self._drop("unknown_index", addr)
         att = peer.hs
         assert att is not None
-        if att.initiator is None:
+        for_cert_request = msg.receiver_index == att.cr_index
+        if for_cert_request:
             seal, ad = self._certreq_cookie, att.cr_check
         else:
             assert att.identity is not None
@@ -849,8 +888,8 @@ class SecureEndpoint:
             return self._drop("decrypt_failed", addr)
         self._jar.put(now, addr, cookie)
         self._count("cookie_received")
-        if att.initiator is None:  # a certificate request costs nothing: ask again now
-            return self._attempt(now, peer)
+        if for_cert_request:  # a certificate request costs nothing: ask again now
+            return self._cert_request(peer, cookie)
         return []  # the next INIT retry carries mac2 (no extra load on a busy responder)
 
     def _on_cert_request(self, now: float, addr: Addr, data: bytes) -> list[Action]:
@@ -891,8 +930,9 @@ class SecureEndpoint:
         if not _hmac.compare_digest(mac16(self._cert_key, data[:_MAC_END]), msg.check):
             return self._drop("bad_check", addr)
         peer = self._pending_for(addr, msg.request_id)
-        if peer is None or peer.hs is None or peer.hs.initiator is not None:
+        if peer is None or peer.hs is None or msg.request_id != peer.hs.cr_index:
             return self._drop("unknown_index", addr)
+        att = peer.hs
         try:
             ident = self._verify(msg.cert_der, now)
         except CertificateRejected as exc:
@@ -902,6 +942,10 @@ class SecureEndpoint:
         if not self._acceptable(peer, ident):
             return self._drop("unexpected_identity", addr, peer=ident.name)
         out = self._cache_cert(ident, msg.cert_der)
+        self._pending.pop(att.cr_index, None)
+        att.cr_index = 0
+        if att.initiator is not None and msg.cert_der == att.responder_der:
+            return out  # a refresh that found the certificate unchanged: keep trying INIT
         peer.cert_der = msg.cert_der
         return out + self._attempt(now, peer)
 
