@@ -586,3 +586,22 @@ def test_peer_with_a_renewed_certificate_and_key_is_found_again(world: World) ->
     info = a.peer("B")
     assert info is not None and info.identity is not None
     assert info.identity.fingerprint == renewed.cert.fingerprint
+
+
+def test_certificate_refresh_that_finds_it_unchanged_keeps_trying(world: World) -> None:
+    n, a, _b = pair(world, seed=27)
+    a.add_peer("B", cert_der=world.creds["beta"].cert.der)
+    blocking = [True]
+
+    def tap(src: object, dst: object, data: bytes) -> bytes | None:
+        big = data[1] in (C.MSG_INIT, C.MSG_FRAGMENT)
+        return None if src == "A" and big and blocking[0] else data
+
+    n.tap = tap
+    n.connect("A", "B")
+    n.run(3.0)  # INITs vanish; the parallel certificate request gets an answer
+    assert n.nodes["B"].counters["cert_sent"] >= 1
+    assert a.peer("B").handshaking  # type: ignore[union-attr]
+    blocking[0] = False
+    n.run(5.0)
+    assert a.peer("B").established  # type: ignore[union-attr]
