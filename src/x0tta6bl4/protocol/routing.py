@@ -469,6 +469,10 @@ class Router:
             out.dump_to[neighbour] = None
             return self._finish(now, out)
         if abs(cost - old) < max(LINK_COST_DEADBAND_ABS, old * LINK_COST_DEADBAND_REL):
+            # Absorbed. Callers report costs on every hello, so this is also a cheap
+            # moment to flush coalesced updates that are due.
+            if self._flush_at is not None and now >= self._flush_at:
+                return self._finish(now, out)
             return []
         self._costs[neighbour] = cost
         dests = self._dests
