@@ -284,7 +284,8 @@ def test_healing_node_drives_the_loop_on_its_timer() -> None:
     assert len(node.inputs) == 2  # runtime stats are the loop's, not the node's
     node.set([link("B", alive=False, handshake_failures=5)], [])
     out = core.handle(0.5, Timer(TIMER_KEY))
-    assert out[-1] == SetTimer(1.0, TIMER_KEY)
+    # an incident is open: the loop cycles at the active pace until it is closed
+    assert out[-1] == SetTimer(0.5 + loop.config.active_cycle_interval, TIMER_KEY)
     assert loop.last_snapshot is not None and loop.last_snapshot.loop_lag == 0.01
     assert [i.kind for i in core.open_incidents] == [FaultKind.HANDSHAKE_FAILING]
     node.set([link("B")], [])
@@ -378,3 +379,27 @@ def test_any_observation_sequence_keeps_thresholds_in_bounds(
     for event in loop.events:
         assert event.outcome in ("repaired", "failed", "superseded")
         assert event.mttr is None or event.mttr >= 0
+
+
+class _DyingLinkNode(RecordingNode):
+    """Reports a neighbour death on the next input, as MeshNode does from its hello timer."""
+
+    def handle(self, now: float, inp: Input) -> list[Action]:
+        self.inputs.append(inp)
+        return [Event("neighbour_dead", {"peer": "B"})]
+
+
+def test_a_link_event_runs_a_cycle_at_once_and_speeds_up_the_timer() -> None:
+    node = _DyingLinkNode()
+    loop = HealingLoop(node, rng=random.Random(0))
+    core = HealingNode(node, loop)
+    core.start(0.0)
+    node.set([link("B")], [route("X", "B")])
+    core.handle(0.5, Timer(TIMER_KEY))  # baseline: B alive, X via B
+    node.set([link("B", alive=False)], [])
+    out = core.handle(0.7, Timer(("hello",)))
+    # the dead neighbour was analysed at 0.7, not at the next periodic tick (1.0)
+    assert [i.kind for i in core.open_incidents] == [FaultKind.DEAD_NEIGHBOUR]
+    assert core.open_incidents[0].detected_at == 0.7
+    assert node.called("drop_neighbour") == [("drop_neighbour", 0.7, "B")]
+    assert out[-1] == SetTimer(0.7 + loop.config.active_cycle_interval, TIMER_KEY)

@@ -33,7 +33,8 @@ class HealingConfig:
     0.4 s of silence, handshake retries capped at 1 s).
     """
 
-    cycle_interval: float = 0.1
+    cycle_interval: float = 0.5
+    active_cycle_interval: float = 0.05  # while an incident is open
     # -- bounds on memory
     history_len: int = 64  # samples and change timestamps kept per link / route
     max_peers: int = 1024  # links remembered (LRU beyond that)
@@ -107,8 +108,8 @@ class HealingConfig:
                 continue
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"HealingConfig.{f.name} must be a finite number >= 0")
-        if self.cycle_interval <= 0:
-            raise ValueError("HealingConfig.cycle_interval must be > 0")
+        if self.cycle_interval <= 0 or self.active_cycle_interval <= 0:
+            raise ValueError("HealingConfig cycle intervals must be > 0")
         if min(self.history_len, self.max_peers, self.event_history) < 1:
             raise ValueError("HealingConfig history bounds must be >= 1")
         for lo, mid, hi in (

@@ -138,6 +138,10 @@ def event_fields(event: HealingEvent) -> dict[str, Any]:
     }
 
 
+TRIGGER_EVENTS = frozenset({"neighbour_dead", "neighbour_up"})
+"""Node events that run a MAPE-K cycle immediately."""
+
+
 class HealingNode:
     """A node core with its healing loop: same ``start``/``handle`` shape as the core.
 
@@ -165,7 +169,13 @@ class HealingNode:
         return self.loop.open_incidents
 
     def _next_timer(self, now: float) -> SetTimer:
-        return SetTimer(now + self.loop.config.cycle_interval, TIMER_KEY)
+        # Cycle fast while an incident is open, so its repair is seen (and its MTTR
+        # measured) promptly; slowly otherwise, since link events trigger cycles anyway.
+        cfg = self.loop.config
+        busy = bool(self.loop.knowledge.incidents)
+        return SetTimer(
+            now + (cfg.active_cycle_interval if busy else cfg.cycle_interval), TIMER_KEY
+        )
 
     def start(self, now: float) -> list[Action]:
         return [*self.node.start(now), self._next_timer(now)]
@@ -175,8 +185,20 @@ class HealingNode:
             self._stats = inp
             return []
         if isinstance(inp, Timer) and inp.key == TIMER_KEY:
-            actions = self.loop.cycle(now, self._stats)
-            actions.extend(Event("healing", event_fields(e)) for e in self.loop.last_finished)
+            actions = self._cycle(now)
             actions.append(self._next_timer(now))
             return actions
-        return self.node.handle(now, inp)
+        actions = list(self.node.handle(now, inp))
+        # A link going down or up is worth a cycle at once rather than at the next tick:
+        # detection stays prompt while the periodic cycle can run at a lower rate.
+        for a in actions:
+            if type(a) is Event and a.kind in TRIGGER_EVENTS:
+                actions.extend(self._cycle(now))
+                actions.append(self._next_timer(now))
+                break
+        return actions
+
+    def _cycle(self, now: float) -> list[Action]:
+        actions = self.loop.cycle(now, self._stats)
+        actions.extend(Event("healing", event_fields(e)) for e in self.loop.last_finished)
+        return actions
