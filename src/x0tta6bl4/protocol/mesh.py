@@ -12,7 +12,7 @@ Two secure endpoints share one node:
 
 Mesh frames (inside a link session)::
 
-    HELLO    type=1 | hello (linkquality, 20 bytes)
+    HELLO    type=1 | incarnation u32 | hello (linkquality, 20 bytes)
     ROUTING  type=2 | routing TLVs
     FORWARD  type=3 | ttl u8 | src id 8 | dst id 8 | e2e datagram
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
-from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError, X0tError
+from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge, ProtocolError, X0tError
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.protocol import linkquality as lq
 from x0tta6bl4.protocol import routing as rt
@@ -54,6 +54,7 @@ FRAME_HELLO: Final = 1
 FRAME_ROUTING: Final = 2
 FRAME_FORWARD: Final = 3
 _FWD = struct.Struct(">BB8s8s")  # type, ttl, src, dst
+_BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 FORWARD_OVERHEAD: Final = _FWD.size  # 18
 DATA_OVERHEAD: Final = 32  # secure session header (16) + AEAD tag (16)
 PORT_OVERHEAD: Final = 2
@@ -62,6 +63,8 @@ DEFAULT_MAX_DATAGRAM: Final = 1280
 DEAD_HELLO_INTERVAL: Final = 1.0
 """Hellos keep going to a dead neighbour's old session at this slower pace, so a link that
 comes back within the session lifetime is noticed without a new handshake."""
+COST_REFRESH_INTERVAL: Final = 0.3
+"""Seconds between link-cost refreshes pushed into the router from received hellos."""
 HELLO_JITTER: Final = 0.1
 """Fraction of the hello interval drawn at random each period, to desynchronise nodes."""
 
@@ -85,7 +88,16 @@ class MeshConfig:
 
 
 class _Neighbour:
-    __slots__ = ("addr", "alive", "damped_until", "est", "name", "next_hello")
+    __slots__ = (
+        "addr",
+        "alive",
+        "cost_due",
+        "damped_until",
+        "est",
+        "name",
+        "next_hello",
+        "peer_boot",
+    )
 
     def __init__(self, name: str, addr: Addr, est: lq.LinkEstimator) -> None:
         self.name = name
@@ -94,6 +106,8 @@ class _Neighbour:
         self.alive = False
         self.damped_until: float | None = None
         self.next_hello = 0.0
+        self.cost_due = 0.0  # next time a hello may refresh the router's cost
+        self.peer_boot: int | None = None  # the neighbour's incarnation, from its hellos
 
 
 class MeshNode:
@@ -150,6 +164,10 @@ class MeshNode:
         for n in directory:
             self._names[node_id(n)] = n
         self.counters: dict[str, int] = {}
+        # A fresh random incarnation per start lets neighbours tell a restart from a
+        # link that merely went quiet.
+        self.boot_id = rng.getrandbits(32)
+        self._hello_prefix = bytes((FRAME_HELLO,)) + _BOOT.pack(self.boot_id)
         self._route_timer_at = float("inf")
         self._routes_cache: dict[str, RouteObservation] | None = None
         # Test and demo hooks: see what a relay handles, or make a relay malicious.
@@ -265,7 +283,9 @@ class MeshNode:
             return
         nb = self._nbrs.get(peer)
         if nb is None:
-            nb = _Neighbour(peer, addr, lq.LinkEstimator(self._rng))
+            nb = _Neighbour(
+                peer, addr, lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
+            )
             self._nbrs[peer] = nb
             self._names[node_id(peer)] = peer
         nb.addr = addr
@@ -277,7 +297,7 @@ class MeshNode:
         return iv * (1.0 - HELLO_JITTER * self._rng.random())
 
     def _send_hello(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
-        frame = bytes((FRAME_HELLO,)) + lq.encode_hello(nb.est.make_hello(now))
+        frame = self._hello_prefix + lq.encode_hello(nb.est.make_hello(now))
         self._link_send(now, nb.addr, frame, out)
 
     def _link_send(self, now: float, addr: Addr, frame: bytes, out: list[Action]) -> None:
@@ -309,22 +329,46 @@ class MeshNode:
         if nb.damped_until is not None:
             cost = rt.INFINITY
         if cost >= rt.INFINITY:
-            if nb.name in self.router.neighbours():
+            if self.router.link_cost(nb.name) < rt.INFINITY:
                 self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
             return
         self._emit_routing(now, self.router.set_link_cost(now, nb.name, cost), out)
 
     def _on_hello(self, now: float, nb: _Neighbour, body: bytes, out: list[Action]) -> None:
         try:
-            hello = lq.decode_hello(body)
+            if len(body) != _BOOT.size + lq.HELLO_SIZE:
+                raise BadLength(f"hello frame of {len(body)} bytes")
+            (boot,) = _BOOT.unpack_from(body)
+            hello = lq.decode_hello(body[_BOOT.size :])
         except DecodeError:
             self._count("bad_hello")
             return
+        if boot != nb.peer_boot:
+            if nb.peer_boot is not None:
+                self._on_peer_restart(now, nb, out)
+            nb.peer_boot = boot
         nb.est.on_hello(now, hello)
         if not nb.alive and not nb.est.is_dead(now):
             nb.alive = True
             out.append(Event("neighbour_up", {"peer": nb.name}))
-        self._update_cost(now, nb, out)
+        # Refresh the router's cost at a bounded pace: the estimate moves a little on
+        # every hello and the router would absorb most of it anyway. A link the router
+        # does not use yet is refreshed at once, so a new link joins without delay.
+        if now >= nb.cost_due or self.router.link_cost(nb.name) >= rt.INFINITY:
+            nb.cost_due = now + COST_REFRESH_INTERVAL
+            self._update_cost(now, nb, out)
+
+    def _on_peer_restart(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+        # A restarted neighbour has lost its routing state, feasibility distances
+        # included; routes we hold through its former self could lead straight back to
+        # us once it learns them. Forget them before anything else of its is processed.
+        self._count("neighbour_restarted")
+        out.append(Event("neighbour_restarted", {"peer": nb.name}))
+        nb.est = lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
+        if nb.alive:
+            nb.alive = False
+            out.append(Event("neighbour_dead", {"peer": nb.name, "reason": "restarted"}))
+        self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
 
     # -- frames ------------------------------------------------------------------------
 
@@ -426,7 +470,7 @@ class MeshNode:
                 jitter=est.jitter,
                 loss=est.loss,
                 last_heard=est.last_heard,
-                cost=self.router.neighbours().get(nb.name, rt.INFINITY),
+                cost=self.router.link_cost(nb.name),
                 base_cost=base if base >= rt.INFINITY else round(base / mult),
                 session_age=session_age,
                 handshake_failures=failures,

@@ -440,6 +440,10 @@ class Router:
         """Current neighbours and the link cost the router uses for each."""
         return dict(self._costs)
 
+    def link_cost(self, neighbour: str) -> int:
+        """The cost the router uses for ``neighbour``; INFINITY if it is not a neighbour."""
+        return self._costs.get(neighbour, INFINITY)
+
     def feasibility_distance(self, dst: NodeId) -> tuple[int, int] | None:
         d = self._dests.get(dst)
         if d is None or d.fd_seqno == _NO_FD:
