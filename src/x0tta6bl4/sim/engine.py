@@ -209,6 +209,20 @@ class Simulator:
         self._get(src)
         heappush(self._heap, (at, next(self._count), APP, src, AppSend(dst, port, payload)))
 
+    def call(self, at: float, name: str, fn: Callable[[SimCore, float], Iterable[Action]]) -> None:
+        """At ``at``, run ``fn(core, now)`` on the core ``name`` runs then and carry out the
+        actions it returns (operator commands, healing hooks, test probes). Nothing
+        happens if the node is down at that time."""
+        self._check_time(at, "call")
+        self._get(name)
+
+        def run(sim: Simulator) -> None:
+            node = sim._nodes[name]
+            if node.alive and node.core is not None:
+                sim._apply(node, sim.now, fn(node.core, sim.now))
+
+        self.schedule(at, run)
+
     @property
     def pending(self) -> int:
         """Heap entries not yet run (stale timers included)."""
