@@ -711,3 +711,43 @@ def test_next_hops_never_form_a_loop(
         for dst in names:
             if dst != src and dst in reach:
                 assert net.path(src, dst) is not None, (src, dst)
+
+
+def _updates(out: list[Outgoing]) -> list[tuple[str | None, Update]]:
+    return [(o.to, t) for o in out for t in o.tlvs if isinstance(t, Update)]
+
+
+def test_a_newer_seqno_on_the_selected_route_is_passed_on() -> None:
+    # A starving node may sit behind us without our knowing: the newer seqno that frees
+    # it must travel on even when our own next hop and metric stay the same.
+    r = Router(nid("me"), random.Random(3))
+    r.set_link_cost(0.0, "up", 96)
+    r.set_link_cost(0.0, "down", 96)
+    r.tick(0.0)
+    dst = nid("far")
+    r.handle(0.0, "up", [Update(dst, 10, 100, 1600)])
+    r.tick(TRIGGER_DELAY + 0.01)  # the new route goes out; FD = (10, 196)
+    assert r.feasibility_distance(dst) == (10, 196)
+    out = r.handle(1.0, "up", [Update(dst, 11, 100, 1600)])
+    t = max(1.0, r.next_deadline())
+    assert t <= 1.0 + TRIGGER_DELAY
+    out += r.tick(t)[0]
+    assert (None, Update(dst, 11, 196, r._interval_cs)) in _updates(out)
+
+
+def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
+    b = Router(nid("b"), random.Random(4))
+    for n in ("a", "c", "e"):
+        b.set_link_cost(0.0, n, 96)
+    b.tick(0.0)
+    dst = nid("far")
+    b.handle(0.0, "c", [Update(dst, 5, 100, 1600)])
+    b.handle(0.0, "e", [Update(dst, 5, 150, 1600)])
+    b.tick(TRIGGER_DELAY + 0.01)
+    assert b.next_hop(dst) == "c"
+    out = b.handle(1.0, "a", [SeqnoRequest(dst, 6, 10)])
+    assert out == [Outgoing("c", [SeqnoRequest(dst, 6, 9)])]
+    b.remove_neighbour(1.01, "c")  # the request went into what just failed
+    assert b.next_hop(dst) == "e"
+    out = b.handle(1.02, "a", [SeqnoRequest(dst, 6, 10)])
+    assert Outgoing("e", [SeqnoRequest(dst, 6, 9)]) in out

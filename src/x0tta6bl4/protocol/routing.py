@@ -350,11 +350,20 @@ class _Dest:
 class _Pending:
     """A seqno request we originated or forwarded and have not seen answered."""
 
-    __slots__ = ("expires", "forwarded_at", "next_resend", "originated", "resends", "seqno")
+    __slots__ = (
+        "expires",
+        "forwarded_at",
+        "next_resend",
+        "originated",
+        "resends",
+        "seqno",
+        "target",
+    )
 
-    def __init__(self, seqno: int, now: float, originated: bool) -> None:
+    def __init__(self, seqno: int, now: float, originated: bool, target: str | None = None) -> None:
         self.seqno = seqno
         self.originated = originated
+        self.target = target  # where a forwarded request went (None: every neighbour)
         self.forwarded_at = now
         self.expires = now + SEQNO_REQUEST_HOLD
         self.resends = SEQNO_REQUEST_MAX_RESENDS if originated else 0
@@ -645,23 +654,28 @@ class Router:
             return
         if hops <= 1:
             return
+        target = self._request_target(d, nbr)
+        if target is None:
+            return
         p = self._pending.get(dst)
         if (
             p is not None
             and seqno_ge(p.seqno, seqno)
+            and p.target == target
             and now - p.forwarded_at < SEQNO_REQUEST_RESEND_DELAY
         ):
-            return  # the same request went upstream a moment ago
-        target = self._request_target(d, nbr)
-        if target is None:
+            # The same request went the same way a moment ago. (Had our next hop
+            # changed since, the earlier copy may have gone into the very region that
+            # is starving, so it goes again, to the new next hop.)
             return
         if p is None or p.expires <= now:
-            p = self._pending[dst] = _Pending(seqno, now, originated=False)
+            p = self._pending[dst] = _Pending(seqno, now, originated=False, target=target)
         else:
             if seqno_newer(seqno, p.seqno):
                 p.seqno = seqno
             p.forwarded_at = now
             p.expires = now + SEQNO_REQUEST_HOLD
+            p.target = target
         out.request(target, SeqnoRequest(dst, seqno, hops - 1))
 
     def _request_target(self, d: _Dest, skip: str | None) -> str | None:
@@ -768,6 +782,12 @@ class Router:
             # The seqno someone asked for has arrived: pass it on promptly.
             del self._pending[dst]
             out.all[dst] = None
+        elif fs != _NO_FD and seqno_newer(best.seqno, fs):
+            # A newer seqno we have not advertised yet: pass it on (coalesced) even if
+            # nothing else changed. A starving node may sit behind us without our
+            # knowing; only the newer seqno makes routes feasible for it again, and
+            # waiting for the periodic dump would starve it for a whole interval.
+            out.lazy[dst] = None
 
     def _request_seqno(self, now: float, dst: NodeId, d: _Dest, to: str | None, out: _Out) -> None:
         """Originate a seqno request for ``dst`` unless one is already outstanding."""
