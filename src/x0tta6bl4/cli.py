@@ -24,13 +24,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from x0tta6bl4.errors import CryptoUnavailable, X0tError
+
+if TYPE_CHECKING:
+    from x0tta6bl4.sim.runner import SimSummary
 
 app = typer.Typer(
     name="x0t",
@@ -222,6 +225,114 @@ def cert_verify(
             ("fingerprint", f"sha256 {ident.fingerprint.hex()}"),
         ]
     )
+
+
+# --- sim --------------------------------------------------------------------------------
+
+
+class SimScenario(enum.Enum):
+    """Mirrors sim.runner.SCENARIOS (here so --help needs no crypto import). A plain Enum:
+    a StrEnum member named ``partition`` would shadow ``str.partition``."""
+
+    converge = "converge"
+    relay_kill = "relay-kill"
+    partition = "partition"
+    flap = "flap"
+    degrade = "degrade"
+    diamond = "diamond"
+
+
+_SPARK = "▁▂▃▄▅▆▇█"
+_MAX_EVENT_ROWS = 20
+
+
+@app.command("sim")
+def sim_run(
+    scenario: Annotated[SimScenario, typer.Argument(help="What to simulate.")],
+    nodes: Annotated[int, typer.Option(min=2, help="Mesh size (diamond: always 4).")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same trace.")] = 0,
+    until: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop at this virtual time (seconds).")
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Write the trace as JSON lines.")
+    ] = None,
+) -> None:
+    """Run a scenario on the real mesh in the simulator and summarise it."""
+    from x0tta6bl4.sim.runner import run_scenario
+
+    with _errors():
+        s = run_scenario(scenario.value, nodes=nodes, seed=seed, until=until)
+        if trace is not None:
+            s.trace.write(trace)
+    _print_sim(s)
+    if trace is not None:
+        out.print(f"trace written to {escape(str(trace))} ({len(s.trace)} records)")
+
+
+def _sparkline(values: list[float], width: int = 60) -> str:
+    # Long runs are folded into ``width`` buckets by their minimum: dips must stay visible.
+    if len(values) > width:
+        step = len(values) / width
+        values = [min(values[int(i * step) : int((i + 1) * step)]) for i in range(width)]
+    top = len(_SPARK) - 1
+    return "".join(_SPARK[round(max(0.0, min(1.0, v)) * top)] for v in values)
+
+
+def _print_sim(s: SimSummary) -> None:
+    from rich.table import Table
+
+    from x0tta6bl4.sim.runner import REACH_EVERY, percentile
+
+    out.print(
+        f"[bold]x0t sim {s.scenario}[/bold]: {s.nodes} nodes, seed {s.seed}, "
+        f"{s.virtual_s:.2f} virtual s in {s.wall_s:.2f} wall s"
+    )
+    rows: list[tuple[str, str]] = []
+    conv = "not converged" if s.convergence_s is None else f"{s.convergence_s:.2f} s"
+    rows.append(("convergence", conv))
+    if s.fault is not None:
+        rows.append(("fault", f"{s.fault} at {s.fault_at:.2f} s"))
+    detail = ", ".join(f"{k} {v}" for k, v in s.details.items() if v is not None)
+    if detail:
+        rows.append(("details", detail))
+    if s.recovery_s is not None:
+        rows.append(("recovery", f"{s.recovery_s:.2f} s"))
+    elif s.fault is not None and ("kill" in s.fault or "partition" in s.fault):
+        rows.append(("recovery", "not recovered"))
+    if s.reachability:
+        fractions = [f for _, f in s.reachability]
+        text = f"{_sparkline(fractions)}  every {REACH_EVERY:g} s"
+        # The cold start is always 0: the interesting minimum is the one after it.
+        after = [tf for tf in s.reachability if s.convergence_s and tf[0] >= s.convergence_s]
+        if after:
+            t_min, f_min = min(after, key=lambda tf: (tf[1], tf[0]))
+            text += f"; min after convergence {f_min:.2f} at {t_min:.1f} s"
+        rows.append(("reachability", f"{text}, final {fractions[-1]:.2f}"))
+    rows.append(("control traffic", f"{s.control_bytes_per_node_s:,.0f} B/node/s"))
+    if s.fault is not None:
+        rows.append(("route changes", f"{s.route_changes} since the fault"))
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items()) if v)
+    rows.append(("drops", drops or "none"))
+    rows.append(("trace digest", f"sha256 {s.trace_digest}"))
+    mttrs = s.mttrs
+    ev = f"{len(s.healing_events)} ({len(mttrs)} repaired"
+    if mttrs:
+        ev += f"; mttr p50 {percentile(mttrs, 50):.2f} s, max {max(mttrs):.2f} s"
+    rows.append(("healing events", ev + ")"))
+    _print_rows(rows)
+    if not s.healing_events:
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("node", "kind", "subject", "action", "outcome", "detected", "mttr"):
+        table.add_column(col, justify="right" if col in ("detected", "mttr") else "left")
+    for node, e in s.healing_events[:_MAX_EVENT_ROWS]:
+        mttr = "-" if e.mttr is None else f"{e.mttr:.2f} s"
+        table.add_row(node, e.kind, e.subject, e.action, e.outcome, f"{e.detected_at:.2f} s", mttr)
+    out.print(table)
+    more = len(s.healing_events) - _MAX_EVENT_ROWS
+    if more > 0:
+        out.print(f'... and {more} more (see --trace, kind "healing")')
 
 
 def _when(t: float) -> str:

@@ -1,0 +1,742 @@
+"""Named scenarios over the real mesh (``MeshNode`` + healing) and the numbers they yield.
+
+    summary = run_scenario("relay-kill", nodes=50, seed=1)
+    summary.convergence_s, summary.recovery_s, summary.healing_events
+
+Every scenario starts cold, waits for convergence (checked every 0.1 s), lets the mesh
+settle for :data:`SETTLE` seconds and then applies its fault at ``fault_at``; times in
+the summary are virtual seconds. Without ``until`` a run ends :data:`TAIL` seconds after
+its fault is over; with ``until`` it ends exactly there, whatever it was doing.
+
+Everything measured here is a global view only the simulator has. The checks are kept
+cheap enough for 1,000-node meshes: a convergence check stops at the first node that
+lacks a route (and starts the next check at that node), reachability looks at a fixed
+sample of pairs, and recovery checks look only at the pairs still broken.
+
+Also here, for the benchmark: :func:`failover_samples` / :func:`failover_stats` (repeated
+random relay kills in one mesh) and :func:`convergence` / :func:`convergence_stats` (a
+60 s run: convergence time, control traffic, wall-clock cost).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Final
+
+from x0tta6bl4.healing import HealingEvent
+from x0tta6bl4.protocol.mesh import MeshNode, node_id
+from x0tta6bl4.sim.engine import Simulator
+from x0tta6bl4.sim.mesh import MeshSim, build_world, meshes, path, sample_pairs
+from x0tta6bl4.sim.network import SimError, derive_rng
+from x0tta6bl4.sim.topology import Topology, diamond, random_geometric
+from x0tta6bl4.sim.trace import Trace
+
+__all__ = [
+    "SCENARIOS",
+    "ConvergenceStats",
+    "FailoverStats",
+    "SimSummary",
+    "convergence",
+    "convergence_stats",
+    "failover_samples",
+    "failover_stats",
+    "percentile",
+    "run_scenario",
+]
+
+SCENARIOS: Final = ("converge", "relay-kill", "partition", "flap", "degrade", "diamond")
+
+CONVERGE_CHECK: Final = 0.1
+"""Convergence is checked this often (virtual seconds)."""
+RECOVERY_CHECK: Final = 0.01
+"""After a fault, the broken pairs are re-checked this often."""
+REACH_EVERY: Final = 0.5
+"""Reachability of the sampled pairs is recorded this often."""
+CONVERGE_LIMIT: Final = 60.0
+"""Give up waiting for a cold start to converge after this long."""
+RECONVERGE_LIMIT: Final = 10.0
+"""Give up waiting for re-convergence after a restart after this long (failover runs)."""
+RECOVERY_LIMIT: Final = 30.0
+"""Give up waiting for broken pairs after this long."""
+SETTLE: Final = 2.0
+"""Quiet time between convergence and the fault: link estimates and timers settle."""
+TAIL: Final = 10.0
+"""Time a run goes on after its fault is over (when ``until`` is not given)."""
+PAIRS: Final = 200
+"""Sampled (src, dst) pairs for reachability, relay and link choice."""
+RELAY_CANDIDATES: Final = 8
+"""relay-kill considers this many of the busiest relays."""
+PARTITION_FOR: Final = 5.0
+FLAP_PERIOD: Final = 1.0
+FLAP_FOR: Final = 20.0
+DEGRADE_FOR: Final = 20.0
+DEGRADE_LOSS: Final = (0.05, 0.6)
+DEGRADE_STEPS: Final = 12
+
+
+@dataclass
+class SimSummary:
+    """What one scenario run measured. Times are virtual seconds unless named wall.
+
+    ``reachability`` is ``(t, fraction)`` every :data:`REACH_EVERY` s: the fraction of the
+    sampled pairs whose next-hop chain arrives, among pairs with both ends alive.
+    ``control_bytes_per_node_s`` is every byte every node sent (handshakes, hellos,
+    routing; these scenarios carry no application traffic) / nodes / virtual seconds.
+    ``recovery_s`` is, for a kill, the time from the kill until every affected pair (both
+    ends alive, old path through the victim, still connected in the graph) is reachable
+    again; for a partition, from the heal until every sampled pair is reachable; None if
+    the scenario has no such fault or it did not recover within :data:`RECOVERY_LIMIT`.
+    ``route_changes`` counts next-hop changes summed over all nodes from the fault on.
+    """
+
+    scenario: str
+    nodes: int
+    seed: int
+    virtual_s: float
+    wall_s: float
+    convergence_s: float | None
+    reachability: list[tuple[float, float]]
+    healing_events: list[tuple[str, HealingEvent]]
+    control_bytes_per_node_s: float
+    drops: dict[str, int]
+    trace_digest: str
+    fault: str | None = None
+    fault_at: float | None = None
+    recovery_s: float | None = None
+    route_changes: int = 0
+    details: dict[str, float | int | str | None] = field(default_factory=dict)
+    trace: Trace = field(default_factory=Trace, repr=False, compare=False)
+
+    @property
+    def mttrs(self) -> list[float]:
+        """MTTR of every repaired healing event, in event order."""
+        return [m for _, e in self.healing_events if (m := e.mttr) is not None]
+
+
+class _Run:
+    """One simulator over the real mesh plus the global probes the scenarios need."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        seed: int,
+        *,
+        until: float | None = None,
+        healing: bool = True,
+        reach_every: float | None = REACH_EVERY,
+        pairs: int = PAIRS,
+    ) -> None:
+        self.topology = topology
+        self.seed = seed
+        # Outside the wall clock: certificates are issued once per process and cached.
+        world = build_world(topology.nodes, seed)
+        self.wall0 = time.perf_counter()
+        self.mesh = MeshSim(world, topology, healing=healing)
+        # Drops are counted either way; per-packet drop records would dominate the trace
+        # (and memory) of a big run for no extra insight.
+        self.sim = Simulator(seed, trace_drops=False)
+        self.sim.add_topology(topology, self.mesh.factory())
+        self.end = math.inf if until is None else until
+        self.pairs = sample_pairs(list(topology.nodes), pairs, seed)
+        self.reach: list[tuple[float, float]] = []
+        self.samplers: list[Callable[[float, dict[str, MeshNode]], None]] = []
+        self._cursor = 0
+        self._changes_mark: dict[MeshNode, int] = {}
+        if reach_every is not None:
+            self._every(reach_every, self._sample)
+
+    # -- time -----------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return self.sim.now
+
+    @property
+    def over(self) -> bool:
+        return self.sim.now >= self.end
+
+    def run_to(self, t: float) -> None:
+        t = min(t, self.end)
+        if t > self.sim.now:
+            self.sim.run(t)
+
+    def at(self, t: float, fn: Callable[[Simulator], None]) -> None:
+        """``fn`` at ``t`` unless the run ends first."""
+        if t <= self.end:
+            self.sim.schedule(max(t, self.sim.now), fn)
+
+    def _every(self, period: float, fn: Callable[[Simulator], None]) -> None:
+        # k * period rather than a running sum: no float drift in the sample times.
+        def tick(sim: Simulator, k: int = 0) -> None:
+            fn(sim)
+            nxt = (k + 1) * period
+            if nxt <= self.end:
+                sim.schedule(nxt, lambda s: tick(s, k + 1))
+
+        self.sim.schedule(0.0, tick)
+
+    # -- probes ---------------------------------------------------------------------
+
+    def nodes(self) -> dict[str, MeshNode]:
+        return meshes(self.sim)
+
+    def _sample(self, sim: Simulator) -> None:
+        nodes = self.nodes()
+        live = [(a, b) for a, b in self.pairs if a in nodes and b in nodes]
+        ok = sum(1 for a, b in live if path(nodes, a, b) is not None)
+        self.reach.append((sim.now, ok / len(live) if live else 1.0))
+        for fn in self.samplers:
+            fn(sim.now, nodes)
+
+    def converged(self) -> bool:
+        """Every live node has a route to every other live node.
+
+        Short-circuits at the first node that lacks one and starts the next call there,
+        so a check while the mesh is still converging costs one node's table.
+        """
+        nodes = self.nodes()
+        names = list(nodes)
+        n = len(names)
+        want = n - 1
+        ids: set[bytes] | None = None
+        start = self._cursor % n if n else 0
+        for k in range(n):
+            i = (start + k) % n
+            sel = nodes[names[i]].router.selected()
+            ok = len(sel) >= want
+            if ok and len(sel) > want:
+                # Routes to dead nodes linger until they expire: count live ones only.
+                if ids is None:
+                    ids = {node_id(x) for x in names}
+                ok = sum(1 for d in sel if d in ids) >= want
+            if not ok:
+                self._cursor = i
+                return False
+        return True
+
+    def wait_converged(self, limit: float = CONVERGE_LIMIT) -> float | None:
+        """Step in :data:`CONVERGE_CHECK` increments until converged; the time, or None."""
+        t0 = self.now
+        k = 0
+        while True:
+            if self.converged():
+                return self.now
+            k += 1
+            t = t0 + k * CONVERGE_CHECK
+            if t > t0 + limit or self.over:
+                return None
+            self.run_to(t)
+
+    def wait_reachable(
+        self, pairs: Iterable[tuple[str, str]], t0: float, limit: float = RECOVERY_LIMIT
+    ) -> float | None:
+        """Step in :data:`RECOVERY_CHECK` increments until every pair is reachable,
+        re-checking only the pairs still broken; seconds since ``t0``, or None."""
+        broken = list(pairs)
+        k = 0
+        base = self.now
+        while True:
+            nodes = self.nodes()
+            broken = [(a, b) for a, b in broken if path(nodes, a, b) is None]
+            if not broken:
+                return self.now - t0
+            k += 1
+            t = base + k * RECOVERY_CHECK
+            if t > t0 + limit or self.over:
+                return None
+            self.run_to(t)
+
+    def paths(self) -> list[list[str]]:
+        nodes = self.nodes()
+        out = []
+        for a, b in self.pairs:
+            if a in nodes and b in nodes:
+                p = path(nodes, a, b)
+                if p is not None:
+                    out.append(p)
+        return out
+
+    def relay_load(self) -> Counter[str]:
+        """How many sampled paths each node relays (ends excluded)."""
+        load: Counter[str] = Counter()
+        for p in self.paths():
+            load.update(p[1:-1])
+        return load
+
+    def link_load(self) -> Counter[tuple[str, str]]:
+        """How many sampled paths cross each link (as a sorted name pair)."""
+        load: Counter[tuple[str, str]] = Counter()
+        for p in self.paths():
+            load.update(_edge(x, y) for x, y in pairwise(p))
+        return load
+
+    def affected_by(self, relay: str) -> list[tuple[str, str]]:
+        """Sampled pairs whose current path crosses ``relay`` and that stay connected in
+        the graph without it (a pair cut off by the kill can never recover)."""
+        comp = _components_without(self.topology, node=relay)
+        out = []
+        for p in self.paths():
+            a, b = p[0], p[-1]
+            if relay in p[1:-1] and comp[a] == comp[b]:
+                out.append((a, b))
+        return out
+
+    def _route_changes(self) -> dict[MeshNode, int]:
+        # O(nodes x destinations), so only called a couple of times per run.
+        return {m: sum(m.router.route_changes.values()) for m in self.nodes().values()}
+
+    def mark_changes(self) -> None:
+        """Remember every node's route-change count now (at the fault)."""
+        self._changes_mark = self._route_changes()
+
+    def changes_since_mark(self) -> int:
+        """Next-hop changes since :meth:`mark_changes`, over the nodes alive now (keyed by
+        node object: a restarted node is a new object counting from zero)."""
+        mark = self._changes_mark
+        return sum(c - mark.get(m, 0) for m, c in self._route_changes().items())
+
+    def control_bytes(self) -> int:
+        return sum(s.sent_bytes for s in self.sim.stats.values())
+
+    def summary(
+        self,
+        scenario: str,
+        convergence_s: float | None,
+        *,
+        fault: str | None = None,
+        fault_at: float | None = None,
+        recovery_s: float | None = None,
+        route_changes: int = 0,
+        details: dict[str, float | int | str | None] | None = None,
+    ) -> SimSummary:
+        sim = self.sim
+        n = len(self.topology)
+        return SimSummary(
+            scenario=scenario,
+            nodes=n,
+            seed=self.seed,
+            virtual_s=sim.now,
+            wall_s=time.perf_counter() - self.wall0,
+            convergence_s=convergence_s,
+            reachability=list(self.reach),
+            healing_events=list(self.mesh.healing_events),
+            control_bytes_per_node_s=self.control_bytes() / n / sim.now if sim.now > 0 else 0.0,
+            drops=dict(sim.drops),
+            trace_digest=sim.trace.digest(),
+            fault=fault,
+            fault_at=fault_at,
+            recovery_s=recovery_s,
+            route_changes=route_changes,
+            details={**(details or {}), "sampled_pairs": len(self.pairs)},
+            trace=sim.trace,
+        )
+
+
+def _edge(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def _components_without(
+    topology: Topology, node: str | None = None, edge: tuple[str, str] | None = None
+) -> dict[str, int]:
+    """Connected component index of every node once ``node`` (index -1) or ``edge`` is
+    removed from the graph (O(N + E))."""
+    comp: dict[str, int] = {} if node is None else {node: -1}
+    for start in topology.nodes:
+        if start in comp:
+            continue
+        c = len(comp)
+        comp[start] = c
+        stack = [start]
+        while stack:
+            x = stack.pop()
+            for m in topology.neighbours(x):
+                if m not in comp and (edge is None or _edge(x, m) != edge):
+                    comp[m] = c
+                    stack.append(m)
+    return comp
+
+
+def _start(run: _Run) -> tuple[float | None, float]:
+    """Cold start: convergence time (or None) and when the fault goes in."""
+    conv = run.wait_converged()
+    base = conv if conv is not None else run.now
+    return conv, base + SETTLE
+
+
+def _finish(run: _Run, natural_end: float) -> None:
+    run.run_to(natural_end if math.isinf(run.end) else run.end)
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+
+def _converge(run: _Run) -> SimSummary:
+    conv = run.wait_converged()
+    base = conv if conv is not None else run.now
+    _finish(run, base + TAIL)
+    return run.summary("converge", conv)
+
+
+def _kill_relay(run: _Run, scenario: str, conv: float | None, t: float, relay: str) -> SimSummary:
+    affected = run.affected_by(relay)
+    run.sim.crash(relay)
+    rec = run.wait_reachable(affected, t) if affected else None
+    if rec is None:
+        # Not recovered in time: the fault is still being repaired, not finished.
+        _finish(run, t + RECOVERY_LIMIT + TAIL)
+    else:
+        _finish(run, t + rec + TAIL)
+    return run.summary(
+        scenario,
+        conv,
+        fault=f"kill {relay}",
+        fault_at=t,
+        recovery_s=rec,
+        route_changes=run.changes_since_mark(),
+        details={"relay": relay, "affected_pairs": len(affected)},
+    )
+
+
+def _relay_kill(run: _Run) -> SimSummary:
+    conv, t = _start(run)
+    run.run_to(t)
+    if run.over:
+        return run.summary("relay-kill", conv)
+    # The busiest relays of a random geometric mesh are often cut vertices, whose paths
+    # can never come back; among the busiest few, take the one with the most paths that
+    # can be rerouted, so there is a failover to measure.
+    load = run.relay_load()
+    best: tuple[int, int, str] | None = None
+    for relay, total in sorted(load.items(), key=lambda kv: (-kv[1], kv[0]))[:RELAY_CANDIDATES]:
+        n = len(run.affected_by(relay))
+        if best is None or (n, total) > best[:2]:
+            best = (n, total, relay)
+    if best is None or best[0] == 0:
+        _finish(run, t + TAIL)
+        return run.summary("relay-kill", conv, details={"relay": None})
+    relay = best[2]
+    run.mark_changes()
+    s = _kill_relay(run, "relay-kill", conv, t, relay)
+    s.details["relay_paths"] = best[1]
+    return s
+
+
+def _diamond(run: _Run) -> SimSummary:
+    conv, t = _start(run)
+    run.run_to(t)
+    if run.over:
+        return run.summary("diamond", conv)
+    src, dst = run.topology.nodes[0], run.topology.nodes[-1]
+    relay = run.nodes()[src].next_hop(dst)
+    if relay is None:
+        _finish(run, t + TAIL)
+        return run.summary("diamond", conv, details={"relay": None})
+    run.mark_changes()
+    return _kill_relay(run, "diamond", conv, t, relay)
+
+
+def _partition(run: _Run) -> SimSummary:
+    conv, t = _start(run)
+    pos = run.topology.positions
+    if pos is None:
+        raise SimError("partition needs a topology with positions")
+    ordered = sorted(run.topology.nodes, key=lambda n: (pos[n][0], n))
+    left = ordered[: len(ordered) // 2]
+    run.at(t, lambda s: s.net.partition([left]))
+    healed = t + PARTITION_FOR
+    run.at(healed, lambda s: s.net.heal())
+    run.run_to(t)
+    run.mark_changes()
+    run.run_to(healed)
+    rec = None
+    if not run.over:
+        rec = run.wait_reachable(run.pairs, healed)
+    _finish(run, healed + (rec if rec is not None else RECOVERY_LIMIT) + TAIL)
+    return run.summary(
+        "partition",
+        conv,
+        fault=f"partition {len(left)}|{len(ordered) - len(left)} by x for {PARTITION_FOR:g} s",
+        fault_at=t,
+        recovery_s=rec,
+        route_changes=run.changes_since_mark(),
+        details={"healed_at": healed, "left": len(left)},
+    )
+
+
+def _busy_link(run: _Run) -> tuple[tuple[str, str], int] | None:
+    """The busiest link (most sampled paths) among those that are not bridges.
+
+    A bridge's paths cannot move anywhere, so flapping or degrading it says nothing
+    about damping or rerouting; among the :data:`RELAY_CANDIDATES` busiest links, the
+    one carrying the most paths that stay connected without it is taken."""
+    load = run.link_load()
+    best: tuple[int, int, tuple[str, str]] | None = None
+    for link, total in sorted(load.items(), key=lambda kv: (-kv[1], kv[0]))[:RELAY_CANDIDATES]:
+        comp = _components_without(run.topology, edge=link)
+        n = 0
+        for p in run.paths():
+            if comp[p[0]] == comp[p[-1]] and link in {_edge(x, y) for x, y in pairwise(p)}:
+                n += 1
+        if n and (best is None or (n, total) > best[:2]):
+            best = (n, total, link)
+    return None if best is None else (best[2], best[1])
+
+
+def _flap(run: _Run) -> SimSummary:
+    conv, t = _start(run)
+    run.run_to(t)
+    if run.over:
+        return run.summary("flap", conv)
+    busy = _busy_link(run)
+    if busy is None:
+        _finish(run, t + TAIL)
+        return run.summary("flap", conv, details={"link": None})
+    (a, b), paths_before = busy
+    run.mark_changes()
+    run.sim.net.flap(a, b, period=FLAP_PERIOD, until=t + FLAP_FOR)
+    run.run_to(t + FLAP_FOR)
+    during = run.changes_since_mark()
+    _finish(run, t + FLAP_FOR + TAIL)
+    return run.summary(
+        "flap",
+        conv,
+        fault=f"flap {a}-{b} every {FLAP_PERIOD:g} s for {FLAP_FOR:g} s",
+        fault_at=t,
+        route_changes=run.changes_since_mark(),
+        details={
+            "link": f"{a}-{b}",
+            "paths_before": paths_before,
+            "route_changes_during_flap": during,
+        },
+    )
+
+
+def _degrade(run: _Run) -> SimSummary:
+    conv, t = _start(run)
+    run.run_to(t)
+    if run.over:
+        return run.summary("degrade", conv)
+    busy = _busy_link(run)
+    if busy is None:
+        _finish(run, t + TAIL)
+        return run.summary("degrade", conv, details={"link": None})
+    link, paths_before = busy
+    a, b = link
+    lo, hi = DEGRADE_LOSS
+    step = DEGRADE_FOR / DEGRADE_STEPS
+
+    def set_loss(loss: float) -> Callable[[Simulator], None]:
+        return lambda s: s.net.degrade(a, b, loss=loss)
+
+    for i in range(DEGRADE_STEPS):
+        run.at(t + i * step, set_loss(lo + (hi - lo) * i / (DEGRADE_STEPS - 1)))
+    cut_at = t + DEGRADE_FOR
+    run.at(cut_at, lambda s: s.net.set_up(a, b, False))
+    moved: list[float] = []
+
+    def watch_link(now: float, nodes: dict[str, MeshNode]) -> None:
+        # The first sample, while the link is still up, at which no sampled path uses it.
+        if moved or not t <= now < cut_at:
+            return
+        for p in run.paths():
+            if link in {_edge(x, y) for x, y in pairwise(p)}:
+                return
+        moved.append(now)
+
+    run.samplers.append(watch_link)
+    run.mark_changes()
+    _finish(run, cut_at + TAIL)
+    return run.summary(
+        "degrade",
+        conv,
+        fault=(f"degrade {a}-{b} loss {lo:g}->{hi:g} over {DEGRADE_FOR:g} s, then cut"),
+        fault_at=t,
+        route_changes=run.changes_since_mark(),
+        details={
+            "link": f"{a}-{b}",
+            "paths_before": paths_before,
+            "moved_off_at": moved[0] if moved else None,
+            "cut_at": cut_at,
+        },
+    )
+
+
+_RUNNERS: Final[dict[str, Callable[[_Run], SimSummary]]] = {
+    "converge": _converge,
+    "relay-kill": _relay_kill,
+    "partition": _partition,
+    "flap": _flap,
+    "degrade": _degrade,
+    "diamond": _diamond,
+}
+
+
+def run_scenario(name: str, *, nodes: int, seed: int, until: float | None = None) -> SimSummary:
+    """Run scenario ``name`` (one of :data:`SCENARIOS`) on a random geometric mesh of
+    ``nodes`` nodes (``diamond`` ignores ``nodes``: it always has four)."""
+    fn = _RUNNERS.get(name)
+    if fn is None:
+        raise SimError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    if until is not None and not until > 0:
+        raise SimError(f"until must be > 0, got {until!r}")
+    if name == "diamond":
+        topology = diamond()
+    else:
+        if nodes < 2:
+            raise SimError(f"scenario {name!r} needs at least 2 nodes, got {nodes}")
+        topology = random_geometric(nodes, seed)
+    return fn(_Run(topology, seed, until=until))
+
+
+# -- benchmark helpers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverStats:
+    """Repeated random relay kills in one mesh (see :func:`failover_stats`).
+
+    ``samples[i]`` is the failover time of kill ``i`` (``inf``: not within
+    :data:`RECOVERY_LIMIT`); ``relays[i]`` the node killed, ``affected[i]`` how many
+    sampled pairs it cut; ``reconverge_s[i]`` how long full convergence took after its
+    restart (None: not within :data:`RECONVERGE_LIMIT`, and the next kill went ahead).
+    """
+
+    nodes: int
+    seed: int
+    samples: list[float]
+    relays: list[str]
+    affected: list[int]
+    reconverge_s: list[float | None]
+
+
+def failover_stats(
+    nodes: int = 100,
+    kills: int = 100,
+    seed: int = 0,
+    *,
+    settle: float = SETTLE,
+) -> FailoverStats:
+    """``kills`` random relay kills in one random geometric mesh of ``nodes`` nodes.
+
+    Each round: let the mesh settle ``settle`` seconds; pick a random node that relays at
+    least one sampled path whose ends stay connected without it; kill it; time until
+    every such pair is reachable again (checked every :data:`RECOVERY_CHECK` s, looking
+    only at the pairs still broken); restart it; wait for full re-convergence (checked
+    every :data:`CONVERGE_CHECK` s, at most :data:`RECONVERGE_LIMIT` s); next round.
+    """
+    run = _Run(random_geometric(nodes, seed), seed, reach_every=None)
+    run.wait_converged()
+    rng = derive_rng(seed, "failover")
+    samples: list[float] = []
+    relays: list[str] = []
+    affected_n: list[int] = []
+    reconverge: list[float | None] = []
+    for _ in range(kills):
+        run.run_to(run.now + settle)
+        candidates = sorted(run.relay_load())
+        rng.shuffle(candidates)
+        relay: str | None = None
+        affected: list[tuple[str, str]] = []
+        for c in candidates:
+            affected = run.affected_by(c)
+            if affected:
+                relay = c
+                break
+        if relay is None:
+            break  # nothing relays a path that could move: no failover to measure
+        t = run.now
+        run.sim.crash(relay)
+        rec = run.wait_reachable(affected, t)
+        samples.append(math.inf if rec is None else rec)
+        relays.append(relay)
+        affected_n.append(len(affected))
+        run.sim.restart(relay)
+        t_restart = run.now
+        back = run.wait_converged(limit=RECONVERGE_LIMIT)
+        reconverge.append(None if back is None else back - t_restart)
+    return FailoverStats(nodes, seed, samples, relays, affected_n, reconverge)
+
+
+def failover_samples(
+    nodes: int = 100,
+    kills: int = 100,
+    seed: int = 0,
+    *,
+    settle: float = SETTLE,
+) -> list[float]:
+    """Failover times (virtual seconds) of ``kills`` random relay kills in one mesh;
+    :func:`failover_stats` has the details (which relays, re-convergence)."""
+    return failover_stats(nodes, kills, seed, settle=settle).samples
+
+
+@dataclass(frozen=True, slots=True)
+class ConvergenceStats:
+    """One cold-started random mesh run for ``duration`` virtual seconds.
+
+    ``converge_s`` is ``inf`` if it never converged. ``steady_bytes_per_node_s`` is the
+    control traffic from ``steady_from`` (convergence + 5 s) to the end, per node per
+    second; ``total_bytes_per_node_s`` covers the whole run, start-up handshakes included.
+    ``wall_s`` is the wall-clock time of the run (certificate issuance excluded).
+    """
+
+    nodes: int
+    seed: int
+    duration: float
+    converge_s: float
+    steady_from: float
+    steady_bytes_per_node_s: float
+    total_bytes_per_node_s: float
+    wall_s: float
+
+
+def convergence_stats(nodes: int, seed: int, duration: float = 60.0) -> ConvergenceStats:
+    """See :class:`ConvergenceStats`. If the steady window (convergence + 5 s to the
+    end) would be shorter than 10 s, or the mesh never converges, it is the last 10 s."""
+    if duration <= 10.0:
+        raise SimError(f"duration must be > 10 s, got {duration!r}")
+    run = _Run(random_geometric(nodes, seed), seed, until=duration, reach_every=None)
+    conv = run.wait_converged(limit=duration)
+    steady_from = duration - 10.0
+    if conv is not None:
+        steady_from = min(conv + 5.0, steady_from)
+    run.run_to(steady_from)
+    at_steady = run.control_bytes()
+    run.run_to(duration)
+    wall = time.perf_counter() - run.wall0
+    total = run.control_bytes()
+    return ConvergenceStats(
+        nodes=nodes,
+        seed=seed,
+        duration=duration,
+        converge_s=math.inf if conv is None else conv,
+        steady_from=steady_from,
+        steady_bytes_per_node_s=(total - at_steady) / nodes / (duration - steady_from),
+        total_bytes_per_node_s=total / nodes / duration,
+        wall_s=wall,
+    )
+
+
+def convergence(nodes: int, seed: int) -> tuple[float, float, float]:
+    """``(converge_s, control_bytes_per_node_s, wall_s_per_60s)`` of a 60 s random mesh.
+
+    The control traffic is the *steady* figure: bytes sent by all nodes from convergence
+    + 5 s to 60 s, per node per second (the whole-run figure, start-up included, is in
+    :func:`convergence_stats`). Wall time is for the 60 virtual seconds.
+    """
+    s = convergence_stats(nodes, seed, 60.0)
+    return s.converge_s, s.steady_bytes_per_node_s, s.wall_s
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 100]) of ``values``; nan when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]

@@ -1,0 +1,351 @@
+"""Failure scenarios on the real mesh (MeshNode + healing, real cryptography) in the
+simulator: failover, partitions, degrading and flapping links, determinism, and the
+named scenarios of ``sim.runner``."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from itertools import pairwise
+
+import pytest
+
+from x0tta6bl4.protocol.events import Action, Deliver
+from x0tta6bl4.sim import Edge, LinkSpec, Simulator, Topology, diamond
+from x0tta6bl4.sim.mesh import MeshSim, build_world, meshes, path
+from x0tta6bl4.sim.runner import (
+    PARTITION_FOR,
+    SCENARIOS,
+    SimSummary,
+    convergence_stats,
+    failover_samples,
+    failover_stats,
+    percentile,
+    run_scenario,
+)
+
+SEED = 3
+
+
+def _sim(topo: Topology, *, healing: bool = True, seed: int = SEED) -> tuple[Simulator, MeshSim]:
+    mesh = MeshSim(build_world(topo.nodes, seed), topo, healing=healing)
+    sim = Simulator(seed, trace_drops=False)
+    sim.add_topology(topo, mesh.factory())
+    return sim, mesh
+
+
+def _converge(sim: Simulator, limit: float = 10.0) -> float:
+    """Run until every node routes to every other; the time it took."""
+    names = sim.nodes
+    while sim.now < limit:
+        sim.run(round(sim.now + 0.1, 6))
+        nodes = meshes(sim)
+        if all(path(nodes, a, b) for a in names for b in names if a != b):
+            return sim.now
+    raise AssertionError(f"no convergence within {limit} s")
+
+
+# -- diamond failover -------------------------------------------------------------------
+
+
+def test_diamond_failover_keeps_app_traffic_flowing() -> None:
+    sim, _ = _sim(diamond())
+    t0 = _converge(sim) + 1.0
+    a = meshes(sim)["a"]
+    relay = a.next_hop("d")
+    assert relay in ("b", "c")
+    other = "c" if relay == "b" else "b"
+
+    got: list[tuple[float, bytes]] = []
+
+    def on_action(t: float, node: str, act: Action) -> None:
+        if node == "d" and type(act) is Deliver:
+            assert act.src == "a" and act.port == 7
+            got.append((t, act.payload))
+
+    sim.on_action.append(on_action)
+    period, n = 0.05, 100  # 5 s of traffic, one message every 50 ms
+    for i in range(n):
+        sim.send_app(t0 + i * period, "a", "d", 7, b"seq %03d" % i)
+    kill_at = t0 + 1.0
+    sim.schedule(kill_at, lambda s: s.crash(relay))
+    sim.run(t0 + n * period + 1.0)
+
+    before = [p for t, p in got if t < kill_at]
+    after = [(t, p) for t, p in got if t >= kill_at]
+    assert len(before) >= 15
+    assert after, "traffic never resumed"
+    gap = after[0][0] - kill_at
+    # Dead after 0.4 s of silence, then the route and the e2e session move over.
+    assert gap < 1.0, f"failover took {gap:.3f} s"
+    assert meshes(sim)["a"].next_hop("d") == other
+    # Once resumed, nothing sent later is lost, and nothing arrives twice or altered.
+    resumed = after[0][0]
+    sent_later = {b"seq %03d" % i for i in range(n) if t0 + i * period >= resumed}
+    assert sent_later <= {p for _, p in after}
+    payloads = [p for _, p in got]
+    assert len(payloads) == len(set(payloads))
+    assert all(p.startswith(b"seq ") for p in payloads)
+
+
+# -- partition and heal -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def partitioned() -> SimSummary:
+    # 12 nodes split by x for 5 s; run long enough after the heal for any damping
+    # hold-downs of the first episode to end.
+    return run_scenario("partition", nodes=12, seed=SEED, until=40.0)
+
+
+def test_partition_and_heal_restores_reachability_and_says_so(partitioned: SimSummary) -> None:
+    s = partitioned
+    assert s.convergence_s is not None and s.fault_at is not None
+    healed = s.fault_at + PARTITION_FOR
+    during = [f for t, f in s.reachability if s.fault_at + 0.5 <= t < healed]
+    assert during and max(during) < 0.6  # the partition did cut the mesh in two
+    assert s.recovery_s is not None, "reachability never came back after the heal"
+    assert s.recovery_s < 3.0
+    # 12 nodes: the sample is every ordered pair, so this is full reachability.
+    assert s.details["sampled_pairs"] == 12 * 11
+    assert s.reachability[-1][1] == 1.0
+    assert s.drops["partition"] > 0
+    repaired = [
+        e
+        for _, e in s.healing_events
+        if e.kind in ("partition", "dead_neighbour") and e.outcome == "repaired"
+    ]
+    assert {e.kind for e in repaired} == {"partition", "dead_neighbour"}
+    for e in repaired:
+        assert e.mttr is not None and math.isfinite(e.mttr) and e.mttr >= 0
+    # The incidents the partition itself opened close soon after the heal.
+    caused = [e for e in repaired if e.detected_at < healed]
+    assert caused
+    for e in caused:
+        assert e.repaired_at is not None and s.fault_at <= e.repaired_at <= healed + 5.0
+    assert not [e for _, e in s.healing_events if e.outcome == "failed"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (healing/analyse.py _flapping): once the partition heals, every link "
+    "that crossed it (2 alive transitions, plus the partition's own route churn) is damped "
+    "as flapping_link, cutting the mesh in two again: reachability 0.73 from t=11 s to "
+    "~20 s after the heal at 7.4 s",
+)
+def test_partition_heal_does_not_relapse(partitioned: SimSummary) -> None:
+    s = partitioned
+    assert s.fault_at is not None and s.recovery_s is not None
+    back = s.fault_at + PARTITION_FOR + s.recovery_s
+    after = [(t, f) for t, f in s.reachability if t >= back]
+    assert min(f for _, f in after) == 1.0, after
+
+
+# -- degrading link -------------------------------------------------------------------------
+
+
+def _two_paths() -> Topology:
+    """a-b-d (2 hops) and a-c-e-d (3 hops): a prefers b until a-b gets bad enough."""
+    spec = LinkSpec(latency=0.005)
+    return Topology(
+        ("a", "b", "c", "d", "e"),
+        tuple(
+            Edge(x, y, spec)
+            for x, y in (("a", "b"), ("b", "d"), ("a", "c"), ("c", "e"), ("e", "d"))
+        ),
+    )
+
+
+def test_slowly_degrading_link_is_routed_around_before_it_dies() -> None:
+    sim, _ = _sim(_two_paths())
+    t0 = _converge(sim) + 2.0
+    sim.run(t0)
+    assert meshes(sim)["a"].next_hop("d") == "b"
+    steps = 12
+    for i in range(steps):  # loss 0.05 -> 0.6 over 20 s, then the link dies
+        loss = 0.05 + 0.55 * i / (steps - 1)
+        sim.schedule(t0 + i * 20 / steps, lambda s, p=loss: s.net.degrade("a", "b", loss=p))
+    cut_at = t0 + 20.0
+    sim.schedule(cut_at, lambda s: s.net.set_up("a", "b", False))
+    moved: list[tuple[float, float]] = []  # (time, loss) when a moved off a-b, alive
+    while sim.now < cut_at - 0.1:
+        sim.run(round(sim.now + 0.1, 6))
+        a = meshes(sim)["a"]
+        if a.next_hop("d") == "c" and a.neighbours().get("b") and not moved:
+            moved.append((sim.now, sim.net.link("a", "b").loss))
+    assert moved, "the route stayed on the degrading link until it was cut"
+    t_moved, loss = moved[0]
+    assert t_moved < cut_at
+    # Off the link well before the end, and for good: the last part of the ramp
+    # (loss >= 0.5) sees a on the long path.
+    a = meshes(sim)["a"]
+    assert a.next_hop("d") == "c"
+    assert loss <= 0.5, f"moved only at loss {loss:.2f}"
+    sim.run(cut_at + 2.0)
+    assert path(meshes(sim), "a", "d") == ["a", "c", "e", "d"]
+
+
+# -- flapping link ----------------------------------------------------------------------------
+
+
+def _route_changes(sim: Simulator) -> int:
+    return sum(sum(m.router.route_changes.values()) for m in meshes(sim).values())
+
+
+def _flap_changes(healing: bool) -> tuple[int, float]:
+    """Route changes (all nodes) in the minute a-b flaps (down 1 s every 2 s), and the
+    reachability 5 s after."""
+    sim, _ = _sim(diamond(), healing=healing)
+    t0 = _converge(sim) + 2.0
+    sim.run(t0)
+    before = _route_changes(sim)
+    sim.net.flap("a", "b", period=2.0, until=t0 + 60.0)
+    sim.run(t0 + 60.0)
+    per_minute = _route_changes(sim) - before
+    sim.run(t0 + 60.0 + 5.0)
+    nodes = meshes(sim)
+    pairs = [(x, y) for x in nodes for y in nodes if x != y]
+    reach = sum(1 for x, y in pairs if path(nodes, x, y)) / len(pairs)
+    return per_minute, reach
+
+
+def test_flapping_link_is_damped() -> None:
+    undamped, _ = _flap_changes(healing=False)
+    damped, reach = _flap_changes(healing=True)
+    # Measured: 131 route changes per minute undamped, 11 damped (seed 3). Without
+    # healing every one of the 30 flaps moves routes at a, b and d twice (down, up);
+    # with damping the link is held down for growing periods instead.
+    assert undamped >= 100, undamped
+    assert damped <= undamped // 4, (damped, undamped)
+    assert damped <= 30, damped
+    assert reach == 1.0  # the rest of the diamond still carries everything
+
+
+# -- restart ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        1,  # the new random seqno happens to be newer than the old one
+        pytest.param(
+            4,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known bug (protocol/routing.py): a restarted node draws a random "
+                "seqno; when it is older (mod 2**16) than the feasibility distance its "
+                "neighbours keep (37954 -> 28579 here), they refuse its routes, and a seqno "
+                "request only moves it +1, so it stays unreachable (never within 20 s)",
+            ),
+        ),
+    ],
+)
+def test_restarted_node_is_reachable_again(seed: int) -> None:
+    sim, _ = _sim(diamond(), seed=seed)
+    t0 = _converge(sim) + 1.0
+    sim.run(t0)
+    sim.crash("b")
+    sim.run(t0 + 3.0)
+    sim.restart("b")
+    deadline = t0 + 3.0 + 5.0
+    while sim.now < deadline:
+        sim.run(round(sim.now + 0.1, 6))
+        nodes = meshes(sim)
+        if all(path(nodes, x, y) for x in nodes for y in nodes if x != y):
+            return
+    nodes = meshes(sim)
+    missing = [(x, y) for x in nodes for y in nodes if x != y and not path(nodes, x, y)]
+    raise AssertionError(f"not all reachable 5 s after the restart: {missing}")
+
+
+# -- determinism ---------------------------------------------------------------------------------
+
+
+def test_same_seed_same_trace_other_seed_other_trace() -> None:
+    a = run_scenario("relay-kill", nodes=10, seed=SEED)
+    b = run_scenario("relay-kill", nodes=10, seed=SEED)
+    c = run_scenario("relay-kill", nodes=10, seed=SEED + 1)
+    assert a.trace_digest == b.trace_digest
+    assert a.trace.dumps() == b.trace.dumps()
+    assert (a.convergence_s, a.recovery_s, a.drops) == (b.convergence_s, b.recovery_s, b.drops)
+    assert c.trace_digest != a.trace_digest
+
+
+def test_same_seed_same_trace_across_processes() -> None:
+    # str hashing is salted per process: anything that lets set or dict-of-set order
+    # reach a decision (or a traced field) shows up as a different digest here.
+    code = (
+        "from x0tta6bl4.sim.runner import run_scenario;"
+        f"print(run_scenario('partition', nodes=12, seed={SEED}).trace_digest)"
+    )
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert digests == {run_scenario("partition", nodes=12, seed=SEED).trace_digest}
+
+
+# -- the named scenarios ---------------------------------------------------------------------------
+
+
+def _check_summary(s: SimSummary, name: str) -> None:
+    assert s.scenario == name
+    assert s.convergence_s is not None and s.convergence_s < 10.0
+    assert s.virtual_s > s.convergence_s
+    assert s.wall_s > 0
+    assert s.control_bytes_per_node_s > 0
+    assert len(s.trace_digest) == 64
+    times = [t for t, _ in s.reachability]
+    assert times == sorted(times) and times[0] == 0.0
+    assert all(abs(t2 - t1 - 0.5) < 1e-9 for t1, t2 in pairwise(times))
+    assert all(0.0 <= f <= 1.0 for _, f in s.reachability)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_named_scenario_runs_and_summarises(name: str) -> None:
+    s = run_scenario(name, nodes=10, seed=SEED)
+    _check_summary(s, name)
+    if name != "converge":
+        assert s.fault is not None and s.fault_at is not None
+    if name in ("relay-kill", "diamond"):
+        assert s.recovery_s is not None and 0 < s.recovery_s < 2.0
+        assert s.drops["crashed"] > 0
+    if name == "degrade":
+        assert s.details["moved_off_at"] is not None
+        moved = s.details["moved_off_at"]
+        assert isinstance(moved, float) and moved < float(str(s.details["cut_at"]))
+
+
+def test_until_stops_the_run_exactly() -> None:
+    s = run_scenario("flap", nodes=8, seed=SEED, until=4.0)
+    assert s.virtual_s == 4.0
+    assert s.reachability[-1][0] <= 4.0
+
+
+def test_unknown_scenario_is_refused() -> None:
+    from x0tta6bl4.sim import SimError
+
+    with pytest.raises(SimError, match="unknown scenario"):
+        run_scenario("meteor", nodes=5, seed=1)
+
+
+def test_failover_samples_and_convergence_stats() -> None:
+    samples = failover_samples(nodes=12, kills=3, seed=SEED)
+    assert len(samples) == 3
+    assert all(0 < x < 2.0 for x in samples), samples
+    assert percentile(samples, 50) <= max(samples)
+    stats = failover_stats(nodes=12, kills=3, seed=SEED)
+    assert stats.samples == samples  # deterministic
+    assert len(stats.relays) == len(stats.affected) == len(stats.reconverge_s) == 3
+    assert all(n > 0 for n in stats.affected)
+    s = convergence_stats(10, SEED, duration=20.0)
+    assert 0 < s.converge_s < 5.0
+    assert s.steady_from == pytest.approx(s.converge_s + 5.0)
+    # Start-up handshakes make the whole run costlier per second than the steady part.
+    assert 0 < s.steady_bytes_per_node_s < s.total_bytes_per_node_s
+    assert s.wall_s > 0
