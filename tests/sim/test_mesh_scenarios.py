@@ -128,13 +128,6 @@ def test_partition_and_heal_restores_reachability_and_says_so(partitioned: SimSu
     assert not [e for _, e in s.healing_events if e.outcome == "failed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (healing/analyse.py _flapping): once the partition heals, every link "
-    "that crossed it (2 alive transitions, plus the partition's own route churn) is damped "
-    "as flapping_link, cutting the mesh in two again: reachability 0.73 from t=11 s to "
-    "~20 s after the heal at 7.4 s",
-)
 def test_partition_heal_does_not_relapse(partitioned: SimSummary) -> None:
     s = partitioned
     assert s.fault_at is not None and s.recovery_s is not None
@@ -230,16 +223,8 @@ def test_flapping_link_is_damped() -> None:
     "seed",
     [
         1,  # the new random seqno happens to be newer than the old one
-        pytest.param(
-            4,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known bug (protocol/routing.py): a restarted node draws a random "
-                "seqno; when it is older (mod 2**16) than the feasibility distance its "
-                "neighbours keep (37954 -> 28579 here), they refuse its routes, and a seqno "
-                "request only moves it +1, so it stays unreachable (never within 20 s)",
-            ),
-        ),
+        4,  # older (mod 2**16) than what its neighbours remember: they ask, it jumps
+        7,
     ],
 )
 def test_restarted_node_is_reachable_again(seed: int) -> None:

@@ -51,7 +51,9 @@ def _flapping(snap: Snapshot, knowledge: Knowledge) -> dict[str, Finding]:
             if hop_link is None:
                 continue
             score = hop_link.alive_transitions + hop_link.cost_changes
-            if score > 0 and (best is None or (score, hop) > best):
+            # One clean outage (down, up and the two cost jumps with them) is not
+            # flapping: damping the links that just healed a partition would cut it again.
+            if score >= config.route_flap_min_link_score and (best is None or (score, hop) > best):
                 best = (score, hop)
         if best is None:
             continue

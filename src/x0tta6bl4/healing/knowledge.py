@@ -73,6 +73,7 @@ class HealingConfig:
     flap_window: float = 10.0
     link_flap_threshold: int = 4  # alive transitions within the window
     route_flap_threshold: int = 4  # next-hop changes of one route within the window
+    route_flap_min_link_score: int = 5  # local instability needed to blame a next hop
     cost_change_ratio: float = 0.25  # base-cost steps this large count as instability
     damp_hold: float = 4.0  # first hold-down...
     damp_backoff: float = 2.0  # ...multiplied by this for each further episode...
@@ -191,7 +192,8 @@ class LinkKnowledge:
         self.peer = peer
         self.samples: deque[LinkSample] = deque(maxlen=n)
         self.alive_changes: deque[float] = deque(maxlen=n)
-        self.cost_changes: deque[float] = deque(maxlen=n)
+        self.cost_changes: deque[float] = deque(maxlen=n)  # when the cost turned around
+        self.cost_trend = 0  # direction of the last significant cost change: +1, -1, 0
         self.session_resets: deque[float] = deque(maxlen=n)
         self.alive: bool | None = None  # as last observed
         self.ever_alive = False

@@ -30,6 +30,7 @@ from x0tta6bl4.healing.knowledge import (
 from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
 
 _SESSION_AGE_SLACK = 1e-3  # seconds of float noise tolerated before "age went backwards"
+_INFINITE_COST = 0xFFFF  # the protocol's INFINITY: an unusable link
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,11 @@ class Monitor:
             n = max(n, 1 if old != new else 0)
         else:
             n = 1 if prev is not None and old is not None else 0  # a vanished live route
+        if n and (old is None or new is None):
+            # Losing or regaining the destination is a partition's or a dead
+            # neighbour's business; a flapping route switches between next hops. The
+            # counter may also hold switches made between two observations: keep those.
+            n -= 1
         if n:
             rk = self.knowledge.routes.get(dst)
             if rk is None:
@@ -224,8 +230,18 @@ class Monitor:
             if lk.handshake_failures == 0:
                 lk.reconnect_attempts = 0
                 lk.reconnect_next_at = None
-        if lk.base_cost is not None and _significant(lk.base_cost, lo.base_cost, config):
-            lk.cost_changes.append(now)
+        if (
+            lk.base_cost is not None
+            and max(lk.base_cost, lo.base_cost) < _INFINITE_COST  # deaths count as such
+            and _significant(lk.base_cost, lo.base_cost, config)
+        ):
+            # Count turns, not steps: a link recovering from an outage walks its cost
+            # down in several steps, which is healing, not flapping; a flapping link's
+            # cost keeps changing direction.
+            trend = 1 if lo.base_cost > lk.base_cost else -1
+            if trend != lk.cost_trend:
+                lk.cost_changes.append(now)
+                lk.cost_trend = trend
         lk.base_cost = lo.base_cost
         age = _finite(lo.session_age)
         if (
