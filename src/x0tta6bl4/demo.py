@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
+from x0tta6bl4.errors import X0tError
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
 from x0tta6bl4.protocol.endpoint import SecureEndpoint, handshake_wire_cost
 from x0tta6bl4.protocol.events import Addr, Deliver, Event
@@ -33,8 +34,8 @@ WINDOW = 32
 WAIT_LIMIT = 10.0  # seconds any single phase may take before the demo gives up
 
 
-class DemoFailed(RuntimeError):
-    pass
+class DemoFailed(X0tError):
+    """A step of the demo did not happen within its time limit."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ from x0tta6bl4.healing import HealingEvent
 from x0tta6bl4.protocol.events import Action, Deliver
 from x0tta6bl4.sim.engine import Simulator
 from x0tta6bl4.sim.mesh import MeshSim, build_world, meshes, path
+from x0tta6bl4.sim.network import SimError
 from x0tta6bl4.sim.topology import diamond
 
 SEED = 7
@@ -60,7 +61,7 @@ def run_diamond(seed: int = SEED) -> DiamondReport:
     sim.run(KILL_AT)
     before = path(meshes(sim), "a", "d")
     if before is None or len(before) != 3:
-        raise RuntimeError(f"the diamond did not converge by t={KILL_AT}: path {before}")
+        raise SimError(f"the diamond did not converge by t={KILL_AT}: path {before}")
     relay = before[1]
     sim.crash(relay)
     sim.run(TRAFFIC_UNTIL + 2.0)
@@ -110,5 +111,5 @@ def mesh_demo(console: Console) -> DiamondReport:
         ev.add_row(node, str(e.kind), e.subject, e.action, str(e.outcome), mttr)
     console.print(ev)
     if r.first_after_kill is None or r.path_after is None:
-        raise RuntimeError("traffic did not resume after the relay was killed")
+        raise SimError("traffic did not resume after the relay was killed")
     return r

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
@@ -87,6 +87,10 @@ class MeshSim:
     mesh_config: MeshConfig | None = None
     healing_config: HealingConfig | None = None
     healing_events: list[tuple[str, HealingEvent]] = field(default_factory=list)
+    # Extra observers every node's loop reports to (the CLI passes the Prometheus
+    # recorders of observability.metrics; sim/ itself does not import them).
+    on_event: Callable[[HealingEvent], None] | None = None
+    on_cycle: Callable[[Mapping[str, float]], None] | None = None
 
     def factory(self) -> NodeFactory:
         neighbours = {n: sorted(self.topology.neighbours(n)) for n in self.topology.nodes}
@@ -113,8 +117,16 @@ class MeshSim:
 
             def record(ev: HealingEvent, _name: str = name) -> None:
                 self.healing_events.append((_name, ev))
+                if self.on_event is not None:
+                    self.on_event(ev)
 
-            loop = HealingLoop(node, rng=rng, config=self.healing_config, on_event=record)
+            loop = HealingLoop(
+                node,
+                rng=rng,
+                config=self.healing_config,
+                on_event=record,
+                on_cycle=self.on_cycle,
+            )
             return HealingNode(node, loop)
 
         return make

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Final
@@ -118,6 +118,11 @@ class SimSummary:
         return [m for _, e in self.healing_events if (m := e.mttr) is not None]
 
 
+Observers = tuple[
+    Callable[[HealingEvent], None] | None, Callable[[Mapping[str, float]], None] | None
+]
+
+
 class _Run:
     """One simulator over the real mesh plus the global probes the scenarios need."""
 
@@ -130,6 +135,7 @@ class _Run:
         healing: bool = True,
         reach_every: float | None = REACH_EVERY,
         pairs: int = PAIRS,
+        observers: Observers | None = None,
     ) -> None:
         self.topology = topology
         self.seed = seed
@@ -137,6 +143,8 @@ class _Run:
         world = build_world(topology.nodes, seed)
         self.wall0 = time.perf_counter()
         self.mesh = MeshSim(world, topology, healing=healing)
+        if observers is not None:
+            self.mesh.on_event, self.mesh.on_cycle = observers
         # Drops are counted either way; per-packet drop records would dominate the trace
         # (and memory) of a big run for no extra insight.
         self.sim = Simulator(seed, trace_drops=False)
@@ -577,9 +585,18 @@ _RUNNERS: Final[dict[str, Callable[[_Run], SimSummary]]] = {
 }
 
 
-def run_scenario(name: str, *, nodes: int, seed: int, until: float | None = None) -> SimSummary:
+def run_scenario(
+    name: str,
+    *,
+    nodes: int,
+    seed: int,
+    until: float | None = None,
+    observers: Observers | None = None,
+) -> SimSummary:
     """Run scenario ``name`` (one of :data:`SCENARIOS`) on a random geometric mesh of
-    ``nodes`` nodes (``diamond`` ignores ``nodes``: it always has four)."""
+    ``nodes`` nodes (``diamond`` ignores ``nodes``: it always has four). ``observers``
+    (on each finished HealingEvent, on each MAPE-K cycle's phase durations) reach every
+    node's healing loop."""
     fn = _RUNNERS.get(name)
     if fn is None:
         raise SimError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
@@ -591,7 +608,7 @@ def run_scenario(name: str, *, nodes: int, seed: int, until: float | None = None
         if nodes < 2:
             raise SimError(f"scenario {name!r} needs at least 2 nodes, got {nodes}")
         topology = random_geometric(nodes, seed)
-    return fn(_Run(topology, seed, until=until))
+    return fn(_Run(topology, seed, until=until, observers=observers))
 
 
 # -- benchmark helpers ---------------------------------------------------------------------
