@@ -752,3 +752,45 @@ def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
     assert b.next_hop(dst) == "e"
     out = b.handle(1.02, "a", [SeqnoRequest(dst, 6, 10)])
     assert Outgoing("e", [SeqnoRequest(dst, 6, 9)]) in out
+
+
+def _requests(out: list[Outgoing]) -> list[SeqnoRequest]:
+    return [t for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)]
+
+
+def _starving_router() -> tuple[Router, bytes]:
+    """A router whose only way to ``far`` is unfeasible: it has to ask for a seqno."""
+    r = Router(nid("me"), random.Random(5))
+    r.set_link_cost(0.0, "p", 96)
+    r.set_link_cost(0.0, "q", 96)
+    r.tick(0.0)
+    far = nid("far")
+    r.handle(0.0, "p", [Update(far, 10, 100, 1600)])
+    r.tick(TRIGGER_DELAY + 0.01)  # advertised: FD (10, 196)
+    r.handle(1.0, "q", [Update(far, 10, 300, 1600)])  # worse than FD: unfeasible
+    return r, far
+
+
+def test_a_starving_node_asks_again_after_its_request_expired() -> None:
+    r, far = _starving_router()
+    out = r.handle(2.0, "p", [Update(far, 10, INFINITY, 1600)])  # the route dies
+    assert _requests(out) == [SeqnoRequest(far, 11, SEQNO_REQUEST_HOPS)]
+    t, asked = 2.0, 0
+    while t < 2.0 + 3 * rt.SEQNO_REQUEST_HOLD:
+        t = max(t + 0.01, r.next_deadline())
+        asked += len(_requests(r.tick(t)[0]))
+    # three resends, then a fresh request each time the previous one expired unanswered
+    assert asked >= SEQNO_REQUEST_MAX_RESENDS + 2
+    assert r.next_hop(far) is None
+
+
+def test_a_forwarded_request_does_not_silence_our_own() -> None:
+    r, far = _starving_router()
+    # We relay someone's request for seqno 11 first (our route via p still works)...
+    fwd = r.handle(1.5, "q", [SeqnoRequest(far, 11, 10)])
+    assert fwd == [Outgoing("p", [SeqnoRequest(far, 11, 9)])]
+    # ...then we starve ourselves: our own request must still go out, to everyone.
+    out = r.handle(1.6, "p", [Update(far, 10, INFINITY, 1600)])
+    assert (None, SeqnoRequest(far, 11, SEQNO_REQUEST_HOPS)) in [
+        (o.to, t) for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)
+    ]

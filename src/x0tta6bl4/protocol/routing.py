@@ -798,8 +798,10 @@ class Router:
         base = d.fd_seqno if d.fd_seqno != _NO_FD else d.seqno
         want = (base + 1) & 0xFFFF
         p = self._pending.get(dst)
-        if p is not None and p.expires > now and seqno_ge(p.seqno, want):
+        if p is not None and p.expires > now and seqno_ge(p.seqno, want) and p.originated:
             return
+        # A request we merely forwarded does not stand in for our own: it carries no
+        # resends, and it may have died upstream while we are the one starving now.
         self._pending[dst] = _Pending(want, now, originated=True)
         out.request(to, SeqnoRequest(dst, want, SEQNO_REQUEST_HOPS))
 
@@ -824,6 +826,12 @@ class Router:
             for dst, p in list(self._pending.items()):
                 if p.expires <= now:
                     del self._pending[dst]
+                    d = self._dests.get(dst)
+                    if p.originated and d is not None and d.sel is None and _has_route(d):
+                        # Still starving with a route we may not take: the answer was
+                        # lost on the way (a request can die in a region that was itself
+                        # rerouting). Ask again rather than wait for the next dump.
+                        self._request_seqno(now, dst, d, None, out)
                     continue
                 if not p.originated or p.resends <= 0:
                     continue
@@ -846,8 +854,10 @@ class Router:
         if self._flush_at is not None and self._flush_at < t:
             t = self._flush_at
         for p in self._pending.values():
-            if p.originated and p.resends > 0 and p.next_resend < t:
-                t = p.next_resend
+            if p.originated:
+                due = p.next_resend if p.resends > 0 else p.expires
+                if due < t:
+                    t = due
         return t
 
     def _sweep(self, now: float, out: _Out) -> None:
@@ -984,6 +994,11 @@ def _expiry(interval_cs: int) -> float:
     if interval_cs <= 0:
         interval_cs = round(UPDATE_INTERVAL * 100)
     return ROUTE_EXPIRY_FACTOR * interval_cs / 100.0
+
+
+def _has_route(d: _Dest) -> bool:
+    """Some neighbour advertises a finite metric (feasible or not)."""
+    return any(r.adv < INFINITY for r in d.routes.values())
 
 
 def _better(s: int, m: int, fs: int, fm: int) -> bool:
