@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from bench.report import RESULTS, Suite, update_summary, write_suite
+from bench.report import RESULTS, Suite, update_readme, update_summary, write_suite
 
 SUITES = ("channel", "sim")
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         write_suite(suite)
         done.append(suite)
     summary = update_summary(done)
+    if not args.quick:  # a smoke run never replaces the published figures
+        update_readme("make bench")
     print(f"\nwrote {RESULTS}/summary.json:")
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

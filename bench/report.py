@@ -85,3 +85,37 @@ def update_summary(suites: list[Suite]) -> dict[str, float]:
                 summary[f.key] = round(f.value, 6)
     path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+def update_readme(command: str) -> None:
+    """Rewrite README's Figures block from every suite's JSON in ``bench/results``, so the
+    numbers there are always the last ``make bench`` and never typed by hand."""
+    text = README.read_text()
+    if START not in text or END not in text:
+        return
+    lines = [START, "", f"Produced by `{command}`.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        data = json.loads(path.read_text())
+        m = data["machine"]
+        lines += [
+            f"**{data['suite']}** ({m['when']}, Python {m['python']}, {m['cpus']} CPUs, "
+            f"load {m['load_avg_at_start']:.2f} at start)",
+            "",
+            "| figure | value | unit | key in summary.json |",
+            "| --- | ---: | --- | --- |",
+        ]
+        for f in data["figures"]:
+            note = f" ({f['note']})" if f["note"] else ""
+            key = f"`{f['key']}`" if f["key"] else ""
+            lines.append(f"| {f['label']}{note} | {_fmt(f['value'])} | {f['unit']} | {key} |")
+        lines.append("")
+    lines.append(END)
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    README.write_text(head + "\n".join(lines) + tail)

@@ -82,9 +82,11 @@ LINK_COST_DEADBAND_REL: Final = 0.1
 SEQNO_REQUEST_HOPS: Final = 64
 """Initial hop count of a seqno request (RFC 8966's suggested value)."""
 
-SEQNO_REQUEST_RESEND_DELAY: Final = 0.5
+SEQNO_REQUEST_RESEND_DELAY: Final = 0.2
 """First resend of an unanswered seqno request we originated; doubles each time.
-Also the minimum gap between forwarding two requests for the same destination."""
+Also the minimum gap between forwarding two requests for the same destination. Short,
+because a starving node is a black hole until the answer arrives: with 0.5 s the failover
+p99 over 100 relay kills was 1.13 s, with 0.2 s 0.98 s (bench/sim.py)."""
 
 SEQNO_REQUEST_MAX_RESENDS: Final = 3
 
