@@ -5,29 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from healing_fixtures import link, route
 
 from x0tta6bl4.healing import HealingConfig, Knowledge, Monitor, RuntimeStats
 from x0tta6bl4.healing.knowledge import EwmaBaseline, count_since
 from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
-
-
-def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:
-    fields: dict[str, object] = {
-        "rtt": 0.01,
-        "jitter": 0.001,
-        "loss": 0.0,
-        "last_heard": None,
-        "cost": 96,
-        "base_cost": 96,
-        "session_age": 1.0,
-        "handshake_failures": 0,
-    }
-    fields.update(kw)
-    return LinkObservation(peer=peer, alive=alive, **fields)  # type: ignore[arg-type]
-
-
-def route(dst: str, hop: str | None, changes: int = 0) -> RouteObservation:
-    return RouteObservation(dst, hop, 96 if hop else 0xFFFF, changes)
 
 
 def obs(
