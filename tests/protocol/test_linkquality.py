@@ -332,3 +332,13 @@ def test_estimates_stay_in_range_for_any_hello_sequence(
         assert est.etx >= 1.0
         assert 1 <= est.cost <= INFINITY
         assert 1 <= est.rxcost <= INFINITY
+
+
+def test_hello_bytes_is_the_encoding_of_make_hello() -> None:
+    a, b = LinkEstimator(random.Random(1)), LinkEstimator(random.Random(1))
+    peer = LinkEstimator(random.Random(2))
+    for t in (0.0, 0.1, 0.2, 0.35):
+        assert a.hello_bytes(t) == encode_hello(b.make_hello(t))
+        h = peer.make_hello(t)
+        a.on_hello(t + 0.01, h)
+        b.on_hello(t + 0.01, h)

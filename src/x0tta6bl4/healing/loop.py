@@ -181,14 +181,17 @@ class HealingNode:
         return [*self.node.start(now), self._next_timer(now)]
 
     def handle(self, now: float, inp: Input | RuntimeStats) -> list[Action]:
-        if isinstance(inp, RuntimeStats):
-            self._stats = inp
+        # Exact type checks: this runs for every packet the node handles.
+        kind = type(inp)
+        if kind is RuntimeStats:
+            self._stats = inp  # type: ignore[assignment]
             return []
-        if isinstance(inp, Timer) and inp.key == TIMER_KEY:
+        if kind is Timer and inp.key == TIMER_KEY:  # type: ignore[union-attr]
             actions = self._cycle(now)
             actions.append(self._next_timer(now))
             return actions
-        actions = list(self.node.handle(now, inp))
+        out = self.node.handle(now, inp)  # type: ignore[arg-type]
+        actions = out if type(out) is list else list(out)
         # A link going down or up is worth a cycle at once rather than at the next tick:
         # detection stays prompt while the periodic cycle can run at a lower rate.
         for a in actions:

@@ -147,6 +147,14 @@ def encode_hello(h: Hello) -> bytes:
 
 def decode_hello(data: bytes) -> Hello:
     """Decode exactly one hello; raise a DecodeError subclass on anything malformed."""
+    return Hello(*_hello_fields(data))
+
+
+_Fields = tuple[int, int, int, int, int | None, int]
+
+
+def _hello_fields(data: bytes) -> _Fields:
+    """``(seqno, timestamp, interval, rxcost, echo_timestamp, echo_delay)`` of a hello."""
     if len(data) < HELLO_SIZE:
         raise Truncated(f"hello needs {HELLO_SIZE} bytes, got {len(data)}")
     if len(data) > HELLO_SIZE:
@@ -157,11 +165,11 @@ def decode_hello(data: bytes) -> Hello:
     if flags & ~FLAG_ECHO:
         raise DecodeError(f"reserved hello flags set: {flags:#04x}")
     if flags & FLAG_ECHO:
-        return Hello(seqno, ts, interval, rxcost, echo_ts, echo_delay)
+        return seqno, ts, interval, rxcost, echo_ts, echo_delay
     # Canonical form: absent echo means zeroed fields, so encode(decode(b)) == b.
     if echo_ts or echo_delay:
         raise DecodeError("echo fields set without the echo flag")
-    return Hello(seqno, ts, interval, rxcost)
+    return seqno, ts, interval, rxcost, None, 0
 
 
 # --- estimator ------------------------------------------------------------------
@@ -216,14 +224,39 @@ class LinkEstimator:
 
     def on_hello(self, now: float, hello: Hello) -> None:
         """Account for a hello received from the peer at local time ``now``."""
+        self._on_fields(
+            now,
+            hello.seqno,
+            hello.timestamp,
+            hello.interval,
+            hello.rxcost,
+            hello.echo_timestamp,
+            hello.echo_delay,
+        )
+
+    def on_hello_bytes(self, now: float, data: bytes) -> None:
+        """``on_hello(now, decode_hello(data))`` without the intermediate object (the
+        per-hello hot path); raises the same DecodeErrors and changes nothing then."""
+        self._on_fields(now, *_hello_fields(data))
+
+    def _on_fields(
+        self,
+        now: float,
+        seqno: int,
+        timestamp: int,
+        interval: int,
+        rxcost: int,
+        echo_timestamp: int | None,
+        echo_delay: int,
+    ) -> None:
         self._advance(now)
-        if hello.interval > 0:
-            self._peer_interval = hello.interval / 100.0
+        if interval > 0:
+            self._peer_interval = interval / 100.0
         last = self._last_seqno
         if last is None:
             self._hist, self._hist_len = 1, 1
         else:
-            delta = (hello.seqno - last) % _SEQNO_MOD
+            delta = (seqno - last) % _SEQNO_MOD
             if delta == 0:
                 return  # duplicate
             if delta >= _SEQNO_MOD // 2:
@@ -235,13 +268,13 @@ class LinkEstimator:
                 # Gap of delta-1 lost hellos, then this one.
                 self._hist = ((self._hist << delta) | 1) & _HISTORY_MASK
                 self._hist_len = min(HISTORY_LEN, self._hist_len + delta)
-        self._last_seqno = hello.seqno
+        self._last_seqno = seqno
         self._last_heard = now
-        self._peer_rxcost = hello.rxcost
-        self._echo_ts = hello.timestamp
+        self._peer_rxcost = rxcost
+        self._echo_ts = timestamp
         self._echo_heard_at = now
-        if hello.echo_timestamp is not None:
-            self._rtt_sample(now, hello.echo_timestamp, hello.echo_delay)
+        if echo_timestamp is not None:
+            self._rtt_sample(now, echo_timestamp, echo_delay)
 
     def _rtt_sample(self, now: float, echo_ts: int, echo_delay: int) -> None:
         elapsed_us = (_to_us32(now) - echo_ts - echo_delay) % _TS_MOD
@@ -260,6 +293,19 @@ class LinkEstimator:
 
     def make_hello(self, now: float) -> Hello:
         """The next hello to send to the peer (advances our hello seqno)."""
+        return Hello(*self._next_hello(now))
+
+    def hello_bytes(self, now: float) -> bytes:
+        """``encode_hello(make_hello(now))`` without the intermediate object: this runs
+        once per neighbour every hello interval."""
+        seqno, ts, interval_cs, rxcost, echo_ts, delay_us = self._next_hello(now)
+        if echo_ts is None:
+            return _HELLO.pack(HELLO_VERSION, 0, seqno, interval_cs, rxcost, ts, 0, 0)
+        return _HELLO.pack(
+            HELLO_VERSION, FLAG_ECHO, seqno, interval_cs, rxcost, ts, echo_ts, delay_us
+        )
+
+    def _next_hello(self, now: float) -> tuple[int, int, int, int, int | None, int]:
         self._advance(now)
         seqno = self._tx_seqno
         self._tx_seqno = (seqno + 1) % _SEQNO_MOD
@@ -270,7 +316,7 @@ class LinkEstimator:
             delay_us = round((now - self._echo_heard_at) * 1_000_000)
             if not 0 <= delay_us < _TS_MOD:
                 echo_ts, delay_us = None, 0  # heard too long ago to be a useful echo
-        return Hello(seqno, _to_us32(now), interval_cs, self.rxcost, echo_ts, delay_us)
+        return seqno, _to_us32(now), interval_cs, self.rxcost, echo_ts, delay_us
 
     def is_dead(self, now: float) -> bool:
         """True if the peer has not been heard for DEAD_INTERVAL (or never)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
-from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge, ProtocolError, X0tError
+from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError, X0tError
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.protocol import linkquality as lq
 from x0tta6bl4.protocol import routing as rt
@@ -297,7 +297,7 @@ class MeshNode:
         return iv * (1.0 - HELLO_JITTER * self._rng.random())
 
     def _send_hello(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
-        frame = self._hello_prefix + lq.encode_hello(nb.est.make_hello(now))
+        frame = self._hello_prefix + nb.est.hello_bytes(now)
         self._link_send(now, nb.addr, frame, out)
 
     def _link_send(self, now: float, addr: Addr, frame: bytes, out: list[Action]) -> None:
@@ -335,19 +335,23 @@ class MeshNode:
         self._emit_routing(now, self.router.set_link_cost(now, nb.name, cost), out)
 
     def _on_hello(self, now: float, nb: _Neighbour, body: bytes, out: list[Action]) -> None:
+        if len(body) != _BOOT.size + lq.HELLO_SIZE:
+            self._count("bad_hello")
+            return
+        (boot,) = _BOOT.unpack_from(body)
+        if boot != nb.peer_boot and nb.peer_boot is not None:
+            try:  # a malformed hello must not pass for a restart
+                lq.decode_hello(body[_BOOT.size :])
+            except DecodeError:
+                self._count("bad_hello")
+                return
+            self._on_peer_restart(now, nb, out)
         try:
-            if len(body) != _BOOT.size + lq.HELLO_SIZE:
-                raise BadLength(f"hello frame of {len(body)} bytes")
-            (boot,) = _BOOT.unpack_from(body)
-            hello = lq.decode_hello(body[_BOOT.size :])
+            nb.est.on_hello_bytes(now, body[_BOOT.size :])
         except DecodeError:
             self._count("bad_hello")
             return
-        if boot != nb.peer_boot:
-            if nb.peer_boot is not None:
-                self._on_peer_restart(now, nb, out)
-            nb.peer_boot = boot
-        nb.est.on_hello(now, hello)
+        nb.peer_boot = boot
         if not nb.alive and not nb.est.is_dead(now):
             nb.alive = True
             out.append(Event("neighbour_up", {"peer": nb.name}))
