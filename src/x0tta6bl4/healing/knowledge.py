@@ -33,7 +33,7 @@ class HealingConfig:
     0.4 s of silence, handshake retries capped at 1 s).
     """
 
-    cycle_interval: float = 0.5
+    cycle_interval: float = 1.0
     active_cycle_interval: float = 0.05  # while an incident is open
     # -- bounds on memory
     history_len: int = 64  # samples and change timestamps kept per link / route
