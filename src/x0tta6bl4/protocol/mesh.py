@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
-from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError, X0tError
+from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.protocol import linkquality as lq
 from x0tta6bl4.protocol import routing as rt
@@ -564,4 +564,4 @@ class MeshNode:
         return self.router.next_hop(node_id(dst))
 
 
-__all__ = ["MeshConfig", "MeshNode", "X0tError", "node_id"]
+__all__ = ["MeshConfig", "MeshNode", "node_id"]
