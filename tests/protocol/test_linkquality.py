@@ -342,3 +342,16 @@ def test_hello_bytes_is_the_encoding_of_make_hello() -> None:
         h = peer.make_hello(t)
         a.on_hello(t + 0.01, h)
         b.on_hello(t + 0.01, h)
+
+
+def test_base_cost_ignores_the_healing_multiplier() -> None:
+    a, b = LinkEstimator(random.Random(3)), LinkEstimator(random.Random(4))
+    for i in range(8):
+        t = i * 0.1
+        b.on_hello(t + 0.005, a.make_hello(t))
+        a.on_hello(t + 0.01, b.make_hello(t + 0.005))
+    base = a.cost
+    a.set_cost_multiplier(4.0)
+    assert a.base_cost == base
+    assert base < a.cost and abs(a.cost - 4 * base) <= 2  # both rounded from one raw cost
+    assert LinkEstimator().base_cost == lq.INFINITY  # never heard

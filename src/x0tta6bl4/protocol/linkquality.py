@@ -395,10 +395,18 @@ class LinkEstimator:
     @property
     def cost(self) -> int:
         """Link cost for routing (see the module docstring); INFINITY when dead."""
+        return self._cost(self._multiplier)
+
+    @property
+    def base_cost(self) -> int:
+        """The cost without the healing layer's multiplier; INFINITY when dead."""
+        return self._cost(1.0)
+
+    def _cost(self, multiplier: float) -> int:
         if self._last_heard is None or self._now - self._last_heard > DEAD_INTERVAL:
             return INFINITY
         etx = self.etx
         if etx == float("inf"):
             return INFINITY
-        raw = (BASE_COST * etx + self.rtt_penalty) * self._multiplier
+        raw = (BASE_COST * etx + self.rtt_penalty) * multiplier
         return min(INFINITY - 1, round(raw))

@@ -465,8 +465,6 @@ class MeshNode:
             info = self.links.peer(nb.addr)
             session_age = info.session_age if info is not None else None
             failures = info.failures if info is not None else 0
-            base = est.cost
-            mult = est.cost_multiplier
             links[nb.name] = LinkObservation(
                 peer=nb.name,
                 alive=nb.alive,
@@ -475,7 +473,7 @@ class MeshNode:
                 loss=est.loss,
                 last_heard=est.last_heard,
                 cost=self.router.link_cost(nb.name),
-                base_cost=base if base >= rt.INFINITY else round(base / mult),
+                base_cost=est.base_cost,
                 session_age=session_age,
                 handshake_failures=failures,
                 damped_until=nb.damped_until,
