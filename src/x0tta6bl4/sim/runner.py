@@ -496,15 +496,27 @@ def _busy_link(run: _Run) -> tuple[tuple[str, str], int] | None:
     return None if best is None else (best[2], best[1])
 
 
-def _flap(run: _Run) -> SimSummary:
+def _link_fault(
+    run: _Run, scenario: str
+) -> tuple[float | None, float, tuple[tuple[str, str], int]] | SimSummary:
+    """Cold start, then the busy link a link fault goes on: ``(conv, t, busy)``, or the
+    finished summary when the run ended first or no link qualifies."""
     conv, t = _start(run)
     run.run_to(t)
     if run.over:
-        return run.summary("flap", conv)
+        return run.summary(scenario, conv)
     busy = _busy_link(run)
     if busy is None:
         _finish(run, t + TAIL)
-        return run.summary("flap", conv, details={"link": None})
+        return run.summary(scenario, conv, details={"link": None})
+    return conv, t, busy
+
+
+def _flap(run: _Run) -> SimSummary:
+    started = _link_fault(run, "flap")
+    if isinstance(started, SimSummary):
+        return started
+    conv, t, busy = started
     (a, b), paths_before = busy
     run.mark_changes()
     run.sim.net.flap(a, b, period=FLAP_PERIOD, until=t + FLAP_FOR)
@@ -526,14 +538,10 @@ def _flap(run: _Run) -> SimSummary:
 
 
 def _degrade(run: _Run) -> SimSummary:
-    conv, t = _start(run)
-    run.run_to(t)
-    if run.over:
-        return run.summary("degrade", conv)
-    busy = _busy_link(run)
-    if busy is None:
-        _finish(run, t + TAIL)
-        return run.summary("degrade", conv, details={"link": None})
+    started = _link_fault(run, "degrade")
+    if isinstance(started, SimSummary):
+        return started
+    conv, t, busy = started
     link, paths_before = busy
     a, b = link
     lo, hi = DEGRADE_LOSS
