@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from x0tta6bl4.protocol.observe import LinkObservation, RouteObservation
+from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
 
 
 def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:
@@ -22,3 +22,21 @@ def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:
 
 def route(dst: str, hop: str | None, changes: int = 0) -> RouteObservation:
     return RouteObservation(dst, hop, 96 if hop else 0xFFFF, changes)
+
+
+def obs(
+    now: float,
+    links: list[LinkObservation] | None = None,
+    routes: list[RouteObservation] | None = None,
+    *,
+    not_after: float = 1e9,
+    wall: float = 1e6,
+) -> NodeObservation:
+    return NodeObservation(
+        now=now,
+        name="A",
+        links={lo.peer: lo for lo in links or []},
+        routes={r.dst: r for r in routes or []},
+        cert_not_after=not_after,
+        wall_now=wall + now,
+    )

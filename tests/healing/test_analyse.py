@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from healing_fixtures import link, route
+from healing_fixtures import link, obs, route
 
 from x0tta6bl4.healing import (
     FaultKind,
@@ -17,7 +17,7 @@ from x0tta6bl4.healing import (
     analyse,
     track_incidents,
 )
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.protocol.observe import LinkObservation, RouteObservation
 
 DEAD = FaultKind.DEAD_NEIGHBOUR
 DEGRADED = FaultKind.DEGRADED_LINK
@@ -45,14 +45,7 @@ class Harness:
         wall: float = 1e6,
         stats: RuntimeStats | None = None,
     ) -> dict[tuple[FaultKind, str], Finding]:
-        o = NodeObservation(
-            now=now,
-            name="A",
-            links={lo.peer: lo for lo in links or []},
-            routes={r.dst: r for r in routes or []},
-            cert_not_after=not_after,
-            wall_now=wall + now,
-        )
+        o = obs(now, links, routes, not_after=not_after, wall=wall)
         snap = self.m.update(o, stats)
         findings = analyse(snap, self.k)
         self.events += track_incidents(snap, findings, self.k)

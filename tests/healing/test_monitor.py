@@ -5,29 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from healing_fixtures import link, route
+from healing_fixtures import link, obs, route
 
 from x0tta6bl4.healing import HealingConfig, Knowledge, Monitor, RuntimeStats
 from x0tta6bl4.healing.knowledge import EwmaBaseline, count_since
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
-
-
-def obs(
-    now: float,
-    links: list[LinkObservation] | None = None,
-    routes: list[RouteObservation] | None = None,
-    *,
-    not_after: float = 1e9,
-    wall: float = 1e6,
-) -> NodeObservation:
-    return NodeObservation(
-        now=now,
-        name="A",
-        links={lo.peer: lo for lo in links or []},
-        routes={r.dst: r for r in routes or []},
-        cert_not_after=not_after,
-        wall_now=wall + now,
-    )
 
 
 def monitor(**cfg: object) -> Monitor:

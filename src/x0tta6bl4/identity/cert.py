@@ -83,7 +83,7 @@ _KNOWN_EXTENSIONS = {
 
 # Exceptions `cryptography` raises on bad certificate contents.
 # (Several fields are decoded lazily, on first access, so any access can raise these.)
-_PARSE_ERRORS = (
+X509_PARSE_ERRORS = (
     ValueError,
     TypeError,
     x509.DuplicateExtension,
@@ -226,7 +226,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
             raise _malformed(f"PEM larger than {MAX_CERT_PEM_SIZE} bytes")
         try:
             certs = x509.load_pem_x509_certificates(data)
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise _malformed(f"not a PEM certificate: {exc}") from None
         if len(certs) != 1:
             raise _malformed(f"expected one PEM certificate, found {len(certs)}")
@@ -235,14 +235,14 @@ def load_certificate(data: bytes) -> x509.Certificate:
         raise _malformed(f"DER larger than {MAX_CERT_DER_SIZE} bytes")
     try:
         return x509.load_der_x509_certificate(data)
-    except _PARSE_ERRORS as exc:
+    except X509_PARSE_ERRORS as exc:
         raise _malformed(f"not a DER certificate: {exc}") from None
 
 
 def certificate_extensions(cert: x509.Certificate) -> x509.Extensions:
     try:
         return cert.extensions
-    except _PARSE_ERRORS as exc:
+    except X509_PARSE_ERRORS as exc:
         raise _malformed(f"unparsable extensions: {exc}") from None
 
 
@@ -293,7 +293,7 @@ class NodeCertificate:
             self._not_after = cert.not_valid_after_utc.timestamp()
             _ = cert.signature_algorithm_oid
             key_oid = cert.public_key_algorithm_oid
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise _malformed(f"unparsable certificate field: {exc}") from None
         if serial <= 0:
             raise _malformed("serial number is not positive")
@@ -321,7 +321,7 @@ class NodeCertificate:
             raise _not_svid("subject key is not ML-DSA-65")
         try:
             pub = cert.public_key()
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise _malformed(f"unparsable subject key: {exc}") from None
         if not isinstance(pub, mldsa.MLDSA65PublicKey):  # pragma: no cover - OID checked above
             raise _not_svid("subject key is not ML-DSA-65")
@@ -353,7 +353,7 @@ class NodeCertificate:
             raise _malformed(f"DER larger than {MAX_CERT_DER_SIZE} bytes")
         try:
             cert = x509.load_der_x509_certificate(data)
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise _malformed(f"not a DER certificate: {exc}") from None
         return cls(cert)
 
@@ -498,7 +498,7 @@ def describe_certificate(data: bytes) -> list[tuple[str, str]]:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         rows.append(("subject key", f"{algo}, SPKI sha256 {sha256(pub_der).hex()}"))
-    except _PARSE_ERRORS:
+    except X509_PARSE_ERRORS:
         rows.append(("subject key", f"{algo} (unreadable)"))
     rows.append(("signature", _algorithm_name(cert.signature_algorithm_oid)))
     if not is_ca:

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import RevocationListError
 from x0tta6bl4.identity.bundle import TrustBundle
-from x0tta6bl4.identity.cert import to_datetime
+from x0tta6bl4.identity.cert import X509_PARSE_ERRORS, to_datetime
 
 CRL_NEXT_UPDATE = datetime.timedelta(days=7)
 # 100,000 entries is about 4 MB; a mesh revoking more than that needs a new CA anyway.
@@ -39,17 +38,6 @@ REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
     "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
     "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
-
-# Fields decode lazily, so any first access can raise one of these.
-_PARSE_ERRORS = (
-    ValueError,
-    TypeError,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-    x509.InvalidVersion,
-    # Only raised when warnings are errors (python -W error); then it means malformed too.
-    CryptographyDeprecationWarning,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +77,7 @@ class RevocationList:
                 )
         except x509.ExtensionNotFound:
             raise RevocationListError("revocation list has no CRLNumber (version)") from None
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise RevocationListError(f"unparsable revocation list: {exc}") from None
         if version < 1:
             raise RevocationListError(f"revocation list version must be >= 1, got {version}")
@@ -143,7 +131,7 @@ class RevocationList:
             raise RevocationListError(f"revocation list larger than {MAX_CRL_SIZE} bytes")
         try:
             crl = x509.load_der_x509_crl(bytes(data))
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise RevocationListError(f"not a DER revocation list: {exc}") from None
         return cls._checked(crl, trusted)
 
@@ -153,7 +141,7 @@ class RevocationList:
             raise RevocationListError(f"revocation list larger than {2 * MAX_CRL_SIZE} bytes")
         try:
             crl = x509.load_pem_x509_crl(data)
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise RevocationListError(f"not a PEM revocation list: {exc}") from None
         return cls._checked(crl, trusted)
 
@@ -164,7 +152,7 @@ class RevocationList:
         try:
             issuer = crl.issuer
             algorithm = crl.signature_algorithm_oid
-        except _PARSE_ERRORS as exc:
+        except X509_PARSE_ERRORS as exc:
             raise RevocationListError(f"unparsable revocation list: {exc}") from None
         cas = trusted.issuers_for(issuer) if isinstance(trusted, TrustBundle) else (trusted,)
         cas = tuple(ca for ca in cas if ca.subject == issuer)
@@ -177,7 +165,7 @@ class RevocationList:
                 key = ca.public_key()
                 if isinstance(key, mldsa.MLDSA65PublicKey) and crl.is_signature_valid(key):
                     return cls(crl)
-            except _PARSE_ERRORS:
+            except X509_PARSE_ERRORS:
                 continue
         raise RevocationListError("revocation list signature does not verify")
 

@@ -21,6 +21,7 @@ Application payloads travel as ``port u16 | payload`` inside an e2e session.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import struct
@@ -33,6 +34,7 @@ from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.protocol import linkquality as lq
 from x0tta6bl4.protocol import routing as rt
+from x0tta6bl4.protocol.constants import DATA_OVERHEAD, DEFAULT_MAX_DATAGRAM
 from x0tta6bl4.protocol.endpoint import SecureEndpoint
 from x0tta6bl4.protocol.events import (
     Action,
@@ -56,10 +58,8 @@ FRAME_FORWARD: Final = 3
 _FWD = struct.Struct(">BB8s8s")  # type, ttl, src, dst
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 FORWARD_OVERHEAD: Final = _FWD.size  # 18
-DATA_OVERHEAD: Final = 32  # secure session header (16) + AEAD tag (16)
 PORT_OVERHEAD: Final = 2
 DEFAULT_TTL: Final = 64
-DEFAULT_MAX_DATAGRAM: Final = 1280
 DEAD_HELLO_INTERVAL: Final = 1.0
 """Hellos keep going to a dead neighbour's old session at this slower pace, so a link that
 comes back within the session lifetime is noticed without a new handshake."""
@@ -134,26 +134,20 @@ class MeshNode:
         self._rng = rng
         self._wall_offset = wall_offset
         self._cert_not_after = cert_not_after
-        self.links = SecureEndpoint(
+        endpoint = functools.partial(
+            SecureEndpoint,
             cert_der,
             static_private,
             verifier,
             rng=rng,
             wall_offset=wall_offset,
             trust_domain=trust_domain,
-            max_datagram=cfg.max_datagram,
         )
+        self.links = endpoint(max_datagram=cfg.max_datagram)
         # e2e datagrams ride in FORWARD frames inside link sessions.
         self.e2e_max_datagram = cfg.max_datagram - DATA_OVERHEAD - FORWARD_OVERHEAD
-        self.e2e = SecureEndpoint(
-            cert_der,
-            static_private,
-            verifier,
-            rng=rng,
-            wall_offset=wall_offset,
-            trust_domain=trust_domain,
-            max_datagram=self.e2e_max_datagram,
-            accept_identity=self._e2e_identity_ok,
+        self.e2e = endpoint(
+            max_datagram=self.e2e_max_datagram, accept_identity=self._e2e_identity_ok
         )
         self.max_app_payload = self.e2e_max_datagram - DATA_OVERHEAD - PORT_OVERHEAD
         self._link_payload_max = cfg.max_datagram - DATA_OVERHEAD
