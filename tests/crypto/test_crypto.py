@@ -62,7 +62,7 @@ def test_tampered_ciphertext_changes_the_secret(part: str) -> None:
     priv = HybridPrivateKey.generate()
     ct, ss = priv.public_key().encapsulate()
     buf = bytearray(ct)
-    buf[5 if part == "x25519" else 500] ^= 0x01
+    buf[-5 if part == "x25519" else 500] ^= 0x01  # X-Wing order: ct_M || ct_X
     # ML-KEM's implicit rejection and the combiner both turn any change into another secret.
     assert priv.decapsulate(bytes(buf)) != ss
 
@@ -81,7 +81,7 @@ def test_wrong_lengths_are_invalid_key() -> None:
 
 def test_invalid_mlkem_public_key() -> None:
     # An ML-KEM public key whose coefficients are out of range (all 0xff) is rejected.
-    raw = b"\x09" * 32 + b"\xff" * hybrid.MLKEM768_PUBLIC_SIZE
+    raw = b"\xff" * hybrid.MLKEM768_PUBLIC_SIZE + b"\x09" * 32
     with pytest.raises(InvalidKey, match="invalid hybrid public key"):
         HybridPublicKey.from_bytes(raw)
 
@@ -89,12 +89,12 @@ def test_invalid_mlkem_public_key() -> None:
 def test_low_order_x25519_points_are_refused() -> None:
     priv = HybridPrivateKey.generate()
     good = priv.public_key().to_bytes()
-    zero_x = HybridPublicKey.from_bytes(b"\x00" * 32 + good[32:])
+    zero_x = HybridPublicKey.from_bytes(good[:-32] + b"\x00" * 32)  # pk_M || pk_X
     with pytest.raises(InvalidKey, match="X25519"):
         zero_x.encapsulate()
     ct, _ = priv.public_key().encapsulate()
     with pytest.raises(InvalidKey, match="X25519"):
-        priv.decapsulate(b"\x00" * 32 + ct[32:])
+        priv.decapsulate(ct[:-32] + b"\x00" * 32)  # ct_M || ct_X
 
 
 def test_seeded_generation_is_deterministic() -> None:
@@ -104,17 +104,27 @@ def test_seeded_generation_is_deterministic() -> None:
     assert a.public_key() == b.public_key() != c.public_key()
     sa, sb = SigningKey.generate(seeded(3)), SigningKey.generate(seeded(3))
     assert sa.public_key() == sb.public_key() != SigningKey.generate(seeded(4)).public_key()
-    # The seeded X25519 half of an encapsulation is reproducible too.
+    # The seeded X25519 half of an encapsulation (ct_X, last) is reproducible too.
     ct1, _ = a.public_key().encapsulate(seeded(5))
     ct2, _ = a.public_key().encapsulate(seeded(5))
-    assert ct1[:32] == ct2[:32]
+    assert ct1[-32:] == ct2[-32:]
+    # The seed is the X-Wing decapsulation key: the rng is asked for exactly 32 bytes.
+    asked: list[int] = []
+    inner = seeded(1)
+
+    def counting(n: int) -> bytes:
+        asked.append(n)
+        return inner(n)
+
+    assert HybridPrivateKey.generate(counting).public_key() == a.public_key()
+    assert asked == [hybrid.SEED_SIZE]
     assert len(hybrid.default_rng(16)) == 16
 
 
 def test_hybrid_pkcs8_round_trip_and_mode(tmp_path: Path) -> None:
     priv = HybridPrivateKey.generate()
     pem = priv.to_pkcs8_pem()
-    assert pem.count(b"BEGIN PRIVATE KEY") == 2
+    assert pem.count(b"BEGIN PRIVATE KEY") == 1  # the draft's PKCS#8: id-XWing and the seed
     again = HybridPrivateKey.from_pkcs8_pem(pem)
     assert again.public_key() == priv.public_key()
     path = tmp_path / "static.key"
@@ -125,17 +135,53 @@ def test_hybrid_pkcs8_round_trip_and_mode(tmp_path: Path) -> None:
     assert loaded.decapsulate(ct) == ss
 
 
+Legacy = tuple[bytes, bytes, x25519.X25519PrivateKey, mlkem.MLKEM768PrivateKey]
+
+
+def legacy_two_block_pem() -> Legacy:
+    """The file format before X-Wing: X25519 then ML-KEM-768, two PKCS#8 blocks."""
+    x, m = x25519.X25519PrivateKey.generate(), mlkem.MLKEM768PrivateKey.generate()
+    args = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8)
+    enc = serialization.NoEncryption()
+    return x.private_bytes(*args, enc), m.private_bytes(*args, enc), x, m
+
+
+def test_hybrid_pkcs8_legacy_two_block_file_still_loads(tmp_path: Path) -> None:
+    x_pem, m_pem, x, m = legacy_two_block_pem()
+    path = tmp_path / "old-static.key"
+    atomic_write(path, x_pem + m_pem, mode=0o600)
+    loaded = keys.load_hybrid_key(path)
+    pub = loaded.public_key()
+    assert pub.to_bytes() == m.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
+    ct, ss = pub.encapsulate()
+    assert loaded.decapsulate(ct) == ss
+    # No X-Wing seed to write, so it is saved back in the form it came in.
+    assert loaded.to_pkcs8_pem() == x_pem + m_pem
+
+
 def test_hybrid_pkcs8_errors() -> None:
     pem = HybridPrivateKey.generate().to_pkcs8_pem()
-    end = b"-----END PRIVATE KEY-----\n"
-    first, second = pem.split(end)[0] + end, pem.split(end)[1] + end
-    with pytest.raises(InvalidKey, match="two PKCS#8"):
-        HybridPrivateKey.from_pkcs8_pem(first)
+    x_pem, m_pem, _, _ = legacy_two_block_pem()
+    with pytest.raises(InvalidKey, match="found 3"):
+        HybridPrivateKey.from_pkcs8_pem(pem + x_pem + m_pem)
+    with pytest.raises(InvalidKey, match="found 0"):
+        HybridPrivateKey.from_pkcs8_pem(b"")
     with pytest.raises(InvalidKey, match="X25519 then an ML-KEM-768"):
-        HybridPrivateKey.from_pkcs8_pem(second + first)  # wrong order
+        HybridPrivateKey.from_pkcs8_pem(m_pem + x_pem)  # wrong order
+    end = b"-----END PRIVATE KEY-----\n"
     garbage = b"-----BEGIN PRIVATE KEY-----\nAAAA\n" + end
     with pytest.raises(InvalidKey, match="unreadable"):
         HybridPrivateKey.from_pkcs8_pem(garbage + garbage)
+    with pytest.raises(InvalidKey, match="unreadable"):
+        HybridPrivateKey.from_pkcs8_pem(b"-----BEGIN PRIVATE KEY-----\n!!!!\n" + end)
+    with pytest.raises(InvalidKey, match="no PKCS#8 PEM header"):
+        HybridPrivateKey.from_pkcs8_pem(b"junk\n" + end)
+    # One block, but not an X-Wing key: a lone X25519 key, or the seed cut short.
+    with pytest.raises(InvalidKey, match="X-Wing key"):
+        HybridPrivateKey.from_pkcs8_pem(x_pem)
+    lines = pem.split(b"\n")
+    with pytest.raises(InvalidKey, match=r"unreadable|X-Wing key"):
+        HybridPrivateKey.from_pkcs8_pem(b"\n".join([lines[0], lines[1][:-4], *lines[-2:]]))
 
 
 # --- ML-DSA-65 ----------------------------------------------------------------------------------
@@ -343,6 +389,6 @@ def test_atomic_write_failure_keeps_old_file(
 
 
 def test_x25519_helper_types() -> None:
-    # The hybrid key really holds an X25519 key of the expected size.
-    raw = HybridPrivateKey.generate().public_key().to_bytes()[: hybrid.X25519_SIZE]
+    # The hybrid key really holds an X25519 key of the expected size, last (pk_M || pk_X).
+    raw = HybridPrivateKey.generate().public_key().to_bytes()[-hybrid.X25519_SIZE :]
     assert x25519.X25519PublicKey.from_public_bytes(raw).public_bytes_raw() == raw

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InternalError, InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
@@ -93,9 +93,12 @@ class SigningKey:
 
     @classmethod
     def from_pkcs8_pem(cls, data: bytes) -> SigningKey:
+        """Load a key file; raises only ``InvalidKey``, whatever the bytes."""
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
+        # Odd OIDs raise UnsupportedAlgorithm and keys of the wrong size for their OID
+        # InternalError (found by fuzzing): to a caller these are all just a bad key file.
+        except (ValueError, TypeError, UnsupportedAlgorithm, InternalError) as exc:
             raise InvalidKey(f"unreadable ML-DSA-65 private key: {exc}") from None
         if not isinstance(key, mldsa.MLDSA65PrivateKey):
             raise InvalidKey(f"expected an ML-DSA-65 private key, found {type(key).__name__}")
