@@ -21,6 +21,7 @@ from functools import partial
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from bench.report import Suite
+from x0tta6bl4.crypto.hybrid import HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
 from x0tta6bl4.identity.verify import CachedVerifier
 from x0tta6bl4.protocol.endpoint import SecureEndpoint
@@ -55,7 +56,7 @@ def _endpoint(cred: NodeCredentials, verifier: CachedVerifier, seed: int) -> Sec
         cred.cert.der,
         cred.static_private,
         verifier,
-        rng=random.Random(seed),
+        jitter=random.Random(seed),  # retry jitter only; secrets come from the OS
         wall_offset=NOW,
         trust_domain="bench.x0tta6bl4.mesh",
     )
@@ -156,7 +157,7 @@ def bench_handshakes(suite: Suite, pair: _Pair, rounds: int) -> None:
     )
     suite.add(
         "handshake_bytes_on_wire",
-        "bytes on the wire per handshake, cached certificate (INIT, RESP, keepalive)",
+        "bytes on the wire per handshake, cached certificate (INIT, RESP, CONFIRM, ack)",
         cached[0].wire_bytes,
         "B",
         f"{cached[0].datagrams} datagrams",
@@ -169,6 +170,115 @@ def bench_handshakes(suite: Suite, pair: _Pair, rounds: int) -> None:
         f"{fresh[0].datagrams} datagrams",
     )
     suite.add("certificate_bytes", "node certificate (DER, one tag)", len(pair.a.cert.der), "B")
+    prim_i, prim_r = _primitives_ms(pair, rounds)
+    prim = max(prim_i, prim_r)
+    suite.add(
+        "handshake_primitives_ms_per_side",
+        "hybrid KEM primitives alone per side (key generation, encapsulations, "
+        "decapsulations, key parsing; max of the two sides, median), same run",
+        prim,
+        "ms",
+        f"initiator {prim_i:.3f}, responder {prim_r:.3f}",
+    )
+    suite.add(
+        "handshake_overhead_ratio",
+        "handshake CPU per side / its primitives alone (1.0 = no protocol overhead)",
+        max(ini, rsp) / prim,
+        "ratio",
+        f"initiator {ini / prim_i:.2f}, responder {rsp / prim_r:.2f}",
+    )
+
+
+def _primitives_ms(pair: _Pair, rounds: int) -> tuple[float, float]:
+    """Each side's KEM work in one handshake, timed alone: initiator = ephemeral keygen,
+    encapsulation to S_r, decapsulation of ct_e and ct_is; responder = parse E_i,
+    decapsulation of ct_s, encapsulations to E_i and S_i."""
+    s_r = pair.b.cert.static_key
+    s_i = pair.a.cert.static_key
+    ini: list[int] = []
+    rsp: list[int] = []
+    for _ in range(rounds):
+        t0 = _cpu()
+        eph = HybridPrivateKey.generate()
+        eph_raw = eph.public_key().to_bytes()
+        ct_s, _ = s_r.encapsulate()
+        t1 = _cpu()
+        e_i = HybridPublicKey.from_bytes(eph_raw)
+        pair.b.static_private.decapsulate(ct_s)
+        ct_e, _ = e_i.encapsulate()
+        ct_is, _ = s_i.encapsulate()
+        t2 = _cpu()
+        eph.decapsulate(ct_e)
+        pair.a.static_private.decapsulate(ct_is)
+        t3 = _cpu()
+        ini.append((t1 - t0) + (t3 - t2))
+        rsp.append(t2 - t1)
+    return statistics.median(ini) / 1e6, statistics.median(rsp) / 1e6
+
+
+def bench_bogus_inits(suite: Suite, pair: _Pair, count: int) -> None:
+    """Responder CPU per INIT that will never make a session, not under load (the worst
+    case: under load, INITs without a cookie cost one HMAC and get a COOKIE)."""
+    from x0tta6bl4.crypto.kdf import mac16
+    from x0tta6bl4.protocol.cookie import mac1_key
+    from x0tta6bl4.protocol.fragment import split
+    from x0tta6bl4.protocol.handshake import Initiator
+    from x0tta6bl4.protocol.wire import INIT_CACHED_SIZE
+
+    b = _endpoint(pair.b, _verifier(pair), 3)
+    b.set_under_load(False)
+    s_r = pair.b.cert.static_key
+    key1 = mac1_key(s_r.to_bytes())
+    bad_cert = bytearray(pair.a.cert.der)
+    bad_cert[-10] ^= 1  # one byte of the CA's signature
+
+    def bogus_cert_init(i: int) -> bytes:
+        return Initiator(
+            static_private=pair.a.static_private,
+            fingerprint=pair.a.cert.fingerprint,
+            responder_static=s_r,
+            responder_fingerprint=pair.b.cert.fingerprint,
+            sender_index=i + 1,
+        ).create_init(timestamp=i + 1, cert_der=bytes(bad_cert))
+
+    def garbage_with_mac1(i: int) -> bytes:
+        body = random.Random(i).randbytes(INIT_CACHED_SIZE - 32)
+        body = b"\x01\x01\x00\x00" + body[4:]
+        return body + mac16(key1, body) + bytes(16)
+
+    def bad_mac1(i: int) -> bytes:
+        return b"\x01\x01\x00\x00" + random.Random(i).randbytes(INIT_CACHED_SIZE - 4)
+
+    fresh_bad_cert = [bogus_cert_init(i) for i in range(count)]
+    replayed = fresh_bad_cert[0]
+    kinds = {
+        "bad_mac1": [bad_mac1(i) for i in range(count)],
+        "garbage_ciphertext": [garbage_with_mac1(i) for i in range(count)],
+        "bad_certificate": fresh_bad_cert,
+        "bad_certificate_replayed": [replayed] * count,
+    }
+    labels = {
+        "bad_mac1": "INIT with a wrong mac1",
+        "garbage_ciphertext": "valid mac1, garbage ciphertext (decapsulation fails late)",
+        "bad_certificate": "fresh INITs carrying a certificate with a flipped signature byte",
+        "bad_certificate_replayed": "one such INIT replayed",
+    }
+    worst = 0.0
+    for i, (kind, inits) in enumerate(kinds.items()):
+        datagrams = [split(m, n + 1, 1280) for n, m in enumerate(inits)]
+        t0 = _cpu()
+        for frags in datagrams:
+            for d in frags:
+                b.handle(10.0 + i, Datagram(("198.18.0.9", 9), d))
+        ms = (_cpu() - t0) / 1e6 / count
+        worst = max(worst, ms)
+        suite.add(f"responder_cpu_ms_per_bogus_init_{kind}", labels[kind], ms, "ms")
+    suite.add(
+        "responder_cpu_ms_per_bogus_init",
+        "responder CPU per bogus INIT, the worst of the kinds above",
+        worst,
+        "ms",
+    )
 
 
 def _sessions(max_datagram: int) -> tuple[Session, Session]:
@@ -242,5 +352,6 @@ def run(quick: bool = False) -> Suite:
     with tempfile.TemporaryDirectory(prefix="x0t-bench-") as tmp:
         pair = _pair(tmp)
         bench_handshakes(suite, pair, rounds=40 if quick else 300)
+        bench_bogus_inits(suite, pair, count=40 if quick else 300)
     bench_data_path(suite, seconds=1.5 if quick else 6.0)
     return suite

@@ -26,11 +26,13 @@ class World:
     verifier: CertVerifier
 
     def endpoint(self, name: str, seed: int = 0, **kw: Any) -> SecureEndpoint:
+        """An endpoint built as the runtime builds it: secrets from the OS CSPRNG; only
+        the (non-secret) retry jitter is seeded."""
         c = self.creds[name]
         kw.setdefault("wall_offset", WALL)
         kw.setdefault("trust_domain", TD)
         return SecureEndpoint(
-            c.cert.der, c.static_private, self.verifier, rng=random.Random(seed), **kw
+            c.cert.der, c.static_private, self.verifier, jitter=random.Random(seed), **kw
         )
 
 

@@ -78,16 +78,45 @@ def test_timeout_drops_partial() -> None:
     assert len(r) == 0
 
 
-def test_per_source_and_total_limits_evict_oldest() -> None:
-    r = Reassembler(max_per_source=2, max_total=3)
+def test_limits_evict_only_stale_partials_and_only_within_their_own_pool() -> None:
+    r = Reassembler(max_per_source=2, max_unknown=3, max_known=2)
     first = [split(bytes(3000), i, 1280)[0] for i in range(4)]
     assert r.add(0, "a", first[0]).evicted == 0
     assert r.add(0, "a", first[1]).evicted == 0
-    assert r.add(0, "a", first[2]).evicted == 1  # id 0 evicted
-    assert r.add(0, "b", first[0]).evicted == 0
-    assert r.add(0, "c", first[0]).evicted == 1  # total limit: the oldest of all goes
-    assert len(r) == 3
-    assert r.buffered_bytes() == 3 * (1280 - C.FRAGMENT_HEADER_SIZE)
+    assert r.add(0.1, "a", first[2]).refused  # the source is full of young partials
+    old = C.REASSEMBLY_MIN_EVICT_AGE
+    assert r.add(old, "a", first[2]).evicted == 1  # now id 0 is stale: it goes
+    assert r.add(old + 0.1, "b", first[0]).evicted == 0
+    assert r.add(old + 0.2, "c", first[0]).evicted == 1  # pool full: a's stale id 1 goes
+    assert r.add(old + 0.3, "d", first[0]).refused  # full, and nothing in it is stale
+    assert r.add(2 * old + 0.01, "d", first[0]).evicted == 1  # a's id 2 is stale now
+    assert r.held(known=False) == 3
+    # the known pool is separate: unknown sources neither fill it nor evict from it
+    assert r.add(2 * old, "peer", first[3], known=True).evicted == 0
+    for t, src in enumerate(("e", "f", "g", "h")):
+        r.add(3 * old + t, src, first[0])
+    assert r.held(known=True) == 1 and r.held(known=False) == 3
+    assert len(r) == 4
+    assert r.buffered_bytes() == 4 * (1280 - C.FRAGMENT_HEADER_SIZE)
+
+
+def test_spoofed_first_fragments_cannot_evict_a_real_partial() -> None:
+    """Finding 6: 64 spoofed first fragments used to evict a real partial through the
+    global oldest-first eviction. Now a new partial never evicts one that is arriving (in
+    either pool), and unknown sources cannot touch the known pool at all."""
+    real = split(bytes(9000), 0xA11CE, 1280)
+    for known in (True, False):
+        r = Reassembler()
+        assert r.add(0.0, "alice", real[0], known=known).message is None
+        refused = 0
+        for i in range(200):  # many spoofed sources, one lone first fragment each
+            refused += r.add(0.01, f"spoof{i}", split(bytes(3000), i, 1280)[0]).refused
+        assert r.held(known=False) <= C.MAX_REASSEMBLIES_UNKNOWN
+        assert refused == 200 - C.MAX_REASSEMBLIES_UNKNOWN + (0 if known else 1)
+        message = None
+        for d in real[1:]:
+            message = r.add(0.02, "alice", d, known=known).message or message
+        assert message == bytes(9000), f"known={known}"
 
 
 def test_conflicts_and_inconsistencies_raise_typed_errors() -> None:
@@ -117,7 +146,7 @@ def test_short_total_is_rejected_on_completion() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(min_size=0, max_size=200), max_size=20))
 def test_arbitrary_datagrams_only_typed_errors_and_bounded(datagrams: list[bytes]) -> None:
-    r = Reassembler(max_per_source=2, max_total=4)
+    r = Reassembler(max_per_source=2, max_unknown=4)
     for d in datagrams:
         with contextlib.suppress(DecodeError):
             r.add(0.0, "x", encode(Fragment(1, 0, 2, 10, b"a"))[:12] + d)

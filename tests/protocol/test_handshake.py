@@ -12,12 +12,13 @@ from pipe import World, make_world
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.crypto.kdf import Transcript
 from x0tta6bl4.errors import DecodeError, DecryptError, HandshakeError
+from x0tta6bl4.identity import NodeCredentials
 from x0tta6bl4.protocol import constants as C
 from x0tta6bl4.protocol.cookie import add_macs, mac1_key
 from x0tta6bl4.protocol.endpoint import SecureEndpoint
 from x0tta6bl4.protocol.events import Action, Datagram, Deliver, Event, Send, SetTimer, Timer
 from x0tta6bl4.protocol.fragment import Reassembler
-from x0tta6bl4.protocol.handshake import Initiator, Responder, ResponderHandshake
+from x0tta6bl4.protocol.handshake import Initiator, Responder, ResponderHandshake, SessionKeys
 from x0tta6bl4.protocol.wire import InitPayload, decode_init
 
 
@@ -29,22 +30,38 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 # --- function-level API -------------------------------------------------------------
 
 
+def initiator(me: NodeCredentials, peer: NodeCredentials, index: int) -> Initiator:
+    return Initiator(
+        static_private=me.static_private,
+        fingerprint=me.cert.fingerprint,
+        responder_static=peer.cert.static_key,
+        responder_fingerprint=peer.cert.fingerprint,
+        sender_index=index,
+    )
+
+
+def responder(me: NodeCredentials) -> Responder:
+    return Responder(me.static_private, me.cert.fingerprint)
+
+
+def answer(hs: ResponderHandshake, peer: NodeCredentials, index: int) -> tuple[bytes, SessionKeys]:
+    return hs.create_resp(
+        initiator_static=peer.cert.static_key,
+        initiator_fingerprint=peer.cert.fingerprint,
+        sender_index=index,
+    )
+
+
 def test_keys_agree_and_messages_have_fixed_sizes(world: World) -> None:
     a, b = world.creds["alpha"], world.creds["beta"]
-    rng = random.Random(1)
-    init = Initiator(
-        static_private=a.static_private,
-        responder_static=b.cert.static_key,
-        sender_index=7,
-        rng=rng,
-    )
+    init = initiator(a, b, 7)
     m1 = init.create_init(timestamp=123, fingerprint=a.cert.fingerprint)
     assert len(m1) == 2437
-    hs = Responder(b.static_private).consume_init(m1)
+    hs = responder(b).consume_init(m1)
     assert hs.payload == InitPayload(timestamp=123, fingerprint=a.cert.fingerprint)
     assert hs.initiator_index == 7
-    m2, rkeys = hs.create_resp(initiator_static=a.cert.static_key, sender_index=9, rng=rng)
-    assert len(m2) == 2300
+    m2, rkeys = answer(hs, a, 9)
+    assert len(m2) == 2300 + C.BISCUIT_SIZE
     ikeys = init.consume_resp(m2)
     assert (ikeys.send_key, ikeys.recv_key) == (rkeys.recv_key, rkeys.send_key)
     assert (ikeys.local_index, ikeys.remote_index) == (7, 9)
@@ -54,23 +71,18 @@ def test_keys_agree_and_messages_have_fixed_sizes(world: World) -> None:
     with pytest.raises(HandshakeError):
         init.consume_resp(m2)  # the attempt is finished and its secrets are gone
     with pytest.raises(HandshakeError):
-        hs.create_resp(initiator_static=a.cert.static_key, sender_index=9, rng=rng)
+        answer(hs, a, 9)
     s_i, s_r = ikeys.session(0.0), rkeys.session(0.0)
     assert s_r.open(s_i.seal(b"hi")) == b"hi"
 
 
 def test_failed_resp_leaves_the_attempt_usable(world: World) -> None:
     a, b = world.creds["alpha"], world.creds["beta"]
-    rng = random.Random(2)
-    init = Initiator(
-        static_private=a.static_private, responder_static=b.cert.static_key, sender_index=1, rng=rng
-    )
-    hs = Responder(b.static_private).consume_init(
-        init.create_init(timestamp=1, cert_der=a.cert.der)
-    )
-    resp, _ = hs.create_resp(initiator_static=a.cert.static_key, sender_index=2, rng=rng)
+    init = initiator(a, b, 1)
+    hs = responder(b).consume_init(init.create_init(timestamp=1, cert_der=a.cert.der))
+    resp, _ = answer(hs, a, 2)
     bad = bytearray(resp)
-    bad[-40] ^= 1  # the confirm tag
+    bad[-40 - C.BISCUIT_SIZE] ^= 1  # the confirm tag
     with pytest.raises(DecryptError):
         init.consume_resp(bytes(bad))
     wrong_index = resp[:8] + (99).to_bytes(4, "little") + resp[12:]
@@ -85,12 +97,12 @@ def test_impersonator_with_stolen_certificate_cannot_finish_as_initiator(world: 
     """Mallory sends beta an INIT carrying alpha's certificate, with her own keys."""
     b = world.endpoint("beta", seed=3)
     mallory_key = world.creds["mallory"].static_private
-    rng = random.Random(3)
     init = Initiator(
         static_private=mallory_key,
+        fingerprint=world.creds["alpha"].cert.fingerprint,
         responder_static=world.creds["beta"].cert.static_key,
+        responder_fingerprint=world.creds["beta"].cert.fingerprint,
         sender_index=5,
-        rng=rng,
     )
     msg = init.create_init(timestamp=10**18, cert_der=world.creds["alpha"].cert.der)
     out = b.handle(0.0, Datagram("M", msg))
@@ -99,8 +111,10 @@ def test_impersonator_with_stolen_certificate_cannot_finish_as_initiator(world: 
     assert resp
     with pytest.raises(DecryptError):
         init.consume_resp(resp)
-    # Mallory cannot make a first packet beta accepts: guess keys, forge a keepalive.
+    # Mallory cannot make a first packet beta accepts: she hands back the biscuit (beta's
+    # sealed state) with a forged keepalive under guessed keys.
     idx = int.from_bytes(resp[4:8], "little")
+    biscuit = resp[-2 * C.MAC_SIZE - C.BISCUIT_SIZE : -2 * C.MAC_SIZE]
     for guess in range(3):
         forged = (
             bytes((1, 4, 0, 0))
@@ -108,11 +122,10 @@ def test_impersonator_with_stolen_certificate_cannot_finish_as_initiator(world: 
             + bytes(8)
             + random.Random(guess).randbytes(16)
         )
-        out = b.handle(0.1, Datagram("M", forged))
+        out = b.handle(0.1, Datagram("M", bytes((1, 8, 0, 0)) + biscuit + forged))
         assert not [a for a in out if isinstance(a, Send | Deliver)]
     assert b.counters["decrypt_failed"] == 3
-    info = b.peer("M")
-    assert info is not None and not info.established and info.identity is None
+    assert b.peer("M") is None and b.sessions_in_use == 0  # beta kept nothing of it
     assert "handshake_complete" not in [a.kind for a in out if isinstance(a, Event)]
 
 
@@ -122,13 +135,14 @@ def test_impersonator_with_stolen_certificate_cannot_finish_as_responder(world: 
     a.add_peer("B", cert_der=world.creds["beta"].cert.der)
     out = a.connect(0.0, "B")
     init_msg = whole(sends(out))
-    mallory = Responder(world.creds["mallory"].static_private)
+    mallory = responder(world.creds["mallory"])
     with pytest.raises(DecryptError):  # she cannot open INIT: it is sealed to beta's key
         mallory.consume_init(init_msg)
     # Her best forgery: every public value right, the secret ss_s guessed.
     init = decode_init(init_msg)
     h = Transcript(C.PROTOCOL_LABEL)
-    for part in (world.creds["beta"].cert.static_key.to_bytes(), init_msg[:8]):
+    beta = world.creds["beta"].cert
+    for part in (beta.static_key.to_bytes(), beta.fingerprint, init_msg[:8]):
         h.mix(part)
     h.mix(init.ephemeral)
     h.mix(init.ct_static)
@@ -136,13 +150,12 @@ def test_impersonator_with_stolen_certificate_cannot_finish_as_responder(world: 
     fake = ResponderHandshake(
         init.sender_index,
         InitPayload(timestamp=0, cert_der=world.creds["alpha"].cert.der),
+        init.ephemeral,
         HybridPublicKey.from_bytes(init.ephemeral),
         bytes(32),
         h,
     )
-    resp, _ = fake.create_resp(
-        initiator_static=world.creds["alpha"].cert.static_key, sender_index=77, rng=random.Random(5)
-    )
+    resp, _ = answer(fake, world.creds["alpha"], 77)
     out = a.handle(0.01, Datagram("B", resp[:1280])) + a.handle(0.01, Datagram("B", resp))
     assert a.counters.get("decrypt_failed", 0) + a.counters.get("malformed", 0) >= 1
     info = a.peer("B")
@@ -239,10 +252,13 @@ def test_every_bit_flip_of_every_handshake_datagram_is_dropped_and_counted(
     resp = sends(c.deliver(b, "A", init_full))
     assert len(resp) == 2
     c.run(a, "B", resp)
-    keepalive = sends(c.deliver(a, "B", resp))
-    assert [len(x) for x in keepalive] == [C.DATA_OVERHEAD]
-    c.run(b, "A", keepalive)
-    assert not sends(c.deliver(b, "A", keepalive))
+    confirm = sends(c.deliver(a, "B", resp))
+    assert [len(x) for x in confirm] == [C.HEADER_SIZE + C.BISCUIT_SIZE + C.DATA_OVERHEAD]
+    c.run(b, "A", confirm)
+    ack = sends(c.deliver(b, "A", confirm))
+    assert [len(x) for x in ack] == [C.DATA_OVERHEAD]
+    c.run(a, "B", ack)
+    assert not sends(c.deliver(a, "B", ack))
     assert b.peer("A", c.now(b)).established and a.peer("B", c.now(a)).established
 
     # Data in both directions.
@@ -300,15 +316,15 @@ def test_replayed_init_and_data_are_dropped_and_counted(world: World) -> None:
     for d in seen["init"]:
         out = b.handle(1.0, Datagram("A", d))
         assert not sends(out)
-    assert b.counters["stale_timestamp"] == 1
+    assert b.counters["replay"] == 1  # refused before any decapsulation
     assert b.sessions_in_use == sessions
     data = sends(a.send(1.0, "B", b"once"))
     assert [x for x in b.handle(1.0, Datagram("A", data[0])) if isinstance(x, Deliver)]
     assert not b.handle(1.0, Datagram("A", data[0]))[1:]
-    assert b.counters["replay"] == 1
-    # the keepalive replayed too
-    b.handle(1.0, Datagram("A", seen["keepalive"][0]))
     assert b.counters["replay"] == 2
+    # the CONFIRM replayed too
+    b.handle(1.0, Datagram("A", seen["keepalive"][0]))
+    assert b.counters["replay"] == 3
 
 
 def test_duplicate_init_in_flight_is_dropped(world: World) -> None:
@@ -319,7 +335,7 @@ def test_duplicate_init_in_flight_is_dropped(world: World) -> None:
     first = [s for d in init for s in sends(b.handle(0.0, Datagram("A", d)))]
     assert first
     again = [s for d in init for s in sends(b.handle(0.0, Datagram("A", d)))]
-    assert not again and b.counters["stale_timestamp"] == 1
+    assert not again and b.counters["replay"] == 1  # before any decapsulation
 
 
 def test_unknown_fingerprint_then_full_certificate_on_retry(world: World) -> None:
@@ -351,9 +367,12 @@ def test_simultaneous_open_tie_break_is_deterministic(world: World) -> None:
     lost = [ep for ep in (a, b) if ep.counters.get("simultaneous_open_lost")]
     assert len(lost) == 1
     winner = lost[0]
-    loser_out = out_b if winner is a else out_a
+    loser, loser_out = (b, out_b) if winner is a else (a, out_a)
     assert sends(loser_out)  # the loser answers
-    assert any(isinstance(x, Event) and x.kind == "handshake_abandoned" for x in loser_out)
+    # ... but an INIT authenticates nobody, so it abandons nothing: its own attempt runs
+    # on until a session the winner has authenticated makes it moot.
+    assert not any(isinstance(x, Event) and x.kind == "handshake_abandoned" for x in loser_out)
+    assert loser.peer("B" if loser is a else "A").handshaking  # type: ignore[union-attr]
     # the lower static public key wins
     keys = {ep: ep._static_pub for ep in (a, b)}
     assert keys[winner] < keys[b if winner is a else a]
@@ -365,7 +384,6 @@ def test_static_key_mismatch_is_refused(world: World) -> None:
             world.creds["alpha"].cert.der,
             HybridPrivateKey.generate(),
             world.verifier,
-            rng=random.Random(0),
             wall_offset=0.0,
             trust_domain="x0tta6bl4.mesh",
         )

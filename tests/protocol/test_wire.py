@@ -12,8 +12,10 @@ from x0tta6bl4.errors import BadLength, BadVersion, DecodeError, Truncated, Unkn
 from x0tta6bl4.protocol import constants as C
 from x0tta6bl4.protocol import wire
 from x0tta6bl4.protocol.wire import (
+    BiscuitState,
     Cert,
     CertRequest,
+    Confirm,
     CookieReply,
     Data,
     Fragment,
@@ -45,6 +47,7 @@ resps = st.builds(
     ct_ephemeral=fixed(C.KEM_CIPHERTEXT_SIZE),
     ct_initiator=fixed(C.KEM_CIPHERTEXT_SIZE),
     confirm=fixed(16),
+    biscuit=fixed(C.BISCUIT_SIZE),
     mac1=fixed(16),
     mac2=fixed(16),
 )
@@ -69,7 +72,32 @@ def fragments(draw: st.DrawFn) -> Fragment:
     return Fragment(draw(u32), draw(st.integers(0, count - 1)), count, total, chunk)
 
 
-messages = st.one_of(inits, resps, cookies, datas, cert_requests, certs, fragments())
+confirms = st.builds(
+    Confirm,
+    biscuit=fixed(C.BISCUIT_SIZE),
+    data=st.builds(lambda d: wire.encode(d), datas),
+)
+messages = st.one_of(inits, resps, cookies, datas, cert_requests, certs, fragments(), confirms)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.builds(
+        BiscuitState,
+        local_index=u32,
+        remote_index=u32,
+        created=st.floats(allow_nan=False, allow_infinity=False),
+        timestamp=st.integers(0, 2**64 * 10**9 - 1),
+        fingerprint=fixed(32),
+        send_key=fixed(32),
+        recv_key=fixed(32),
+    )
+)
+def test_biscuit_state_round_trip(state: BiscuitState) -> None:
+    raw = wire.encode_biscuit_state(state)
+    assert len(raw) == C.BISCUIT_PLAIN_SIZE
+    assert wire.decode_biscuit_state(raw) == state
+    assert "keys hidden" in repr(state) and state.send_key.hex() not in repr(state)
 
 
 @settings(max_examples=150, deadline=None)
@@ -92,6 +120,8 @@ def test_arbitrary_bytes_give_only_typed_errors(data: bytes) -> None:
         wire.decode_cert_request,
         wire.decode_cert,
         wire.decode_fragment,
+        wire.decode_confirm,
+        wire.decode_biscuit_state,
         wire.decode_init_payload,
         wire.decode_timestamp,
     ):
@@ -100,7 +130,7 @@ def test_arbitrary_bytes_give_only_typed_errors(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(range(1, 8)), st.binary(max_size=2600))
+@given(st.sampled_from(range(1, 9)), st.binary(max_size=2600))
 def test_valid_header_arbitrary_body_gives_only_typed_errors(msg_type: int, body: bytes) -> None:
     with contextlib.suppress(DecodeError):
         wire.decode(wire.header(msg_type) + body)
@@ -125,7 +155,7 @@ def test_header_errors() -> None:
     with pytest.raises(BadVersion):
         wire.decode(b"\x02\x04\x00\x00" + bytes(40))
     with pytest.raises(UnknownType):
-        wire.decode(b"\x01\x08\x00\x00" + bytes(40))
+        wire.decode(b"\x01\x09\x00\x00" + bytes(40))
     with pytest.raises(UnknownType):
         wire.decode(b"\x01\x00\x00\x00" + bytes(40))
     with pytest.raises(DecodeError):
@@ -134,7 +164,8 @@ def test_header_errors() -> None:
 
 def test_fixed_sizes() -> None:
     assert wire.INIT_CACHED_SIZE == 2437
-    assert wire.RESP_SIZE == 2300
+    assert wire.RESP_SIZE == 2300 + C.BISCUIT_SIZE == 2452
+    assert wire.CONFIRM_MIN_SIZE == 4 + C.BISCUIT_SIZE + 32 == 188
     assert wire.COOKIE_MSG_SIZE == 52
     assert C.DATA_OVERHEAD == 32
     with pytest.raises(BadLength):

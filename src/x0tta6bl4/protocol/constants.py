@@ -23,6 +23,7 @@ MSG_DATA: Final = 4
 MSG_CERT_REQUEST: Final = 5
 MSG_CERT: Final = 6
 MSG_FRAGMENT: Final = 7
+MSG_CONFIRM: Final = 8  # the initiator's first packets: biscuit + DATA
 
 HEADER_SIZE: Final = 4  # version u8 | type u8 | reserved u16
 INDEX_SIZE: Final = 4
@@ -34,6 +35,10 @@ COOKIE_SIZE: Final = 16
 COOKIE_NONCE_SIZE: Final = 12
 EPHEMERAL_SIZE: Final = hybrid.PUBLIC_KEY_SIZE  # 1216
 KEM_CIPHERTEXT_SIZE: Final = hybrid.CIPHERTEXT_SIZE  # 1120
+# The responder's sealed state, returned by the initiator in CONFIRM:
+# local u32 | remote u32 | created f64 | timestamp 12 | fingerprint 32 | two keys 64.
+BISCUIT_PLAIN_SIZE: Final = 4 + 4 + 8 + TIMESTAMP_SIZE + FINGERPRINT_SIZE + 64  # 124
+BISCUIT_SIZE: Final = 12 + BISCUIT_PLAIN_SIZE + AEAD_TAG_SIZE  # nonce | sealed: 152
 
 DATA_HEADER_SIZE: Final = HEADER_SIZE + INDEX_SIZE + 8  # ... | receiver u32 | counter u64
 DATA_OVERHEAD: Final = DATA_HEADER_SIZE + AEAD_TAG_SIZE  # 32
@@ -50,9 +55,13 @@ MIN_DATAGRAM: Final = 576
 
 MAX_MESSAGE_SIZE: Final = 32768  # largest message a reassembly may produce
 MAX_FRAGMENTS: Final = 64  # MIN_DATAGRAM chunks * 64 > MAX_MESSAGE_SIZE
+# Partial messages are held in two pools so that sources nobody has authenticated can
+# never evict the reassemblies of peers we hold a session with or wait on.
 MAX_REASSEMBLIES_PER_SOURCE: Final = 4
-MAX_REASSEMBLIES_TOTAL: Final = 64  # so at most 64 * 32 KiB = 2 MiB buffered
+MAX_REASSEMBLIES_UNKNOWN: Final = 64  # from sources without a session or attempt
+MAX_REASSEMBLIES_KNOWN: Final = 256  # from peers with a session or our attempt
 REASSEMBLY_TIMEOUT: Final = 5.0
+REASSEMBLY_MIN_EVICT_AGE: Final = 0.5  # a younger partial is never evicted for a new one
 
 # --- sessions (WireGuard's values) ------------------------------------------------
 
@@ -65,8 +74,11 @@ REJECT_AFTER_TIME: Final = 180.0  # no packet is sent or accepted on an older se
 REKEY_AFTER_MESSAGES: Final = 2**60
 REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1
 REPLAY_WINDOW: Final = 4096  # packets; a Python int bitmap
-MAX_UNCONFIRMED_PER_PEER: Final = 4  # responder sessions awaiting their first packet
 CONFIRM_GRACE: Final = 1.0  # a responder with queued data waits this long, then initiates
+BISCUIT_KEY_LIFETIME: Final = 120.0  # the responder's biscuit key rotates this often
+BISCUIT_MAX_AGE: Final = 10.0  # a CONFIRM must arrive this soon after its RESP
+ACK_RETRY_BASE: Final = 0.25  # an initiator resends CONFIRM until the responder answers
+ACK_RETRIES: Final = 4  # unanswered CONFIRMs before the session is given up
 
 # --- handshake ------------------------------------------------------------------
 
@@ -84,9 +96,20 @@ MAX_CERT_CACHE: Final = 1024  # verified certificates cached by fingerprint
 COOKIE_SECRET_LIFETIME: Final = 120.0  # the responder's cookie secret rotates this often
 COOKIE_VALIDITY: Final = 120.0  # how long an initiator uses a cookie it received
 UNDER_LOAD_THRESHOLD: Final = 100.0  # handshakes/s above which mac2 is required
+# Under load, one address with a valid cookie gets at most this many INITs per second
+# (WireGuard's ratelimiter uses the same numbers), so a cookie is not a free pass.
+PER_SOURCE_INIT_RATE: Final = 20.0
+PER_SOURCE_INIT_BURST: Final = 5.0
+MAX_RATE_LIMITED_SOURCES: Final = 4096
+MAX_SEEN_INITS: Final = 8192  # recent INITs (by mac1) refused before decapsulation if seen
+REJECTED_CERT_TTL: Final = 60.0  # a certificate that failed verification is refused at once
+MAX_REJECTED_CERTS: Final = 1024
 MAX_COOKIE_JAR: Final = 1024
 
 # --- peers and queues -------------------------------------------------------------
 
 MAX_QUEUED_PER_PEER: Final = 64  # payloads waiting for a session (drop-oldest)
 MAX_PEERS: Final = 65536
+# A peer table entry is made only by us (add_peer, connect, send) or by a confirmed
+# handshake; one identity holds at most this many addresses (its oldest goes first).
+MAX_ADDRS_PER_IDENTITY: Final = 4

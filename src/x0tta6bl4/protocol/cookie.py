@@ -15,10 +15,10 @@
 from __future__ import annotations
 
 import hmac as _hmac
-import random
 from collections import OrderedDict
 
 from x0tta6bl4.crypto.aead import Aead
+from x0tta6bl4.crypto.entropy import SecretSource
 from x0tta6bl4.crypto.kdf import mac16, sha256
 from x0tta6bl4.protocol.constants import (
     COOKIE_NONCE_SIZE,
@@ -26,6 +26,9 @@ from x0tta6bl4.protocol.constants import (
     COOKIE_VALIDITY,
     MAC_SIZE,
     MAX_COOKIE_JAR,
+    MAX_RATE_LIMITED_SOURCES,
+    PER_SOURCE_INIT_BURST,
+    PER_SOURCE_INIT_RATE,
 )
 from x0tta6bl4.protocol.events import Addr
 from x0tta6bl4.protocol.wire import CookieReply, encode
@@ -73,10 +76,10 @@ def addr_bytes(addr: Addr) -> bytes:
 class CookieGenerator:
     """The responder side: makes and checks cookies with a rotating secret."""
 
-    __slots__ = ("_current", "_previous", "_rng", "_since")
+    __slots__ = ("_current", "_previous", "_secrets", "_since")
 
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
+    def __init__(self, secrets: SecretSource) -> None:
+        self._secrets = secrets
         self._current: bytes | None = None
         self._previous: bytes | None = None
         self._since = 0.0
@@ -84,11 +87,11 @@ class CookieGenerator:
     def _rotate(self, now: float) -> None:
         if self._current is None or now - self._since >= 2 * COOKIE_SECRET_LIFETIME:
             self._previous = None
-            self._current = self._rng.randbytes(32)
+            self._current = self._secrets.token_bytes(32)
             self._since = now
         elif now - self._since >= COOKIE_SECRET_LIFETIME:
             self._previous = self._current
-            self._current = self._rng.randbytes(32)
+            self._current = self._secrets.token_bytes(32)
             self._since = now
 
     def cookie(self, now: float, addr: Addr) -> bytes:
@@ -110,7 +113,7 @@ class CookieGenerator:
 
     def reply(self, now: float, addr: Addr, receiver_index: int, seal: Aead, ad: bytes) -> bytes:
         """A COOKIE message for ``addr``, sealed with ``seal`` under associated data ``ad``."""
-        nonce = self._rng.randbytes(COOKIE_NONCE_SIZE)
+        nonce = self._secrets.token_bytes(COOKIE_NONCE_SIZE)
         sealed = seal.seal(nonce, self.cookie(now, addr), ad)
         return encode(CookieReply(receiver_index, nonce, sealed))
 
@@ -147,27 +150,87 @@ class CookieJar:
         return cookie
 
 
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; ``take`` spends one if there is one."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self._last is not None and now > self._last:
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now if self._last is None else max(self._last, now)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket would be full at ``now`` (an idle entry one may forget)."""
+        last = self._last if self._last is not None else now
+        return self._tokens + max(0.0, now - last) * self._rate >= self._burst
+
+
 class LoadMeter:
     """A token bucket of handshakes per second: "under load" once it is empty.
 
     ``forced`` overrides the measurement (True or False) for tests and operators.
     """
 
-    __slots__ = ("_burst", "_last", "_rate", "_tokens", "forced")
+    __slots__ = ("_bucket", "forced")
 
     def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._burst = max(rate, 1.0)  # one second's worth
-        self._tokens = self._burst
-        self._last: float | None = None
+        self._bucket = TokenBucket(rate, max(rate, 1.0))  # one second's worth
         self.forced: bool | None = None
 
     def hit(self, now: float) -> bool:
         """Count one handshake attempt at ``now``; True if we are under load."""
-        if self._last is not None and now > self._last:
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now if self._last is None else max(self._last, now)
-        under = self._tokens < 1.0
-        if not under:
-            self._tokens -= 1.0
+        under = not self._bucket.take(now)
         return under if self.forced is None else self.forced
+
+
+class RateLimiter:
+    """Per-source INIT budget for a responder under load (WireGuard's ratelimiter): a
+    valid cookie proves an address, it does not buy unlimited decapsulations.
+
+    The table is bounded; when it is full, sources whose bucket has refilled are
+    forgotten first (they lose nothing), then the least recently seen.
+    """
+
+    __slots__ = ("_buckets", "_burst", "_max", "_rate")
+
+    def __init__(
+        self,
+        rate: float = PER_SOURCE_INIT_RATE,
+        burst: float = PER_SOURCE_INIT_BURST,
+        max_sources: int = MAX_RATE_LIMITED_SOURCES,
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max = max_sources
+        self._buckets: OrderedDict[Addr, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, now: float, addr: Addr) -> bool:
+        bucket = self._buckets.get(addr)
+        if bucket is None:
+            if len(self._buckets) >= self._max:
+                self._make_room(now)
+            bucket = self._buckets[addr] = TokenBucket(self._rate, self._burst)
+        else:
+            self._buckets.move_to_end(addr)
+        return bucket.take(now)
+
+    def _make_room(self, now: float) -> None:
+        idle = [a for a, b in self._buckets.items() if b.full(now)]
+        for a in idle[: max(1, len(self._buckets) // 4)]:
+            del self._buckets[a]
+        if len(self._buckets) >= self._max:
+            self._buckets.popitem(last=False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from x0tta6bl4.crypto.aead import Aead
+from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource, random_u32
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.kdf import mac16, sha256
 from x0tta6bl4.errors import (
@@ -43,11 +44,13 @@ from x0tta6bl4.errors import (
 from x0tta6bl4.identity.cert import NodeCertificate
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.protocol import constants as C
+from x0tta6bl4.protocol.biscuit import BiscuitKeeper
 from x0tta6bl4.protocol.cookie import (
     ZERO_MAC,
     CookieGenerator,
     CookieJar,
     LoadMeter,
+    RateLimiter,
     cert_check_key,
     certreq_check_key,
     certreq_cookie_key,
@@ -72,17 +75,21 @@ from x0tta6bl4.protocol.wire import (
     CERT_REQUEST_USED,
     HDR_CERT,
     HDR_CERT_REQUEST,
+    HDR_CONFIRM,
     HDR_DATA,
     INIT_CACHED_SIZE,
     INIT_MAX_SIZE,
     INIT_MIN_SIZE,
     RESP_SIZE,
+    BiscuitState,
     Cert,
     CertRequest,
     check_header,
     decode_cert,
     decode_cert_request,
+    decode_confirm,
     decode_cookie,
+    decode_resp,
     encode,
 )
 
@@ -145,31 +152,13 @@ class _Attempt:
         self.used_cookie = False
 
 
-class _Unconfirmed:
-    """A responder session waiting for the initiator's first packet."""
-
-    __slots__ = ("cert_der", "identity", "session", "started", "timestamp")
-
-    def __init__(
-        self,
-        session: Session,
-        identity: VerifiedIdentity,
-        cert_der: bytes,
-        timestamp: int,
-        started: float,
-    ) -> None:
-        self.session = session
-        self.identity = identity
-        self.cert_der = cert_der
-        self.timestamp = timestamp
-        self.started = started
-
-
 class _Peer:
     __slots__ = (
+        "acks_sent",
         "addr",
         "cert_der",
         "current",
+        "declared",
         "expect_name",
         "failures",
         "handshakes",
@@ -180,17 +169,18 @@ class _Peer:
         "previous",
         "queue",
         "rekeys",
-        "unconfirmed",
     )
 
-    def __init__(self, addr: Addr) -> None:
+    def __init__(self, addr: Addr, declared: bool) -> None:
         self.addr = addr
+        # Made by us (add_peer, connect, send) rather than by a confirmed inbound
+        # handshake: only inbound entries are forgotten when idle.
+        self.declared = declared
         self.expect_name: str | None = None
         self.cert_der: bytes | None = None  # the peer's certificate, to initiate with
         self.identity: VerifiedIdentity | None = None
         self.current: Session | None = None
         self.previous: Session | None = None
-        self.unconfirmed: list[_Unconfirmed] = []
         self.hs: _Attempt | None = None
         self.queue: deque[bytes] = deque()
         self.knows_our_cert = False
@@ -198,9 +188,10 @@ class _Peer:
         self.handshakes = 0
         self.failures = 0
         self.last_received: float | None = None
+        self.acks_sent = 0  # CONFIRMs resent on the current, unanswered session
 
     def sessions(self) -> list[Session]:
-        out = [u.session for u in self.unconfirmed]
+        out: list[Session] = []
         if self.current is not None:
             out.append(self.current)
         if self.previous is not None:
@@ -222,14 +213,18 @@ class SecureEndpoint:
         static_private: HybridPrivateKey,
         verifier: CertVerifier,
         *,
-        rng: random.Random,
         wall_offset: float,
         trust_domain: str,
         max_datagram: int = C.DEFAULT_MAX_DATAGRAM,
         under_load_threshold: float = C.UNDER_LOAD_THRESHOLD,
         timer_namespace: Hashable = "x0t.secure",
         accept_identity: Callable[[Addr, VerifiedIdentity], bool] | None = None,
+        secrets: SecretSource = SYSTEM_SECRETS,
+        jitter: random.Random | None = None,
     ) -> None:
+        """``secrets`` feeds every secret (keys, KEM randomness, cookie and biscuit keys,
+        indices, message ids): the OS CSPRNG unless the simulator passes its seeded
+        source. ``jitter`` only spreads retry timers (not secret; seeded in simulations)."""
         if max_datagram < C.MIN_DATAGRAM:
             raise ValueError(f"max_datagram must be at least {C.MIN_DATAGRAM}")
         own = NodeCertificate.from_der(cert_der)
@@ -241,14 +236,23 @@ class SecureEndpoint:
         self._static = static_private
         self._static_pub = static_private.public_key().to_bytes()
         self._verifier = verifier
-        self._rng = rng
+        self._secrets = secrets
+        # Retry jitter is not secret: a seeded Random is fine (the simulator seeds it).
+        self._jitter = jitter if jitter is not None else random.Random()
         self._wall_offset = wall_offset
         self._trust_domain = trust_domain
         self._max_datagram = max_datagram
         self._ns = timer_namespace
         self._accept_identity = accept_identity
-        self._responder = Responder(static_private)
-        self._cookie_gen = CookieGenerator(rng)
+        self._responder = Responder(static_private, self._fingerprint)
+        self._cookie_gen = CookieGenerator(secrets)
+        self._biscuits = BiscuitKeeper(secrets)
+        self._ratelimit = RateLimiter()
+        # INITs already decapsulated (by mac1, which covers the whole message): a replayed
+        # INIT is refused before any KEM work.
+        self._seen_inits: OrderedDict[bytes, None] = OrderedDict()
+        # Certificates that failed verification, by SHA-256 of their DER, until when.
+        self._rejected: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._cookie_seal = Aead(cookie_key(self._static_pub))
         self._certreq_cookie = Aead(certreq_cookie_key(trust_domain))
         self._certreq_key = certreq_check_key(trust_domain)
@@ -258,12 +262,15 @@ class SecureEndpoint:
         self._reasm = Reassembler()
         self._peers: dict[Addr, _Peer] = {}
         self._by_name: dict[str, Addr] = {}
+        self._inbound: dict[bytes, list[Addr]] = {}  # identity -> its inbound addresses
+        # Where we recently sent a RESP: sending there waits CONFIRM_GRACE for its CONFIRM
+        # before initiating. Unauthenticated, so it can only delay us, and it is bounded.
+        self._answered: OrderedDict[Addr, float] = OrderedDict()
         self._sessions: dict[int, tuple[_Peer, Session]] = {}
         self._pending: dict[int, _Peer] = {}  # our INIT / CERT_REQUEST indices
         self._certs: OrderedDict[bytes, bytes] = OrderedDict()  # fingerprint -> DER
         self._timestamps: OrderedDict[bytes, int] = OrderedDict()  # fingerprint -> ns
         self._last_timestamp = 0
-        self._message_id = rng.getrandbits(32)
         self._now = 0.0
         self.counters: dict[str, int] = {}
 
@@ -357,17 +364,17 @@ class SecureEndpoint:
             return self._drop("peer_limit", addr)
         cur = peer.current
         if cur is not None and self._can_send(cur, now):
-            out: list[Action] = [Send(addr, cur.seal(payload))]
+            out = self._seal(peer, cur, payload)
             if peer.hs is None and self._wants_rekey(cur, now):
                 out += self._start(now, peer)
             return out
         self._enqueue(peer, payload)
         if peer.hs is not None:
             return []
-        young = [u for u in peer.unconfirmed if now - u.started < C.CONFIRM_GRACE]
-        if young:  # the initiator's first packet should be on its way: wait for it
-            at = max(u.started for u in young) + C.CONFIRM_GRACE
-            return [SetTimer(at, (self._ns, "confirm", addr))]
+        answered = self._answered.get(addr)
+        if answered is not None and now - answered < C.CONFIRM_GRACE:
+            # we just answered an INIT from there: its CONFIRM should be on its way
+            return [SetTimer(answered + C.CONFIRM_GRACE, (self._ns, "confirm", addr))]
         return self._start(now, peer)
 
     def handle(self, now: float, inp: Input) -> list[Action]:
@@ -394,19 +401,58 @@ class SecureEndpoint:
         return [Event("dropped", {"reason": reason, "addr": _label(addr), **fields})]
 
     def _peer(self, addr: Addr) -> _Peer | None:
+        """The entry for ``addr``, made if needed: for our own calls only (add_peer,
+        connect, send), never for anything that arrives."""
         peer = self._peers.get(addr)
         if peer is None:
             if len(self._peers) >= C.MAX_PEERS:
                 return None
-            peer = self._peers[addr] = _Peer(addr)
+            peer = self._peers[addr] = _Peer(addr, declared=True)
+        elif not peer.declared:
+            peer.declared = True
+            self._untrack_inbound(peer)
         return peer
 
-    def _acceptable(self, peer: _Peer, ident: VerifiedIdentity) -> bool:
-        """Whether ``ident`` may answer for ``peer``'s address (``expect_name`` and the
+    def _admit(self, addr: Addr, ident: VerifiedIdentity) -> _Peer | None:
+        """The entry for ``addr`` after a *confirmed* handshake by ``ident``. One identity
+        holds at most ``MAX_ADDRS_PER_IDENTITY`` inbound entries (its own oldest goes), so
+        even a certified node cannot fill the table; entries expire when idle."""
+        peer = self._peers.get(addr)
+        if peer is not None:
+            return peer
+        addrs = self._inbound.get(ident.fingerprint, [])
+        if len(addrs) >= C.MAX_ADDRS_PER_IDENTITY:
+            self._forget_peer(self._peers[addrs[0]])
+        if len(self._peers) >= C.MAX_PEERS:
+            return None
+        peer = self._peers[addr] = _Peer(addr, declared=False)
+        return peer  # listed under its identity by _established
+
+    def _forget_peer(self, peer: _Peer) -> None:
+        self._cancel(peer)
+        for s in peer.sessions():
+            self._discard(s)
+        peer.current = peer.previous = None
+        del self._peers[peer.addr]
+        ident = peer.identity
+        if ident is not None and self._by_name.get(ident.name) == peer.addr:
+            del self._by_name[ident.name]
+        self._untrack_inbound(peer)
+
+    def _untrack_inbound(self, peer: _Peer) -> None:
+        ident = peer.identity
+        addrs = self._inbound.get(ident.fingerprint) if ident is not None else None
+        if ident is not None and addrs is not None and peer.addr in addrs:
+            addrs.remove(peer.addr)
+            if not addrs:
+                del self._inbound[ident.fingerprint]
+
+    def _acceptable(self, addr: Addr, peer: _Peer | None, ident: VerifiedIdentity) -> bool:
+        """Whether ``ident`` may answer for ``addr`` (the peer's ``expect_name`` and the
         ``accept_identity`` hook; e.g. an end-to-end address must be that node's name)."""
-        if peer.expect_name is not None and ident.name != peer.expect_name:
+        if peer is not None and peer.expect_name is not None and ident.name != peer.expect_name:
             return False
-        return self._accept_identity is None or self._accept_identity(peer.addr, ident)
+        return self._accept_identity is None or self._accept_identity(addr, ident)
 
     def _peer_name(self, peer: _Peer) -> str | None:
         if peer.identity is not None:
@@ -423,15 +469,22 @@ class SecureEndpoint:
 
     def _new_index(self) -> int:
         while True:
-            index = self._rng.getrandbits(32)
-            if index and index not in self._sessions and index not in self._pending:
+            index = random_u32(self._secrets)
+            if index not in self._sessions and index not in self._pending:
                 return index
 
     def _emit(self, addr: Addr, message: bytes) -> list[Action]:
         if len(message) <= self._max_datagram:
             return [Send(addr, message)]
-        self._message_id = (self._message_id + 1) & 0xFFFFFFFF
-        return [Send(addr, d) for d in split(message, self._message_id, self._max_datagram)]
+        message_id = random_u32(self._secrets)  # unguessable: nobody can pre-plant it
+        return [Send(addr, d) for d in split(message, message_id, self._max_datagram)]
+
+    def _seal(self, peer: _Peer, session: Session, payload: bytes) -> list[Action]:
+        """``payload`` on ``session``; inside CONFIRM while the responder has not answered."""
+        data = session.seal(payload)
+        if session.biscuit is None:
+            return [Send(peer.addr, data)]
+        return self._emit(peer.addr, HDR_CONFIRM + session.biscuit + data)
 
     def _enqueue(self, peer: _Peer, payload: bytes) -> None:
         peer.queue.append(payload)
@@ -442,7 +495,7 @@ class SecureEndpoint:
     def _flush(self, peer: _Peer, session: Session) -> list[Action]:
         out: list[Action] = []
         while peer.queue:
-            out.append(Send(peer.addr, session.seal(peer.queue.popleft())))
+            out += self._seal(peer, session, peer.queue.popleft())
         return out
 
     @staticmethod
@@ -457,6 +510,23 @@ class SecureEndpoint:
     def _wants_rekey(s: Session, now: float) -> bool:
         limit = C.REKEY_AFTER_TIME if s.initiator else C.REKEY_AFTER_TIME + C.RESPONDER_REKEY_DELAY
         return now - s.created >= limit or s.send_count >= C.REKEY_AFTER_MESSAGES
+
+    def _verify_offered(self, der: bytes, now: float) -> VerifiedIdentity:
+        """Verify a certificate someone sent us, remembering failures for a while: a
+        replayed bad certificate costs a hash, not an ML-DSA verification."""
+        key = sha256(der)
+        hit = self._rejected.get(key)
+        if hit is not None:
+            if now < hit[1]:
+                raise CertificateRejected(RejectReason(hit[0]), "rejected recently (cached)")
+            del self._rejected[key]
+        try:
+            return self._verify(der, now)
+        except CertificateRejected as exc:
+            self._rejected[key] = (exc.reason.value, now + C.REJECTED_CERT_TTL)
+            while len(self._rejected) > C.MAX_REJECTED_CERTS:
+                self._rejected.popitem(last=False)
+            raise
 
     def _verify(self, der: bytes, now: float) -> VerifiedIdentity:
         ident = self._verifier(der, self._wall(now))
@@ -526,7 +596,7 @@ class SecureEndpoint:
             self._count(f"cert_rejected:{exc.reason.value}")
             peer.cert_der = None  # perhaps renewed: ask the peer for its current one
             return None
-        if not self._acceptable(peer, ident):
+        if not self._acceptable(peer.addr, peer, ident):
             self._count("unexpected_identity")
             peer.cert_der = None
             return None
@@ -559,9 +629,11 @@ class SecureEndpoint:
             self._pending[index] = peer
             init = Initiator(
                 static_private=self._static,
+                fingerprint=self._fingerprint,
                 responder_static=ident.static_key,
+                responder_fingerprint=ident.fingerprint,
                 sender_index=index,
-                rng=self._rng,
+                secrets=self._secrets,
             )
             full = att.attempts > 1 or not peer.knows_our_cert
             message = init.create_init(
@@ -575,7 +647,7 @@ class SecureEndpoint:
             out = self._emit(peer.addr, message)
             if att.backoff % C.CERT_REFRESH_AFTER == 0:
                 out += self._cert_request(peer, cookie)
-        att.deadline = now + _retry_delay(att.backoff, self._rng.random())
+        att.deadline = now + _retry_delay(att.backoff, self._jitter.random())
         out.append(SetTimer(att.deadline, (self._ns, "hs", peer.addr)))
         return out
 
@@ -644,14 +716,20 @@ class SecureEndpoint:
             return self._on_cert_request(now, addr, data)
         if msg_type == C.MSG_CERT:
             return self._on_cert(now, addr, data)
+        if msg_type == C.MSG_CONFIRM:
+            return self._on_confirm(now, addr, data)
         return self._drop("malformed", addr)  # DATA or FRAGMENT inside a FRAGMENT
 
     def _on_fragment(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        peer = self._peers.get(addr)
+        known = peer is not None and (peer.hs is not None or peer.current is not None)
         try:
-            added = self._reasm.add(now, addr, data)
+            added = self._reasm.add(now, addr, data, known=known)
         except DecodeError:
             return self._drop("bad_fragment", addr)
         out: list[Action] = []
+        if added.refused:
+            return self._drop("reassembly_full", addr)
         if added.evicted:
             self._count("reassembly_evicted", added.evicted)
         if added.duplicate:
@@ -683,17 +761,19 @@ class SecureEndpoint:
         except CryptoError:
             return self._drop("decrypt_failed", addr)
         peer.last_received = now
-        out: list[Action] = []
-        if not session.confirmed:
-            out += self._confirm(now, peer, session)
+        if session.biscuit is not None:  # the responder has the session: stop CONFIRMing
+            session.biscuit = None
         if payload:
             ident = peer.identity
-            out.append(Deliver(ident.name if ident is not None else _label(addr), 0, payload))
-        return out
+            return [Deliver(ident.name if ident is not None else _label(addr), 0, payload)]
+        return []
 
     # --- responder ----------------------------------------------------------------------
 
     def _on_init(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        """Answer an INIT without keeping anything of it: the responder's half of the
+        handshake leaves in RESP's biscuit. Nothing here creates, evicts, cancels or
+        replaces state that an authenticated peer relies on."""
         if not INIT_MIN_SIZE <= len(data) <= INIT_MAX_SIZE:
             return self._drop("malformed", addr)
         if not check_mac1(data, self._responder.mac1_key):
@@ -703,13 +783,21 @@ class SecureEndpoint:
             if not self._cookie_gen.check_mac2(now, addr, data):
                 return self._drop("bad_mac2", addr)
             mac2_ok = True
-        if self._load.hit(now) and not mac2_ok:
-            self._count("cookie_sent")
-            sender_index = _U32.unpack_from(data, C.HEADER_SIZE)[0]
-            mac1 = data[-2 * C.MAC_SIZE : _MAC_END]
-            return [
-                Send(addr, self._cookie_gen.reply(now, addr, sender_index, self._cookie_seal, mac1))
-            ]
+        if self._load.hit(now):
+            if not mac2_ok:
+                self._count("cookie_sent")
+                sender_index = _U32.unpack_from(data, C.HEADER_SIZE)[0]
+                mac1 = data[-2 * C.MAC_SIZE : _MAC_END]
+                reply = self._cookie_gen.reply(now, addr, sender_index, self._cookie_seal, mac1)
+                return [Send(addr, reply)]
+            if not self._ratelimit.allow(now, addr):
+                return self._drop("rate_limited", addr)
+        mac1 = data[-2 * C.MAC_SIZE : _MAC_END]
+        if mac1 in self._seen_inits:
+            return self._drop("replay", addr)
+        self._seen_inits[mac1] = None
+        while len(self._seen_inits) > C.MAX_SEEN_INITS:
+            self._seen_inits.popitem(last=False)
         try:
             hs = self._responder.consume_init(data)
         except DecodeError:
@@ -727,7 +815,7 @@ class SecureEndpoint:
             assert payload.cert_der is not None
             der = payload.cert_der
         try:
-            ident = self._verify(der, now)
+            ident = self._verify_offered(der, now)
         except CertificateRejected as exc:
             return self._drop(f"cert_rejected:{exc.reason.value}", addr)
         fp = ident.fingerprint
@@ -737,60 +825,110 @@ class SecureEndpoint:
             out += self._cache_cert(ident, der)
         else:
             self._certs.move_to_end(fp)
-        peer = self._peer(addr)
-        if peer is None:
-            return [*out, *self._drop("peer_limit", addr)]
-        if not self._acceptable(peer, ident):
+        peer = self._peers.get(addr)
+        if not self._acceptable(addr, peer, ident):
             return [*out, *self._drop("unexpected_identity", addr, peer=ident.name)]
         ts = payload.timestamp
-        if ts <= self._timestamps.get(fp, -1) or any(
-            u.timestamp == ts and u.identity.fingerprint == fp for u in peer.unconfirmed
-        ):
+        if ts <= self._timestamps.get(fp, -1):
             return [*out, *self._drop("stale_timestamp", addr, peer=ident.name)]
-        att = peer.hs
-        if att is not None:  # simultaneous open: the lower static key keeps initiating
-            if att.initiator is not None and self._static_pub < ident.static_key.to_bytes():
-                return [*out, *self._drop("simultaneous_open_lost", addr, peer=ident.name)]
-            self._cancel(peer)
-            out.append(
-                Event(
-                    "handshake_abandoned",
-                    {"peer": ident.name, "addr": _label(addr), "reason": "simultaneous_open"},
-                )
-            )
+        att = peer.hs if peer is not None else None
+        if (
+            att is not None
+            and att.initiator is not None
+            and self._static_pub < ident.static_key.to_bytes()
+        ):
+            # Simultaneous open: the lower static key's INIT wins and the other side
+            # answers it. Dropping an INIT changes nothing; the other side keeps its own
+            # attempt until an authenticated session from us makes it moot.
+            return [*out, *self._drop("simultaneous_open_lost", addr, peer=ident.name)]
         index = self._new_index()
-        resp, keys = hs.create_resp(
-            initiator_static=ident.static_key, sender_index=index, rng=self._rng
-        )
-        session = keys.session(now, self._max_datagram)
-        self._register(peer, session)
-        peer.unconfirmed.append(_Unconfirmed(session, ident, der, ts, now))
-        while len(peer.unconfirmed) > C.MAX_UNCONFIRMED_PER_PEER:
-            self._discard(peer.unconfirmed.pop(0).session)
-        out += self._emit(addr, resp)
-        out += self._expiry_timer(peer)
-        return out
 
-    def _confirm(self, now: float, peer: _Peer, session: Session) -> list[Action]:
-        """The initiator's first packet on a responder session: it is authenticated."""
-        pending = next(u for u in peer.unconfirmed if u.session is session)
-        peer.unconfirmed.remove(pending)
-        ident = pending.identity
-        stale = [u for u in peer.unconfirmed if u.identity.fingerprint == ident.fingerprint]
-        for u in stale:  # older (or forged) attempts by the same initiator
-            if u.timestamp < pending.timestamp:
-                peer.unconfirmed.remove(u)
-                self._discard(u.session)
-        fp = ident.fingerprint
-        self._timestamps[fp] = max(pending.timestamp, self._timestamps.get(fp, -1))
+        def seal_state(keys: SessionKeys) -> bytes:
+            state = BiscuitState(
+                local_index=keys.local_index,
+                remote_index=keys.remote_index,
+                created=now,
+                timestamp=ts,
+                fingerprint=fp,
+                send_key=keys.send_key,
+                recv_key=keys.recv_key,
+            )
+            return self._biscuits.seal(now, state)
+
+        resp, _keys = hs.create_resp(
+            initiator_static=ident.static_key,
+            initiator_fingerprint=fp,
+            sender_index=index,
+            secrets=self._secrets,
+            biscuit=seal_state,
+        )
+        self._answered[addr] = now
+        self._answered.move_to_end(addr)
+        while len(self._answered) > C.MAX_COOKIE_JAR:
+            self._answered.popitem(last=False)
+        return out + self._emit(addr, resp)
+
+    def _on_confirm(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        """The initiator's first packets: its biscuit back, and DATA under the new keys.
+        Only when that DATA authenticates does the responder create anything."""
+        try:
+            msg = decode_confirm(data)
+        except DecodeError:
+            return self._drop("malformed", addr)
+        index = _U32.unpack_from(msg.data, C.HEADER_SIZE)[0]
+        if index in self._sessions:  # a later CONFIRM on a session we already made
+            return self._on_data(now, addr, msg.data)
+        try:
+            state = self._biscuits.open(now, msg.biscuit)
+        except HandshakeError:
+            return self._drop("stale_biscuit", addr)
+        except (CryptoError, DecodeError):
+            return self._drop("bad_biscuit", addr)
+        if state.local_index != index:
+            return self._drop("bad_biscuit", addr)
+        fp = state.fingerprint
+        der = self._certs.get(fp)
+        if der is None:
+            return self._drop("unknown_fingerprint", addr)
+        if state.timestamp <= self._timestamps.get(fp, -1):
+            return self._drop("stale_timestamp", addr)
+        session = SessionKeys(
+            local_index=state.local_index,
+            remote_index=state.remote_index,
+            send_key=state.send_key,
+            recv_key=state.recv_key,
+            initiator=False,
+        ).session(state.created, self._max_datagram)
+        try:
+            payload = session.open(msg.data)
+        except (CryptoError, ReplayError, DecodeError):
+            session.wipe()
+            return self._drop("decrypt_failed", addr)
+        try:  # authenticated from here on; the certificate may have expired meanwhile
+            ident = self._verify(der, now)
+        except CertificateRejected as exc:
+            session.wipe()
+            return self._drop(f"cert_rejected:{exc.reason.value}", addr)
+        peer = self._admit(addr, ident)
+        if peer is None:
+            session.wipe()
+            return self._drop("peer_limit", addr)
+        if not self._acceptable(addr, peer, ident):
+            session.wipe()
+            return self._drop("unexpected_identity", addr, peer=ident.name)
+        self._timestamps[fp] = state.timestamp
         self._timestamps.move_to_end(fp)
         while len(self._timestamps) > C.MAX_TIMESTAMP_ENTRIES:
             self._timestamps.popitem(last=False)
         session.confirmed = True
-        self._cancel(peer)  # a fresh session exists: our own initiation is moot
-        return self._established(
-            now, peer, session, ident, pending.cert_der, "responder", now - pending.started
-        )
+        self._register(peer, session)
+        peer.last_received = now
+        self._answered.pop(addr, None)
+        self._cancel(peer)  # an authenticated session exists: our own initiation is moot
+        out = self._established(now, peer, session, ident, der, "responder", now - state.created)
+        if payload:
+            out.append(Deliver(ident.name, 0, payload))
+        return out
 
     def _established(
         self,
@@ -805,20 +943,31 @@ class SecureEndpoint:
         rekey = peer.current is not None
         self._discard(peer.previous)
         peer.previous, peer.current = peer.current, session
+        if peer.identity is not None and peer.identity.fingerprint != ident.fingerprint:
+            self._untrack_inbound(peer)
         peer.identity = ident
         peer.cert_der = der
         peer.knows_our_cert = True
         peer.handshakes += 1
         peer.failures = 0
         self._by_name[ident.name] = peer.addr
+        if not peer.declared:
+            addrs = self._inbound.setdefault(ident.fingerprint, [])
+            if peer.addr not in addrs:
+                addrs.append(peer.addr)
         fields = {"peer": ident.name, "addr": _label(peer.addr), "role": role}
         out: list[Action] = [Event("handshake_complete", {**fields, "duration": duration})]
         if rekey:
             peer.rekeys += 1
             out.append(Event("session_rekeyed", fields))
-        if role == "initiator":
-            out.append(Send(peer.addr, session.seal(b"")))  # confirms the keys to R
+        if role == "initiator" or not peer.queue:
+            # The initiator's first packet authenticates it and hands back the biscuit;
+            # the responder's first packet tells the initiator to stop sending CONFIRM.
+            out += self._seal(peer, session, b"")
         out += self._flush(peer, session)
+        if role == "initiator":
+            peer.acks_sent = 0
+            out.append(SetTimer(now + C.ACK_RETRY_BASE, (self._ns, "ack", peer.addr)))
         out += self._expiry_timer(peer)
         return out
 
@@ -833,25 +982,26 @@ class SecureEndpoint:
         return peer
 
     def _on_resp(self, now: float, addr: Addr, data: bytes) -> list[Action]:
-        if len(data) != RESP_SIZE:
+        try:
+            resp = decode_resp(data)
+        except DecodeError:
             return self._drop("malformed", addr)
-        if not check_mac1(data, self._responder.mac1_key):
-            return self._drop("bad_mac1", addr)
-        if data[_MAC_END:] != ZERO_MAC:  # we never hand out cookies for RESP
-            return self._drop("bad_mac2", addr)
-        peer = self._pending_for(addr, _U32.unpack_from(data, C.HEADER_SIZE + 4)[0])
-        if peer is None:
-            return self._drop("unknown_index", addr)
-        att = peer.hs
-        assert att is not None
-        index = att.index
+        peer = self._pending_for(addr, resp.receiver_index)
+        att = peer.hs if peer is not None else None
         if (
-            att.initiator is None
+            peer is None
+            or att is None
+            or att.initiator is None
             or att.identity is None
             or att.responder_der is None
-            or _U32.unpack_from(data, C.HEADER_SIZE + 4)[0] != index
+            or resp.receiver_index != att.index
         ):
             return self._drop("unknown_index", addr)
+        # RESP's mac1 is keyed by our ephemeral key: cheap to check, and it names nobody.
+        if not check_mac1(data, att.initiator.resp_mac1_key):
+            return self._drop("bad_mac1", addr)
+        if resp.mac2 != ZERO_MAC:  # we never hand out cookies for RESP
+            return self._drop("bad_mac2", addr)
         try:
             keys: SessionKeys = att.initiator.consume_resp(data)
         except DecodeError:
@@ -860,6 +1010,7 @@ class SecureEndpoint:
             return self._drop("decrypt_failed", addr)
         self._cancel(peer)
         session = keys.session(now, self._max_datagram)
+        session.biscuit = resp.biscuit
         self._register(peer, session)
         return self._established(
             now, peer, session, att.identity, att.responder_der, "initiator", now - att.started
@@ -939,7 +1090,7 @@ class SecureEndpoint:
             return self._drop(f"cert_rejected:{exc.reason.value}", addr)
         if ident.fingerprint == self._fingerprint:
             return self._drop("reflected", addr)
-        if not self._acceptable(peer, ident):
+        if not self._acceptable(addr, peer, ident):
             return self._drop("unexpected_identity", addr, peer=ident.name)
         out = self._cache_cert(ident, msg.cert_der)
         self._pending.pop(att.cr_index, None)
@@ -968,22 +1119,49 @@ class SecureEndpoint:
             return self._on_expire_timer(now, peer)
         if kind == "confirm":
             return self._on_confirm_timer(now, peer)
+        if kind == "ack":
+            return self._on_ack_timer(now, peer)
         return self._drop("unknown_timer", None)
 
     def _on_expire_timer(self, now: float, peer: _Peer) -> list[Action]:
         def dead(s: Session) -> bool:
             return now + _EPS >= s.created + C.REJECT_AFTER_TIME
 
-        for u in [u for u in peer.unconfirmed if dead(u.session)]:
-            peer.unconfirmed.remove(u)
-            self._discard(u.session)
         if peer.previous is not None and dead(peer.previous):
             self._discard(peer.previous)
             peer.previous = None
         if peer.current is not None and dead(peer.current):
             self._discard(peer.current)
             peer.current = None
+        if not peer.declared and not peer.sessions() and peer.hs is None and not peer.queue:
+            self._forget_peer(peer)  # an inbound peer that went quiet
+            return []
         return self._expiry_timer(peer)
+
+    def _on_ack_timer(self, now: float, peer: _Peer) -> list[Action]:
+        """Our new session's CONFIRM is unanswered: resend it, and after
+        ``ACK_RETRIES`` give the session up and handshake again (the responder never
+        made it, or has since lost it)."""
+        cur = peer.current
+        if cur is None or cur.biscuit is None:
+            return []
+        if peer.acks_sent >= C.ACK_RETRIES:
+            self._count("confirm_unanswered")
+            self._discard(cur)
+            peer.current, peer.previous = peer.previous, None
+            out: list[Action] = [
+                Event(
+                    "session_unconfirmed",
+                    {"peer": self._peer_name(peer), "addr": _label(peer.addr)},
+                )
+            ]
+            return out + (self._start(now, peer) if peer.hs is None else [])
+        peer.acks_sent += 1
+        delay = min(C.HANDSHAKE_RETRY_CAP, C.ACK_RETRY_BASE * 2**peer.acks_sent)
+        return [
+            *self._seal(peer, cur, b""),
+            SetTimer(now + delay, (self._ns, "ack", peer.addr)),
+        ]
 
     def _on_confirm_timer(self, now: float, peer: _Peer) -> list[Action]:
         if not peer.queue or peer.hs is not None:
@@ -1007,6 +1185,7 @@ def handshake_wire_cost(
 
     init_full = INIT_MIN_SIZE - 1 + cert_size  # INIT_MIN_SIZE has a one-byte certificate
     cert = C.HEADER_SIZE + C.INDEX_SIZE + 2 + cert_size + C.MAC_SIZE
+    confirm = C.HEADER_SIZE + C.BISCUIT_SIZE + C.DATA_OVERHEAD
     cookie = C.HEADER_SIZE + C.INDEX_SIZE + C.COOKIE_NONCE_SIZE + C.COOKIE_SIZE + C.AEAD_TAG_SIZE
     return {
         "first_contact": [
@@ -1016,12 +1195,14 @@ def handshake_wire_cost(
             cost("CERT", "R->I", cert),
             cost("INIT (certificate)", "I->R", init_full),
             cost("RESP", "R->I", RESP_SIZE),
-            cost("DATA keepalive", "I->R", C.DATA_OVERHEAD),
+            cost("CONFIRM (keepalive)", "I->R", confirm),
+            cost("DATA keepalive", "R->I", C.DATA_OVERHEAD),
         ],
         "cached": [
             cost("INIT (fingerprint)", "I->R", INIT_CACHED_SIZE),
             cost("RESP", "R->I", RESP_SIZE),
-            cost("DATA keepalive", "I->R", C.DATA_OVERHEAD),
+            cost("CONFIRM (keepalive)", "I->R", confirm),
+            cost("DATA keepalive", "R->I", C.DATA_OVERHEAD),
         ],
     }
 

@@ -2,24 +2,31 @@
 
 Two messages, three hybrid (X25519 + ML-KEM-768) encapsulations, no signature::
 
-    I -> R  INIT   sender_i | E_i | ct_s = Encaps(S_r) | AEAD(k1, identity_i || ts) | mac1 | mac2
-    R -> I  RESP   sender_r | receiver_i | ct_e = Encaps(E_i) | ct_is = Encaps(S_i)
-                   | confirm = AEAD(k3, "") | mac1 | mac2
+    I -> R  INIT     sender_i | E_i | ct_s = Encaps(S_r) | AEAD(k1, identity_i || ts) | mac1 | mac2
+    R -> I  RESP     sender_r | receiver_i | ct_e = Encaps(E_i) | ct_is = Encaps(S_i)
+                     | confirm = AEAD(k3, "") | biscuit | mac1 | mac2
+    I -> R  CONFIRM  biscuit | DATA (until R answers on the session)
 
 Key schedule (``ck`` a Noise-style chaining key, ``h`` the transcript hash, both seeded
 with ``PROTOCOL_LABEL``)::
 
-    h.mix(S_r); h.mix(INIT header || sender_i); h.mix(E_i); h.mix(ct_s)
+    h.mix(S_r); h.mix(fp_r); h.mix(INIT header || sender_i); h.mix(E_i); h.mix(ct_s)
     k1 = ck.mix(ss_s)                       -- only R can decapsulate ct_s
     sealed = AEAD(k1, identity_i || ts, ad=h); h.mix(sealed)
-    h.mix(S_i); h.mix(RESP header || sender_r || receiver_i)
+    h.mix(S_i); h.mix(fp_i); h.mix(RESP header || sender_r || receiver_i)
     h.mix(ct_e);  ck.mix(ss_e)              -- forward secrecy: E_i is thrown away
     h.mix(ct_is); k3 = ck.mix(ss_is)        -- only I can decapsulate ct_is
     confirm = AEAD(k3, "", ad=h); h.mix(confirm)
     (k_i2r, k_r2i) = ck.split(h)
 
-``confirm`` authenticates R to I (it needed ss_s); I's first transport packet
-authenticates I to R and confirms the keys. The classes below are the function-level API
+``fp_r`` and ``fp_i`` are the SHA-256 fingerprints of both certificates, so the keys are
+bound to the identities each side believes in, not only to the static keys (no unknown
+key share). RESP's mac1 is keyed by ``E_i``, not by the initiator's static key, so it does
+not identify the initiator to an observer. ``confirm`` authenticates R to I (it needed
+ss_s); I's first transport packet (inside CONFIRM) authenticates I to R and confirms the
+keys. Secrets come from a :class:`~x0tta6bl4.crypto.entropy.SecretSource`.
+
+The classes below are the function-level API
 that :class:`x0tta6bl4.protocol.endpoint.SecureEndpoint` composes and that benchmarks
 drive directly. They check neither mac1 nor mac2 (the caller does, before anything
 expensive) and never mutate their state on a failed ``consume_*``.
@@ -27,15 +34,16 @@ expensive) and never mutate their state on a failed ``consume_*``.
 
 from __future__ import annotations
 
-import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from x0tta6bl4.crypto.aead import NONCE_SIZE, Aead
+from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.crypto.kdf import ChainingKey, Transcript
 from x0tta6bl4.errors import HandshakeError
-from x0tta6bl4.protocol.constants import DEFAULT_MAX_DATAGRAM, PROTOCOL_LABEL
+from x0tta6bl4.protocol.constants import BISCUIT_SIZE, DEFAULT_MAX_DATAGRAM, PROTOCOL_LABEL
 from x0tta6bl4.protocol.cookie import add_macs, mac1_key
 from x0tta6bl4.protocol.session import Session
 from x0tta6bl4.protocol.wire import (
@@ -92,11 +100,14 @@ class Initiator:
 
     __slots__ = (
         "_eph",
+        "_fingerprint",
         "_h",
+        "_responder_fingerprint",
         "_responder_static",
-        "_rng",
+        "_secrets",
         "_ss_s",
         "_static",
+        "resp_mac1_key",
         "sender_index",
     )
 
@@ -104,17 +115,22 @@ class Initiator:
         self,
         *,
         static_private: HybridPrivateKey,
+        fingerprint: bytes,
         responder_static: HybridPublicKey,
+        responder_fingerprint: bytes,
         sender_index: int,
-        rng: random.Random,
+        secrets: SecretSource = SYSTEM_SECRETS,
     ) -> None:
         self._static = static_private
+        self._fingerprint = fingerprint
         self._responder_static = responder_static
+        self._responder_fingerprint = responder_fingerprint
         self.sender_index = sender_index
-        self._rng = rng
+        self._secrets = secrets
         self._eph: HybridPrivateKey | None = None
         self._ss_s: bytes | None = None
         self._h: Transcript | None = None
+        self.resp_mac1_key = b""  # RESP's mac1 key, known once INIT is made
 
     def __repr__(self) -> str:
         return f"Initiator(index={self.sender_index:#010x}, state hidden)"
@@ -132,7 +148,7 @@ class Initiator:
         payload = encode_init_payload(
             InitPayload(timestamp=timestamp, fingerprint=fingerprint, cert_der=cert_der)
         )
-        rng = self._rng.randbytes
+        rng = self._secrets.key_randomness()
         responder = self._responder_static.to_bytes()
         eph = HybridPrivateKey.generate(rng)
         eph_pub = eph.public_key().to_bytes()
@@ -140,6 +156,7 @@ class Initiator:
         prefix = HDR_INIT + _U32.pack(self.sender_index)
         h = Transcript(PROTOCOL_LABEL)
         h.mix(responder)
+        h.mix(self._responder_fingerprint)
         h.mix(prefix)
         h.mix(eph_pub)
         h.mix(ct_s)
@@ -147,6 +164,7 @@ class Initiator:
         sealed = Aead(k1).seal(_ZERO_NONCE, payload, h.digest)
         h.mix(sealed)
         self._eph, self._ss_s, self._h = eph, ss_s, h
+        self.resp_mac1_key = mac1_key(eph_pub)
         return add_macs(prefix + eph_pub + ct_s + sealed, mac1_key(responder), cookie)
 
     def consume_resp(self, message: bytes) -> SessionKeys:
@@ -160,6 +178,7 @@ class Initiator:
             raise HandshakeError("RESP is for another handshake")
         h = h0.copy()
         h.mix(self._static.public_key().to_bytes())
+        h.mix(self._fingerprint)
         h.mix(HDR_RESP + _U32X2.pack(resp.sender_index, resp.receiver_index))
         ck = ChainingKey(PROTOCOL_LABEL)
         ck.mix(ss_s)
@@ -196,10 +215,11 @@ class Responder:
     """The responder's long-lived context (its static key); ``consume_init`` makes one
     :class:`ResponderHandshake` per INIT."""
 
-    __slots__ = ("_static", "_static_pub", "mac1_key")
+    __slots__ = ("_fingerprint", "_static", "_static_pub", "mac1_key")
 
-    def __init__(self, static_private: HybridPrivateKey) -> None:
+    def __init__(self, static_private: HybridPrivateKey, fingerprint: bytes) -> None:
         self._static = static_private
+        self._fingerprint = fingerprint
         self._static_pub = static_private.public_key().to_bytes()
         self.mac1_key = mac1_key(self._static_pub)
 
@@ -212,6 +232,7 @@ class Responder:
         prefix = message[:8]
         h = Transcript(PROTOCOL_LABEL)
         h.mix(self._static_pub)
+        h.mix(self._fingerprint)
         h.mix(prefix)
         h.mix(init.ephemeral)
         h.mix(init.ct_static)
@@ -221,25 +242,27 @@ class Responder:
         h.mix(init.sealed)
         payload = decode_init_payload(plaintext)
         ephemeral = HybridPublicKey.from_bytes(init.ephemeral)
-        return ResponderHandshake(init.sender_index, payload, ephemeral, ss_s, h)
+        return ResponderHandshake(init.sender_index, payload, init.ephemeral, ephemeral, ss_s, h)
 
 
 class ResponderHandshake:
     """An INIT that decrypted: who claims to be calling (``payload``) and the state to
     answer it. The claim is *not* authenticated until the initiator's first packet."""
 
-    __slots__ = ("_ephemeral", "_h", "_ss_s", "initiator_index", "payload")
+    __slots__ = ("_ephemeral", "_h", "_resp_mac1_key", "_ss_s", "initiator_index", "payload")
 
     def __init__(
         self,
         initiator_index: int,
         payload: InitPayload,
+        ephemeral_raw: bytes,
         ephemeral: HybridPublicKey,
         ss_s: bytes,
         h: Transcript,
     ) -> None:
         self.initiator_index = initiator_index
         self.payload = payload
+        self._resp_mac1_key = mac1_key(ephemeral_raw)
         self._ephemeral: HybridPublicKey | None = ephemeral
         self._ss_s: bytes | None = ss_s
         self._h = h
@@ -251,20 +274,23 @@ class ResponderHandshake:
         self,
         *,
         initiator_static: HybridPublicKey,
+        initiator_fingerprint: bytes,
         sender_index: int,
-        rng: random.Random,
-        cookie: bytes | None = None,
+        secrets: SecretSource = SYSTEM_SECRETS,
+        biscuit: Callable[[SessionKeys], bytes] | None = None,
     ) -> tuple[bytes, SessionKeys]:
         """RESP for the initiator whose certificate carries ``initiator_static``, and the
-        responder's (unconfirmed) transport keys."""
+        responder's transport keys (not confirmed until the initiator's first packet).
+        ``biscuit`` seals those keys for the responder itself (zeros without it)."""
         ephemeral, ss_s = self._ephemeral, self._ss_s
         if ephemeral is None or ss_s is None:
             raise HandshakeError("this INIT was already answered")
-        randbytes = rng.randbytes
+        randbytes = secrets.key_randomness()
         initiator_pub = initiator_static.to_bytes()
         prefix = HDR_RESP + _U32X2.pack(sender_index, self.initiator_index)
         h = self._h
         h.mix(initiator_pub)
+        h.mix(initiator_fingerprint)
         h.mix(prefix)
         ck = ChainingKey(PROTOCOL_LABEL)
         ck.mix(ss_s)
@@ -279,7 +305,6 @@ class ResponderHandshake:
         k_i2r, k_r2i = _split(ck, h)
         self._ephemeral = None
         self._ss_s = None
-        message = add_macs(prefix + ct_e + ct_is + confirm, mac1_key(initiator_pub), cookie)
         keys = SessionKeys(
             local_index=sender_index,
             remote_index=self.initiator_index,
@@ -287,4 +312,7 @@ class ResponderHandshake:
             recv_key=k_i2r,
             initiator=False,
         )
+        sealed_state = biscuit(keys) if biscuit is not None else bytes(BISCUIT_SIZE)
+        body = prefix + ct_e + ct_is + confirm + sealed_state
+        message = add_macs(body, self._resp_mac1_key, None)
         return message, keys

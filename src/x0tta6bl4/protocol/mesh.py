@@ -29,6 +29,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
@@ -124,6 +125,7 @@ class MeshNode:
         wall_offset: float,
         trust_domain: str,
         cert_not_after: float,
+        secrets: SecretSource = SYSTEM_SECRETS,
         neighbours: Iterable[Addr] = (),
         directory: Iterable[str] = (),
         config: MeshConfig | None = None,
@@ -139,7 +141,8 @@ class MeshNode:
             cert_der,
             static_private,
             verifier,
-            rng=rng,
+            secrets=secrets,
+            jitter=rng,
             wall_offset=wall_offset,
             trust_domain=trust_domain,
         )

@@ -38,6 +38,7 @@ class Session:
         "_send_counter",
         "_tx_prefix",
         "_window",
+        "biscuit",
         "confirmed",
         "created",
         "initiator",
@@ -63,6 +64,9 @@ class Session:
         self.created = created
         # the initiator's keys are confirmed by RESP; the responder's by the first packet
         self.confirmed = initiator
+        # An initiator's session carries the responder's biscuit (and its packets travel
+        # in CONFIRM) until the first authenticated packet from the responder arrives.
+        self.biscuit: bytes | None = None
         self._send = Aead(send_key)
         self._recv = Aead(recv_key)
         self._send_counter = 0

@@ -19,6 +19,8 @@ from typing import Final, TypeAlias
 from x0tta6bl4.errors import BadLength, BadVersion, DecodeError, Truncated, UnknownType
 from x0tta6bl4.protocol.constants import (
     AEAD_TAG_SIZE,
+    BISCUIT_PLAIN_SIZE,
+    BISCUIT_SIZE,
     CERT_REQUEST_SIZE,
     COOKIE_NONCE_SIZE,
     COOKIE_SIZE,
@@ -36,6 +38,7 @@ from x0tta6bl4.protocol.constants import (
     MAX_MESSAGE_SIZE,
     MSG_CERT,
     MSG_CERT_REQUEST,
+    MSG_CONFIRM,
     MSG_COOKIE,
     MSG_DATA,
     MSG_FRAGMENT,
@@ -58,12 +61,14 @@ HDR_DATA: Final = header(MSG_DATA)
 HDR_CERT_REQUEST: Final = header(MSG_CERT_REQUEST)
 HDR_CERT: Final = header(MSG_CERT)
 HDR_FRAGMENT: Final = header(MSG_FRAGMENT)
+HDR_CONFIRM: Final = header(MSG_CONFIRM)
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _FRAG = struct.Struct("<IBBH")
 _DATA = struct.Struct("<IQ")
 _TS = struct.Struct(">QI")
+_BISCUIT = struct.Struct("<IId")
 
 MACS_SIZE: Final = 2 * MAC_SIZE
 NS_PER_SECOND: Final = 1_000_000_000
@@ -79,8 +84,14 @@ INIT_MIN_SIZE: Final = INIT_FIXED + INIT_PAYLOAD_MIN + AEAD_TAG_SIZE
 INIT_CACHED_SIZE: Final = INIT_FIXED + INIT_PAYLOAD_FINGERPRINT + AEAD_TAG_SIZE  # 2437
 INIT_MAX_SIZE: Final = INIT_FIXED + INIT_PAYLOAD_MAX + AEAD_TAG_SIZE
 RESP_SIZE: Final = (
-    HEADER_SIZE + 2 * INDEX_SIZE + 2 * KEM_CIPHERTEXT_SIZE + AEAD_TAG_SIZE + MACS_SIZE
-)  # 2300
+    HEADER_SIZE
+    + 2 * INDEX_SIZE
+    + 2 * KEM_CIPHERTEXT_SIZE
+    + AEAD_TAG_SIZE
+    + BISCUIT_SIZE
+    + MACS_SIZE
+)  # 2452
+CONFIRM_MIN_SIZE: Final = HEADER_SIZE + BISCUIT_SIZE + DATA_OVERHEAD  # 188
 COOKIE_MSG_SIZE: Final = HEADER_SIZE + INDEX_SIZE + COOKIE_NONCE_SIZE + COOKIE_SIZE + AEAD_TAG_SIZE
 CERT_FIXED: Final = HEADER_SIZE + INDEX_SIZE + 2 + MAC_SIZE
 CERT_REQUEST_USED: Final = HEADER_SIZE + INDEX_SIZE + 2 * MAC_SIZE
@@ -107,6 +118,7 @@ class Resp:
     ct_ephemeral: bytes  # encapsulation to E_i (1120): forward secrecy
     ct_initiator: bytes  # encapsulation to the initiator's static key (1120)
     confirm: bytes  # AEAD(k3, empty, ad=h): 16 bytes
+    biscuit: bytes  # the responder's sealed state, opaque to the initiator (152)
     mac1: bytes
     mac2: bytes
 
@@ -158,7 +170,33 @@ class Fragment:
     chunk: bytes
 
 
-Message: TypeAlias = Init | Resp | CookieReply | Data | CertRequest | Cert | Fragment
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """Type 8: the initiator's packets on a new session until the responder answers:
+    RESP's biscuit handed back, then a whole DATA datagram (often an empty keepalive)."""
+
+    biscuit: bytes
+    data: bytes  # a DATA datagram, header included
+
+
+Message: TypeAlias = Init | Resp | CookieReply | Data | CertRequest | Cert | Fragment | Confirm
+
+
+@dataclass(frozen=True, slots=True)
+class BiscuitState:
+    """What a responder needs to finish a handshake, sealed into RESP instead of kept:
+    it holds no state for an INIT nobody has authenticated."""
+
+    local_index: int
+    remote_index: int
+    created: float  # the responder's monotonic clock when it answered
+    timestamp: int  # the INIT's timestamp (ns), recorded once the handshake is confirmed
+    fingerprint: bytes  # the initiator's certificate
+    send_key: bytes  # responder -> initiator
+    recv_key: bytes  # initiator -> responder
+
+    def __repr__(self) -> str:
+        return f"BiscuitState(local={self.local_index:#010x}, keys hidden)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +242,7 @@ def check_header(data: bytes) -> int:
     if data[2] or data[3]:
         raise DecodeError("reserved header bytes must be zero")
     msg_type = data[1]
-    if not MSG_INIT <= msg_type <= MSG_FRAGMENT:
+    if not MSG_INIT <= msg_type <= MSG_CONFIRM:
         raise UnknownType(f"message type {msg_type}")
     return msg_type
 
@@ -244,6 +282,7 @@ def encode(msg: Message) -> bytes:
                 _field(msg.ct_ephemeral, KEM_CIPHERTEXT_SIZE, "ct_ephemeral"),
                 _field(msg.ct_initiator, KEM_CIPHERTEXT_SIZE, "ct_initiator"),
                 _field(msg.confirm, AEAD_TAG_SIZE, "confirm"),
+                _field(msg.biscuit, BISCUIT_SIZE, "biscuit"),
                 _field(msg.mac1, MAC_SIZE, "mac1"),
                 _field(msg.mac2, MAC_SIZE, "mac2"),
             )
@@ -279,6 +318,10 @@ def encode(msg: Message) -> bytes:
                 _field(msg.check, MAC_SIZE, "check"),
             )
         )
+    if isinstance(msg, Confirm):
+        if len(msg.data) < DATA_OVERHEAD or msg.data[:HEADER_SIZE] != HDR_DATA:
+            raise BadLength("CONFIRM must carry a whole DATA datagram")
+        return HDR_CONFIRM + _field(msg.biscuit, BISCUIT_SIZE, "biscuit") + msg.data
     return encode_fragment(msg)
 
 
@@ -341,14 +384,16 @@ def decode_resp(data: bytes) -> Resp:
     b = a + KEM_CIPHERTEXT_SIZE
     c = b + KEM_CIPHERTEXT_SIZE
     d = c + AEAD_TAG_SIZE
+    e = d + BISCUIT_SIZE
     return Resp(
         sender_index=_U32.unpack_from(data, HEADER_SIZE)[0],
         receiver_index=_U32.unpack_from(data, HEADER_SIZE + INDEX_SIZE)[0],
         ct_ephemeral=data[a:b],
         ct_initiator=data[b:c],
         confirm=data[c:d],
-        mac1=data[d : d + MAC_SIZE],
-        mac2=data[d + MAC_SIZE :],
+        biscuit=data[d:e],
+        mac1=data[e : e + MAC_SIZE],
+        mac2=data[e + MAC_SIZE :],
     )
 
 
@@ -402,6 +447,14 @@ def decode_fragment(data: bytes) -> Fragment:
     return Fragment(message_id, index, count, total, data[FRAGMENT_HEADER_SIZE:])
 
 
+def decode_confirm(data: bytes) -> Confirm:
+    _need(data, CONFIRM_MIN_SIZE, "CONFIRM")
+    inner = data[HEADER_SIZE + BISCUIT_SIZE :]
+    if inner[:HEADER_SIZE] != HDR_DATA:
+        raise DecodeError("CONFIRM does not carry a DATA datagram")
+    return Confirm(biscuit=data[HEADER_SIZE : HEADER_SIZE + BISCUIT_SIZE], data=inner)
+
+
 _DECODERS: dict[int, Callable[[bytes], Message]] = {
     MSG_INIT: decode_init,
     MSG_RESP: decode_resp,
@@ -410,7 +463,40 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     MSG_CERT_REQUEST: decode_cert_request,
     MSG_CERT: decode_cert,
     MSG_FRAGMENT: decode_fragment,
+    MSG_CONFIRM: decode_confirm,
 }
+
+
+# --- the responder's biscuit (sealed by the responder, for itself) --------------------
+
+
+def encode_biscuit_state(b: BiscuitState) -> bytes:
+    return b"".join(
+        (
+            _BISCUIT.pack(_check_u32(b.local_index), _check_u32(b.remote_index), b.created),
+            encode_timestamp(b.timestamp),
+            _field(b.fingerprint, FINGERPRINT_SIZE, "fingerprint"),
+            _field(b.send_key, 32, "send_key"),
+            _field(b.recv_key, 32, "recv_key"),
+        )
+    )
+
+
+def decode_biscuit_state(data: bytes) -> BiscuitState:
+    _exact(data, BISCUIT_PLAIN_SIZE, "biscuit")
+    local, remote, created = _BISCUIT.unpack_from(data)
+    t = _BISCUIT.size
+    f = t + TIMESTAMP_SIZE
+    k = f + FINGERPRINT_SIZE
+    return BiscuitState(
+        local_index=local,
+        remote_index=remote,
+        created=created,
+        timestamp=decode_timestamp(data[t:f]),
+        fingerprint=data[f:k],
+        send_key=data[k : k + 32],
+        recv_key=data[k + 32 : k + 64],
+    )
 
 
 # --- INIT's sealed payload --------------------------------------------------------

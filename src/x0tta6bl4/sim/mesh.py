@@ -25,6 +25,7 @@ from x0tta6bl4.identity.verify import make_verifier
 from x0tta6bl4.protocol.mesh import MeshConfig, MeshNode, node_id
 from x0tta6bl4.sim.engine import NodeFactory, SimCore, Simulator
 from x0tta6bl4.sim.network import derive_rng
+from x0tta6bl4.sim.secrets import SeededSecretsForSimulation
 from x0tta6bl4.sim.topology import Topology
 
 EPOCH = 1_800_000_000.0
@@ -105,6 +106,8 @@ class MeshSim:
                 cred.static_private,
                 world.verifier,
                 rng=rng,
+                # the simulation's explicit switch: seeded "secrets", for reproducibility
+                secrets=SeededSecretsForSimulation(rng.getrandbits(64)),
                 wall_offset=world.epoch,
                 trust_domain=world.trust_domain,
                 cert_not_after=cred.not_after,
