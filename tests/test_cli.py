@@ -215,3 +215,115 @@ def test_real_subprocess(tmp_path: Path) -> None:
     assert (
         tmp_path / "ca" / "nodes" / "edge-1" / "node-static.key"
     ).stat().st_mode & 0o777 == 0o600
+
+
+# --- node-generated keys: cert request, cert issue --csr ------------------------------------
+
+
+def test_request_then_issue_from_csr(ca_dir: Path, tmp_path: Path) -> None:
+    node = tmp_path / "edge-1"
+    code, out = run("cert", "request", "edge-1", "--tag", "role:edge", "--dir", str(node))
+    assert code == 0, out
+    assert "node.csr" in out
+    for key in ("node.key", "node-static.key"):
+        assert (node / key).stat().st_mode & 0o777 == 0o600
+    assert (node / "node.csr").read_bytes().startswith(b"-----BEGIN CERTIFICATE REQUEST-----")
+
+    issued = tmp_path / "issued"
+    code, out = run(
+        "cert", "issue", "edge-1", "--tag", "role:edge", "--csr", str(node / "node.csr"),
+        "--dir", str(ca_dir), "--out", str(issued),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "spiffe://x0tta6bl4.mesh/node/edge-1" in out
+    # The CA side writes only the certificate and the bundle: it never saw a private key.
+    assert sorted(p.name for p in issued.iterdir()) == ["bundle.pem", "node.crt"]
+    for f in ("node.crt", "bundle.pem"):
+        (node / f).write_bytes((issued / f).read_bytes())
+    creds = NodeCredentials.load(node)
+    assert f"{creds.cert.serial:#x}" == _serial(out)
+    code, out = run("cert", "verify", str(node / "node.crt"), "--dir", str(ca_dir))
+    assert code == 0, out
+
+    # The same request again (renewal with the same keys) is fine, into a fresh directory.
+    code, out = run(
+        "cert", "issue", "edge-1", "--tag", "role:edge", "--csr", str(node / "node.csr"),
+        "--dir", str(ca_dir),
+    )  # fmt: skip
+    assert code == 0, out
+    assert (ca_dir / "nodes" / "edge-1" / "node.crt").exists()
+    assert not (ca_dir / "nodes" / "edge-1" / "node.key").exists()
+
+
+def test_issue_from_csr_refusals(ca_dir: Path, tmp_path: Path) -> None:
+    node = tmp_path / "n"
+    assert run("cert", "request", "n1", "--tag", "role:db", "--dir", str(node))[0] == 0
+    csr = str(node / "node.csr")
+    out_dir = str(tmp_path / "out")
+
+    def issue(*args: str) -> tuple[int, str]:
+        return run("cert", "issue", *args, "--csr", csr, "--dir", str(ca_dir), "--out", out_dir)
+
+    code, out = issue("n2", "--tag", "role:db")
+    assert code == 1 and "request is for 'n1', not 'n2'" in out
+    code, out = issue("n1")
+    assert code == 1 and "asks for tags role:db" in out
+    bad = tmp_path / "bad.csr"
+    der = bytearray((node / "node.csr").read_bytes())
+    der[200] ^= 0x01  # inside the base64 body
+    bad.write_bytes(bytes(der))
+    code, out = run(
+        "cert", "issue", "n1", "--tag", "role:db", "--csr", str(bad), "--dir", str(ca_dir)
+    )
+    assert code == 1 and "error:" in out and "Traceback" not in out
+    code, out = issue("n1", "--tag", "role:db", "--validity-hours", "1")
+    assert code == 0, out
+    code, out = issue("n1", "--tag", "role:db")
+    assert code == 1 and "--force" in out  # --out already holds a certificate
+    missing = str(tmp_path / "nope.csr")
+    code, out = run("cert", "issue", "n1", "--csr", missing, "--dir", str(ca_dir))
+    assert code != 0 and "Traceback" not in out
+
+
+def test_issue_from_csr_refuses_another_nodes_key(ca_dir: Path, tmp_path: Path) -> None:
+    from x0tta6bl4.crypto.sign import SigningKey
+    from x0tta6bl4.identity.request import CertificateRequest
+
+    assert run("cert", "issue", "bob", "--dir", str(ca_dir))[0] == 0
+    bob = NodeCredentials.load(ca_dir / "nodes" / "bob")
+    req = CertificateRequest.build("mallory", [], bob.cert.static_key, SigningKey.generate())
+    f = tmp_path / "mallory.csr"
+    f.write_bytes(req.pem)
+    code, out = run("cert", "issue", "mallory", "--csr", str(f), "--dir", str(ca_dir))
+    assert code == 1 and "already certified to 'bob'" in out
+
+
+def test_request_refuses_existing_keys(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    assert run("cert", "request", "a", "--dir", str(node))[0] == 0
+    first = (node / "node.key").read_bytes()
+    code, out = run("cert", "request", "a", "--dir", str(node))
+    assert code == 1 and "--force" in out
+    assert (node / "node.key").read_bytes() == first
+    code, out = run("cert", "request", "a", "--dir", str(node), "--force")
+    assert code == 0 and (node / "node.key").read_bytes() != first
+    code, out = run("cert", "request", "Bad", "--dir", str(tmp_path / "x"))
+    assert code == 1 and "invalid node name" in out
+
+
+# --- revocation list freshness ----------------------------------------------------------------
+
+
+def test_stale_list_and_refresh(ca_dir: Path) -> None:
+    code, out = run("cert", "issue", "n1", "--dir", str(ca_dir), "--validity-hours", "400")
+    assert code == 0, out
+    crt = str(ca_dir / "nodes" / "n1" / "node.crt")
+    later = str(time.time() + 8 * 86400)
+    code, out = run("cert", "verify", crt, "--dir", str(ca_dir), "--at", later)
+    assert code == 1 and "rejected (revocation_list_stale)" in out
+    assert "x0t ca refresh-crl" in out
+    code, out = run("ca", "refresh-crl", "--dir", str(ca_dir))
+    assert code == 0, out
+    assert "revocation list version 2" in out and "next update" in out
+    code, out = run("cert", "verify", crt, "--dir", str(ca_dir))
+    assert code == 0 and "version 2" in out

@@ -110,6 +110,29 @@ def ca_init(
     out.print(f"fingerprint sha256 {ca.fingerprint.hex()}")
 
 
+@ca_app.command("refresh-crl")
+def ca_refresh_crl(
+    directory: DirOption = Path("ca"),
+    validity_days: Annotated[
+        float, typer.Option(min=0.01, help="How long the new list stays current.")
+    ] = 7.0,
+) -> None:
+    """Re-sign the revocation list as its next version with a fresh nextUpdate.
+
+    Nodes refuse a list past its nextUpdate, so run this regularly (e.g. daily), even when
+    nothing was revoked, and hand the new crl.pem to the nodes."""
+    import datetime
+
+    from x0tta6bl4.identity.ca import CertificateAuthority
+
+    with _errors():
+        crl = CertificateAuthority.load(directory).refresh_revocation_list(
+            time.time(), datetime.timedelta(days=validity_days)
+        )
+    out.print(f"[green]re-signed[/green] revocation list version {crl.version}")
+    out.print(f"{len(crl)} revoked; next update {_when(crl.next_update)}")
+
+
 # --- cert -------------------------------------------------------------------------------
 
 
@@ -118,6 +141,16 @@ def cert_issue(
     name: Annotated[str, typer.Argument(help="Node name (lowercase letters, digits, '-', '.').")],
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key:value, repeatable.")] = None,
     directory: DirOption = Path("ca"),
+    csr: Annotated[
+        Path | None,
+        typer.Option(
+            "--csr",
+            exists=True,
+            dir_okay=False,
+            help="The node's request (x0t cert request): issue for its own keys. It must ask "
+            "for exactly NAME and the --tag set.",
+        ),
+    ] = None,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", file_okay=False, help="Node credential directory [DIR/nodes/NAME]."),
@@ -125,32 +158,100 @@ def cert_issue(
     validity_hours: Annotated[float, typer.Option(min=0.01)] = 24.0,
     force: Annotated[bool, typer.Option(help="Replace existing credentials in --out.")] = False,
 ) -> None:
-    """Generate node keys, issue an X.509-SVID, write the node's credential directory."""
+    """Issue a node X.509-SVID.
+
+    With --csr (real nodes): check the node's request and write only node.crt and
+    bundle.pem to --out; the node's private keys never leave the node. Without it (tests,
+    demos, one-machine setups): generate the node's keys here and write all of its files.
+    """
     import datetime
 
     from x0tta6bl4.identity.ca import BUNDLE_FILE, CertificateAuthority
     from x0tta6bl4.identity.cert import validate_name
-    from x0tta6bl4.identity.store import NodeCredentials
+    from x0tta6bl4.identity.store import NODE_CERT_FILE, NodeCredentials
 
+    validity = datetime.timedelta(hours=validity_hours)
     with _errors():
         ca = CertificateAuthority.load(directory)
         target = out_dir if out_dir is not None else directory / "nodes" / validate_name(name)
-        if NodeCredentials.exists(target) and not force:
-            err.print(f"[red]error:[/red] {target} already holds node credentials (use --force)")
-            raise typer.Exit(1)
-        creds = NodeCredentials.generate_and_issue(
-            ca,
-            name,
-            tag or [],
-            time.time(),
-            validity=datetime.timedelta(hours=validity_hours),
-        )
-        creds.save(target)
+        if csr is not None:
+            from x0tta6bl4.atomicfile import atomic_write
+            from x0tta6bl4.identity.request import CertificateRequest
+
+            if (target / NODE_CERT_FILE).exists() and not force:
+                err.print(
+                    f"[red]error:[/red] {target} already holds {NODE_CERT_FILE} (use --force)"
+                )
+                raise typer.Exit(1)
+            request = CertificateRequest.load(csr.read_bytes())
+            cert = ca.issue_request(
+                request, name=name, tags=tag or [], now=time.time(), validity=validity
+            )
+            atomic_write(target / NODE_CERT_FILE, cert.pem, mode=0o644)
+            where = f"{NODE_CERT_FILE} and {BUNDLE_FILE} in {target}: copy them to the node"
+        else:
+            if NodeCredentials.exists(target) and not force:
+                err.print(
+                    f"[red]error:[/red] {target} already holds node credentials (use --force)"
+                )
+                raise typer.Exit(1)
+            creds = NodeCredentials.generate_and_issue(
+                ca, name, tag or [], time.time(), validity=validity
+            )
+            creds.save(target)
+            cert = creds.cert
+            where = f"credentials in {target}"
         # The node also needs the trust bundle to verify its peers.
         ca.bundle().save(target / BUNDLE_FILE)
-    c = creds.cert
-    out.print(f"[green]issued[/green] {c.spiffe_id} serial {c.serial:#x}")
-    out.print(f"valid until {_when(c.not_after)}; credentials in {target}")
+    out.print(f"[green]issued[/green] {cert.spiffe_id} serial {cert.serial:#x}")
+    out.print(f"tags {', '.join(cert.tags) or '(none)'}")
+    out.print(f"valid until {_when(cert.not_after)}; {where}")
+
+
+@cert_app.command("request")
+def cert_request(
+    name: Annotated[str, typer.Argument(help="Node name (lowercase letters, digits, '-', '.').")],
+    node_dir: Annotated[
+        Path,
+        typer.Option("--dir", file_okay=False, help="The node's credential directory."),
+    ],
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="key:value, repeatable.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing keys in --dir.")] = False,
+) -> None:
+    """On the node: generate its keys and a certificate request for the CA.
+
+    Writes node.key and node-static.key (mode 0600) and node.csr to --dir. Send node.csr
+    to the CA operator (x0t cert issue NAME --csr node.csr); put the node.crt and
+    bundle.pem you get back into --dir."""
+    from x0tta6bl4.atomicfile import atomic_write
+    from x0tta6bl4.crypto.hybrid import HybridPrivateKey
+    from x0tta6bl4.crypto.kdf import sha256
+    from x0tta6bl4.crypto.keys import save_private_key
+    from x0tta6bl4.crypto.sign import SigningKey
+    from x0tta6bl4.identity.request import CertificateRequest
+    from x0tta6bl4.identity.store import (
+        NODE_CSR_FILE,
+        NODE_KEY_FILE,
+        NODE_STATIC_KEY_FILE,
+        NodeCredentials,
+    )
+
+    with _errors():
+        if NodeCredentials.exists(node_dir) and not force:
+            err.print(f"[red]error:[/red] {node_dir} already holds node keys (use --force)")
+            raise typer.Exit(1)
+        static, signing = HybridPrivateKey.generate(), SigningKey.generate()
+        # Built (and so validated) before anything is written.
+        request = CertificateRequest.build(name, tag or [], static.public_key(), signing)
+        node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        save_private_key(node_dir / NODE_KEY_FILE, signing)
+        save_private_key(node_dir / NODE_STATIC_KEY_FILE, static)
+        atomic_write(node_dir / NODE_CSR_FILE, request.pem, mode=0o644)
+    out.print(
+        f"[green]requested[/green] {request.name}, tags {', '.join(request.tags) or '(none)'}"
+    )
+    out.print(f"request {node_dir / NODE_CSR_FILE}, sha256 {request.fingerprint.hex()}")
+    out.print(f"static key sha256 {sha256(request.static_key.to_bytes()).hex()}")
 
 
 @cert_app.command("show")
@@ -197,7 +298,7 @@ def cert_verify(
     ] = None,
 ) -> None:
     """Verify a node certificate against the CA's bundle and revocation list."""
-    from x0tta6bl4.errors import CertificateRejected
+    from x0tta6bl4.errors import CertificateRejected, RejectReason
     from x0tta6bl4.identity.ca import CertificateAuthority
     from x0tta6bl4.identity.cert import load_certificate
     from x0tta6bl4.identity.verify import verify_node_certificate
@@ -213,6 +314,8 @@ def cert_verify(
             ident = verify_node_certificate(der, ca.bundle(), crl, now)
         except CertificateRejected as exc:
             err.print(f"[red]rejected[/red] ({exc.reason.value}): {exc.detail}")
+            if exc.reason is RejectReason.REVOCATION_LIST_STALE:
+                err.print("the CA must re-sign its revocation list: x0t ca refresh-crl")
             raise typer.Exit(1) from None
     out.print(f"[green]verified[/green] {ident.spiffe_id}")
     _print_rows(

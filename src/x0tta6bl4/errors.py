@@ -75,6 +75,10 @@ class RejectReason(enum.StrEnum):
     WRONG_TRUST_DOMAIN = "wrong_trust_domain"
     NOT_SVID = "not_svid"
     MALFORMED = "malformed"
+    # The revocation list is past its nextUpdate (plus the allowed grace).
+    REVOCATION_LIST_STALE = "revocation_list_stale"
+    # No revocation list was given (None) where one, or NO_REVOCATION_LIST, was required.
+    REVOCATION_LIST_MISSING = "revocation_list_missing"
 
 
 class CertificateRejected(IdentityError):
@@ -88,6 +92,14 @@ class CertificateRejected(IdentityError):
 
 class RevocationListError(IdentityError):
     """A revocation list is malformed, unsigned, or older than the one we hold."""
+
+
+class KeyAlreadyCertified(IdentityError):
+    """The CA already certified this key to another name (or it is the CA's own key)."""
+
+
+class CertificateRequestError(IdentityError):
+    """A certificate request is malformed, not ML-DSA-65 signed, or does not verify."""
 
 
 # --- protocol -----------------------------------------------------------------

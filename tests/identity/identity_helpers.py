@@ -124,3 +124,48 @@ def self_signed_ca(
 
 def ed25519_key() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
+
+
+# --- raw DER surgery, for inputs `cryptography`'s builders refuse to produce ------------------
+
+
+def der_tlvs(data: bytes) -> list[bytes]:
+    """Split concatenated DER TLVs (definite lengths only) into whole elements."""
+    out = []
+    i = 0
+    while i < len(data):
+        length = data[i + 1]
+        start = i + 2
+        if length & 0x80:
+            n = length & 0x7F
+            length = int.from_bytes(data[start : start + n], "big")
+            start += n
+        out.append(data[i : start + length])
+        i = start + length
+    return out
+
+
+def der_sequence(elements: Sequence[bytes], tag: int = 0x30) -> bytes:
+    body = b"".join(elements)
+    n = len(body)
+    if n < 0x80:
+        head = bytes([tag, n])
+    else:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        head = bytes([tag, 0x80 | len(raw)]) + raw
+    return head + body
+
+
+def crl_without_next_update(crl: x509.CertificateRevocationList, key: Any) -> bytes:
+    """``crl`` with its nextUpdate removed, re-signed by ``key`` (ML-DSA: signs the bytes)."""
+    tbs = der_tlvs(crl.tbs_certlist_bytes)
+    (content,) = tbs
+    fields = der_tlvs(content[2 + (content[1] & 0x7F if content[1] & 0x80 else 0) :])
+    # version, signature algorithm, issuer, thisUpdate, nextUpdate, ...: drop the second time.
+    times = [i for i, f in enumerate(fields) if f[0] in (0x17, 0x18)]
+    assert len(times) == 2, "expected thisUpdate and nextUpdate"
+    del fields[times[1]]
+    new_tbs = der_sequence(fields)
+    algorithm = fields[1]
+    signature = key.sign(new_tbs)
+    return der_sequence([new_tbs, algorithm, der_sequence([b"\x00" + signature], tag=0x03)])

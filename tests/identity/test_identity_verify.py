@@ -14,9 +14,10 @@ from x0tta6bl4.crypto.kdf import sha256
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import CertificateRejected, RejectReason
 from x0tta6bl4.identity import (
+    NO_REVOCATION_LIST,
     CertificateAuthority,
     NodeCredentials,
-    RevocationList,
+    Revocation,
     TrustBundle,
     VerifiedIdentity,
     make_verifier,
@@ -26,7 +27,7 @@ from x0tta6bl4.identity.cert import encode_tags
 
 
 def reject(
-    der: bytes, bundle: TrustBundle, crl: RevocationList | None = None, now: float = NOW
+    der: bytes, bundle: TrustBundle, crl: Revocation = NO_REVOCATION_LIST, now: float = NOW
 ) -> CertificateRejected:
     with pytest.raises(CertificateRejected) as info:
         verify_node_certificate(der, bundle, crl, now)
@@ -57,23 +58,25 @@ def test_verified_identity_carries_name_tags_and_keys(
 
 def test_forged_but_conforming_cert_verifies(ca: CertificateAuthority, forge: Any) -> None:
     """The forge itself builds a valid SVID; each rejection test changes one thing."""
-    ident = verify_node_certificate(forge(), ca.bundle(), None, NOW)
+    ident = verify_node_certificate(forge(), ca.bundle(), NO_REVOCATION_LIST, NOW)
     assert ident.name == "forged"
     assert ident.tags == ("role:test",)
 
 
 def test_validity_bounds_are_inclusive(ca: CertificateAuthority, creds: NodeCredentials) -> None:
     b = ca.bundle()
-    verify_node_certificate(creds.cert.der, b, None, creds.cert.not_before)
-    verify_node_certificate(creds.cert.der, b, None, creds.cert.not_after)
+    verify_node_certificate(creds.cert.der, b, NO_REVOCATION_LIST, creds.cert.not_before)
+    verify_node_certificate(creds.cert.der, b, NO_REVOCATION_LIST, creds.cert.not_after)
 
 
 def test_no_eku_is_allowed_by_spiffe(ca: CertificateAuthority, forge: Any) -> None:
-    verify_node_certificate(forge(eku=None), ca.bundle(), None, NOW)
+    verify_node_certificate(forge(eku=None), ca.bundle(), NO_REVOCATION_LIST, NOW)
 
 
 def test_no_tags_extension_means_no_tags(ca: CertificateAuthority, forge: Any) -> None:
-    assert verify_node_certificate(forge(tags=None), ca.bundle(), None, NOW).tags == ()
+    assert (
+        verify_node_certificate(forge(tags=None), ca.bundle(), NO_REVOCATION_LIST, NOW).tags == ()
+    )
 
 
 def test_extra_dns_san_is_allowed(ca: CertificateAuthority, ca_key: SigningKey) -> None:
@@ -94,7 +97,7 @@ def test_extra_dns_san_is_allowed(ca: CertificateAuthority, ca_key: SigningKey) 
             )
         ],
     )
-    assert verify_node_certificate(der, ca.bundle(), None, NOW).name == "dns"
+    assert verify_node_certificate(der, ca.bundle(), NO_REVOCATION_LIST, NOW).name == "dns"
 
 
 # --- time ---------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def test_rotation_two_cas_same_name(ca: CertificateAuthority, tmp_path: Path) ->
     bundle = TrustBundle(TD, [ca.certificate, new.certificate])
     for issuer in (ca, new):
         c = NodeCredentials.generate_and_issue(issuer, "n1", [], NOW)
-        assert verify_node_certificate(c.cert.der, bundle, None, NOW).name == "n1"
+        assert verify_node_certificate(c.cert.der, bundle, NO_REVOCATION_LIST, NOW).name == "n1"
 
 
 # --- revocation ---------------------------------------------------------------------------
@@ -171,7 +174,7 @@ def test_revoked(ca: CertificateAuthority, creds: NodeCredentials) -> None:
     e = reject(creds.cert.der, ca.bundle(), crl)
     assert e.reason is RejectReason.REVOKED
     # Without a list nothing is revoked; with the old list it is not revoked either.
-    verify_node_certificate(creds.cert.der, ca.bundle(), None, NOW)
+    verify_node_certificate(creds.cert.der, ca.bundle(), NO_REVOCATION_LIST, NOW)
 
 
 def test_other_serial_revoked_does_not_matter(
@@ -241,7 +244,7 @@ def test_not_svid(
 
 def test_spiffe_allowed_key_usages_pass(ca: CertificateAuthority, forge: Any) -> None:
     ku = {**KU_LEAF, "key_encipherment": True, "key_agreement": True}
-    verify_node_certificate(forge(ku=ku), ca.bundle(), None, NOW)
+    verify_node_certificate(forge(ku=ku), ca.bundle(), NO_REVOCATION_LIST, NOW)
 
 
 # --- malformed ------------------------------------------------------------------------------
@@ -294,11 +297,11 @@ def test_malformed_unparsable_standard_extension(ca: CertificateAuthority, forge
 
 
 class CrlBox:
-    def __init__(self, crl: RevocationList | None) -> None:
+    def __init__(self, crl: Revocation) -> None:
         self.crl = crl
         self.calls = 0
 
-    def __call__(self) -> RevocationList | None:
+    def __call__(self) -> Revocation:
         self.calls += 1
         return self.crl
 
@@ -332,7 +335,7 @@ def test_cache_skips_signature_but_rechecks_time_and_revocation(
 
 
 def test_cache_does_not_keep_failures(ca: CertificateAuthority) -> None:
-    verify = make_verifier(ca.bundle(), lambda: None)
+    verify = make_verifier(ca.bundle(), lambda: NO_REVOCATION_LIST)
     for _ in range(2):
         with pytest.raises(CertificateRejected):
             verify(b"garbage", NOW)
@@ -345,7 +348,7 @@ def test_cache_does_not_keep_failures(ca: CertificateAuthority) -> None:
 
 def test_cache_is_a_bounded_lru(ca: CertificateAuthority) -> None:
     c1, c2 = (NodeCredentials.generate_and_issue(ca, n, [], NOW) for n in ("a", "b"))
-    verify = make_verifier(ca.bundle(), lambda: None, cache_size=1)
+    verify = make_verifier(ca.bundle(), lambda: NO_REVOCATION_LIST, cache_size=1)
     verify(c1.cert.der, NOW)
     verify(c2.cert.der, NOW)
     assert len(verify) == 1
@@ -355,7 +358,7 @@ def test_cache_is_a_bounded_lru(ca: CertificateAuthority) -> None:
 
 
 def test_cache_size_zero_disables(ca: CertificateAuthority, creds: NodeCredentials) -> None:
-    verify = make_verifier(ca.bundle(), lambda: None, cache_size=0)
+    verify = make_verifier(ca.bundle(), lambda: NO_REVOCATION_LIST, cache_size=0)
     verify(creds.cert.der, NOW)
     verify(creds.cert.der, NOW)
     assert (verify.hits, verify.misses, len(verify)) == (0, 2, 0)

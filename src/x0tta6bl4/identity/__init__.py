@@ -11,7 +11,17 @@ from x0tta6bl4.identity.cert import (
     OID_TAGS,
     NodeCertificate,
 )
-from x0tta6bl4.identity.crl import REVOCATION_REASONS, RevocationList, RevokedEntry, accept_newer
+from x0tta6bl4.identity.crl import (
+    NO_REVOCATION_LIST,
+    REVOCATION_REASONS,
+    NoRevocationList,
+    Revocation,
+    RevocationList,
+    RevokedEntry,
+    accept_newer,
+)
+from x0tta6bl4.identity.inventory import IssuedRecord
+from x0tta6bl4.identity.request import CertificateRequest
 from x0tta6bl4.identity.store import NodeCredentials
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.identity.verify import CachedVerifier, make_verifier, verify_node_certificate
@@ -19,14 +29,19 @@ from x0tta6bl4.identity.verify import CachedVerifier, make_verifier, verify_node
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "NODE_CERT_VALIDITY",
+    "NO_REVOCATION_LIST",
     "OID_STATIC_KEY",
     "OID_TAGS",
     "REVOCATION_REASONS",
     "CachedVerifier",
     "CertVerifier",
     "CertificateAuthority",
+    "CertificateRequest",
+    "IssuedRecord",
+    "NoRevocationList",
     "NodeCertificate",
     "NodeCredentials",
+    "Revocation",
     "RevocationList",
     "RevokedEntry",
     "TrustBundle",

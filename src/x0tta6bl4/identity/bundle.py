@@ -18,6 +18,7 @@ from x0tta6bl4.atomicfile import atomic_write
 from x0tta6bl4.errors import CertificateRejected, IdentityError
 from x0tta6bl4.identity.cert import (
     MAX_CERT_PEM_SIZE,
+    X509_PARSE_ERRORS,
     certificate_extensions,
     parse_spiffe_id,
     uri_sans,
@@ -31,6 +32,12 @@ def check_ca_certificate(cert: x509.Certificate, trust_domain: str | None) -> st
     """Check that ``cert`` is an ML-DSA-65 SVID signing certificate; return the trust domain
     named by its URI SAN (``None`` if it has none). Raises IdentityError."""
     try:
+        # Touch the lazily decoded fields used below (and by TrustBundle) now.
+        _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        key_algorithm = cert.public_key_algorithm_oid
+    except X509_PARSE_ERRORS as exc:
+        raise IdentityError(f"unusable CA certificate: unparsable field: {exc}") from None
+    try:
         exts = certificate_extensions(cert)
         uris = uri_sans(exts)
         domains = {parse_spiffe_id(u) for u in uris}
@@ -43,7 +50,7 @@ def check_ca_certificate(cert: x509.Certificate, trust_domain: str | None) -> st
         raise IdentityError(f"CA certificate lacks {exc.oid.dotted_string}") from None
     if not bc.ca or not ku.key_cert_sign:
         raise IdentityError("not a CA certificate (needs cA=true and keyCertSign)")
-    if cert.public_key_algorithm_oid != PublicKeyAlgorithmOID.ML_DSA_65:
+    if key_algorithm != PublicKeyAlgorithmOID.ML_DSA_65:
         raise IdentityError("CA key is not ML-DSA-65")
     if len(domains) > 1:
         raise IdentityError("CA certificate names more than one SPIFFE ID")
@@ -95,7 +102,8 @@ class TrustBundle:
             raise IdentityError("trust bundle file is too large")
         try:
             cas = x509.load_pem_x509_certificates(data)
-        except ValueError as exc:
+        except X509_PARSE_ERRORS as exc:
+            # Not only ValueError: e.g. x509.InvalidVersion for a version field out of range.
             raise IdentityError(f"unreadable trust bundle: {exc}") from None
         domains = {d for ca in cas if (d := check_ca_certificate(ca, trust_domain)) is not None}
         if trust_domain is None:

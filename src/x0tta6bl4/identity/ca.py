@@ -7,9 +7,11 @@ Layout (every file written atomically; the key is PKCS#8, mode 0600)::
     ca.crt      self-signed CA certificate (PEM)
     crl.pem     current revocation list (PEM), version 1 after ``init``
     bundle.pem  the trust bundle to hand to nodes (PEM, the CA certificate)
+    issued.json what the CA issued (``identity.inventory``); created by the first ``issue``
 
-Mutations (``init``, ``revoke``) hold an exclusive ``flock`` on ``.lock`` in the directory,
-so two concurrent revocations cannot both write version N+1.
+Mutations (``init``, ``issue``, ``revoke``, ``refresh_revocation_list``) hold an exclusive
+``flock`` on ``.lock`` in the directory, so two concurrent revocations cannot both write
+version N+1, and two concurrent issuances cannot both certify one key to different names.
 """
 
 from __future__ import annotations
@@ -51,16 +53,20 @@ from x0tta6bl4.identity.cert import (
     validate_trust_domain,
 )
 from x0tta6bl4.identity.crl import (
+    CRL_NEXT_UPDATE,
     REVOCATION_REASONS,
     RevocationList,
     RevokedEntry,
     check_serial,
 )
+from x0tta6bl4.identity.inventory import Inventory, IssuedRecord
+from x0tta6bl4.identity.request import CertificateRequest
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
 CRL_FILE = "crl.pem"
 BUNDLE_FILE = "bundle.pem"
+INVENTORY_FILE = "issued.json"
 LOCK_FILE = ".lock"
 CA_VALIDITY = datetime.timedelta(days=3650)
 
@@ -83,7 +89,7 @@ def _locked(directory: Path) -> Iterator[None]:
 class CertificateAuthority:
     """A loaded CA. The private key never appears in a repr."""
 
-    __slots__ = ("_cert", "_dir", "_key", "_trust_domain")
+    __slots__ = ("_cert", "_dir", "_inventory", "_key", "_trust_domain")
 
     def __init__(
         self, directory: Path, key: SigningKey, cert: x509.Certificate, trust_domain: str
@@ -92,6 +98,7 @@ class CertificateAuthority:
         self._key = key
         self._cert = cert
         self._trust_domain = trust_domain
+        self._inventory: Inventory | None = None  # last read or written; see issue()
 
     # --- creation and loading ---
 
@@ -112,7 +119,9 @@ class CertificateAuthority:
         d = Path(directory)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         with _locked(d):
-            existing = [f for f in (CA_KEY_FILE, CA_CERT_FILE, CRL_FILE) if (d / f).exists()]
+            existing = [
+                f for f in (CA_KEY_FILE, CA_CERT_FILE, CRL_FILE, INVENTORY_FILE) if (d / f).exists()
+            ]
             if existing:
                 raise IdentityError(
                     f"a CA already exists in {d} ({', '.join(existing)}); refusing to overwrite it"
@@ -208,6 +217,10 @@ class CertificateAuthority:
         except FileNotFoundError:
             raise RevocationListError(f"{self._dir / CRL_FILE} is missing") from None
 
+    def issued(self) -> tuple[IssuedRecord, ...]:
+        """Every certificate this CA issued, oldest first (from ``issued.json``)."""
+        return tuple(Inventory.read(self._dir / INVENTORY_FILE).records)
+
     def __repr__(self) -> str:
         return f"CertificateAuthority({self._trust_domain!r}, {str(self._dir)!r})"
 
@@ -223,7 +236,11 @@ class CertificateAuthority:
         now: float,
         validity: datetime.timedelta = NODE_CERT_VALIDITY,
     ) -> NodeCertificate:
-        """Sign a node X.509-SVID. Validity is clamped to the CA's own."""
+        """Sign a node X.509-SVID. Validity is clamped to the CA's own.
+
+        Refuses (KeyAlreadyCertified) a static or signing key already certified to another
+        name; the certificate is recorded in the inventory before it is returned.
+        """
         spiffe_id = node_spiffe_id(self._trust_domain, validate_name(name))
         tag_der = encode_tags(normalize_tags(tags))
         if validity <= datetime.timedelta(0):
@@ -233,9 +250,64 @@ class CertificateAuthority:
         ):
             raise IdentityError("issue() needs a HybridPublicKey and a VerifyKey")
         t = to_datetime(now)
-        ca_start, ca_end = self._cert.not_valid_before_utc, self._cert.not_valid_after_utc
-        if not ca_start <= t < ca_end:
+        if not self._cert.not_valid_before_utc <= t < self._cert.not_valid_after_utc:
             raise IdentityError("the CA certificate is not valid now; cannot issue")
+        with _locked(self._dir):
+            path = self._dir / INVENTORY_FILE
+            # Re-read under the lock (another process may have issued); re-parsed only if
+            # the bytes changed, so issuing n certificates does not parse O(n^2) records.
+            inventory = Inventory.read(path, self._inventory)
+            self._inventory = None
+            inventory.check_unique(name, signing_public, static_public, self._key.public_key())
+            cert = self._sign_node(
+                name, spiffe_id, tag_der, static_public, signing_public, t, validity
+            )
+            # Recorded before anyone sees the certificate: a crash here leaves a record
+            # of a certificate nobody got, which only errs on the side of refusing.
+            record = IssuedRecord.of(cert)
+            data = inventory.with_record(record)
+            atomic_write(path, data, mode=0o600)
+            inventory.commit(record, data)
+            self._inventory = inventory
+        return cert
+
+    def issue_request(
+        self,
+        request: CertificateRequest,
+        *,
+        name: str,
+        tags: Iterable[str],
+        now: float,
+        validity: datetime.timedelta = NODE_CERT_VALIDITY,
+    ) -> NodeCertificate:
+        """Issue for a node that generated its own keys. ``name`` and ``tags`` are what
+        the operator approves; the request must ask for exactly those (tags grant access
+        under the policy, so a node cannot award itself one). The request's signature was
+        checked when it was parsed: the node holds the ML-DSA key (not proven: the KEM key).
+        """
+        if validate_name(name) != request.name:
+            raise IdentityError(f"request is for {request.name!r}, not {name!r}")
+        approved = normalize_tags(tags)
+        if approved != request.tags:
+            raise IdentityError(
+                f"request asks for tags {', '.join(request.tags) or '(none)'}, but "
+                f"{', '.join(approved) or 'none'} were approved"
+            )
+        return self.issue(
+            name, approved, request.static_key, request.signing_key, now=now, validity=validity
+        )
+
+    def _sign_node(
+        self,
+        name: str,
+        spiffe_id: str,
+        tag_der: bytes,
+        static_public: HybridPublicKey,
+        signing_public: VerifyKey,
+        t: datetime.datetime,
+        validity: datetime.timedelta,
+    ) -> NodeCertificate:
+        ca_start, ca_end = self._cert.not_valid_before_utc, self._cert.not_valid_after_utc
         sub_pub = signing_public.cryptography_key
         cert = (
             x509.CertificateBuilder()
@@ -284,6 +356,27 @@ class CertificateAuthority:
                 raise IdentityError(f"serial {serial:#x} is already revoked")
             entries = [*current.entries, RevokedEntry(serial, float(int(now)), reason)]
             new = RevocationList.build(self._key, self._cert, current.version + 1, entries, now)
+            atomic_write(self._dir / CRL_FILE, new.to_pem())
+        return new
+
+    def refresh_revocation_list(
+        self, now: float, validity: datetime.timedelta = CRL_NEXT_UPDATE
+    ) -> RevocationList:
+        """Re-sign the current entries as the next version, current from ``now``.
+
+        Verifiers refuse a list past its nextUpdate, so the CA must do this regularly
+        (e.g. daily with the default 7-day lifetime) even when nothing was revoked.
+        """
+        with _locked(self._dir):
+            current = self.revocation_list()
+            new = RevocationList.build(
+                self._key,
+                self._cert,
+                current.version + 1,
+                current.entries,
+                now,
+                validity=validity,
+            )
             atomic_write(self._dir / CRL_FILE, new.to_pem())
         return new
 

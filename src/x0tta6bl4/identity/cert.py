@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Annotated
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
@@ -89,6 +90,8 @@ X509_PARSE_ERRORS = (
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
     x509.InvalidVersion,
+    # public_key() of a key algorithm OpenSSL does not know.
+    UnsupportedAlgorithm,
     # Only raised when warnings are errors (python -W error); then it means malformed too.
     CryptographyDeprecationWarning,
 )

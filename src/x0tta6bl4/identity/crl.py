@@ -2,26 +2,34 @@
 
 The CRLNumber extension is the list's version. Versions only go up: a holder refuses a
 list older than the one it has (``accept_newer``), so an attacker replaying an old list
-cannot un-revoke a certificate. ``nextUpdate`` is set but informational: nodes keep
-using the newest list they have while the control plane is unreachable.
+cannot un-revoke a certificate. Every list has a ``nextUpdate``; past it (plus a grace the
+verifier chooses) the list is stale and verification fails closed, so an attacker who cuts
+a node off from the control plane cannot keep it on an old list forever.
+
+Fail closed on anything we do not understand: a critical extension other than the ones
+below, on the list or on an entry, makes the whole list unusable (RFC 5280 5.2, 5.3).
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
-from cryptography.x509.oid import SignatureAlgorithmOID
+from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID, SignatureAlgorithmOID
 
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import RevocationListError
 from x0tta6bl4.identity.bundle import TrustBundle
 from x0tta6bl4.identity.cert import X509_PARSE_ERRORS, to_datetime
 
+# How long a list the CA signs stays current; the CA re-signs (``refresh_revocation_list``)
+# well before, so a node that misses one refresh still has a current list.
 CRL_NEXT_UPDATE = datetime.timedelta(days=7)
 # 100,000 entries is about 4 MB; a mesh revoking more than that needs a new CA anyway.
 MAX_CRL_SIZE = 8 * 1024 * 1024
@@ -38,6 +46,26 @@ REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
     "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
     "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
+
+# Extensions we act on. Anything else that is critical (delta-CRL indicator, issuing
+# distribution point, an indirect list's certificate issuer, ...) would change what the
+# list means, so such a list is refused rather than half-understood.
+_KNOWN_CRL_EXTENSIONS = {ExtensionOID.CRL_NUMBER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
+_KNOWN_ENTRY_EXTENSIONS = {CRLEntryExtensionOID.CRL_REASON}
+
+
+class NoRevocationList(enum.Enum):
+    """The explicit "verify without revocation information" choice (tests, tools that
+    check a certificate's shape). ``None`` is not accepted in its place: forgetting the
+    list must fail closed, not silently accept revoked certificates."""
+
+    NO_REVOCATION_LIST = "NO_REVOCATION_LIST"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NO_REVOCATION_LIST: Final = NoRevocationList.NO_REVOCATION_LIST
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +92,10 @@ class RevocationList:
             nu = crl.next_update_utc
             exts = crl.extensions
             version = exts.get_extension_for_class(x509.CRLNumber).value.crl_number
+            _check_critical(exts, _KNOWN_CRL_EXTENSIONS, "revocation list")
             by_serial: dict[int, RevokedEntry] = {}
             for rc in crl:
+                _check_critical(rc.extensions, _KNOWN_ENTRY_EXTENSIONS, "revocation list entry")
                 try:
                     reason = rc.extensions.get_extension_for_class(x509.CRLReason).value.reason
                 except x509.ExtensionNotFound:
@@ -81,11 +111,17 @@ class RevocationList:
             raise RevocationListError(f"unparsable revocation list: {exc}") from None
         if version < 1:
             raise RevocationListError(f"revocation list version must be >= 1, got {version}")
+        if nu is None:
+            # RFC 5280 5.1.2.5: a conforming CA always sets it; without it the list could
+            # never be recognised as stale.
+            raise RevocationListError("revocation list has no nextUpdate")
+        if nu.timestamp() <= issued_at:
+            raise RevocationListError("revocation list nextUpdate is not after its thisUpdate")
         self._crl = crl
         self._der = crl.public_bytes(serialization.Encoding.DER)
         self._issuer = issuer
         self._issued_at = issued_at
-        self._next_update = None if nu is None else nu.timestamp()
+        self._next_update = nu.timestamp()
         self._version = version
         self._by_serial = by_serial
 
@@ -97,14 +133,19 @@ class RevocationList:
         version: int,
         entries: Iterable[RevokedEntry],
         now: float,
+        *,
+        validity: datetime.timedelta = CRL_NEXT_UPDATE,
     ) -> RevocationList:
-        """Sign a new list (the CA's job; nodes only ever load lists)."""
+        """Sign a new list, current from ``now`` for ``validity`` (the CA's job; nodes only
+        ever load lists)."""
+        if validity < datetime.timedelta(seconds=1):
+            raise RevocationListError(f"revocation list validity must be >= 1 s, got {validity}")
         issued = to_datetime(now)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca_cert.subject)
             .last_update(issued)
-            .next_update(issued + CRL_NEXT_UPDATE)
+            .next_update(issued + validity)
             .add_extension(x509.CRLNumber(version), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(
@@ -184,7 +225,8 @@ class RevocationList:
         return self._issued_at
 
     @property
-    def next_update(self) -> float | None:
+    def next_update(self) -> float:
+        """POSIX seconds after which the list is stale."""
         return self._next_update
 
     @property
@@ -217,6 +259,18 @@ class RevocationList:
 
     def __repr__(self) -> str:
         return f"RevocationList(version={self._version}, {len(self._by_serial)} revoked)"
+
+
+# What a verifier is given: a list, or the explicit choice to go without one.
+Revocation: TypeAlias = RevocationList | Literal[NoRevocationList.NO_REVOCATION_LIST]
+
+
+def _check_critical(exts: x509.Extensions, known: set[x509.ObjectIdentifier], where: str) -> None:
+    for ext in exts:
+        if ext.critical and ext.oid not in known:
+            raise RevocationListError(
+                f"{where} has a critical extension we do not understand: {ext.oid.dotted_string}"
+            )
 
 
 def accept_newer(held: RevocationList | None, candidate: RevocationList) -> RevocationList:

@@ -5,6 +5,7 @@ Layout (each file written atomically; keys are PKCS#8 PEM, mode 0600)::
     node.crt         the node's X.509-SVID (PEM)
     node.key         ML-DSA-65 signing key (the certificate's subject key)
     node-static.key  hybrid static key: X25519 then ML-KEM-768, two PKCS#8 blocks
+    node.csr         the request ``x0t cert request`` sends to the CA (not read by ``load``)
 
 Three files cannot be replaced in one atomic step, so ``load`` checks that both keys match
 the certificate: a torn update is refused, never used.
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 NODE_CERT_FILE = "node.crt"
 NODE_KEY_FILE = "node.key"
 NODE_STATIC_KEY_FILE = "node-static.key"
+# The node's certificate request (x0t cert request), for the CA operator.
+NODE_CSR_FILE = "node.csr"
 
 
 class NodeCredentials:
@@ -72,8 +75,9 @@ class NodeCredentials:
         *,
         validity: datetime.timedelta = NODE_CERT_VALIDITY,
     ) -> NodeCredentials:
-        """Fresh keys and a certificate for them (the offline path; enrolment over the
-        network sends only the public keys)."""
+        """Fresh keys and a certificate for them, all made on the CA host: for tests, demos
+        and one-machine setups. Real nodes keep their keys and send a
+        ``CertificateRequest`` (``CertificateAuthority.issue_request``)."""
         static = HybridPrivateKey.generate()
         signing = SigningKey.generate()
         cert = ca.issue(

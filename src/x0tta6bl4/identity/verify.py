@@ -8,10 +8,15 @@ Checks run in this order; the first failure raises ``CertificateRejected(reason,
 4. UNKNOWN_CA          no CA in the bundle has the certificate's issuer name
 5. BAD_SIGNATURE       a CA has that name, but none of their keys signed it
 6. NOT_YET_VALID / EXPIRED  at ``now``, for the certificate and for the CA that signed it
-7. REVOKED             the serial is on the revocation list
+7. REVOCATION_LIST_MISSING  neither a list nor ``NO_REVOCATION_LIST`` (e.g. ``None``)
+8. REVOKED             the serial is on the revocation list
+9. REVOCATION_LIST_STALE  ``now`` is past the list's nextUpdate plus ``crl_grace``
+
+A revocation is final, so a stale list still proves one (8 before 9); what a stale list
+cannot prove is that a certificate is *not* revoked.
 
 Steps 1-5 depend only on the bytes and the bundle, so ``make_verifier`` caches their result
-by certificate fingerprint; steps 6-7 depend on ``now`` and the current list and are
+by certificate fingerprint; steps 6-9 depend on ``now`` and the current list and are
 re-run on every call, cached or not.
 """
 
@@ -26,13 +31,17 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from x0tta6bl4.crypto.kdf import sha256
-from x0tta6bl4.errors import CertificateRejected, RejectReason
+from x0tta6bl4.errors import CertificateRejected, IdentityError, RejectReason
 from x0tta6bl4.identity.bundle import TrustBundle
 from x0tta6bl4.identity.cert import NodeCertificate, format_time
-from x0tta6bl4.identity.crl import RevocationList
+from x0tta6bl4.identity.crl import NO_REVOCATION_LIST, Revocation, RevocationList
 from x0tta6bl4.identity.types import VerifiedIdentity
 
 DEFAULT_CACHE_SIZE = 4096
+# Seconds a list may be used past its nextUpdate. Zero: the CA re-signs the list long before
+# it goes stale (see identity.crl), so a node that needs more has lost the control plane
+# for days, and should say so explicitly.
+DEFAULT_CRL_GRACE = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +102,14 @@ def _signer(cert: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> x509.C
     return None
 
 
+def _check_grace(crl_grace: float) -> float:
+    if not crl_grace >= 0:  # also refuses NaN
+        raise IdentityError(f"crl_grace must be a non-negative number of seconds, got {crl_grace}")
+    return crl_grace
+
+
 def _check_current(
-    auth: _Authenticated, crl: RevocationList | None, now: float
+    auth: _Authenticated, crl: Revocation, now: float, crl_grace: float
 ) -> VerifiedIdentity:
     ident = auth.identity
     if now < ident.not_before:
@@ -112,42 +127,76 @@ def _check_current(
         raise CertificateRejected(
             RejectReason.EXPIRED, f"issuing CA expired {format_time(auth.ca_not_after)}"
         )
-    if crl is not None and crl.is_revoked(ident.serial):
+    if crl is NO_REVOCATION_LIST:
+        return ident
+    if not isinstance(crl, RevocationList):
+        # Typically a getter that has no list yet: fail closed, as a rejection the
+        # handshake counts, rather than accept every certificate.
+        raise CertificateRejected(
+            RejectReason.REVOCATION_LIST_MISSING,
+            f"no revocation list (got {type(crl).__name__}); pass NO_REVOCATION_LIST to "
+            "verify without one",
+        )
+    if crl.is_revoked(ident.serial):
         raise CertificateRejected(
             RejectReason.REVOKED,
             f"serial {ident.serial:#x} revoked (revocation list version {crl.version})",
+        )
+    if now > crl.next_update + crl_grace:
+        raise CertificateRejected(
+            RejectReason.REVOCATION_LIST_STALE,
+            f"revocation list version {crl.version} is stale: nextUpdate was "
+            f"{format_time(crl.next_update)}" + (f" (grace {crl_grace:g} s)" if crl_grace else ""),
         )
     return ident
 
 
 def verify_node_certificate(
-    cert_der: bytes, bundle: TrustBundle, crl: RevocationList | None, now: float
+    cert_der: bytes,
+    bundle: TrustBundle,
+    crl: Revocation,
+    now: float,
+    *,
+    crl_grace: float = DEFAULT_CRL_GRACE,
 ) -> VerifiedIdentity:
     """Verify a node certificate at wall-clock time ``now`` (POSIX seconds).
 
-    ``crl=None`` means no revocation information (nothing is treated as revoked).
+    ``crl`` is the current revocation list, or ``NO_REVOCATION_LIST`` to skip revocation
+    on purpose. A list is usable until its nextUpdate plus ``crl_grace`` seconds.
     """
-    return _check_current(_authenticate(cert_der, bundle), crl, now)
+    _check_grace(crl_grace)
+    return _check_current(_authenticate(cert_der, bundle), crl, now, crl_grace)
 
 
 class CachedVerifier:
     """A ``CertVerifier`` bound to one bundle, caching signature checks by fingerprint.
 
     A repeat of the same DER skips parsing and the ML-DSA signature check but still checks
-    validity at ``now`` and the list returned by ``crl_getter`` at that moment. Only
-    successes are cached; the cache is a bounded LRU.
+    validity at ``now`` and the list returned by ``crl_getter`` at that moment (its
+    revocations and its freshness). Only successes are cached; the cache is a bounded LRU.
     """
 
-    __slots__ = ("_bundle", "_cache", "_crl_getter", "_lock", "_size", "hits", "misses")
+    __slots__ = (
+        "_bundle",
+        "_cache",
+        "_crl_getter",
+        "_crl_grace",
+        "_lock",
+        "_size",
+        "hits",
+        "misses",
+    )
 
     def __init__(
         self,
         bundle: TrustBundle,
-        crl_getter: Callable[[], RevocationList | None],
+        crl_getter: Callable[[], Revocation],
         cache_size: int = DEFAULT_CACHE_SIZE,
+        crl_grace: float = DEFAULT_CRL_GRACE,
     ) -> None:
         self._bundle = bundle
         self._crl_getter = crl_getter
+        self._crl_grace = _check_grace(crl_grace)
         self._size = max(0, cache_size)
         self._cache: OrderedDict[bytes, _Authenticated] = OrderedDict()
         self._lock = threading.Lock()
@@ -161,7 +210,9 @@ class CachedVerifier:
     def __call__(self, cert_der: bytes, now: float) -> VerifiedIdentity:
         if not isinstance(cert_der, bytes):
             # Let the full path produce the typed MALFORMED error.
-            return verify_node_certificate(cert_der, self._bundle, self._crl_getter(), now)
+            return verify_node_certificate(
+                cert_der, self._bundle, self._crl_getter(), now, crl_grace=self._crl_grace
+            )
         key = sha256(cert_der)
         with self._lock:
             auth = self._cache.get(key)
@@ -176,7 +227,7 @@ class CachedVerifier:
                     self._cache[key] = auth
                     while len(self._cache) > self._size:
                         self._cache.popitem(last=False)
-        return _check_current(auth, self._crl_getter(), now)
+        return _check_current(auth, self._crl_getter(), now, self._crl_grace)
 
     def clear(self) -> None:
         with self._lock:
@@ -188,13 +239,16 @@ class CachedVerifier:
 
 def make_verifier(
     bundle: TrustBundle,
-    crl_getter: Callable[[], RevocationList | None],
+    crl_getter: Callable[[], Revocation],
     *,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    crl_grace: float = DEFAULT_CRL_GRACE,
 ) -> CachedVerifier:
     """A ``CertVerifier`` (``(cert_der, now) -> VerifiedIdentity``) for the handshake.
 
     ``crl_getter`` is called on every verification, so a newly accepted revocation list
-    takes effect at once, even for cached certificates.
+    takes effect at once, even for cached certificates. It returns the current list, or
+    ``NO_REVOCATION_LIST`` to verify without one; anything else (``None``: no list yet)
+    rejects every certificate.
     """
-    return CachedVerifier(bundle, crl_getter, cache_size)
+    return CachedVerifier(bundle, crl_getter, cache_size, crl_grace)
