@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider \
-	  --cov=x0tta6bl4.crypto --cov=x0tta6bl4.identity --cov=x0tta6bl4.protocol \
+	  --cov=x0tta6bl4.crypto --cov=x0tta6bl4.identity --cov=x0tta6bl4.channel --cov=x0tta6bl4.routing --cov=x0tta6bl4.mesh --cov=x0tta6bl4.sansio \
 	  --cov-report=term:skip-covered --cov-fail-under=90
 
 bench: $(STAMP)
@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -21,12 +21,12 @@ from functools import partial
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from bench.report import Suite
+from x0tta6bl4.channel.endpoint import SecureEndpoint
+from x0tta6bl4.channel.session import Session
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
 from x0tta6bl4.identity.verify import CachedVerifier
-from x0tta6bl4.protocol.endpoint import SecureEndpoint
-from x0tta6bl4.protocol.events import Action, Datagram, Send
-from x0tta6bl4.protocol.session import Session
+from x0tta6bl4.sansio import Action, Datagram, Send
 
 _cpu = time.thread_time_ns
 NOW = 1_800_000_000.0
@@ -219,11 +219,11 @@ def _primitives_ms(pair: _Pair, rounds: int) -> tuple[float, float]:
 def bench_bogus_inits(suite: Suite, pair: _Pair, count: int) -> None:
     """Responder CPU per INIT that will never make a session, not under load (the worst
     case: under load, INITs without a cookie cost one HMAC and get a COOKIE)."""
+    from x0tta6bl4.channel.cookie import mac1_key
+    from x0tta6bl4.channel.fragment import split
+    from x0tta6bl4.channel.handshake import Initiator
+    from x0tta6bl4.channel.wire import INIT_CACHED_SIZE
     from x0tta6bl4.crypto.kdf import mac16
-    from x0tta6bl4.protocol.cookie import mac1_key
-    from x0tta6bl4.protocol.fragment import split
-    from x0tta6bl4.protocol.handshake import Initiator
-    from x0tta6bl4.protocol.wire import INIT_CACHED_SIZE
 
     b = _endpoint(pair.b, _verifier(pair), 3)
     b.set_under_load(False)
@@ -282,7 +282,7 @@ def bench_bogus_inits(suite: Suite, pair: _Pair, count: int) -> None:
 
 
 def _sessions(max_datagram: int) -> tuple[Session, Session]:
-    from x0tta6bl4.protocol.handshake import SessionKeys
+    from x0tta6bl4.channel.handshake import SessionKeys
 
     k1, k2 = bytes(range(32)), bytes(range(32, 64))
     tx = SessionKeys(local_index=1, remote_index=2, send_key=k1, recv_key=k2, initiator=True)

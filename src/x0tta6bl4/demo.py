@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
+from x0tta6bl4.channel.endpoint import SecureEndpoint, handshake_wire_cost
 from x0tta6bl4.errors import X0tError
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
-from x0tta6bl4.protocol.endpoint import SecureEndpoint, handshake_wire_cost
-from x0tta6bl4.protocol.events import Addr, Deliver, Event
-from x0tta6bl4.runtime.udp import UdpRunner
+from x0tta6bl4.node.udp import UdpRunner
+from x0tta6bl4.sansio import Addr, Deliver, Event
 
 TRUST_DOMAIN = "x0tta6bl4.mesh"
 PINGS = 200
@@ -184,9 +184,7 @@ def print_channel(console: Console, r: ChannelReport) -> None:
     t = Table(title="1. Secure channel over real UDP on 127.0.0.1", show_header=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row(
-        "key exchange", "hybrid X-Wing (X25519 + ML-KEM-768), KEM-authenticated"
-    )
+    t.add_row("key exchange", "hybrid X-Wing (X25519 + ML-KEM-768), KEM-authenticated")
     t.add_row("certificates", "X.509-SVID, ML-DSA-65 signed by the mesh CA")
     t.add_row("transport", "ChaCha20-Poly1305, 64-bit counters, 4,096-packet replay window")
     t.add_row("CA init / node cert issue", f"{r.ca_init_ms:.1f} ms / {r.issue_ms:.1f} ms")
@@ -215,6 +213,6 @@ def run(console: Console | None = None) -> None:
     console = console or Console()
     report = asyncio.run(secure_channel())
     print_channel(console, report)
-    from x0tta6bl4.sim.demo import mesh_demo
+    from x0tta6bl4.sim.diamond import mesh_demo
 
     mesh_demo(console)

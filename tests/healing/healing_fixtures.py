@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
 
 
 def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:

@@ -17,7 +17,7 @@ from x0tta6bl4.healing import (
     analyse,
     track_incidents,
 )
-from x0tta6bl4.protocol.observe import LinkObservation, RouteObservation
+from x0tta6bl4.mesh.observe import LinkObservation, RouteObservation
 
 DEAD = FaultKind.DEAD_NEIGHBOUR
 DEGRADED = FaultKind.DEGRADED_LINK

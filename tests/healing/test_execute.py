@@ -15,8 +15,8 @@ from x0tta6bl4.healing import (
     PlannedAction,
     TokenBucket,
 )
-from x0tta6bl4.protocol.events import Action, Event
-from x0tta6bl4.protocol.observe import NodeObservation
+from x0tta6bl4.mesh.observe import NodeObservation
+from x0tta6bl4.sansio import Action, Event
 
 
 class RecordingNode:

@@ -24,8 +24,8 @@ from x0tta6bl4.healing import (
     HealingNode,
     RuntimeStats,
 )
-from x0tta6bl4.protocol.events import Action, Datagram, Event, Input, SetTimer, Timer
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.sansio import Action, Datagram, Event, Input, SetTimer, Timer
 
 
 class RecordingNode:

@@ -24,7 +24,7 @@ from x0tta6bl4.healing import (
     track_incidents,
 )
 from x0tta6bl4.healing.plan import renewal_delay
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
 
 
 class Planner:

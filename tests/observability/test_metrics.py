@@ -11,10 +11,10 @@ import pytest
 import structlog
 
 from x0tta6bl4.healing import HealingEvent, HealingLoop
+from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
 from x0tta6bl4.observability import metrics as m
 from x0tta6bl4.observability.logging import configure_logging
-from x0tta6bl4.protocol.events import Action
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.sansio import Action
 
 
 def value(name: str, labels: dict[str, str] | None = None) -> float:

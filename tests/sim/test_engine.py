@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from x0tta6bl4.protocol.events import (
+from x0tta6bl4.sansio import (
     Action,
     AppSend,
     Datagram,

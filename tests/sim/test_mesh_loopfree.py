@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from x0tta6bl4.protocol.events import Action, Input
-from x0tta6bl4.protocol.mesh import MeshNode
+from x0tta6bl4.mesh.node import MeshNode
+from x0tta6bl4.sansio import Action, Input
 from x0tta6bl4.sim import Edge, LinkSpec, Simulator, Topology, node_names
 from x0tta6bl4.sim.engine import SimCore
-from x0tta6bl4.sim.mesh import MeshSim, build_world, mesh_of, path
+from x0tta6bl4.sim.meshsim import MeshSim, build_world, mesh_of, path
 
 WORLD_SEED = 11  # one certificate set per node count, shared by every example
 

@@ -12,9 +12,9 @@ from itertools import pairwise
 
 import pytest
 
-from x0tta6bl4.protocol.events import Action, Deliver
+from x0tta6bl4.sansio import Action, Deliver
 from x0tta6bl4.sim import Edge, LinkSpec, Simulator, Topology, diamond
-from x0tta6bl4.sim.mesh import MeshSim, build_world, meshes, path
+from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
 from x0tta6bl4.sim.runner import (
     PARTITION_FOR,
     SCENARIOS,

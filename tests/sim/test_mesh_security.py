@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from x0tta6bl4.errors import MessageTooLarge
-from x0tta6bl4.protocol.events import Action, AppSend, Deliver, Event, Send
-from x0tta6bl4.protocol.mesh import FRAME_FORWARD, MeshNode
+from x0tta6bl4.mesh.node import FRAME_FORWARD, MeshNode
+from x0tta6bl4.sansio import Action, AppSend, Deliver, Event, Send
 from x0tta6bl4.sim import Simulator, line
-from x0tta6bl4.sim.mesh import MeshSim, build_world, mesh_of, meshes, path
+from x0tta6bl4.sim.meshsim import MeshSim, build_world, mesh_of, meshes, path
 
 SEED = 5
 SRC, RELAY, DST = "n0000", "n0001", "n0002"

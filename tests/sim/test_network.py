@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from x0tta6bl4.protocol.events import Action, AppSend, Datagram, Deliver, Input, Send
+from x0tta6bl4.sansio import Action, AppSend, Datagram, Deliver, Input, Send
 from x0tta6bl4.sim import LinkSpec, SimError, Simulator
 
 # --- toy cores -------------------------------------------------------------------

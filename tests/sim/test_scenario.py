@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from x0tta6bl4.protocol.events import (
+from x0tta6bl4.sansio import (
     Action,
     AppSend,
     Datagram,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from x0tta6bl4.protocol.events import Action, Input
+from x0tta6bl4.sansio import Action, Input
 from x0tta6bl4.sim import (
     Edge,
     LinkSpec,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from x0tta6bl4.errors import X0tError
 from x0tta6bl4.healing.events import ActionKind, PlannedAction
 from x0tta6bl4.healing.knowledge import HealingConfig
-from x0tta6bl4.protocol.events import Action, Event
-from x0tta6bl4.protocol.observe import HealableNode
+from x0tta6bl4.mesh.observe import HealableNode
+from x0tta6bl4.sansio import Action, Event
 
 
 class TokenBucket:

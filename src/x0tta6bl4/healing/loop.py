@@ -27,8 +27,8 @@ from x0tta6bl4.healing.execute import Executor
 from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge
 from x0tta6bl4.healing.monitor import Monitor, Snapshot
 from x0tta6bl4.healing.plan import plan
-from x0tta6bl4.protocol.events import Action, Event, Input, SetTimer, Timer
-from x0tta6bl4.protocol.observe import HealableNode
+from x0tta6bl4.mesh.observe import HealableNode
+from x0tta6bl4.sansio import Action, Event, Input, SetTimer, Timer
 
 PHASES: Final = ("monitor", "analyse", "plan", "execute")
 TIMER_KEY: Final[Hashable] = ("mapek",)

@@ -27,7 +27,7 @@ from x0tta6bl4.healing.knowledge import (
     clamp,
     count_since,
 )
-from x0tta6bl4.protocol.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
 
 _SESSION_AGE_SLACK = 1e-3  # seconds of float noise tolerated before "age went backwards"
 _INFINITE_COST = 0xFFFF  # the protocol's INFINITY: an unusable link

@@ -4,7 +4,7 @@ Layout (each file written atomically; keys are PKCS#8 PEM, mode 0600)::
 
     node.crt         the node's X.509-SVID (PEM)
     node.key         ML-DSA-65 signing key (the certificate's subject key)
-    node-static.key  hybrid static key: X25519 then ML-KEM-768, two PKCS#8 blocks
+    node-static.key  hybrid static key (X-Wing): one PKCS#8 block holding the 32-byte seed
     node.csr         the request ``x0t cert request`` sends to the CA (not read by ``load``)
 
 Three files cannot be replaced in one atomic step, so ``load`` checks that both keys match

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Iterable
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from x0tta6bl4.protocol.events import (
+from x0tta6bl4.sansio import (
     Action,
     AppSend,
     Datagram,

@@ -29,9 +29,9 @@ from itertools import pairwise
 from typing import Final
 
 from x0tta6bl4.healing import HealingEvent
-from x0tta6bl4.protocol.mesh import MeshNode, node_id
+from x0tta6bl4.mesh.node import MeshNode, node_id
 from x0tta6bl4.sim.engine import Simulator
-from x0tta6bl4.sim.mesh import MeshSim, build_world, meshes, path, sample_pairs
+from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path, sample_pairs
 from x0tta6bl4.sim.network import SimError, derive_rng
 from x0tta6bl4.sim.topology import Topology, diamond, random_geometric
 from x0tta6bl4.sim.trace import Trace

@@ -1,0 +1,548 @@
+"""The secure channel's wire codec: one frozen dataclass per message, ``encode`` and
+``decode``.
+
+Every message starts ``version u8 (=1) | type u8 | reserved u16 (=0)``. Integers are
+little-endian (as in WireGuard, so a DATA counter is also the tail of its nonce), except
+the handshake timestamp, which is big-endian inside its ciphertext. Decoders check every
+length against its fixed size or bound *before* slicing and raise only the typed errors
+of :mod:`x0tta6bl4.errors` (:class:`Truncated`, :class:`BadLength`, :class:`BadVersion`,
+:class:`UnknownType`, :class:`DecodeError`). ``docs/protocol.md`` has the diagrams.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from x0tta6bl4.channel.constants import (
+    AEAD_TAG_SIZE,
+    BISCUIT_PLAIN_SIZE,
+    BISCUIT_SIZE,
+    CERT_REQUEST_SIZE,
+    COOKIE_NONCE_SIZE,
+    COOKIE_SIZE,
+    DATA_HEADER_SIZE,
+    DATA_OVERHEAD,
+    EPHEMERAL_SIZE,
+    FINGERPRINT_SIZE,
+    FRAGMENT_HEADER_SIZE,
+    HEADER_SIZE,
+    INDEX_SIZE,
+    KEM_CIPHERTEXT_SIZE,
+    MAC_SIZE,
+    MAX_CERT_SIZE,
+    MAX_FRAGMENTS,
+    MAX_MESSAGE_SIZE,
+    MSG_CERT,
+    MSG_CERT_REQUEST,
+    MSG_CONFIRM,
+    MSG_COOKIE,
+    MSG_DATA,
+    MSG_FRAGMENT,
+    MSG_INIT,
+    MSG_RESP,
+    PROTOCOL_VERSION,
+    TIMESTAMP_SIZE,
+)
+from x0tta6bl4.errors import BadLength, BadVersion, DecodeError, Truncated, UnknownType
+
+
+def header(msg_type: int) -> bytes:
+    """The four bytes every message of ``msg_type`` starts with."""
+    return bytes((PROTOCOL_VERSION, msg_type, 0, 0))
+
+
+HDR_INIT: Final = header(MSG_INIT)
+HDR_RESP: Final = header(MSG_RESP)
+HDR_COOKIE: Final = header(MSG_COOKIE)
+HDR_DATA: Final = header(MSG_DATA)
+HDR_CERT_REQUEST: Final = header(MSG_CERT_REQUEST)
+HDR_CERT: Final = header(MSG_CERT)
+HDR_FRAGMENT: Final = header(MSG_FRAGMENT)
+HDR_CONFIRM: Final = header(MSG_CONFIRM)
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_FRAG = struct.Struct("<IBBH")
+_DATA = struct.Struct("<IQ")
+_TS = struct.Struct(">QI")
+_BISCUIT = struct.Struct("<IId")
+
+MACS_SIZE: Final = 2 * MAC_SIZE
+NS_PER_SECOND: Final = 1_000_000_000
+
+# INIT's sealed part: flag u8 | fingerprint 32 or (len u16 | DER) | timestamp 12 | tag 16
+IDENTITY_FINGERPRINT: Final = 0
+IDENTITY_CERT: Final = 1
+INIT_PAYLOAD_FINGERPRINT: Final = 1 + FINGERPRINT_SIZE + TIMESTAMP_SIZE  # 45
+INIT_PAYLOAD_MIN: Final = 1 + 2 + 1 + TIMESTAMP_SIZE  # a (silly) one-byte certificate
+INIT_PAYLOAD_MAX: Final = 1 + 2 + MAX_CERT_SIZE + TIMESTAMP_SIZE
+INIT_FIXED: Final = HEADER_SIZE + INDEX_SIZE + EPHEMERAL_SIZE + KEM_CIPHERTEXT_SIZE + MACS_SIZE
+INIT_MIN_SIZE: Final = INIT_FIXED + INIT_PAYLOAD_MIN + AEAD_TAG_SIZE
+INIT_CACHED_SIZE: Final = INIT_FIXED + INIT_PAYLOAD_FINGERPRINT + AEAD_TAG_SIZE  # 2437
+INIT_MAX_SIZE: Final = INIT_FIXED + INIT_PAYLOAD_MAX + AEAD_TAG_SIZE
+RESP_SIZE: Final = (
+    HEADER_SIZE
+    + 2 * INDEX_SIZE
+    + 2 * KEM_CIPHERTEXT_SIZE
+    + AEAD_TAG_SIZE
+    + BISCUIT_SIZE
+    + MACS_SIZE
+)  # 2452
+CONFIRM_MIN_SIZE: Final = HEADER_SIZE + BISCUIT_SIZE + DATA_OVERHEAD  # 188
+COOKIE_MSG_SIZE: Final = HEADER_SIZE + INDEX_SIZE + COOKIE_NONCE_SIZE + COOKIE_SIZE + AEAD_TAG_SIZE
+CERT_FIXED: Final = HEADER_SIZE + INDEX_SIZE + 2 + MAC_SIZE
+CERT_REQUEST_USED: Final = HEADER_SIZE + INDEX_SIZE + 2 * MAC_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    """Type 1, initiator to responder."""
+
+    sender_index: int
+    ephemeral: bytes  # E_i, a fresh hybrid public key (1216)
+    ct_static: bytes  # encapsulation to the responder's static key (1120)
+    sealed: bytes  # AEAD(k1, identity || timestamp, ad=h)
+    mac1: bytes
+    mac2: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Resp:
+    """Type 2, responder to initiator."""
+
+    sender_index: int
+    receiver_index: int
+    ct_ephemeral: bytes  # encapsulation to E_i (1120): forward secrecy
+    ct_initiator: bytes  # encapsulation to the initiator's static key (1120)
+    confirm: bytes  # AEAD(k3, empty, ad=h): 16 bytes
+    biscuit: bytes  # the responder's sealed state, opaque to the initiator (152)
+    mac1: bytes
+    mac2: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CookieReply:
+    """Type 3: "come back with this cookie in mac2"."""
+
+    receiver_index: int
+    nonce: bytes  # 12
+    sealed_cookie: bytes  # AEAD(cookie 16) = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Type 4: transport data (an empty plaintext is a keepalive)."""
+
+    receiver_index: int
+    counter: int
+    ciphertext: bytes  # payload + 16-byte tag
+
+
+@dataclass(frozen=True, slots=True)
+class CertRequest:
+    """Type 5: "send me your certificate". Zero padded to ``CERT_REQUEST_SIZE``."""
+
+    request_id: int
+    mac2: bytes
+    check: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cert:
+    """Type 6: a certificate's DER, in answer to ``request_id``."""
+
+    request_id: int
+    cert_der: bytes
+    check: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """Type 7: chunk ``index`` of ``count`` of a message of ``total_length`` bytes."""
+
+    message_id: int
+    index: int
+    count: int
+    total_length: int
+    chunk: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """Type 8: the initiator's packets on a new session until the responder answers:
+    RESP's biscuit handed back, then a whole DATA datagram (often an empty keepalive)."""
+
+    biscuit: bytes
+    data: bytes  # a DATA datagram, header included
+
+
+Message: TypeAlias = Init | Resp | CookieReply | Data | CertRequest | Cert | Fragment | Confirm
+
+
+@dataclass(frozen=True, slots=True)
+class BiscuitState:
+    """What a responder needs to finish a handshake, sealed into RESP instead of kept:
+    it holds no state for an INIT nobody has authenticated."""
+
+    local_index: int
+    remote_index: int
+    created: float  # the responder's monotonic clock when it answered
+    timestamp: int  # the INIT's timestamp (ns), recorded once the handshake is confirmed
+    fingerprint: bytes  # the initiator's certificate
+    send_key: bytes  # responder -> initiator
+    recv_key: bytes  # initiator -> responder
+
+    def __repr__(self) -> str:
+        return f"BiscuitState(local={self.local_index:#010x}, keys hidden)"
+
+
+@dataclass(frozen=True, slots=True)
+class InitPayload:
+    """The plaintext sealed inside INIT: who the initiator is, and when it sent this."""
+
+    timestamp: int  # wall-clock nanoseconds
+    fingerprint: bytes | None = None  # set when the responder should have our certificate
+    cert_der: bytes | None = None  # set on first contact and on retries
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _need(data: bytes, size: int, what: str) -> None:
+    if len(data) < size:
+        raise Truncated(f"{what}: need {size} bytes, got {len(data)}")
+
+
+def _exact(data: bytes, size: int, what: str) -> None:
+    _need(data, size, what)
+    if len(data) != size:
+        raise BadLength(f"{what}: expected {size} bytes, got {len(data)}")
+
+
+def _field(value: bytes, size: int, what: str) -> bytes:
+    if len(value) != size:
+        raise BadLength(f"{what} must be {size} bytes, got {len(value)}")
+    return value
+
+
+def _u32(value: int, what: str) -> bytes:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise BadLength(f"{what} out of range: {value}")
+    return _U32.pack(value)
+
+
+def check_header(data: bytes) -> int:
+    """Validate the 4-byte common header; return the message type."""
+    _need(data, HEADER_SIZE, "header")
+    if data[0] != PROTOCOL_VERSION:
+        raise BadVersion(f"protocol version {data[0]}, we speak {PROTOCOL_VERSION}")
+    if data[2] or data[3]:
+        raise DecodeError("reserved header bytes must be zero")
+    msg_type = data[1]
+    if not MSG_INIT <= msg_type <= MSG_CONFIRM:
+        raise UnknownType(f"message type {msg_type}")
+    return msg_type
+
+
+# --- encoders ---------------------------------------------------------------------
+
+
+def encode(msg: Message) -> bytes:
+    """The wire bytes of ``msg``; raises :class:`BadLength` if a field is out of range."""
+    if isinstance(msg, Data):
+        if not 0 <= msg.counter < 2**64:
+            raise BadLength(f"counter out of range: {msg.counter}")
+        if len(msg.ciphertext) < AEAD_TAG_SIZE:
+            raise BadLength("DATA ciphertext is shorter than its tag")
+        return HDR_DATA + _DATA.pack(_check_u32(msg.receiver_index), msg.counter) + msg.ciphertext
+    if isinstance(msg, Init):
+        size = len(msg.sealed)
+        if not INIT_PAYLOAD_MIN + AEAD_TAG_SIZE <= size <= INIT_PAYLOAD_MAX + AEAD_TAG_SIZE:
+            raise BadLength(f"INIT sealed payload of {size} bytes")
+        return b"".join(
+            (
+                HDR_INIT,
+                _u32(msg.sender_index, "sender_index"),
+                _field(msg.ephemeral, EPHEMERAL_SIZE, "ephemeral"),
+                _field(msg.ct_static, KEM_CIPHERTEXT_SIZE, "ct_static"),
+                msg.sealed,
+                _field(msg.mac1, MAC_SIZE, "mac1"),
+                _field(msg.mac2, MAC_SIZE, "mac2"),
+            )
+        )
+    if isinstance(msg, Resp):
+        return b"".join(
+            (
+                HDR_RESP,
+                _u32(msg.sender_index, "sender_index"),
+                _u32(msg.receiver_index, "receiver_index"),
+                _field(msg.ct_ephemeral, KEM_CIPHERTEXT_SIZE, "ct_ephemeral"),
+                _field(msg.ct_initiator, KEM_CIPHERTEXT_SIZE, "ct_initiator"),
+                _field(msg.confirm, AEAD_TAG_SIZE, "confirm"),
+                _field(msg.biscuit, BISCUIT_SIZE, "biscuit"),
+                _field(msg.mac1, MAC_SIZE, "mac1"),
+                _field(msg.mac2, MAC_SIZE, "mac2"),
+            )
+        )
+    if isinstance(msg, CookieReply):
+        return b"".join(
+            (
+                HDR_COOKIE,
+                _u32(msg.receiver_index, "receiver_index"),
+                _field(msg.nonce, COOKIE_NONCE_SIZE, "nonce"),
+                _field(msg.sealed_cookie, COOKIE_SIZE + AEAD_TAG_SIZE, "sealed_cookie"),
+            )
+        )
+    if isinstance(msg, CertRequest):
+        used = b"".join(
+            (
+                HDR_CERT_REQUEST,
+                _u32(msg.request_id, "request_id"),
+                _field(msg.mac2, MAC_SIZE, "mac2"),
+                _field(msg.check, MAC_SIZE, "check"),
+            )
+        )
+        return used + bytes(CERT_REQUEST_SIZE - CERT_REQUEST_USED)
+    if isinstance(msg, Cert):
+        if not 1 <= len(msg.cert_der) <= MAX_CERT_SIZE:
+            raise BadLength(f"certificate of {len(msg.cert_der)} bytes")
+        return b"".join(
+            (
+                HDR_CERT,
+                _u32(msg.request_id, "request_id"),
+                _U16.pack(len(msg.cert_der)),
+                msg.cert_der,
+                _field(msg.check, MAC_SIZE, "check"),
+            )
+        )
+    if isinstance(msg, Confirm):
+        if len(msg.data) < DATA_OVERHEAD or msg.data[:HEADER_SIZE] != HDR_DATA:
+            raise BadLength("CONFIRM must carry a whole DATA datagram")
+        return HDR_CONFIRM + _field(msg.biscuit, BISCUIT_SIZE, "biscuit") + msg.data
+    return encode_fragment(msg)
+
+
+def _check_u32(value: int) -> int:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise BadLength(f"index out of range: {value}")
+    return value
+
+
+def encode_fragment(msg: Fragment) -> bytes:
+    _check_fragment(msg.index, msg.count, msg.total_length, len(msg.chunk))
+    return (
+        HDR_FRAGMENT
+        + _FRAG.pack(_check_u32(msg.message_id), msg.index, msg.count, msg.total_length)
+        + msg.chunk
+    )
+
+
+def _check_fragment(index: int, count: int, total_length: int, chunk_size: int) -> None:
+    if not 2 <= count <= MAX_FRAGMENTS:
+        raise BadLength(f"fragment count {count} outside 2..{MAX_FRAGMENTS}")
+    if not 0 <= index < count:
+        raise BadLength(f"fragment index {index} of {count}")
+    if not 1 <= total_length <= MAX_MESSAGE_SIZE:
+        raise BadLength(f"fragmented message of {total_length} bytes")
+    if not 1 <= chunk_size <= total_length:
+        raise BadLength(f"fragment chunk of {chunk_size} bytes for a {total_length}-byte message")
+
+
+# --- decoders ---------------------------------------------------------------------
+
+
+def decode(data: bytes) -> Message:
+    """Decode any message; raises only :class:`x0tta6bl4.errors.DecodeError` subclasses."""
+    msg_type = check_header(data)
+    return _DECODERS[msg_type](data)
+
+
+def decode_init(data: bytes) -> Init:
+    _need(data, INIT_MIN_SIZE, "INIT")
+    if len(data) > INIT_MAX_SIZE:
+        raise BadLength(f"INIT of {len(data)} bytes exceeds {INIT_MAX_SIZE}")
+    e = HEADER_SIZE + INDEX_SIZE
+    c = e + EPHEMERAL_SIZE
+    s = c + KEM_CIPHERTEXT_SIZE
+    m = len(data) - MACS_SIZE
+    return Init(
+        sender_index=_U32.unpack_from(data, HEADER_SIZE)[0],
+        ephemeral=data[e:c],
+        ct_static=data[c:s],
+        sealed=data[s:m],
+        mac1=data[m : m + MAC_SIZE],
+        mac2=data[m + MAC_SIZE :],
+    )
+
+
+def decode_resp(data: bytes) -> Resp:
+    _exact(data, RESP_SIZE, "RESP")
+    a = HEADER_SIZE + 2 * INDEX_SIZE
+    b = a + KEM_CIPHERTEXT_SIZE
+    c = b + KEM_CIPHERTEXT_SIZE
+    d = c + AEAD_TAG_SIZE
+    e = d + BISCUIT_SIZE
+    return Resp(
+        sender_index=_U32.unpack_from(data, HEADER_SIZE)[0],
+        receiver_index=_U32.unpack_from(data, HEADER_SIZE + INDEX_SIZE)[0],
+        ct_ephemeral=data[a:b],
+        ct_initiator=data[b:c],
+        confirm=data[c:d],
+        biscuit=data[d:e],
+        mac1=data[e : e + MAC_SIZE],
+        mac2=data[e + MAC_SIZE :],
+    )
+
+
+def decode_cookie(data: bytes) -> CookieReply:
+    _exact(data, COOKIE_MSG_SIZE, "COOKIE")
+    n = HEADER_SIZE + INDEX_SIZE
+    return CookieReply(
+        receiver_index=_U32.unpack_from(data, HEADER_SIZE)[0],
+        nonce=data[n : n + COOKIE_NONCE_SIZE],
+        sealed_cookie=data[n + COOKIE_NONCE_SIZE :],
+    )
+
+
+def decode_data(data: bytes) -> Data:
+    _need(data, DATA_OVERHEAD, "DATA")
+    index, counter = _DATA.unpack_from(data, HEADER_SIZE)
+    return Data(receiver_index=index, counter=counter, ciphertext=data[DATA_HEADER_SIZE:])
+
+
+def decode_cert_request(data: bytes) -> CertRequest:
+    _exact(data, CERT_REQUEST_SIZE, "CERT_REQUEST")
+    if any(data[CERT_REQUEST_USED:]):
+        raise DecodeError("CERT_REQUEST padding must be zero")
+    m = HEADER_SIZE + INDEX_SIZE
+    return CertRequest(
+        request_id=_U32.unpack_from(data, HEADER_SIZE)[0],
+        mac2=data[m : m + MAC_SIZE],
+        check=data[m + MAC_SIZE : m + 2 * MAC_SIZE],
+    )
+
+
+def decode_cert(data: bytes) -> Cert:
+    _need(data, CERT_FIXED + 1, "CERT")
+    size = _U16.unpack_from(data, HEADER_SIZE + INDEX_SIZE)[0]
+    if not 1 <= size <= MAX_CERT_SIZE:
+        raise BadLength(f"certificate of {size} bytes")
+    _exact(data, CERT_FIXED + size, "CERT")
+    start = HEADER_SIZE + INDEX_SIZE + 2
+    return Cert(
+        request_id=_U32.unpack_from(data, HEADER_SIZE)[0],
+        cert_der=data[start : start + size],
+        check=data[start + size :],
+    )
+
+
+def decode_fragment(data: bytes) -> Fragment:
+    _need(data, FRAGMENT_HEADER_SIZE + 1, "FRAGMENT")
+    message_id, index, count, total = _FRAG.unpack_from(data, HEADER_SIZE)
+    chunk_size = len(data) - FRAGMENT_HEADER_SIZE
+    _check_fragment(index, count, total, chunk_size)
+    return Fragment(message_id, index, count, total, data[FRAGMENT_HEADER_SIZE:])
+
+
+def decode_confirm(data: bytes) -> Confirm:
+    _need(data, CONFIRM_MIN_SIZE, "CONFIRM")
+    inner = data[HEADER_SIZE + BISCUIT_SIZE :]
+    if inner[:HEADER_SIZE] != HDR_DATA:
+        raise DecodeError("CONFIRM does not carry a DATA datagram")
+    return Confirm(biscuit=data[HEADER_SIZE : HEADER_SIZE + BISCUIT_SIZE], data=inner)
+
+
+_DECODERS: dict[int, Callable[[bytes], Message]] = {
+    MSG_INIT: decode_init,
+    MSG_RESP: decode_resp,
+    MSG_COOKIE: decode_cookie,
+    MSG_DATA: decode_data,
+    MSG_CERT_REQUEST: decode_cert_request,
+    MSG_CERT: decode_cert,
+    MSG_FRAGMENT: decode_fragment,
+    MSG_CONFIRM: decode_confirm,
+}
+
+
+# --- the responder's biscuit (sealed by the responder, for itself) --------------------
+
+
+def encode_biscuit_state(b: BiscuitState) -> bytes:
+    return b"".join(
+        (
+            _BISCUIT.pack(_check_u32(b.local_index), _check_u32(b.remote_index), b.created),
+            encode_timestamp(b.timestamp),
+            _field(b.fingerprint, FINGERPRINT_SIZE, "fingerprint"),
+            _field(b.send_key, 32, "send_key"),
+            _field(b.recv_key, 32, "recv_key"),
+        )
+    )
+
+
+def decode_biscuit_state(data: bytes) -> BiscuitState:
+    _exact(data, BISCUIT_PLAIN_SIZE, "biscuit")
+    local, remote, created = _BISCUIT.unpack_from(data)
+    t = _BISCUIT.size
+    f = t + TIMESTAMP_SIZE
+    k = f + FINGERPRINT_SIZE
+    return BiscuitState(
+        local_index=local,
+        remote_index=remote,
+        created=created,
+        timestamp=decode_timestamp(data[t:f]),
+        fingerprint=data[f:k],
+        send_key=data[k : k + 32],
+        recv_key=data[k + 32 : k + 64],
+    )
+
+
+# --- INIT's sealed payload --------------------------------------------------------
+
+
+def encode_timestamp(ns: int) -> bytes:
+    if not 0 <= ns < 2**64 * NS_PER_SECOND:
+        raise BadLength(f"timestamp out of range: {ns}")
+    return _TS.pack(*divmod(ns, NS_PER_SECOND))
+
+
+def decode_timestamp(data: bytes) -> int:
+    _exact(data, TIMESTAMP_SIZE, "timestamp")
+    seconds, nanos = _TS.unpack(data)
+    if nanos >= NS_PER_SECOND:
+        raise DecodeError(f"timestamp nanoseconds {nanos} >= 10**9")
+    return int(seconds * NS_PER_SECOND + nanos)
+
+
+def encode_init_payload(p: InitPayload) -> bytes:
+    ts = encode_timestamp(p.timestamp)
+    if (p.fingerprint is None) == (p.cert_der is None):
+        raise DecodeError("an INIT identity is either a fingerprint or a certificate")
+    if p.fingerprint is not None:
+        return bytes((IDENTITY_FINGERPRINT,)) + _field(p.fingerprint, 32, "fingerprint") + ts
+    assert p.cert_der is not None
+    if not 1 <= len(p.cert_der) <= MAX_CERT_SIZE:
+        raise BadLength(f"certificate of {len(p.cert_der)} bytes")
+    return bytes((IDENTITY_CERT,)) + _U16.pack(len(p.cert_der)) + p.cert_der + ts
+
+
+def decode_init_payload(data: bytes) -> InitPayload:
+    _need(data, INIT_PAYLOAD_MIN, "INIT payload")
+    flag = data[0]
+    if flag == IDENTITY_FINGERPRINT:
+        _exact(data, INIT_PAYLOAD_FINGERPRINT, "INIT payload")
+        return InitPayload(
+            timestamp=decode_timestamp(data[1 + FINGERPRINT_SIZE :]),
+            fingerprint=data[1 : 1 + FINGERPRINT_SIZE],
+        )
+    if flag == IDENTITY_CERT:
+        size = _U16.unpack_from(data, 1)[0]
+        if not 1 <= size <= MAX_CERT_SIZE:
+            raise BadLength(f"certificate of {size} bytes")
+        _exact(data, 3 + size + TIMESTAMP_SIZE, "INIT payload")
+        return InitPayload(
+            timestamp=decode_timestamp(data[3 + size :]), cert_der=data[3 : 3 + size]
+        )
+    raise DecodeError(f"INIT identity flag {flag}")

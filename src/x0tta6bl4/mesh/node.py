@@ -1,0 +1,562 @@
+"""The mesh node core: neighbour links, routing, forwarding and end-to-end sessions.
+
+Sans-IO like everything in ``protocol/``: ``handle(now, input) -> actions``.
+
+Two secure endpoints share one node:
+
+* ``links`` speaks the hybrid handshake to each configured neighbour over the datagram
+  transport (addresses are ``(host, port)`` on real UDP, node names in the simulator).
+  Every link payload is a *mesh frame*.
+* ``e2e`` speaks the same handshake to far nodes, its datagrams carried in FORWARD frames
+  hop by hop; its addresses are 8-byte node ids. Relays see ids, TTL and ciphertext only.
+
+Mesh frames (inside a link session)::
+
+    HELLO    type=1 | incarnation u32 | hello (linkquality, 20 bytes)
+    ROUTING  type=2 | routing TLVs
+    FORWARD  type=3 | ttl u8 | src id 8 | dst id 8 | e2e datagram
+
+Application payloads travel as ``port u16 | payload`` inside an e2e session.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import struct
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from x0tta6bl4.channel.constants import DATA_OVERHEAD, DEFAULT_MAX_DATAGRAM
+from x0tta6bl4.channel.endpoint import SecureEndpoint
+from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
+from x0tta6bl4.crypto.hybrid import HybridPrivateKey
+from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError
+from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
+from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.routing import babel as rt
+from x0tta6bl4.routing import linkquality as lq
+from x0tta6bl4.sansio import (
+    Action,
+    Addr,
+    AppSend,
+    Datagram,
+    Deliver,
+    Event,
+    Input,
+    Send,
+    SetTimer,
+    Timer,
+)
+
+NodeId = bytes
+
+FRAME_HELLO: Final = 1
+FRAME_ROUTING: Final = 2
+FRAME_FORWARD: Final = 3
+_FWD = struct.Struct(">BB8s8s")  # type, ttl, src, dst
+_BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
+FORWARD_OVERHEAD: Final = _FWD.size  # 18
+PORT_OVERHEAD: Final = 2
+DEFAULT_TTL: Final = 64
+DEAD_HELLO_INTERVAL: Final = 1.0
+"""Hellos keep going to a dead neighbour's old session at this slower pace, so a link that
+comes back within the session lifetime is noticed without a new handshake."""
+COST_REFRESH_INTERVAL: Final = 0.3
+"""Seconds between link-cost refreshes pushed into the router from received hellos."""
+HELLO_JITTER: Final = 0.1
+"""Fraction of the hello interval drawn at random each period, to desynchronise nodes."""
+
+_TK_HELLO: Final = ("hello",)
+_TK_ROUTE: Final = ("route",)
+_LINK: Final = "link"
+_E2E: Final = "e2e"
+
+
+def node_id(name: str) -> NodeId:
+    """A node's 8-byte routing id, derived from its certificate name."""
+    return hashlib.sha256(b"x0tta6bl4/node-id/v1\x00" + name.encode()).digest()[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    hello_interval: float = lq.HELLO_INTERVAL
+    update_interval: float = rt.UPDATE_INTERVAL
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
+    ttl: int = DEFAULT_TTL
+
+
+class _Neighbour:
+    __slots__ = (
+        "addr",
+        "alive",
+        "cost_due",
+        "damped_until",
+        "est",
+        "name",
+        "next_hello",
+        "peer_boot",
+    )
+
+    def __init__(self, name: str, addr: Addr, est: lq.LinkEstimator) -> None:
+        self.name = name
+        self.addr = addr
+        self.est = est
+        self.alive = False
+        self.damped_until: float | None = None
+        self.next_hello = 0.0
+        self.cost_due = 0.0  # next time a hello may refresh the router's cost
+        self.peer_boot: int | None = None  # the neighbour's incarnation, from its hellos
+
+
+class MeshNode:
+    """One mesh node. Implements ``observe.HealableNode``."""
+
+    def __init__(
+        self,
+        name: str,
+        cert_der: bytes,
+        static_private: HybridPrivateKey,
+        verifier: CertVerifier,
+        *,
+        rng: random.Random,
+        wall_offset: float,
+        trust_domain: str,
+        cert_not_after: float,
+        secrets: SecretSource = SYSTEM_SECRETS,
+        neighbours: Iterable[Addr] = (),
+        directory: Iterable[str] = (),
+        config: MeshConfig | None = None,
+    ) -> None:
+        self.name = name
+        self.id = node_id(name)
+        self.config = cfg = config or MeshConfig()
+        self._rng = rng
+        self._wall_offset = wall_offset
+        self._cert_not_after = cert_not_after
+        endpoint = functools.partial(
+            SecureEndpoint,
+            cert_der,
+            static_private,
+            verifier,
+            secrets=secrets,
+            jitter=rng,
+            wall_offset=wall_offset,
+            trust_domain=trust_domain,
+        )
+        self.links = endpoint(max_datagram=cfg.max_datagram)
+        # e2e datagrams ride in FORWARD frames inside link sessions.
+        self.e2e_max_datagram = cfg.max_datagram - DATA_OVERHEAD - FORWARD_OVERHEAD
+        self.e2e = endpoint(
+            max_datagram=self.e2e_max_datagram, accept_identity=self._e2e_identity_ok
+        )
+        self.max_app_payload = self.e2e_max_datagram - DATA_OVERHEAD - PORT_OVERHEAD
+        self._link_payload_max = cfg.max_datagram - DATA_OVERHEAD
+        self.router = rt.Router(self.id, rng, update_interval=cfg.update_interval)
+        self._configured: list[Addr] = list(neighbours)
+        self._nbrs: dict[str, _Neighbour] = {}
+        self._names: dict[NodeId, str] = {self.id: name}
+        for n in directory:
+            self._names[node_id(n)] = n
+        self.counters: dict[str, int] = {}
+        # A fresh random incarnation per start lets neighbours tell a restart from a
+        # link that merely went quiet.
+        self.boot_id = rng.getrandbits(32)
+        self._hello_prefix = bytes((FRAME_HELLO,)) + _BOOT.pack(self.boot_id)
+        self._route_timer_at = float("inf")
+        self._routes_cache: dict[str, RouteObservation] | None = None
+        # Test and demo hooks: see what a relay handles, or make a relay malicious.
+        self.frame_observer: Callable[[str, bytes], None] | None = None
+        self.relay_tamper: Callable[[bytes], bytes] | None = None
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def name_of(self, nid: NodeId) -> str:
+        return self._names.get(nid) or nid.hex()
+
+    def _e2e_identity_ok(self, addr: Hashable, identity: VerifiedIdentity) -> bool:
+        # Whoever answers for node id X must hold X's certificate, or a relay could
+        # terminate the session itself.
+        return node_id(identity.name) == addr
+
+    # -- sans-IO entry points ---------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for addr in self._configured:
+            self.links.add_peer(addr)
+            self._wrap(now, _LINK, self.links.connect(now, addr), out)
+        out.append(SetTimer(now + self._hello_period(), _TK_HELLO))
+        self._route_tick(now, out)
+        return out
+
+    def handle(self, now: float, inp: Input) -> list[Action]:
+        out: list[Action] = []
+        if type(inp) is Datagram:
+            self._wrap(now, _LINK, self.links.handle(now, inp), out)
+        elif type(inp) is Timer:
+            key = inp.key
+            if key == _TK_HELLO:
+                self._hello_tick(now, out)
+            elif key == _TK_ROUTE:
+                self._route_tick(now, out)
+            elif type(key) is tuple and len(key) == 2:
+                layer, inner = key
+                if layer == _LINK:
+                    self._wrap(now, _LINK, self.links.handle(now, Timer(inner)), out)
+                elif layer == _E2E:
+                    self._wrap(now, _E2E, self.e2e.handle(now, Timer(inner)), out)
+        elif type(inp) is AppSend:
+            try:
+                self._app_send(now, inp.dst, inp.port, inp.payload, out)
+            except (ProtocolError, ValueError) as exc:
+                self._count("app_send_refused")
+                out.append(Event("app_send_refused", {"dst": inp.dst, "reason": str(exc)}))
+        return out
+
+    def send_app(self, now: float, dst: str, port: int, payload: bytes) -> list[Action]:
+        """Send ``payload`` to node ``dst``; raises MessageTooLarge past the path MTU."""
+        out: list[Action] = []
+        self._app_send(now, dst, port, payload, out)
+        return out
+
+    def _app_send(self, now: float, dst: str, port: int, payload: bytes, out: list[Action]) -> None:
+        if len(payload) > self.max_app_payload:
+            raise MessageTooLarge(len(payload), self.max_app_payload)
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} out of range 0..65535")
+        dst_id = node_id(dst)
+        self._names[dst_id] = dst
+        if dst_id == self.id:
+            out.append(Deliver(self.name, port, payload))
+            return
+        self.e2e.add_peer(dst_id)
+        self._wrap(now, _E2E, self.e2e.send(now, dst_id, port.to_bytes(2, "big") + payload), out)
+
+    # -- endpoint action plumbing ---------------------------------------------------------
+
+    def _wrap(self, now: float, layer: str, actions: list[Action], out: list[Action]) -> None:
+        a: Any  # dispatched on the exact type; mypy cannot narrow through `t`
+        for a in actions:
+            t = type(a)
+            if t is Send:
+                if layer == _LINK:
+                    out.append(a)
+                else:
+                    self._forward_own(now, a.addr, a.data, out)
+            elif t is Deliver:
+                if layer == _LINK:
+                    self._on_frame(now, a.src, a.payload, out)
+                else:
+                    self._on_e2e_deliver(a, out)
+            elif t is SetTimer:
+                out.append(SetTimer(a.at, (layer, a.key)))
+            elif t is Event:
+                ev: Event = a
+                if layer == _LINK and ev.kind == "handshake_complete":
+                    self._on_link_up(now, ev, out)
+                out.append(Event(f"{layer}.{ev.kind}", ev.fields))
+
+    def _on_e2e_deliver(self, d: Deliver, out: list[Action]) -> None:
+        if len(d.payload) < PORT_OVERHEAD:
+            self._count("e2e_short_payload")
+            return
+        port = int.from_bytes(d.payload[:2], "big")
+        out.append(Deliver(d.src, port, d.payload[2:]))
+
+    # -- links and hellos -------------------------------------------------------------------
+
+    def _on_link_up(self, now: float, ev: Event, out: list[Action]) -> None:
+        peer = ev.fields.get("peer")
+        if not isinstance(peer, str):
+            return
+        addr = self.links.addr_of(peer)
+        if addr is None:
+            return
+        nb = self._nbrs.get(peer)
+        if nb is None:
+            nb = _Neighbour(
+                peer, addr, lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
+            )
+            self._nbrs[peer] = nb
+            self._names[node_id(peer)] = peer
+        nb.addr = addr
+        # Hello at once: the link's cost is known after one exchange each way.
+        self._send_hello(now, nb, out)
+
+    def _hello_period(self) -> float:
+        iv = self.config.hello_interval
+        return iv * (1.0 - HELLO_JITTER * self._rng.random())
+
+    def _send_hello(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+        frame = self._hello_prefix + nb.est.hello_bytes(now)
+        self._link_send(now, nb.addr, frame, out)
+
+    def _link_send(self, now: float, addr: Addr, frame: bytes, out: list[Action]) -> None:
+        try:
+            acts = self.links.send(now, addr, frame)
+        except ProtocolError:
+            self._count("link_send_failed")
+            return
+        self._wrap(now, _LINK, acts, out)
+
+    def _hello_tick(self, now: float, out: list[Action]) -> None:
+        for nb in list(self._nbrs.values()):
+            dead = nb.est.is_dead(now)
+            if nb.alive and dead:
+                nb.alive = False
+                out.append(Event("neighbour_dead", {"peer": nb.name}))
+                self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+            if nb.alive or now >= nb.next_hello:
+                self._send_hello(now, nb, out)
+                if not nb.alive:
+                    nb.next_hello = now + DEAD_HELLO_INTERVAL
+            if nb.damped_until is not None and now >= nb.damped_until:
+                nb.damped_until = None
+                self._update_cost(now, nb, out)
+        out.append(SetTimer(now + self._hello_period(), _TK_HELLO))
+
+    def _update_cost(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+        cost = nb.est.cost
+        if nb.damped_until is not None:
+            cost = rt.INFINITY
+        if cost >= rt.INFINITY:
+            if self.router.link_cost(nb.name) < rt.INFINITY:
+                self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+            return
+        self._emit_routing(now, self.router.set_link_cost(now, nb.name, cost), out)
+
+    def _on_hello(self, now: float, nb: _Neighbour, body: bytes, out: list[Action]) -> None:
+        if len(body) != _BOOT.size + lq.HELLO_SIZE:
+            self._count("bad_hello")
+            return
+        (boot,) = _BOOT.unpack_from(body)
+        if boot != nb.peer_boot and nb.peer_boot is not None:
+            try:  # a malformed hello must not pass for a restart
+                lq.decode_hello(body[_BOOT.size :])
+            except DecodeError:
+                self._count("bad_hello")
+                return
+            self._on_peer_restart(now, nb, out)
+        try:
+            nb.est.on_hello_bytes(now, body[_BOOT.size :])
+        except DecodeError:
+            self._count("bad_hello")
+            return
+        nb.peer_boot = boot
+        if not nb.alive and not nb.est.is_dead(now):
+            nb.alive = True
+            out.append(Event("neighbour_up", {"peer": nb.name}))
+        # Refresh the router's cost at a bounded pace: the estimate moves a little on
+        # every hello and the router would absorb most of it anyway. A link the router
+        # does not use yet is refreshed at once, so a new link joins without delay.
+        if now >= nb.cost_due or self.router.link_cost(nb.name) >= rt.INFINITY:
+            nb.cost_due = now + COST_REFRESH_INTERVAL
+            self._update_cost(now, nb, out)
+
+    def _on_peer_restart(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+        # A restarted neighbour has lost its routing state, feasibility distances
+        # included; routes we hold through its former self could lead straight back to
+        # us once it learns them. Forget them before anything else of its is processed.
+        self._count("neighbour_restarted")
+        out.append(Event("neighbour_restarted", {"peer": nb.name}))
+        nb.est = lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
+        if nb.alive:
+            nb.alive = False
+            out.append(Event("neighbour_dead", {"peer": nb.name, "reason": "restarted"}))
+        self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+
+    # -- frames ------------------------------------------------------------------------
+
+    def _on_frame(self, now: float, peer: str, frame: bytes, out: list[Action]) -> None:
+        if not frame:
+            return  # keepalive
+        if self.frame_observer is not None:
+            self.frame_observer(peer, frame)
+        nb = self._nbrs.get(peer)
+        kind = frame[0]
+        if kind == FRAME_HELLO:
+            if nb is not None:
+                self._on_hello(now, nb, frame[1:], out)
+        elif kind == FRAME_ROUTING:
+            try:
+                msgs = self.router.handle_packet(now, peer, frame[1:])
+            except DecodeError:
+                self._count("bad_routing")
+                return
+            self._emit_routing(now, msgs, out)
+        elif kind == FRAME_FORWARD:
+            self._on_forward(now, frame, out)
+        else:
+            self._count("unknown_frame")
+
+    def _emit_routing(self, now: float, msgs: list[rt.Outgoing], out: list[Action]) -> None:
+        # Any router call may queue coalesced updates or seqno-request resends that are
+        # due before the timer we hold.
+        due = self.router.next_deadline()
+        if due < self._route_timer_at:
+            self._route_timer_at = due
+            out.append(SetTimer(due, _TK_ROUTE))
+        limit = self._link_payload_max - 1
+        for m in msgs:
+            packets = rt.pack_tlvs(m.tlvs, limit)
+            if m.to is None:
+                targets = [nb for nb in self._nbrs.values() if nb.alive]
+            else:
+                nb = self._nbrs.get(m.to)
+                targets = [nb] if nb is not None else []
+            for nb in targets:
+                for p in packets:
+                    self._link_send(now, nb.addr, b"\x02" + p, out)
+
+    def _route_tick(self, now: float, out: list[Action]) -> None:
+        msgs, deadline = self.router.tick(now)
+        self._route_timer_at = deadline
+        out.append(SetTimer(deadline, _TK_ROUTE))
+        self._emit_routing(now, msgs, out)
+
+    # -- forwarding ----------------------------------------------------------------------
+
+    def _forward_own(self, now: float, dst: Hashable, data: bytes, out: list[Action]) -> None:
+        if not isinstance(dst, bytes):
+            return
+        frame = _FWD.pack(FRAME_FORWARD, self.config.ttl, self.id, dst) + data
+        self._relay(now, dst, frame, out)
+
+    def _relay(self, now: float, dst: NodeId, frame: bytes, out: list[Action]) -> None:
+        hop = self.router.next_hop(dst)
+        nb = self._nbrs.get(hop) if hop is not None else None
+        if nb is None:
+            self._count("no_route")
+            return
+        self._link_send(now, nb.addr, frame, out)
+
+    def _on_forward(self, now: float, frame: bytes, out: list[Action]) -> None:
+        if len(frame) < FORWARD_OVERHEAD:
+            self._count("bad_forward")
+            return
+        _, ttl, src, dst = _FWD.unpack_from(frame)
+        inner = frame[FORWARD_OVERHEAD:]
+        if dst == self.id:
+            self._wrap(now, _E2E, self.e2e.handle(now, Datagram(src, inner)), out)
+            return
+        if ttl <= 1:
+            self._count("ttl_expired")
+            return
+        if self.relay_tamper is not None:
+            inner = self.relay_tamper(inner)
+        self._count("relayed")
+        self._relay(now, dst, _FWD.pack(FRAME_FORWARD, ttl - 1, src, dst) + inner, out)
+
+    # -- HealableNode ----------------------------------------------------------------------
+
+    def observe(self, now: float) -> NodeObservation:
+        links: dict[str, LinkObservation] = {}
+        for nb in self._nbrs.values():
+            est = nb.est
+            info = self.links.peer(nb.addr)
+            session_age = info.session_age if info is not None else None
+            failures = info.failures if info is not None else 0
+            links[nb.name] = LinkObservation(
+                peer=nb.name,
+                alive=nb.alive,
+                rtt=est.rtt,
+                jitter=est.jitter,
+                loss=est.loss,
+                last_heard=est.last_heard,
+                cost=self.router.link_cost(nb.name),
+                base_cost=est.base_cost,
+                session_age=session_age,
+                handshake_failures=failures,
+                damped_until=nb.damped_until,
+            )
+        return NodeObservation(
+            now=now,
+            name=self.name,
+            links=links,
+            routes=self._route_view(),
+            cert_not_after=self._cert_not_after,
+            wall_now=now + self._wall_offset,
+            counters=dict(self.counters),
+        )
+
+    def _route_view(self) -> dict[str, RouteObservation]:
+        # Rebuilding 1,000 routes every healing cycle would dominate a big simulation, so
+        # the view follows the router's next-hop change log: unchanged entries keep their
+        # objects (the monitor skips them by identity) and an unchanged view is the same
+        # mapping. Metrics in the view are as of the last next-hop change.
+        changes = self.router.drain_changes()
+        cache = self._routes_cache
+        if cache is not None and not changes:
+            return cache
+        router = self.router
+        counts = router.route_changes
+        name_of = self.name_of
+        if cache is None or len(changes) >= rt.CHANGE_LOG_MAX:
+            routes = {}
+            for dst, (via, metric, _seq) in router.selected().items():
+                n = name_of(dst)
+                routes[n] = RouteObservation(n, via, metric, counts.get(dst, 0))
+        else:
+            routes = dict(cache)
+            for dst in {c.dst for c in changes}:
+                n = name_of(dst)
+                hop = router.next_hop(dst)
+                if hop is None:
+                    routes.pop(n, None)
+                else:
+                    routes[n] = RouteObservation(n, hop, router.metric(dst), counts.get(dst, 0))
+        self._routes_cache = routes
+        return routes
+
+    def set_link_penalty(self, now: float, peer: str, factor: float) -> list[Action]:
+        out: list[Action] = []
+        nb = self._nbrs.get(peer)
+        if nb is not None:
+            nb.est.set_cost_multiplier(factor)
+            self._update_cost(now, nb, out)
+        return out
+
+    def drop_neighbour(self, now: float, peer: str) -> list[Action]:
+        out: list[Action] = []
+        nb = self._nbrs.get(peer)
+        if nb is not None:
+            nb.alive = False
+            self._emit_routing(now, self.router.remove_neighbour(now, peer), out)
+        return out
+
+    def reconnect(self, now: float, peer: str) -> list[Action]:
+        nb = self._nbrs.get(peer)
+        if nb is None:
+            return []
+        out: list[Action] = []
+        self._wrap(now, _LINK, self.links.connect(now, nb.addr), out)
+        return out
+
+    def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
+        out: list[Action] = []
+        nb = self._nbrs.get(peer)
+        if nb is not None:
+            nb.damped_until = until
+            self._update_cost(now, nb, out)
+        return out
+
+    def request_renewal(self, now: float) -> list[Action]:
+        return [Event("renewal_requested", {"node": self.name})]
+
+    # -- queries --------------------------------------------------------------------------
+
+    def neighbours(self) -> dict[str, bool]:
+        """Neighbour name -> alive."""
+        return {n: nb.alive for n, nb in self._nbrs.items()}
+
+    def next_hop(self, dst: str) -> str | None:
+        return self.router.next_hop(node_id(dst))
+
+
+__all__ = ["MeshConfig", "MeshNode", "node_id"]

@@ -1,0 +1,796 @@
+"""Babel-style routing: codec, convergence, failure, starvation, hysteresis, loop freedom.
+
+The routers under test are real; only the transport is a toy: a priority queue that
+delivers each packet after a delay, over links whose costs the test sets directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from x0tta6bl4.errors import BadLength, DecodeError, Truncated, UnknownType
+from x0tta6bl4.routing import babel as rt
+from x0tta6bl4.routing.babel import (
+    HYSTERESIS_ABS,
+    INFINITY,
+    SEQNO_REQUEST_HOPS,
+    SEQNO_REQUEST_MAX_RESENDS,
+    TRIGGER_DELAY,
+    Outgoing,
+    Router,
+    RouteRequest,
+    SeqnoRequest,
+    Tlv,
+    Update,
+    decode_tlvs,
+    encode_tlvs,
+    pack_tlvs,
+    seqno_ge,
+    seqno_newer,
+)
+
+MTU = 1200
+
+
+def nid(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()[:8]
+
+
+# --- harness --------------------------------------------------------------------------
+
+
+class Net:
+    """A handful of real Routers joined by toy links."""
+
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        delay: float = 0.01,
+        jitter: float = 0.0,
+        interval: float = rt.UPDATE_INTERVAL,
+        seed: int = 0,
+        wire: bool = True,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.routers = {
+            n: Router(nid(n), random.Random(seed * 1000 + i), update_interval=interval)
+            for i, n in enumerate(names)
+        }
+        self.ids = {n: nid(n) for n in names}
+        self.names = {v: k for k, v in self.ids.items()}
+        self.cost: dict[tuple[str, str], int] = {}  # directed
+        self.delay = delay
+        self.jitter = jitter
+        self.wire = wire
+        self.now = 0.0
+        self.q: list[tuple[float, int, str, str, bytes | list[Tlv]]] = []
+        self.seq = 0
+        self.timers = dict.fromkeys(names, 0.0)
+        self.sent: list[tuple[float, str, str | None, Tlv]] = []
+        self.on_deliver: Callable[[], None] | None = None
+        self.delivered = 0
+
+    # topology
+    def neighbours(self, a: str) -> list[str]:
+        return [b for (x, b) in self.cost if x == a]
+
+    def link(self, a: str, b: str, cost: int, cost_ba: int | None = None) -> None:
+        self.cost[(a, b)] = cost
+        self.cost[(b, a)] = cost if cost_ba is None else cost_ba
+        self.emit(a, self.routers[a].set_link_cost(self.now, b, cost))
+        self.emit(b, self.routers[b].set_link_cost(self.now, a, self.cost[(b, a)]))
+
+    def set_cost(self, a: str, b: str, cost: int) -> None:
+        """Change one direction's cost (the link stays up)."""
+        self.cost[(a, b)] = cost
+        self.emit(a, self.routers[a].set_link_cost(self.now, b, cost))
+
+    def unlink(self, a: str, b: str) -> None:
+        self.cost.pop((a, b), None)
+        self.cost.pop((b, a), None)
+        self.emit(a, self.routers[a].remove_neighbour(self.now, b))
+        self.emit(b, self.routers[b].set_link_cost(self.now, a, INFINITY))
+
+    # transport
+    def emit(self, src: str, outs: list[Outgoing]) -> None:
+        for o in outs:
+            targets = self.neighbours(src) if o.to is None else [o.to]
+            for t in o.tlvs:
+                self.sent.append((self.now, src, o.to, t))
+            payloads: list[bytes | list[Tlv]]
+            payloads = list(pack_tlvs(o.tlvs, MTU)) if self.wire else [o.tlvs]
+            for dst in targets:
+                for p in payloads:
+                    self.seq += 1
+                    at = self.now + self.delay + self.rng.uniform(0, self.jitter)
+                    heapq.heappush(self.q, (at, self.seq, src, dst, p))
+        self.timers[src] = self.routers[src].next_deadline()
+
+    def step(self, until: float) -> bool:
+        """Deliver the next packet or fire the next timer, if due by ``until``."""
+        name, t_timer = min(self.timers.items(), key=lambda kv: kv[1])
+        t_msg = self.q[0][0] if self.q else float("inf")
+        if min(t_timer, t_msg) > until:
+            return False
+        if t_msg <= t_timer:
+            at, _, src, dst, payload = heapq.heappop(self.q)
+            self.now = max(self.now, at)
+            if (src, dst) not in self.cost:
+                return True  # the link went down while the packet was in flight
+            r = self.routers[dst]
+            if isinstance(payload, bytes):
+                outs = r.handle_packet(self.now, src, payload)
+            else:
+                outs = r.handle(self.now, src, payload)
+            self.emit(dst, outs)
+            self.delivered += 1
+            if self.on_deliver is not None:
+                self.on_deliver()
+        else:
+            self.now = max(self.now, t_timer)
+            outs, _ = self.routers[name].tick(self.now)
+            self.emit(name, outs)
+        return True
+
+    def run(self, duration: float) -> None:
+        until = self.now + duration
+        while self.step(until):
+            pass
+        self.now = until
+
+    # inspection
+    def path(self, src: str, dst: str) -> list[str] | None:
+        """Next hops from src toward dst; None if they dead-end. Asserts no cycle."""
+        hops = [src]
+        did = self.ids[dst]
+        while hops[-1] != dst:
+            nh = self.routers[hops[-1]].next_hop(did)
+            if nh is None:
+                return None
+            assert nh not in hops, f"routing loop toward {dst}: {[*hops, nh]}"
+            hops.append(nh)
+        return hops
+
+    def assert_loop_free(self) -> None:
+        for dst in self.routers:
+            for src in self.routers:
+                self.path(src, dst)
+
+    def path_cost(self, hops: list[str]) -> int:
+        return sum(self.cost[(a, b)] for a, b in itertools.pairwise(hops))
+
+    def shortest(self, src: str) -> dict[str, int]:
+        dist = {src: 0}
+        pq = [(0, src)]
+        while pq:
+            d, u = heapq.heappop(pq)
+            if d > dist[u]:
+                continue
+            for v in self.neighbours(u):
+                nd = d + self.cost[(u, v)]
+                if nd < dist.get(v, 1 << 60):
+                    dist[v] = nd
+                    heapq.heappush(pq, (nd, v))
+        return dist
+
+    def assert_shortest_paths(self) -> None:
+        for src, r in self.routers.items():
+            dist = self.shortest(src)
+            for dst in self.routers:
+                if dst == src:
+                    continue
+                hops = self.path(src, dst)
+                assert hops is not None, f"{src} has no route to {dst}"
+                assert self.path_cost(hops) == dist[dst], (src, dst, hops)
+                assert r.metric(self.ids[dst]) == dist[dst]
+
+    def sent_tlvs(self, kind: type, since: float = 0.0) -> list[tuple[str, str | None, Tlv]]:
+        return [(s, to, t) for (at, s, to, t) in self.sent if isinstance(t, kind) and at >= since]
+
+
+def line(n: int, cost: int = 96, **kw: object) -> Net:
+    names = [chr(ord("a") + i) for i in range(n)]
+    net = Net(names, **kw)  # type: ignore[arg-type]
+    for x, y in itertools.pairwise(names):
+        net.link(x, y, cost)
+    return net
+
+
+# --- codec -------------------------------------------------------------------------------
+
+node_ids = st.binary(min_size=8, max_size=8)
+u16 = st.integers(0, 0xFFFF)
+tlv_strategy: st.SearchStrategy[Tlv] = st.one_of(
+    st.builds(Update, node_ids, u16, u16, st.sampled_from([0, 100, 1600, 0xFFFF])),
+    st.builds(SeqnoRequest, node_ids, u16, st.integers(0, 255)),
+    st.builds(RouteRequest, st.none() | node_ids),
+)
+
+
+@given(st.lists(tlv_strategy, max_size=60))
+def test_tlv_round_trip(tlvs: list[Tlv]) -> None:
+    assert decode_tlvs(encode_tlvs(tlvs)) == tlvs
+
+
+@given(st.lists(tlv_strategy, max_size=80), st.integers(17, 300))
+def test_pack_tlvs_respects_the_limit_and_preserves_order(tlvs: list[Tlv], limit: int) -> None:
+    packets = pack_tlvs(tlvs, limit)
+    assert all(0 < len(p) <= limit for p in packets)
+    assert [t for p in packets for t in decode_tlvs(p)] == tlvs
+
+
+def test_updates_with_one_interval_share_a_tlv() -> None:
+    ups = [Update(nid(str(i)), i, i, 1600) for i in range(1000)]
+    data = encode_tlvs(ups)
+    assert len(data) == 3 + 2 + 12 * 1000  # one header, 12 bytes per route
+    assert decode_tlvs(data) == ups
+    # More records than one TLV's 16-bit length can hold still round-trip.
+    many = [Update(nid(str(i)), 1, 2, 3) for i in range(6000)]
+    assert decode_tlvs(encode_tlvs(many)) == many
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=80))
+def test_decode_tlvs_raises_only_decode_errors(data: bytes) -> None:
+    try:
+        tlvs = decode_tlvs(data)
+    except DecodeError:
+        return
+    assert encode_tlvs(tlvs) == data or len(tlvs) >= 2  # split update groups re-merge
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=80))
+def test_handle_packet_raises_only_decode_errors_and_is_atomic(data: bytes) -> None:
+    r = Router(nid("x"), random.Random(1))
+    r.set_link_cost(0.0, "p", 96)
+    # Whatever is valid up front, a bad tail must not leave half the packet applied.
+    good = encode_tlvs([Update(nid("d"), 1, 10, 1600)])
+    try:
+        r.handle_packet(0.0, "p", good + data)
+    except DecodeError:
+        assert r.selected() == {}
+
+
+def test_decode_error_kinds() -> None:
+    with pytest.raises(Truncated):
+        decode_tlvs(b"\x01\x00")
+    with pytest.raises(Truncated):
+        decode_tlvs(b"\x02\x00\x0b" + b"\x00" * 10)
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x01\x00\x02\x06\x40")  # update with no records
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x01\x00\x0f" + b"\x00" * 15)  # partial record
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x02\x00\x0a" + b"\x00" * 10)
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x03\x00\x04" + b"\x00" * 4)
+    with pytest.raises(UnknownType):
+        decode_tlvs(b"\x09\x00\x00")
+    assert decode_tlvs(b"") == []
+
+
+def test_encode_rejects_bad_fields() -> None:
+    with pytest.raises(ValueError):
+        encode_tlvs([Update(b"short", 1, 1, 1)])
+    with pytest.raises(ValueError):
+        encode_tlvs([Update(nid("a"), 0x10000, 1, 1)])
+    with pytest.raises(ValueError):
+        encode_tlvs([Update(nid("a"), 1, 1, -1)])
+    with pytest.raises(ValueError):
+        encode_tlvs([SeqnoRequest(nid("a"), 1, 256)])
+    with pytest.raises(ValueError):
+        encode_tlvs([RouteRequest(b"x")])
+    with pytest.raises(ValueError):
+        pack_tlvs([Update(nid("a"), 1, 1, 1)], 16)
+    with pytest.raises(ValueError):
+        pack_tlvs([SeqnoRequest(nid("a"), 1, 1)], 13)
+    with pytest.raises(TypeError):
+        encode_tlvs(["nope"])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        Router(b"short", random.Random(1))
+    with pytest.raises(ValueError):
+        Router(nid("a"), random.Random(1), update_interval=0)
+
+
+# --- seqno arithmetic ------------------------------------------------------------------
+
+
+def test_seqno_comparisons_wrap() -> None:
+    assert seqno_newer(0, 0xFFFF)
+    assert seqno_newer(5, 0xFFF0)
+    assert not seqno_newer(0xFFFF, 0)
+    assert not seqno_newer(7, 7)
+    assert seqno_ge(7, 7)
+    assert seqno_ge(1, 0xFFFF)
+    assert not seqno_ge(0xFFFF, 1)
+    assert not seqno_newer(0x8000, 0)  # exactly half-way: neither is newer
+    assert not seqno_newer(0, 0x8000)
+
+
+@given(u16, st.integers(1, 0x7FFF))
+def test_seqno_newer_is_antisymmetric_across_wrap(a: int, k: int) -> None:
+    b = (a + k) & 0xFFFF
+    assert seqno_newer(b, a)
+    assert not seqno_newer(a, b)
+    assert seqno_ge(b, a) and not seqno_ge(a, b)
+
+
+def test_router_seqno_wraps_when_requested() -> None:
+    net = Net(["a", "b"])
+    net.routers["b"].seqno = 0xFFFF  # before b ever advertises
+    net.link("a", "b", 96)
+    net.run(1.0)
+    a = net.routers["a"]
+    b_id = net.ids["b"]
+    net.emit("a", a.handle(net.now, "b", [Update(b_id, 0xFFFF, 0, 1600)]))
+    # a asks for seqno 0 (= 0xFFFF + 1); b must step to it, and 0 beats 0xFFFF at a.
+    net.emit("b", net.routers["b"].handle(net.now, "a", [SeqnoRequest(b_id, 0, 5)]))
+    net.run(1.0)
+    assert net.routers["b"].seqno == 0
+    assert a.selected()[b_id] == ("b", 96, 0)
+
+
+# --- convergence ------------------------------------------------------------------------
+
+
+def test_line_converges_to_shortest_paths() -> None:
+    net = line(5)
+    net.run(2.0)
+    net.assert_shortest_paths()
+    assert net.path("a", "e") == ["a", "b", "c", "d", "e"]
+    assert net.routers["a"].metric(net.ids["e"]) == 4 * 96
+    assert net.routers["a"].metric(net.ids["a"]) == 0
+    assert net.routers["a"].next_hop(net.ids["a"]) is None
+    assert net.routers["a"].neighbours() == {"b": 96}
+
+
+def test_ring_converges_and_object_path_agrees() -> None:
+    names = [f"r{i}" for i in range(6)]
+    for wire in (True, False):
+        net = Net(names, wire=wire, seed=3)
+        costs = [96, 100, 300, 96, 150, 96]
+        for i, c in enumerate(costs):
+            net.link(names[i], names[(i + 1) % 6], c)
+        net.run(2.0)
+        net.assert_shortest_paths()
+        sel = net.routers["r0"].selected()
+        assert set(sel) == {net.ids[n] for n in names[1:]}
+        nh, metric, _seqno = sel[net.ids["r3"]]
+        assert (nh, metric) == ("r5", 96 + 150 + 96)
+
+
+def test_killing_a_link_reroutes() -> None:
+    names = [f"r{i}" for i in range(5)]
+    net = Net(names)
+    for i in range(5):
+        net.link(names[i], names[(i + 1) % 5], 96)
+    net.run(2.0)
+    assert net.path("r0", "r1") == ["r0", "r1"]
+    net.unlink("r0", "r1")
+    net.run(1.0)
+    net.assert_shortest_paths()
+    assert net.path("r0", "r1") == ["r0", "r4", "r3", "r2", "r1"]
+    assert net.routers["r0"].route_changes[net.ids["r1"]] >= 2  # learnt, then moved
+    changes = [(c.old, c.new) for c in net.routers["r0"].drain_changes() if c.dst == net.ids["r1"]]
+    # r4's route (288) is no better than r0's FD (96), so r0 starves until r1's seqno
+    # moves: the log says so, and ends on r4.
+    assert changes[0] == (None, "r1")
+    assert changes[-1][1] == "r4"
+    assert ("r1", None) in changes or ("r1", "r4") in changes
+    assert net.routers["r0"].drain_changes() == []
+
+
+def test_retraction_propagates() -> None:
+    net = line(4)
+    net.run(2.0)
+    d_id = net.ids["d"]
+    assert net.path("a", "d") is not None
+    t_cut = net.now
+    net.unlink("c", "d")
+    net.run(1.0)
+    for n in "abc":
+        assert net.routers[n].next_hop(d_id) is None
+        assert net.routers[n].metric(d_id) == INFINITY
+    retractions = [
+        (s, t.seqno)
+        for s, _, t in net.sent_tlvs(Update, since=t_cut)
+        if isinstance(t, Update) and t.dst == d_id and t.metric == INFINITY
+    ]
+    assert {s for s, _ in retractions} == {"a", "b", "c"}
+    log = net.routers["a"].drain_changes()
+    assert log[-1].dst == d_id and log[-1].old == "b" and log[-1].new is None
+    # The other destinations are untouched.
+    assert net.path("a", "c") == ["a", "b", "c"]
+
+
+def test_link_restoration_relearns_routes() -> None:
+    net = line(3)
+    net.run(2.0)
+    net.unlink("b", "c")
+    net.run(1.0)
+    assert net.path("a", "c") is None
+    net.link("b", "c", 96)
+    net.run(1.0)
+    assert net.path("a", "c") == ["a", "b", "c"]
+    net.assert_shortest_paths()
+
+
+def test_starvation_is_escaped_with_a_seqno_request() -> None:
+    # s-a-b is the short way; s-x-y-b the long one. b's FD comes from the short way,
+    # so y's route (metric 192 = b's FD metric) is unfeasible until s's seqno moves.
+    net = Net(["s", "a", "b", "x", "y"])
+    net.link("s", "a", 96)
+    net.link("a", "b", 96)
+    net.link("s", "x", 96)
+    net.link("x", "y", 96)
+    net.link("y", "b", 200)
+    net.run(2.0)
+    s_id = net.ids["s"]
+    b = net.routers["b"]
+    assert net.path("b", "s") == ["b", "a", "s"]
+    fd = b.feasibility_distance(s_id)
+    assert fd is not None and fd[1] == 192
+    seqno_before = net.routers["s"].seqno
+    net.on_deliver = net.assert_loop_free
+    t_cut = net.now
+    net.unlink("a", "b")
+    net.run(1.0)
+    assert net.path("b", "s") == ["b", "y", "x", "s"]
+    assert b.metric(s_id) == 200 + 192
+    assert seqno_newer(net.routers["s"].seqno, seqno_before)
+    requests = net.sent_tlvs(SeqnoRequest, since=t_cut)
+    assert any(src == "b" and t.dst == s_id for src, _, t in requests)
+    assert any(src == "x" for src, _, _ in requests)  # forwarded toward the source
+
+
+def test_hysteresis_ignores_small_improvements_but_takes_big_ones() -> None:
+    # n reaches d through p (96 + 96) or q (100 + 96).
+    net = Net(["n", "p", "q", "d"])
+    net.link("n", "p", 96)
+    net.link("n", "q", 100)
+    net.link("p", "d", 96)
+    net.link("q", "d", 96)
+    net.run(2.0)
+    d_id = net.ids["d"]
+    n = net.routers["n"]
+    assert n.next_hop(d_id) == "p"
+    changes = n.route_changes[d_id]
+    # p becomes slightly worse than q: 96 + 130 = 226 vs 196 (gain 30 <= HYSTERESIS_ABS).
+    net.set_cost("n", "p", 130)
+    net.run(1.0)
+    assert HYSTERESIS_ABS >= 226 - 196
+    assert n.next_hop(d_id) == "p"
+    assert n.metric(d_id) == 226
+    assert n.route_changes[d_id] == changes
+    # Much worse: switch.
+    net.set_cost("n", "p", 400)
+    net.run(1.0)
+    assert n.next_hop(d_id) == "q"
+    assert n.route_changes[d_id] == changes + 1
+    # And a big improvement on a non-selected route wins too.
+    net.set_cost("n", "p", 20)
+    net.run(1.0)
+    assert n.next_hop(d_id) == "p"
+
+
+def test_link_cost_noise_is_absorbed() -> None:
+    net = line(2)
+    a = net.routers["a"]
+    assert a.set_link_cost(net.now, "b", 100) == []
+    assert a.neighbours() == {"b": 96}
+    assert a.set_link_cost(net.now, "b", 0) != [] or a.neighbours()["b"] == 1
+    assert a.neighbours()["b"] >= rt.MIN_LINK_COST
+    assert a.remove_neighbour(net.now, "nobody") == []
+
+
+def test_good_news_is_coalesced_bad_news_is_not() -> None:
+    net = line(3)
+    net.run(2.0)
+    a = net.routers["a"]
+    new = nid("new")
+    out = a.handle(net.now, "b", [Update(new, 1, 50, 1600)])
+    assert out == []  # a new route waits for the flush
+    assert net.now < a.next_deadline() <= net.now + TRIGGER_DELAY
+    out, _ = a.tick(net.now + TRIGGER_DELAY)
+    assert [(o.to, o.tlvs) for o in out] == [(None, [Update(new, 1, 146, 1600)])]
+    out = a.handle(net.now + 0.1, "b", [Update(new, 1, INFINITY, 1600)])
+    assert out[0].to is None and out[0].tlvs[0] == Update(new, 1, INFINITY, 1600)
+
+
+def test_route_requests_are_answered() -> None:
+    net = line(3)
+    net.run(2.0)
+    b = net.routers["b"]
+    c_id = net.ids["c"]
+    out = b.handle(net.now, "a", [RouteRequest(None)])
+    assert len(out) == 1 and out[0].to == "a"
+    # Everything b knows, including itself and the route back to a (no split horizon).
+    assert {t.dst for t in out[0].tlvs if isinstance(t, Update)} == set(net.ids.values())
+    out = b.handle(net.now, "a", [RouteRequest(c_id)])
+    assert out == [Outgoing("a", [Update(c_id, net.routers["c"].seqno, 96, 1600)])]
+    unknown = nid("unknown")
+    out = b.handle(net.now, "a", [RouteRequest(unknown)])
+    assert out == [Outgoing("a", [Update(unknown, 0, INFINITY, 1600)])]
+    # Messages from a stranger are ignored.
+    assert b.handle(net.now, "stranger", [RouteRequest(None)]) == []
+    assert b.handle_packet(net.now, "stranger", encode_tlvs([RouteRequest(None)])) == []
+
+
+def test_seqno_request_for_self_jumps_to_it_only_when_ahead() -> None:
+    net = line(2)
+    net.run(1.0)
+    b = net.routers["b"]
+    b_id = net.ids["b"]
+    s = b.seqno
+    out = b.handle(net.now, "a", [SeqnoRequest(b_id, s, 10)])  # not ahead: just answer
+    assert b.seqno == s
+    assert out == [Outgoing("a", [Update(b_id, s, 0, 1600)])]
+    out = b.handle(net.now, "a", [SeqnoRequest(b_id, (s + 5) & 0xFFFF, 10)])
+    # Jump straight to it: after a restart ours may be thousands behind (see routing.py).
+    assert b.seqno == (s + 5) & 0xFFFF
+    assert out == [Outgoing(None, [Update(b_id, b.seqno, 0, 1600)])]
+
+
+def test_restarted_node_jumps_past_its_old_seqno() -> None:
+    net = line(2)
+    net.run(1.0)
+    b = net.routers["b"]
+    old = b.seqno
+    b.seqno = (old - 10) & 0xFFFF  # as if b restarted with a stale counter
+    out = b.handle(net.now, "a", [Update(net.ids["b"], old, 96, 1600)])
+    assert b.seqno == (old + 1) & 0xFFFF
+    assert out[0].tlvs == [Update(net.ids["b"], b.seqno, 0, 1600)]
+
+
+def test_seqno_requests_are_forwarded_with_hop_count_and_deduplicated() -> None:
+    net = line(4)
+    net.run(2.0)
+    b = net.routers["b"]
+    d_id = net.ids["d"]
+    want = (net.routers["d"].seqno + 1) & 0xFFFF
+    out = b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)])
+    assert out == [Outgoing("c", [SeqnoRequest(d_id, want, 4)])]
+    assert b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)]) == []  # duplicate
+    assert b.handle(net.now, "a", [SeqnoRequest(d_id, want, 1)]) == []  # hops spent
+    # Never back to the requester: c's only way to d is d itself, the only way back is b.
+    c = net.routers["c"]
+    assert c.handle(net.now, "d", [SeqnoRequest(net.ids["a"], 7, 5)]) in (
+        [],
+        [Outgoing("b", [SeqnoRequest(net.ids["a"], 7, 4)])],
+    )
+    # Requests for unknown destinations go nowhere.
+    assert b.handle(net.now, "a", [SeqnoRequest(nid("nobody"), 1, 5)]) == []
+    # Satisfied locally: answered, not forwarded.
+    out = b.handle(net.now, "a", [SeqnoRequest(d_id, net.routers["d"].seqno, 5)])
+    assert out[0].to == "a" and isinstance(out[0].tlvs[0], Update)
+
+
+def test_unanswered_seqno_requests_are_resent_a_bounded_number_of_times() -> None:
+    r = Router(nid("me"), random.Random(1))
+    r.set_link_cost(0.0, "p", 96)
+    r.tick(0.0)
+    dst = nid("far")
+    r.handle(0.0, "p", [Update(dst, 10, 100, 1600)])
+    r.tick(1.0)  # flush
+    out = r.handle(1.0, "p", [Update(dst, 10, INFINITY, 1600)])  # lost: starving
+    reqs = [t for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)]
+    assert reqs == [SeqnoRequest(dst, 11, SEQNO_REQUEST_HOPS)]
+    resent = 0
+    t = 1.0
+    for _ in range(50):
+        t = max(t + 0.01, r.next_deadline())
+        if t > 20.0:
+            break
+        out, _ = r.tick(t)
+        resent += sum(isinstance(x, SeqnoRequest) for o in out for x in o.tlvs)
+    assert resent == SEQNO_REQUEST_MAX_RESENDS
+
+
+def test_routes_expire_and_sources_are_collected() -> None:
+    net = line(2, interval=1.0)
+    net.run(3.0)
+    a = net.routers["a"]
+    b_id = net.ids["b"]
+    assert a.next_hop(b_id) == "b"
+    # b falls silent without the link being reported down.
+    a.tick(net.now)
+    out: list[Outgoing] = []
+    t = net.now
+    while t < net.now + 10.0 and a.next_hop(b_id) is not None:
+        t = max(t + 0.01, a.next_deadline())
+        out, _ = a.tick(t)
+    assert a.next_hop(b_id) is None
+    assert t - net.now <= rt.ROUTE_EXPIRY_FACTOR * 1.0 + 1.0
+    assert any(isinstance(x, Update) and x.metric == INFINITY for o in out for x in o.tlvs)
+    assert a.feasibility_distance(b_id) is not None  # kept: it guards loop freedom
+    a.tick(t + rt.SOURCE_GC_TIME + 1.0)
+    assert a.feasibility_distance(b_id) is None
+
+
+def test_unfeasible_update_for_the_selected_route_keeps_it_and_asks_for_a_seqno() -> None:
+    net = line(3)
+    net.run(2.0)
+    a = net.routers["a"]
+    c_id = net.ids["c"]
+    seqno = a.selected()[c_id][2]
+    # b claims a much worse metric at the same seqno: unfeasible for a (FD metric 192).
+    out = a.handle(net.now, "b", [Update(c_id, seqno, 500, 1600)])
+    assert a.next_hop(c_id) == "b"
+    assert out == [Outgoing("b", [SeqnoRequest(c_id, (seqno + 1) & 0xFFFF, SEQNO_REQUEST_HOPS)])]
+    net.emit("a", out)
+    net.run(1.0)
+    # The newer seqno came back and the honest metric is now in use.
+    assert seqno_newer(a.selected()[c_id][2], seqno)
+
+
+def test_periodic_updates_refresh_routes() -> None:
+    net = line(3, interval=1.0)
+    net.run(10.0)  # well beyond the expiry of any single update
+    net.assert_shortest_paths()
+    periodic = [t for s, to, t in net.sent_tlvs(Update, since=5.0) if s == "a" and to is None]
+    assert len(periodic) >= 2 * 3  # several full dumps of 3 routes
+
+
+# --- loop freedom -----------------------------------------------------------------------
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, int]], list[tuple[object, ...]]]:
+    n = draw(st.integers(3, 12))
+    edges: dict[tuple[int, int], int] = {}
+    for i in range(1, n):  # a random spanning tree keeps the start connected
+        j = draw(st.integers(0, i - 1))
+        edges[(j, i)] = draw(st.integers(1, 400))
+    for _ in range(draw(st.integers(0, n))):
+        i, j = sorted(draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2, unique=True)))
+        edges[(i, j)] = draw(st.integers(1, 400))
+    edge_list = [(i, j, c) for (i, j), c in edges.items()]
+    k = len(edge_list)
+    op = st.one_of(
+        st.tuples(st.just("cost"), st.integers(0, k - 1), st.integers(1, 600), st.booleans()),
+        st.tuples(st.just("cut"), st.integers(0, k - 1)),
+        st.tuples(st.just("restore"), st.integers(0, k - 1), st.integers(1, 600)),
+        st.tuples(st.just("run"), st.floats(0.0, 0.3)),
+    )
+    return n, edge_list, draw(st.lists(op, min_size=1, max_size=25))
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenarios(), st.integers(0, 2**16))
+def test_next_hops_never_form_a_loop(
+    scenario: tuple[int, list[tuple[int, int, int]], list[tuple[object, ...]]], seed: int
+) -> None:
+    n, edges, ops = scenario
+    names = [f"n{i}" for i in range(n)]
+    # Reordering delays and short update intervals make the interleavings nastier.
+    net = Net(names, delay=0.005, jitter=0.02, interval=0.5, seed=seed)
+    net.on_deliver = net.assert_loop_free
+    for i, j, c in edges:
+        net.link(names[i], names[j], c)
+    net.assert_loop_free()
+    net.run(0.3)
+    for o in ops:
+        kind = o[0]
+        if kind == "run":
+            assert isinstance(o[1], float)
+            net.run(o[1])
+            continue
+        assert isinstance(o[1], int)
+        i, j, _ = edges[o[1]]
+        a, b = names[i], names[j]
+        if kind == "cost" and (a, b) in net.cost:
+            assert isinstance(o[2], int)
+            if o[3]:
+                net.set_cost(a, b, o[2])  # asymmetric
+            else:
+                net.link(a, b, o[2])
+        elif kind == "cut":
+            net.unlink(a, b)
+        elif kind == "restore" and (a, b) not in net.cost:
+            assert isinstance(o[2], int)
+            net.link(a, b, o[2])
+        net.assert_loop_free()
+    # And once things settle, everyone connected can reach everyone.
+    net.run(5.0)
+    net.assert_loop_free()
+    for src in names:
+        reach = net.shortest(src)
+        for dst in names:
+            if dst != src and dst in reach:
+                assert net.path(src, dst) is not None, (src, dst)
+
+
+def _updates(out: list[Outgoing]) -> list[tuple[str | None, Update]]:
+    return [(o.to, t) for o in out for t in o.tlvs if isinstance(t, Update)]
+
+
+def test_a_newer_seqno_on_the_selected_route_is_passed_on() -> None:
+    # A starving node may sit behind us without our knowing: the newer seqno that frees
+    # it must travel on even when our own next hop and metric stay the same.
+    r = Router(nid("me"), random.Random(3))
+    r.set_link_cost(0.0, "up", 96)
+    r.set_link_cost(0.0, "down", 96)
+    r.tick(0.0)
+    dst = nid("far")
+    r.handle(0.0, "up", [Update(dst, 10, 100, 1600)])
+    r.tick(TRIGGER_DELAY + 0.01)  # the new route goes out; FD = (10, 196)
+    assert r.feasibility_distance(dst) == (10, 196)
+    out = r.handle(1.0, "up", [Update(dst, 11, 100, 1600)])
+    t = max(1.0, r.next_deadline())
+    assert t <= 1.0 + TRIGGER_DELAY
+    out += r.tick(t)[0]
+    assert (None, Update(dst, 11, 196, r._interval_cs)) in _updates(out)
+
+
+def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
+    b = Router(nid("b"), random.Random(4))
+    for n in ("a", "c", "e"):
+        b.set_link_cost(0.0, n, 96)
+    b.tick(0.0)
+    dst = nid("far")
+    b.handle(0.0, "c", [Update(dst, 5, 100, 1600)])
+    b.handle(0.0, "e", [Update(dst, 5, 150, 1600)])
+    b.tick(TRIGGER_DELAY + 0.01)
+    assert b.next_hop(dst) == "c"
+    out = b.handle(1.0, "a", [SeqnoRequest(dst, 6, 10)])
+    assert out == [Outgoing("c", [SeqnoRequest(dst, 6, 9)])]
+    b.remove_neighbour(1.01, "c")  # the request went into what just failed
+    assert b.next_hop(dst) == "e"
+    out = b.handle(1.02, "a", [SeqnoRequest(dst, 6, 10)])
+    assert Outgoing("e", [SeqnoRequest(dst, 6, 9)]) in out
+
+
+def _requests(out: list[Outgoing]) -> list[SeqnoRequest]:
+    return [t for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)]
+
+
+def _starving_router() -> tuple[Router, bytes]:
+    """A router whose only way to ``far`` is unfeasible: it has to ask for a seqno."""
+    r = Router(nid("me"), random.Random(5))
+    r.set_link_cost(0.0, "p", 96)
+    r.set_link_cost(0.0, "q", 96)
+    r.tick(0.0)
+    far = nid("far")
+    r.handle(0.0, "p", [Update(far, 10, 100, 1600)])
+    r.tick(TRIGGER_DELAY + 0.01)  # advertised: FD (10, 196)
+    r.handle(1.0, "q", [Update(far, 10, 300, 1600)])  # worse than FD: unfeasible
+    return r, far
+
+
+def test_a_starving_node_asks_again_after_its_request_expired() -> None:
+    r, far = _starving_router()
+    out = r.handle(2.0, "p", [Update(far, 10, INFINITY, 1600)])  # the route dies
+    assert _requests(out) == [SeqnoRequest(far, 11, SEQNO_REQUEST_HOPS)]
+    t, asked = 2.0, 0
+    while t < 2.0 + 3 * rt.SEQNO_REQUEST_HOLD:
+        t = max(t + 0.01, r.next_deadline())
+        asked += len(_requests(r.tick(t)[0]))
+    # three resends, then a fresh request each time the previous one expired unanswered
+    assert asked >= SEQNO_REQUEST_MAX_RESENDS + 2
+    assert r.next_hop(far) is None
+
+
+def test_a_forwarded_request_does_not_silence_our_own() -> None:
+    r, far = _starving_router()
+    # We relay someone's request for seqno 11 first (our route via p still works)...
+    fwd = r.handle(1.5, "q", [SeqnoRequest(far, 11, 10)])
+    assert fwd == [Outgoing("p", [SeqnoRequest(far, 11, 9)])]
+    # ...then we starve ourselves: our own request must still go out, to everyone.
+    out = r.handle(1.6, "p", [Update(far, 10, INFINITY, 1600)])
+    assert (None, SeqnoRequest(far, 11, SEQNO_REQUEST_HOPS)) in [
+        (o.to, t) for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)
+    ]
