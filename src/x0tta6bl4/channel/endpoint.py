@@ -9,8 +9,8 @@ driven like every core here::
     endpoint.send(now, addr, payload)          -> [...]   (may raise MessageTooLarge)
     endpoint.connect(now, addr)                -> [...]
 
-Addresses are opaque hashables: ``(host, port)`` for links between neighbours, a node name
-for end-to-end sessions routed through the mesh. Timer keys are tuples that start with
+Addresses are opaque hashables: ``(host, port)`` for links between neighbours, a node's
+8-byte id for end-to-end sessions routed through the mesh. Timer keys are tuples that start with
 ``timer_namespace``, so two endpoints in one node never collide. Nothing raises out of
 ``handle``: bad input is dropped, counted in :attr:`SecureEndpoint.counters` and reported
 as an ``Event("dropped", reason=...)``.

@@ -1,5 +1,5 @@
 """Self-healing: a MAPE-K loop (monitor, analyse, plan, execute over shared knowledge)
-in every node. Pure decisions over ``protocol.observe``; no sockets, clocks or sleeps.
+in every node. Pure decisions over ``mesh.observe``; no sockets, clocks or sleeps.
 """
 
 from x0tta6bl4.healing.analyse import analyse, track_incidents

@@ -1,6 +1,6 @@
 """The mesh node core: neighbour links, routing, forwarding and end-to-end sessions.
 
-Sans-IO like everything in ``protocol/``: ``handle(now, input) -> actions``.
+Sans-IO like the rest of the core (``channel/``, ``routing/``): ``handle(now, input) -> actions``.
 
 Two secure endpoints share one node:
 

@@ -1,6 +1,6 @@
 """What a mesh node lets its self-healing loop see, and what it lets it do.
 
-The healing layer (``healing/``) sits above ``protocol/`` and drives a node only
+The healing layer (``healing/``) sits above ``mesh/`` and drives a node only
 through this surface, so the MAPE-K loop stays a pure function of observations and
 knowledge, and the node stays the single owner of its protocol state.
 """

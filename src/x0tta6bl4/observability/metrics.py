@@ -4,7 +4,7 @@
 one, so tests read exact values with ``REGISTRY.get_sample_value`` and the exporter
 (runtime, control plane) serves only what is declared here.
 
-This layer imports nothing from the project (see docs/DESIGN.md's layer table): the
+This layer imports nothing from the project (see docs/architecture.md's layer table): the
 recorders take any object with the right attributes (a ``HealingEvent``, a
 ``LinkObservation``) through the small Protocols below.
 """
