@@ -238,7 +238,7 @@ class SecureEndpoint:
         self._verifier = verifier
         self._secrets = secrets
         # Retry jitter is not secret: a seeded Random is fine (the simulator seeds it).
-        self._jitter = jitter if jitter is not None else random.Random()
+        self._jitter = jitter if jitter is not None else random.Random()  # jitter, not secret
         self._wall_offset = wall_offset
         self._trust_domain = trust_domain
         self._max_datagram = max_datagram

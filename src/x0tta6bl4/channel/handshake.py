@@ -285,7 +285,7 @@ class ResponderHandshake:
         ephemeral, ss_s = self._ephemeral, self._ss_s
         if ephemeral is None or ss_s is None:
             raise HandshakeError("this INIT was already answered")
-        randbytes = secrets.key_randomness()
+        key_rng = secrets.key_randomness()
         initiator_pub = initiator_static.to_bytes()
         prefix = HDR_RESP + _U32X2.pack(sender_index, self.initiator_index)
         h = self._h
@@ -294,10 +294,10 @@ class ResponderHandshake:
         h.mix(prefix)
         ck = ChainingKey(PROTOCOL_LABEL)
         ck.mix(ss_s)
-        ct_e, ss_e = ephemeral.encapsulate(randbytes)
+        ct_e, ss_e = ephemeral.encapsulate(key_rng)
         h.mix(ct_e)
         ck.mix(ss_e)
-        ct_is, ss_is = initiator_static.encapsulate(randbytes)
+        ct_is, ss_is = initiator_static.encapsulate(key_rng)
         h.mix(ct_is)
         k3 = ck.mix(ss_is)
         confirm = Aead(k3).seal(_ZERO_NONCE, b"", h.digest)

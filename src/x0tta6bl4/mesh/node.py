@@ -163,7 +163,7 @@ class MeshNode:
         self.counters: dict[str, int] = {}
         # A fresh random incarnation per start lets neighbours tell a restart from a
         # link that merely went quiet.
-        self.boot_id = rng.getrandbits(32)
+        self.boot_id = rng.getrandbits(32)  # public in every hello, not secret: may be seeded
         self._hello_prefix = bytes((FRAME_HELLO,)) + _BOOT.pack(self.boot_id)
         self._route_timer_at = float("inf")
         self._routes_cache: dict[str, RouteObservation] | None = None
