@@ -18,6 +18,7 @@ biscuit is accepted.
 from __future__ import annotations
 
 from x0tta6bl4.channel.constants import BISCUIT_KEY_LIFETIME, BISCUIT_MAX_AGE
+from x0tta6bl4.channel.cookie import RotatingKeys
 from x0tta6bl4.channel.wire import BiscuitState, decode_biscuit_state, encode_biscuit_state
 from x0tta6bl4.crypto.aead import NONCE_SIZE, Aead
 from x0tta6bl4.crypto.entropy import SecretSource
@@ -27,41 +28,24 @@ _AD = b"x0tta6bl4 biscuit v1"
 
 
 class BiscuitKeeper:
-    __slots__ = ("_current", "_previous", "_secrets", "_since")
+    __slots__ = ("_keys", "_secrets")
 
     def __init__(self, secrets: SecretSource) -> None:
         self._secrets = secrets
-        self._current: Aead | None = None
-        self._previous: Aead | None = None
-        self._since = 0.0
+        self._keys = RotatingKeys(lambda: Aead(secrets.token_bytes(32)), BISCUIT_KEY_LIFETIME)
 
     def __repr__(self) -> str:
         return "BiscuitKeeper(keys hidden)"
 
-    def _rotate(self, now: float) -> None:
-        if self._current is None or now - self._since >= 2 * BISCUIT_KEY_LIFETIME:
-            self._previous = None
-            self._current = Aead(self._secrets.token_bytes(32))
-            self._since = now
-        elif now - self._since >= BISCUIT_KEY_LIFETIME:
-            self._previous = self._current
-            self._current = Aead(self._secrets.token_bytes(32))
-            self._since = now
-
     def seal(self, now: float, state: BiscuitState) -> bytes:
-        self._rotate(now)
-        assert self._current is not None
         nonce = self._secrets.token_bytes(NONCE_SIZE)
-        return nonce + self._current.seal(nonce, encode_biscuit_state(state), _AD)
+        return nonce + self._keys.keys(now)[0].seal(nonce, encode_biscuit_state(state), _AD)
 
     def open(self, now: float, biscuit: bytes) -> BiscuitState:
         """The state sealed in ``biscuit``. Raises ``CryptoError`` if we did not make it
         (or made it under a key since retired) and :class:`HandshakeError` if too old."""
-        self._rotate(now)
         nonce, sealed = biscuit[:NONCE_SIZE], biscuit[NONCE_SIZE:]
-        for key in (self._current, self._previous):
-            if key is None:
-                continue
+        for key in self._keys.keys(now):
             try:
                 plain = key.open(nonce, sealed, _AD)
             except CryptoError:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hmac as _hmac
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from x0tta6bl4.channel.constants import (
     COOKIE_NONCE_SIZE,
@@ -34,6 +36,7 @@ from x0tta6bl4.crypto.kdf import mac16, sha256
 from x0tta6bl4.sansio import Addr
 
 ZERO_MAC = bytes(MAC_SIZE)
+K = TypeVar("K")
 
 
 def mac1_key(static_public: bytes) -> bytes:
@@ -73,42 +76,50 @@ def addr_bytes(addr: Addr) -> bytes:
     return repr(addr).encode()
 
 
+class RotatingKeys(Generic[K]):
+    """A key made by ``make`` that is replaced every ``lifetime`` seconds; the previous
+    one is still offered for one more lifetime (cookie secrets, biscuit keys)."""
+
+    __slots__ = ("_current", "_lifetime", "_make", "_previous", "_since")
+
+    def __init__(self, make: Callable[[], K], lifetime: float) -> None:
+        self._make = make
+        self._lifetime = lifetime
+        self._current: K | None = None
+        self._previous: K | None = None
+        self._since = 0.0
+
+    def keys(self, now: float) -> tuple[K, ...]:
+        """The current key first, then the previous one if it is still accepted."""
+        if self._current is None or now - self._since >= 2 * self._lifetime:
+            self._previous, self._current, self._since = None, self._make(), now
+        elif now - self._since >= self._lifetime:
+            self._previous, self._current, self._since = self._current, self._make(), now
+        if self._previous is None:
+            return (self._current,)
+        return self._current, self._previous
+
+
 class CookieGenerator:
     """The responder side: makes and checks cookies with a rotating secret."""
 
-    __slots__ = ("_current", "_previous", "_secrets", "_since")
+    __slots__ = ("_keys", "_secrets")
 
     def __init__(self, secrets: SecretSource) -> None:
         self._secrets = secrets
-        self._current: bytes | None = None
-        self._previous: bytes | None = None
-        self._since = 0.0
-
-    def _rotate(self, now: float) -> None:
-        if self._current is None or now - self._since >= 2 * COOKIE_SECRET_LIFETIME:
-            self._previous = None
-            self._current = self._secrets.token_bytes(32)
-            self._since = now
-        elif now - self._since >= COOKIE_SECRET_LIFETIME:
-            self._previous = self._current
-            self._current = self._secrets.token_bytes(32)
-            self._since = now
+        self._keys = RotatingKeys(lambda: secrets.token_bytes(32), COOKIE_SECRET_LIFETIME)
 
     def cookie(self, now: float, addr: Addr) -> bytes:
-        self._rotate(now)
-        assert self._current is not None
-        return mac16(self._current, addr_bytes(addr))
+        return mac16(self._keys.keys(now)[0], addr_bytes(addr))
 
     def check_mac2(self, now: float, addr: Addr, message: bytes) -> bool:
         """Whether ``message`` (ending with mac2) carries a mac2 made with a cookie we
         issued to ``addr`` under the current or the previous secret."""
-        self._rotate(now)
         body, mac2 = message[:-MAC_SIZE], message[-MAC_SIZE:]
-        for secret in (self._current, self._previous):
-            if secret is not None:
-                cookie = mac16(secret, addr_bytes(addr))
-                if _hmac.compare_digest(mac16(cookie, body), mac2):
-                    return True
+        for secret in self._keys.keys(now):
+            cookie = mac16(secret, addr_bytes(addr))
+            if _hmac.compare_digest(mac16(cookie, body), mac2):
+                return True
         return False
 
     def reply(self, now: float, addr: Addr, receiver_index: int, seal: Aead, ad: bytes) -> bytes:

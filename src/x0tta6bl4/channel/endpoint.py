@@ -783,16 +783,15 @@ class SecureEndpoint:
             if not self._cookie_gen.check_mac2(now, addr, data):
                 return self._drop("bad_mac2", addr)
             mac2_ok = True
+        mac1 = data[-2 * C.MAC_SIZE : _MAC_END]
         if self._load.hit(now):
             if not mac2_ok:
                 self._count("cookie_sent")
                 sender_index = _U32.unpack_from(data, C.HEADER_SIZE)[0]
-                mac1 = data[-2 * C.MAC_SIZE : _MAC_END]
                 reply = self._cookie_gen.reply(now, addr, sender_index, self._cookie_seal, mac1)
                 return [Send(addr, reply)]
             if not self._ratelimit.allow(now, addr):
                 return self._drop("rate_limited", addr)
-        mac1 = data[-2 * C.MAC_SIZE : _MAC_END]
         if mac1 in self._seen_inits:
             return self._drop("replay", addr)
         self._seen_inits[mac1] = None
