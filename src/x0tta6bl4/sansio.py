@@ -4,15 +4,24 @@ A core is driven as ``core.handle(now, input) -> list[Action]``; it never touche
 socket, a clock or a sleep. ``now`` is monotonic seconds. The same cores run under
 ``node/`` (real UDP, real time) and under ``sim/`` (virtual time).
 
+Timer keys are typed: each layer keys its timers with its own frozen dataclass or enum
+(``ChannelTimer``, ``RouteTimer``, ``MeshTimer``, ``HealingTimer``), so a wrapping layer
+routes a firing by the key's type and never decodes tuples by position.
+
+Layers above a core learn what happened through *control actions* (``SessionUp``,
+``LinkUp``, ``LinkDown``); ``Event`` is the structured trace only and nothing decides on
+an event's kind string. A runtime ignores control actions that reach it.
+
 Addresses are opaque hashable values: ``(host, port)`` tuples on real UDP, node names
 in the simulator, node names again for end-to-end sessions routed through the mesh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from enum import StrEnum
+from typing import Any, Protocol, TypeAlias
 
 Addr: TypeAlias = Hashable
 
@@ -88,4 +97,48 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action: TypeAlias = Send | Deliver | SetTimer | Event
+# --- control actions: typed signals to the layer above ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUp:
+    """A secure-channel session with ``peer`` (its certificate name) at ``addr`` is
+    authenticated and confirmed: both sides have proven their keys."""
+
+    addr: Addr
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """The mesh hears neighbour ``peer`` again (or for the first time)."""
+
+    peer: str
+
+
+class LinkDownReason(StrEnum):
+    DEAD = "dead"  # hellos stopped arriving
+    RESTARTED = "restarted"  # the neighbour came back with a new incarnation
+    DROPPED = "dropped"  # a local decision (healing dropped it)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The mesh stopped using neighbour ``peer`` for ``reason``."""
+
+    peer: str
+    reason: LinkDownReason
+
+
+Control: TypeAlias = SessionUp | LinkUp | LinkDown
+CONTROL_TYPES: tuple[type, ...] = (SessionUp, LinkUp, LinkDown)
+
+Action: TypeAlias = Send | Deliver | SetTimer | Event | SessionUp | LinkUp | LinkDown
+
+
+class Core(Protocol):
+    """What every runtime drives (``node/`` on real UDP, ``sim/`` in virtual time)."""
+
+    def start(self, now: float) -> Iterable[Action]: ...
+
+    def handle(self, now: float, inp: Input) -> Iterable[Action]: ...
