@@ -283,7 +283,7 @@ def test_a_cookie_is_not_a_free_pass_under_load(world: World) -> None:
     for i in range(300):
         t = i * 0.001
         out = a.connect(t + 1.0, "B")  # forced fresh INITs, each with mac2
-        a._peers["B"].hs.last_sent = -1.0  # type: ignore[union-attr]
+        a._peers["B"].attempt.last_sent = -1.0  # type: ignore[union-attr]
         for x in sends(out):
             answered += len(sends(b.handle(t, Datagram("A", x)))) > 0
     assert b.counters.get("bad_mac2", 0) == 0

@@ -13,6 +13,7 @@ from pipe import WALL, Net, World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import CookieJar, LoadMeter
 from x0tta6bl4.channel.endpoint import SecureEndpoint, handshake_wire_cost
+from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
 from x0tta6bl4.channel.wire import header
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS
 from x0tta6bl4.errors import MessageTooLarge
@@ -385,14 +386,22 @@ def test_traces_are_deterministic_for_a_seed(world: World) -> None:
 
 def test_timers_and_inputs_that_are_not_ours(world: World) -> None:
     a = world.endpoint("alpha", seed=19)
+    assert a.timer_namespace == "x0t.secure"
+    bogus = ChannelTimer("x0t.secure", "bogus", "B")  # type: ignore[arg-type]
     assert a.handle(0.0, Timer("foreign")) and a.counters["unknown_timer"] == 1
-    a.handle(0.0, Timer(("x0t.secure", "bogus", "B")))
+    a.handle(0.0, Timer(bogus))
     a.add_peer("B")
-    a.handle(0.0, Timer(("x0t.secure", "bogus", "B")))
+    a.handle(0.0, Timer(bogus))
     assert a.counters["unknown_timer"] == 2
-    assert a.handle(0.0, Timer(("x0t.secure", "hs", "nobody"))) == []
-    assert a.handle(0.0, Timer(("x0t.secure", "hs", "B"))) == []  # nothing running
-    assert a.handle(0.0, Timer(("x0t.secure", "reasm", "B", 5))) == []
+    hs = ChannelTimerKind.HANDSHAKE
+    assert a.handle(0.0, Timer(ChannelTimer("x0t.secure", hs, "nobody"))) == []
+    assert a.handle(0.0, Timer(ChannelTimer("x0t.secure", hs, "B"))) == []  # nothing running
+    reasm = ChannelTimer("x0t.secure", ChannelTimerKind.REASSEMBLY, "B", 5)
+    assert a.handle(0.0, Timer(reasm)) == []
+    # the tuple keys of old, and another endpoint's namespace, are not ours
+    a.handle(0.0, Timer(("x0t.secure", "hs", "B")))
+    a.handle(0.0, Timer(ChannelTimer("x0t.other", hs, "B")))
+    assert a.counters["unknown_timer"] == 4
     a.handle(0.0, AppSend("beta", 1, b"x"))
     assert a.counters["unsupported_input"] == 1
 
@@ -547,7 +556,7 @@ def test_responder_keeps_nothing_until_the_initiator_confirms(world: World) -> N
                     [y for y in b.handle(t, Datagram(addr_a, x.data)) if isinstance(y, Send)]
                 )
         t += 1.0
-        out = a.handle(t, Timer(("x0t.secure", "hs", addr_b)))
+        out = a.handle(t, Timer(ChannelTimer("x0t.secure", ChannelTimerKind.HANDSHAKE, addr_b)))
     assert answered >= 7
     assert b.sessions_in_use == 0 and b.peer(addr_a) is None and b.peers() == []
     labels = {x.fields.get("addr") for x in out if isinstance(x, Event)}

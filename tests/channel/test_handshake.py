@@ -14,6 +14,7 @@ from x0tta6bl4.channel.cookie import add_macs, mac1_key
 from x0tta6bl4.channel.endpoint import SecureEndpoint
 from x0tta6bl4.channel.fragment import Reassembler
 from x0tta6bl4.channel.handshake import Initiator, Responder, ResponderHandshake, SessionKeys
+from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
 from x0tta6bl4.channel.wire import InitPayload, decode_init
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.crypto.kdf import Transcript
@@ -349,7 +350,7 @@ def test_unknown_fingerprint_then_full_certificate_on_retry(world: World) -> Non
     assert b2.counters["unknown_fingerprint"] == 1 and not sends(out)
     soon = a.connect(1.0, "B")  # too soon for another INIT: only the retry is moved up
     assert [type(x) for x in soon] == [SetTimer]
-    retry = sends(a.handle(5.0, Timer(("x0t.secure", "hs", "B"))))
+    retry = sends(a.handle(5.0, Timer(ChannelTimer("x0t.secure", ChannelTimerKind.HANDSHAKE, "B"))))
     resp = [s for d in retry for s in sends(b2.handle(5.0, Datagram("A", d)))]
     assert resp
     acts = [x for d in resp for x in a.handle(5.0, Datagram("B", d))]

@@ -124,6 +124,8 @@ def test_arbitrary_bytes_give_only_typed_errors(data: bytes) -> None:
         wire.decode_biscuit_state,
         wire.decode_init_payload,
         wire.decode_timestamp,
+        wire.decode_init_envelope,
+        wire.mac_trailer,
     ):
         with contextlib.suppress(DecodeError):
             decoder(data)
@@ -263,3 +265,173 @@ def test_init_payload_errors() -> None:
         wire.decode_init_payload(cert[:1] + b"\x00\x00" + cert[3:])
     with pytest.raises(BadLength):
         wire.decode_init_payload(cert + b"\x00")
+
+
+# --- the parts a MAC covers, prefixes, trailers ------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(cert_requests)
+def test_cert_request_scopes_are_the_encoded_prefix(msg: CertRequest) -> None:
+    data = wire.encode(msg)
+    mac2_scope = wire.cert_request_mac2_scope(msg.request_id)
+    check_scope = wire.cert_request_check_scope(msg.request_id, msg.mac2)
+    assert data.startswith(check_scope) and check_scope == mac2_scope + msg.mac2
+    assert data[len(check_scope) : len(check_scope) + C.MAC_SIZE] == msg.check
+    assert len(check_scope) + C.MAC_SIZE == wire.CERT_REQUEST_USED
+
+
+@settings(max_examples=100, deadline=None)
+@given(certs)
+def test_cert_check_scope_is_everything_before_the_check(msg: Cert) -> None:
+    data = wire.encode(msg)
+    assert wire.cert_check_scope(msg.request_id, msg.cert_der) == data[: -C.MAC_SIZE]
+    assert data[-C.MAC_SIZE :] == msg.check
+
+
+@settings(max_examples=60, deadline=None)
+@given(inits)
+def test_init_body_prefix_and_trailer(msg: Init) -> None:
+    data = wire.encode(msg)
+    body = wire.encode_init_body(msg.sender_index, msg.ephemeral, msg.ct_static, msg.sealed)
+    assert data == body + msg.mac1 + msg.mac2
+    assert data[: wire.INIT_PREFIX_SIZE] == wire.init_prefix(msg.sender_index)
+    assert wire.mac_trailer(data) == (msg.mac1, msg.mac2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(resps)
+def test_resp_body_prefix_and_trailer(msg: Resp) -> None:
+    data = wire.encode(msg)
+    body = wire.encode_resp_body(
+        msg.sender_index,
+        msg.receiver_index,
+        msg.ct_ephemeral,
+        msg.ct_initiator,
+        msg.confirm,
+        msg.biscuit,
+    )
+    assert data == body + msg.mac1 + msg.mac2
+    prefix = wire.resp_prefix(msg.sender_index, msg.receiver_index)
+    assert data.startswith(prefix) and len(prefix) == 12
+    assert wire.mac_trailer(data) == (msg.mac1, msg.mac2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(datas)
+def test_data_index_and_prefix(msg: Data) -> None:
+    data = wire.encode(msg)
+    assert wire.DATA_INDEX.unpack_from(data)[0] == msg.receiver_index
+    assert data.startswith(wire.data_prefix(msg.receiver_index))
+
+
+@settings(max_examples=100, deadline=None)
+@given(confirms)
+def test_confirm_names_its_datas_receiver_index(msg: Confirm) -> None:
+    decoded = wire.decode_confirm(wire.encode(msg))
+    assert decoded.receiver_index == wire.decode_data(msg.data).receiver_index
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_mac_trailer_of_garbage_is_bounds_checked(data: bytes) -> None:
+    if len(data) < C.HEADER_SIZE + 2 * C.MAC_SIZE:
+        with pytest.raises(Truncated):
+            wire.mac_trailer(data)
+    else:
+        mac1, mac2 = wire.mac_trailer(data)
+        assert data.endswith(mac1 + mac2) and len(mac1) == len(mac2) == C.MAC_SIZE
+
+
+_MIN_SIZE = {  # the variable-length messages: shorter than this never decodes
+    Init: wire.INIT_MIN_SIZE,
+    Confirm: wire.CONFIRM_MIN_SIZE,
+    Data: C.DATA_OVERHEAD,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(cert_requests, certs, cookies, resps, inits, confirms, datas), st.data())
+def test_truncated_messages_give_typed_errors(msg: wire.Message, draw: st.DataObject) -> None:
+    """A fixed or length-prefixed message cut anywhere, a variable one cut below its
+    minimum: a typed error, never a short field."""
+    data = wire.encode(msg)
+    below = _MIN_SIZE.get(type(msg), len(data))
+    cut = draw.draw(st.integers(0, below - 1))
+    with pytest.raises(DecodeError):
+        wire.decode(data[:cut])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(-(2**33), 2**33),
+    st.binary(max_size=40),
+    st.binary(max_size=C.MAX_CERT_SIZE + 2).filter(lambda b: len(b) != 1),
+)
+def test_scope_builders_refuse_out_of_range_fields(index: int, mac: bytes, der: bytes) -> None:
+    """Out-of-range fields raise the codec's BadLength, never struct.error or a wrong
+    length silently."""
+    index_ok = 0 <= index <= 0xFFFFFFFF
+    for build in (
+        lambda: wire.cert_request_mac2_scope(index),
+        lambda: wire.init_prefix(index),
+        lambda: wire.data_prefix(index),
+        lambda: wire.resp_prefix(index, 1),
+        lambda: wire.resp_prefix(1, index),
+    ):
+        if index_ok:
+            assert len(build()) in (8, 12)
+        else:
+            with pytest.raises(BadLength):
+                build()
+    if index_ok and len(mac) == C.MAC_SIZE:
+        assert len(wire.cert_request_check_scope(index, mac)) == 8 + C.MAC_SIZE
+    else:
+        with pytest.raises(BadLength):
+            wire.cert_request_check_scope(index, mac)
+    if index_ok and 1 <= len(der) <= C.MAX_CERT_SIZE:
+        assert len(wire.cert_check_scope(index, der)) == 10 + len(der)
+    else:
+        with pytest.raises(BadLength):
+            wire.cert_check_scope(index, der)
+
+
+def test_body_builders_refuse_wrong_field_sizes() -> None:
+    eph, ct = bytes(C.EPHEMERAL_SIZE), bytes(C.KEM_CIPHERTEXT_SIZE)
+    sealed = bytes(wire.INIT_PAYLOAD_MIN + C.AEAD_TAG_SIZE)
+    assert len(wire.encode_init_body(1, eph, ct, sealed)) == wire.INIT_MIN_SIZE - 32
+    for args in ((1, eph[1:], ct, sealed), (1, eph, ct + b"x", sealed), (1, eph, ct, sealed[1:])):
+        with pytest.raises(BadLength):
+            wire.encode_init_body(*args)
+    tag, biscuit = bytes(C.AEAD_TAG_SIZE), bytes(C.BISCUIT_SIZE)
+    assert len(wire.encode_resp_body(1, 2, ct, ct, tag, biscuit)) == wire.RESP_SIZE - 32
+    for resp_args in (
+        (1, 2, ct[1:], ct, tag, biscuit),
+        (1, 2, ct, ct, tag + b"x", biscuit),
+        (1, 2, ct, ct, tag, biscuit[1:]),
+        (1, -1, ct, ct, tag, biscuit),
+    ):
+        with pytest.raises(BadLength):
+            wire.encode_resp_body(*resp_args)
+
+
+@settings(max_examples=60, deadline=None)
+@given(inits)
+def test_init_envelope_matches_the_full_decode(msg: Init) -> None:
+    data = wire.encode(msg)
+    assert wire.decode_init_envelope(data) == (msg.sender_index, msg.mac1, msg.mac2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000).map(lambda b: b * (1 + 9000 // max(1, len(b)))))
+def test_init_envelope_is_bounded_exactly_as_decode_init(data: bytes) -> None:
+    """Whatever the full decoder refuses, the envelope refuses with the same error type."""
+    for size in (len(data), wire.INIT_MIN_SIZE - 1, wire.INIT_MIN_SIZE, wire.INIT_MAX_SIZE + 1):
+        chunk = data[:size]
+        try:
+            full = wire.decode_init(chunk)
+        except DecodeError as exc:
+            with pytest.raises(type(exc)):
+                wire.decode_init_envelope(chunk)
+        else:
+            assert wire.decode_init_envelope(chunk) == (full.sender_index, full.mac1, full.mac2)

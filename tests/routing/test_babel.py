@@ -1,7 +1,8 @@
-"""Babel-style routing: codec, convergence, failure, starvation, hysteresis, loop freedom.
+"""Babel-style routing: codec, convergence, failure, starvation, hysteresis, loop freedom,
+and the router's timer (push-style ``SetTimer``).
 
-The routers under test are real; only the transport is a toy: a priority queue that
-delivers each packet after a delay, over links whose costs the test sets directly.
+The routers under test are real and run on the simulator (``x0tta6bl4.sim``) as bare
+cores (``helpers.RouterCore``); the link costs are set by the test directly.
 """
 
 from __future__ import annotations
@@ -10,23 +11,29 @@ import hashlib
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
+from helpers import RouterCore, SentLog, TimerSlot, messages, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from x0tta6bl4.errors import BadLength, DecodeError, Truncated, UnknownType
 from x0tta6bl4.routing import babel as rt
+from x0tta6bl4.routing import linkquality as lq
+from x0tta6bl4.routing import metric as routing_metric
 from x0tta6bl4.routing.babel import (
     HYSTERESIS_ABS,
     INFINITY,
+    ROUTE_TIMER,
     SEQNO_REQUEST_HOPS,
     SEQNO_REQUEST_MAX_RESENDS,
     TRIGGER_DELAY,
     Outgoing,
     Router,
     RouteRequest,
+    RouterOutput,
+    RouteTimer,
     SeqnoRequest,
     Tlv,
     Update,
@@ -36,8 +43,8 @@ from x0tta6bl4.routing.babel import (
     seqno_ge,
     seqno_newer,
 )
-
-MTU = 1200
+from x0tta6bl4.sansio import SetTimer
+from x0tta6bl4.sim import LinkSpec, Simulator
 
 
 def nid(name: str) -> bytes:
@@ -48,7 +55,14 @@ def nid(name: str) -> bytes:
 
 
 class Net:
-    """A handful of real Routers joined by toy links."""
+    """A handful of real Routers on the simulator, over links whose routing costs the
+    test sets directly (the simulator's links carry the packets: latency ``delay`` plus
+    up to ``jitter``, no loss).
+
+    A test that calls a router directly and then runs the net on must pass the output
+    to :meth:`emit`: it may carry the router's SetTimer, and the simulator holds the
+    timer (``RouterCore`` asserts that the held timer is never late).
+    """
 
     def __init__(
         self,
@@ -60,24 +74,38 @@ class Net:
         seed: int = 0,
         wire: bool = True,
     ) -> None:
-        self.rng = random.Random(seed)
-        self.routers = {
-            n: Router(nid(n), random.Random(seed * 1000 + i), update_interval=interval)
-            for i, n in enumerate(names)
-        }
+        self.sim = Simulator(seed)
+        # The routers pack to MTU themselves; wire=False sends each batch unsplit.
+        self.spec = LinkSpec(latency=delay, jitter=jitter, mtu=1 << 16)
+        self.wire = wire
+        self.interval = interval
+        self.cores: dict[str, RouterCore] = {}
         self.ids = {n: nid(n) for n in names}
         self.names = {v: k for k, v in self.ids.items()}
         self.cost: dict[tuple[str, str], int] = {}  # directed
-        self.delay = delay
-        self.jitter = jitter
-        self.wire = wire
-        self.now = 0.0
-        self.q: list[tuple[float, int, str, str, bytes | list[Tlv]]] = []
-        self.seq = 0
-        self.timers = dict.fromkeys(names, 0.0)
-        self.sent: list[tuple[float, str, str | None, Tlv]] = []
+        self.sent: SentLog = []
         self.on_deliver: Callable[[], None] | None = None
-        self.delivered = 0
+        for n in names:
+            self.sim.add_node(n, self._make_core)
+        self.sim.run(0.0)  # every router starts before any link exists
+
+    def _make_core(self, name: str, rng: random.Random, now: float) -> RouterCore:
+        router = Router(nid(name), rng, update_interval=self.interval)
+        core = RouterCore(name, router, wire=self.wire, sent=self.sent, on_packet=self._delivered)
+        self.cores[name] = core
+        return core
+
+    def _delivered(self) -> None:
+        if self.on_deliver is not None:
+            self.on_deliver()
+
+    @property
+    def now(self) -> float:
+        return self.sim.now
+
+    @property
+    def routers(self) -> dict[str, Router]:
+        return {n: c.router for n, c in self.cores.items()}
 
     # topology
     def neighbours(self, a: str) -> list[str]:
@@ -86,6 +114,10 @@ class Net:
     def link(self, a: str, b: str, cost: int, cost_ba: int | None = None) -> None:
         self.cost[(a, b)] = cost
         self.cost[(b, a)] = cost if cost_ba is None else cost_ba
+        if self.sim.net.has_link(a, b):
+            self.sim.net.set_up(a, b, True)
+        else:
+            self.sim.add_link(a, b, self.spec)
         self.emit(a, self.routers[a].set_link_cost(self.now, b, cost))
         self.emit(b, self.routers[b].set_link_cost(self.now, a, self.cost[(b, a)]))
 
@@ -95,57 +127,23 @@ class Net:
         self.emit(a, self.routers[a].set_link_cost(self.now, b, cost))
 
     def unlink(self, a: str, b: str) -> None:
+        """The link goes down: packets in flight on it are lost."""
         self.cost.pop((a, b), None)
         self.cost.pop((b, a), None)
+        if self.sim.net.has_link(a, b):
+            self.sim.net.set_up(a, b, False)
         self.emit(a, self.routers[a].remove_neighbour(self.now, b))
         self.emit(b, self.routers[b].set_link_cost(self.now, a, INFINITY))
 
     # transport
-    def emit(self, src: str, outs: list[Outgoing]) -> None:
-        for o in outs:
-            targets = self.neighbours(src) if o.to is None else [o.to]
-            for t in o.tlvs:
-                self.sent.append((self.now, src, o.to, t))
-            payloads: list[bytes | list[Tlv]]
-            payloads = list(pack_tlvs(o.tlvs, MTU)) if self.wire else [o.tlvs]
-            for dst in targets:
-                for p in payloads:
-                    self.seq += 1
-                    at = self.now + self.delay + self.rng.uniform(0, self.jitter)
-                    heapq.heappush(self.q, (at, self.seq, src, dst, p))
-        self.timers[src] = self.routers[src].next_deadline()
-
-    def step(self, until: float) -> bool:
-        """Deliver the next packet or fire the next timer, if due by ``until``."""
-        name, t_timer = min(self.timers.items(), key=lambda kv: kv[1])
-        t_msg = self.q[0][0] if self.q else float("inf")
-        if min(t_timer, t_msg) > until:
-            return False
-        if t_msg <= t_timer:
-            at, _, src, dst, payload = heapq.heappop(self.q)
-            self.now = max(self.now, at)
-            if (src, dst) not in self.cost:
-                return True  # the link went down while the packet was in flight
-            r = self.routers[dst]
-            if isinstance(payload, bytes):
-                outs = r.handle_packet(self.now, src, payload)
-            else:
-                outs = r.handle(self.now, src, payload)
-            self.emit(dst, outs)
-            self.delivered += 1
-            if self.on_deliver is not None:
-                self.on_deliver()
-        else:
-            self.now = max(self.now, t_timer)
-            outs, _ = self.routers[name].tick(self.now)
-            self.emit(name, outs)
-        return True
+    def emit(self, src: str, out: RouterOutput) -> None:
+        """Carry out what a test's direct call on ``src``'s router returned, now."""
+        acts = self.cores[src].actions(self.now, out)
+        self.sim.call(self.now, src, lambda _core, _now: acts)
+        self.sim.run(self.now)
 
     def run(self, duration: float) -> None:
-        until = self.now + duration
-        while self.step(until):
-            pass
-        self.now = until
+        self.sim.run(self.now + duration)
 
     # inspection
     def path(self, src: str, dst: str) -> list[str] | None:
@@ -498,13 +496,13 @@ def test_good_news_is_coalesced_bad_news_is_not() -> None:
     net.run(2.0)
     a = net.routers["a"]
     new = nid("new")
-    out = a.handle(net.now, "b", [Update(new, 1, 50, 1600)])
-    assert out == []  # a new route waits for the flush
-    assert net.now < a.next_deadline() <= net.now + TRIGGER_DELAY
-    out, _ = a.tick(net.now + TRIGGER_DELAY)
-    assert [(o.to, o.tlvs) for o in out] == [(None, [Update(new, 1, 146, 1600)])]
-    out = a.handle(net.now + 0.1, "b", [Update(new, 1, INFINITY, 1600)])
-    assert out[0].to is None and out[0].tlvs[0] == Update(new, 1, INFINITY, 1600)
+    msgs, timers = split(a.handle(net.now, "b", [Update(new, 1, 50, 1600)]))
+    assert msgs == []  # a new route waits for the flush, and asks to be woken for it
+    assert len(timers) == 1 and net.now < timers[0].at <= net.now + TRIGGER_DELAY
+    msgs = messages(a.handle_timer(net.now + TRIGGER_DELAY))
+    assert [(o.to, o.tlvs) for o in msgs] == [(None, [Update(new, 1, 146, 1600)])]
+    msgs = messages(a.handle(net.now + 0.1, "b", [Update(new, 1, INFINITY, 1600)]))
+    assert msgs[0].to is None and msgs[0].tlvs[0] == Update(new, 1, INFINITY, 1600)
 
 
 def test_route_requests_are_answered() -> None:
@@ -512,10 +510,10 @@ def test_route_requests_are_answered() -> None:
     net.run(2.0)
     b = net.routers["b"]
     c_id = net.ids["c"]
-    out = b.handle(net.now, "a", [RouteRequest(None)])
-    assert len(out) == 1 and out[0].to == "a"
+    (dump,) = b.handle(net.now, "a", [RouteRequest(None)])
+    assert isinstance(dump, Outgoing) and dump.to == "a"
     # Everything b knows, including itself and the route back to a (no split horizon).
-    assert {t.dst for t in out[0].tlvs if isinstance(t, Update)} == set(net.ids.values())
+    assert {t.dst for t in dump.tlvs if isinstance(t, Update)} == set(net.ids.values())
     out = b.handle(net.now, "a", [RouteRequest(c_id)])
     assert out == [Outgoing("a", [Update(c_id, net.routers["c"].seqno, 96, 1600)])]
     unknown = nid("unknown")
@@ -549,7 +547,7 @@ def test_restarted_node_jumps_past_its_old_seqno() -> None:
     b.seqno = (old - 10) & 0xFFFF  # as if b restarted with a stale counter
     out = b.handle(net.now, "a", [Update(net.ids["b"], old, 96, 1600)])
     assert b.seqno == (old + 1) & 0xFFFF
-    assert out[0].tlvs == [Update(net.ids["b"], b.seqno, 0, 1600)]
+    assert messages(out)[0].tlvs == [Update(net.ids["b"], b.seqno, 0, 1600)]
 
 
 def test_seqno_requests_are_forwarded_with_hop_count_and_deduplicated() -> None:
@@ -572,27 +570,29 @@ def test_seqno_requests_are_forwarded_with_hop_count_and_deduplicated() -> None:
     assert b.handle(net.now, "a", [SeqnoRequest(nid("nobody"), 1, 5)]) == []
     # Satisfied locally: answered, not forwarded.
     out = b.handle(net.now, "a", [SeqnoRequest(d_id, net.routers["d"].seqno, 5)])
-    assert out[0].to == "a" and isinstance(out[0].tlvs[0], Update)
+    answer = messages(out)[0]
+    assert answer.to == "a" and isinstance(answer.tlvs[0], Update)
 
 
 def test_unanswered_seqno_requests_are_resent_a_bounded_number_of_times() -> None:
     r = Router(nid("me"), random.Random(1))
-    r.set_link_cost(0.0, "p", 96)
-    r.tick(0.0)
+    timer = TimerSlot()
+    timer.feed(r.set_link_cost(0.0, "p", 96))
+    timer.feed(r.start(0.0))
     dst = nid("far")
-    r.handle(0.0, "p", [Update(dst, 10, 100, 1600)])
-    r.tick(1.0)  # flush
+    timer.feed(r.handle(0.0, "p", [Update(dst, 10, 100, 1600)]))
+    timer.feed(r.handle_timer(1.0))  # flush
     out = r.handle(1.0, "p", [Update(dst, 10, INFINITY, 1600)])  # lost: starving
-    reqs = [t for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)]
-    assert reqs == [SeqnoRequest(dst, 11, SEQNO_REQUEST_HOPS)]
+    assert _requests(out) == [SeqnoRequest(dst, 11, SEQNO_REQUEST_HOPS)]
+    timer.feed(out)
     resent = 0
     t = 1.0
     for _ in range(50):
-        t = max(t + 0.01, r.next_deadline())
+        t = max(t + 0.01, timer.at)
         if t > 20.0:
             break
-        out, _ = r.tick(t)
-        resent += sum(isinstance(x, SeqnoRequest) for o in out for x in o.tlvs)
+        resent += len(_requests(out := r.handle_timer(t)))
+        timer.feed(out)
     assert resent == SEQNO_REQUEST_MAX_RESENDS
 
 
@@ -603,17 +603,18 @@ def test_routes_expire_and_sources_are_collected() -> None:
     b_id = net.ids["b"]
     assert a.next_hop(b_id) == "b"
     # b falls silent without the link being reported down.
-    a.tick(net.now)
-    out: list[Outgoing] = []
+    timer = TimerSlot()
+    timer.feed(a.handle_timer(net.now))
+    out: RouterOutput = []
     t = net.now
     while t < net.now + 10.0 and a.next_hop(b_id) is not None:
-        t = max(t + 0.01, a.next_deadline())
-        out, _ = a.tick(t)
+        t = max(t + 0.01, timer.at)
+        timer.feed(out := a.handle_timer(t))
     assert a.next_hop(b_id) is None
     assert t - net.now <= rt.ROUTE_EXPIRY_FACTOR * 1.0 + 1.0
-    assert any(isinstance(x, Update) and x.metric == INFINITY for o in out for x in o.tlvs)
+    assert any(x.metric == INFINITY for _, x in _updates(out))
     assert a.feasibility_distance(b_id) is not None  # kept: it guards loop freedom
-    a.tick(t + rt.SOURCE_GC_TIME + 1.0)
+    a.handle_timer(t + rt.SOURCE_GC_TIME + 1.0)
     assert a.feasibility_distance(b_id) is None
 
 
@@ -626,7 +627,10 @@ def test_unfeasible_update_for_the_selected_route_keeps_it_and_asks_for_a_seqno(
     # b claims a much worse metric at the same seqno: unfeasible for a (FD metric 192).
     out = a.handle(net.now, "b", [Update(c_id, seqno, 500, 1600)])
     assert a.next_hop(c_id) == "b"
-    assert out == [Outgoing("b", [SeqnoRequest(c_id, (seqno + 1) & 0xFFFF, SEQNO_REQUEST_HOPS)])]
+    want = (seqno + 1) & 0xFFFF
+    assert messages(out) == [Outgoing("b", [SeqnoRequest(c_id, want, SEQNO_REQUEST_HOPS)])]
+    # ...and a wake-up for the request's first resend, due before anything else.
+    assert split(out)[1] == [SetTimer(net.now + rt.SEQNO_REQUEST_RESEND_DELAY, ROUTE_TIMER)]
     net.emit("a", out)
     net.run(1.0)
     # The newer seqno came back and the honest metric is now in use.
@@ -714,25 +718,27 @@ def test_next_hops_never_form_a_loop(
                 assert net.path(src, dst) is not None, (src, dst)
 
 
-def _updates(out: list[Outgoing]) -> list[tuple[str | None, Update]]:
-    return [(o.to, t) for o in out for t in o.tlvs if isinstance(t, Update)]
+def _updates(out: Sequence[Outgoing | SetTimer]) -> list[tuple[str | None, Update]]:
+    return [(o.to, t) for o in messages(out) for t in o.tlvs if isinstance(t, Update)]
 
 
 def test_a_newer_seqno_on_the_selected_route_is_passed_on() -> None:
     # A starving node may sit behind us without our knowing: the newer seqno that frees
     # it must travel on even when our own next hop and metric stay the same.
     r = Router(nid("me"), random.Random(3))
-    r.set_link_cost(0.0, "up", 96)
-    r.set_link_cost(0.0, "down", 96)
-    r.tick(0.0)
+    timer = TimerSlot()
+    timer.feed(r.set_link_cost(0.0, "up", 96))
+    timer.feed(r.set_link_cost(0.0, "down", 96))
+    timer.feed(r.start(0.0))
     dst = nid("far")
-    r.handle(0.0, "up", [Update(dst, 10, 100, 1600)])
-    r.tick(TRIGGER_DELAY + 0.01)  # the new route goes out; FD = (10, 196)
+    timer.feed(r.handle(0.0, "up", [Update(dst, 10, 100, 1600)]))
+    timer.feed(r.handle_timer(TRIGGER_DELAY + 0.01))  # the new route goes out; FD = (10, 196)
     assert r.feasibility_distance(dst) == (10, 196)
     out = r.handle(1.0, "up", [Update(dst, 11, 100, 1600)])
-    t = max(1.0, r.next_deadline())
+    timer.feed(out)
+    t = max(1.0, timer.at)
     assert t <= 1.0 + TRIGGER_DELAY
-    out += r.tick(t)[0]
+    out += r.handle_timer(t)
     assert (None, Update(dst, 11, 196, r._interval_cs)) in _updates(out)
 
 
@@ -740,11 +746,11 @@ def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
     b = Router(nid("b"), random.Random(4))
     for n in ("a", "c", "e"):
         b.set_link_cost(0.0, n, 96)
-    b.tick(0.0)
+    b.start(0.0)
     dst = nid("far")
     b.handle(0.0, "c", [Update(dst, 5, 100, 1600)])
     b.handle(0.0, "e", [Update(dst, 5, 150, 1600)])
-    b.tick(TRIGGER_DELAY + 0.01)
+    b.handle_timer(TRIGGER_DELAY + 0.01)
     assert b.next_hop(dst) == "c"
     out = b.handle(1.0, "a", [SeqnoRequest(dst, 6, 10)])
     assert out == [Outgoing("c", [SeqnoRequest(dst, 6, 9)])]
@@ -754,43 +760,142 @@ def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
     assert Outgoing("e", [SeqnoRequest(dst, 6, 9)]) in out
 
 
-def _requests(out: list[Outgoing]) -> list[SeqnoRequest]:
-    return [t for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)]
+def _requests(out: Sequence[Outgoing | SetTimer]) -> list[SeqnoRequest]:
+    return [t for o in messages(out) for t in o.tlvs if isinstance(t, SeqnoRequest)]
 
 
-def _starving_router() -> tuple[Router, bytes]:
+def _starving_router() -> tuple[Router, bytes, TimerSlot]:
     """A router whose only way to ``far`` is unfeasible: it has to ask for a seqno."""
     r = Router(nid("me"), random.Random(5))
-    r.set_link_cost(0.0, "p", 96)
-    r.set_link_cost(0.0, "q", 96)
-    r.tick(0.0)
+    timer = TimerSlot()
+    timer.feed(r.set_link_cost(0.0, "p", 96))
+    timer.feed(r.set_link_cost(0.0, "q", 96))
+    timer.feed(r.start(0.0))
     far = nid("far")
-    r.handle(0.0, "p", [Update(far, 10, 100, 1600)])
-    r.tick(TRIGGER_DELAY + 0.01)  # advertised: FD (10, 196)
-    r.handle(1.0, "q", [Update(far, 10, 300, 1600)])  # worse than FD: unfeasible
-    return r, far
+    timer.feed(r.handle(0.0, "p", [Update(far, 10, 100, 1600)]))
+    timer.feed(r.handle_timer(TRIGGER_DELAY + 0.01))  # advertised: FD (10, 196)
+    timer.feed(r.handle(1.0, "q", [Update(far, 10, 300, 1600)]))  # worse than FD: unfeasible
+    return r, far, timer
 
 
 def test_a_starving_node_asks_again_after_its_request_expired() -> None:
-    r, far = _starving_router()
+    r, far, timer = _starving_router()
     out = r.handle(2.0, "p", [Update(far, 10, INFINITY, 1600)])  # the route dies
     assert _requests(out) == [SeqnoRequest(far, 11, SEQNO_REQUEST_HOPS)]
+    timer.feed(out)
     t, asked = 2.0, 0
     while t < 2.0 + 3 * rt.SEQNO_REQUEST_HOLD:
-        t = max(t + 0.01, r.next_deadline())
-        asked += len(_requests(r.tick(t)[0]))
+        t = max(t + 0.01, timer.at)
+        asked += len(_requests(out := r.handle_timer(t)))
+        timer.feed(out)
     # three resends, then a fresh request each time the previous one expired unanswered
     assert asked >= SEQNO_REQUEST_MAX_RESENDS + 2
     assert r.next_hop(far) is None
 
 
 def test_a_forwarded_request_does_not_silence_our_own() -> None:
-    r, far = _starving_router()
+    r, far, _ = _starving_router()
     # We relay someone's request for seqno 11 first (our route via p still works)...
     fwd = r.handle(1.5, "q", [SeqnoRequest(far, 11, 10)])
     assert fwd == [Outgoing("p", [SeqnoRequest(far, 11, 9)])]
     # ...then we starve ourselves: our own request must still go out, to everyone.
     out = r.handle(1.6, "p", [Update(far, 10, INFINITY, 1600)])
     assert (None, SeqnoRequest(far, 11, SEQNO_REQUEST_HOPS)) in [
-        (o.to, t) for o in out for t in o.tlvs if isinstance(t, SeqnoRequest)
+        (o.to, t) for o in messages(out) for t in o.tlvs if isinstance(t, SeqnoRequest)
     ]
+
+
+# --- the route timer (push style) ------------------------------------------------------
+
+
+def test_route_timer_key_and_the_one_infinity() -> None:
+    assert ROUTE_TIMER is RouteTimer.DUE and ROUTE_TIMER.value == "route.due"
+    assert rt.INFINITY is routing_metric.INFINITY is lq.INFINITY == 0xFFFF
+
+
+def test_start_arms_the_route_timer() -> None:
+    r = Router(nid("me"), random.Random(1))
+    out = r.start(0.0)
+    assert len(out) == 1 and isinstance(out[0], SetTimer) and out[0].key == ROUTE_TIMER
+    # The first sweep is due half an interval in, the first dump within one interval.
+    assert 0.0 < out[0].at <= rt.UPDATE_INTERVAL / 2
+    # Nothing new is due, so a neighbour's arrival asks for no earlier timer.
+    msgs, timers = split(r.set_link_cost(0.1, "p", 96))
+    assert timers == []
+    assert msgs == [Outgoing("p", [RouteRequest(None), Update(nid("me"), r.seqno, 0, 1600)])]
+
+
+def test_calls_before_start_ask_for_a_timer_at_once() -> None:
+    r = Router(nid("me"), random.Random(1))
+    msgs, timers = split(r.set_link_cost(0.5, "p", 96))
+    assert timers == [SetTimer(0.5, ROUTE_TIMER)]  # its firing starts the periodic work
+    assert [o.to for o in msgs] == ["p"]
+    me = Update(nid("me"), r.seqno, 0, 1600)
+    # Already asked for a timer: no second SetTimer.
+    assert r.set_link_cost(0.6, "q", 96) == [Outgoing("q", [RouteRequest(None), me])]
+    # The timer fires (late, as it may): the periodic work starts and re-arms.
+    msgs, timers = split(r.handle_timer(0.7))
+    assert msgs == []
+    assert len(timers) == 1 and 0.7 < timers[0].at <= 0.7 + rt.UPDATE_INTERVAL / 2
+
+
+def test_handle_timer_rearms_and_an_early_or_late_firing_is_harmless() -> None:
+    r = Router(nid("me"), random.Random(2), update_interval=1.0)
+    timer = TimerSlot()
+    timer.feed(r.start(0.0))
+    timer.feed(r.set_link_cost(0.0, "p", 96))
+    far = nid("far")
+    timer.feed(r.handle(0.0, "p", [Update(far, 3, 100, 100)]))
+    due = timer.at
+    assert due == TRIGGER_DELAY  # the coalesced new route
+    # Early: nothing is due yet, so nothing goes out, and the same deadline is re-armed.
+    assert r.handle_timer(due / 2) == [SetTimer(due, ROUTE_TIMER)]
+    assert r.next_hop(far) == "p"
+    # On time: the route goes out.
+    msgs = timer.feed(r.handle_timer(due))
+    assert _updates(msgs) == [(None, Update(far, 3, 196, 100))]
+    assert timer.at > due
+    # Very late (a timer lost, a process stalled): everything due by now is done at
+    # once (the route has expired) and the timer points to the future again.
+    late = 10.0
+    out = r.handle_timer(late)
+    assert r.next_hop(far) is None
+    assert (None, Update(far, 3, INFINITY, 100)) in _updates(out)
+    timer.feed(out)
+    assert timer.at > late
+
+
+def test_a_call_sets_a_timer_only_when_it_moves_the_deadline_earlier() -> None:
+    r = Router(nid("me"), random.Random(3))
+    timer = TimerSlot()
+    timer.feed(r.start(0.0))
+    timer.feed(r.set_link_cost(0.0, "p", 96))
+    periodic = timer.at
+    a, b = nid("a"), nid("b")
+    out = r.handle(1.0, "p", [Update(a, 1, 10, 1600)])
+    assert split(out) == ([], [SetTimer(1.0 + TRIGGER_DELAY, ROUTE_TIMER)])
+    timer.feed(out)
+    # A second good-news route joins the same flush: the timer already covers it.
+    assert r.handle(1.01, "p", [Update(b, 1, 10, 1600)]) == []
+    # A call past the flush time carries the flush itself (the mesh reports a link
+    # cost on every hello; this change is absorbed)...
+    msgs, timers = split(r.set_link_cost(1.06, "p", 100))
+    assert timers == []
+    assert [(to, u.dst) for to, u in _updates(msgs)] == [(None, a), (None, b)]
+    # ...so the timer still set for 1.05, firing late, finds nothing due and re-arms for
+    # the periodic work.
+    assert r.handle_timer(1.06) == [SetTimer(periodic, ROUTE_TIMER)]
+
+
+def test_the_simulator_always_holds_a_timer_no_later_than_the_router_needs() -> None:
+    # RouterCore checks this after every call it carries out; here it runs through
+    # convergence, a cut, a restore and several periodic dumps and sweeps.
+    net = line(4, interval=1.0)
+    net.run(2.0)
+    net.unlink("b", "c")
+    net.run(1.0)
+    net.link("b", "c", 96)
+    net.run(5.0)
+    net.assert_shortest_paths()
+    for core in net.cores.values():
+        assert net.now < core.timer.at <= core.router._deadline()

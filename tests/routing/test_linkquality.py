@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 
 import pytest
+from helpers import HelloCore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +26,7 @@ from x0tta6bl4.routing.linkquality import (
     decode_hello,
     encode_hello,
 )
+from x0tta6bl4.sim import LinkSpec, Simulator
 
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -84,69 +85,59 @@ def test_encode_hello_rejects_out_of_range_fields() -> None:
         encode_hello(Hello(1, 1, 10, 256, None, 5))
 
 
-# --- a tiny two-node event loop ----------------------------------------------------
+# --- two estimators on the simulator -------------------------------------------------
+
+
+FAST = LinkSpec(latency=0.001)
 
 
 class Pair:
-    """Two estimators exchanging hellos over a simulated link.
+    """Two estimators exchanging hellos over one simulated link (``helpers.HelloCore``).
 
-    ``delay(direction)`` gives the one-way delay, ``drop(direction, n)`` decides whether
-    the n-th hello in that direction is lost. B's clock runs with an offset, as real
-    monotonic clocks do: the RTT echo must not care.
+    ``spec`` gives the a -> b direction (``reverse`` b -> a, default the same): latency
+    plus up to ``jitter`` per packet. ``drop(direction, n)`` decides whether the n-th
+    hello in that direction ("ab" or "ba") is lost. B's clock runs with an offset, as
+    real monotonic clocks do: the RTT echo must not care.
     """
 
     B_CLOCK_OFFSET = 12_345.678
 
     def __init__(
         self,
-        delay: Callable[[str], float] = lambda d: 0.001,
+        spec: LinkSpec = FAST,
+        reverse: LinkSpec | None = None,
         drop: Callable[[str, int], bool] = lambda d, n: False,
         seed: int = 1,
     ) -> None:
-        self.rng = random.Random(seed)
         self.a = LinkEstimator(random.Random(seed))
         self.b = LinkEstimator(random.Random(seed + 1))
-        self.delay = delay
-        self.drop = drop
-        self.sent = {"ab": 0, "ba": 0}
-        self.q: list[tuple[float, int, str, Hello]] = []
-        self.seq = 0
-        self.t = 0.0
-        # Each side's next send time, jittered like the real caller will.
-        self.next_send = {"ab": 0.0, "ba": 0.05}
-
-    def clock(self, side: str, t: float) -> float:
-        return t + (self.B_CLOCK_OFFSET if side == "b" else 0.0)
+        # One stream for both ends' send jitter, drawn in send order.
+        jitter = random.Random(seed)
+        self.sim = Simulator(seed)
+        self.sim.add_node(
+            "a",
+            lambda _n, _r, _t: HelloCore(
+                "b", self.a, first_send=0.0, jitter=jitter, drop=lambda n: drop("ab", n)
+            ),
+        )
+        self.sim.add_node(
+            "b",
+            lambda _n, _r, _t: HelloCore(
+                "a",
+                self.b,
+                first_send=0.05,
+                jitter=jitter,
+                clock_offset=self.B_CLOCK_OFFSET,
+                drop=lambda n: drop("ba", n),
+            ),
+        )
+        self.sim.add_link("a", "b", spec, reverse=reverse)
 
     def run(self, until: float) -> None:
-        while True:
-            t_send = min(self.next_send.values())
-            t_recv = self.q[0][0] if self.q else float("inf")
-            t = min(t_send, t_recv)
-            if t > until:
-                break
-            self.t = t
-            if t_recv <= t_send:
-                _, _, direction, h = heapq.heappop(self.q)
-                if direction == "ab":
-                    self.b.on_hello(self.clock("b", t), h)
-                else:
-                    self.a.on_hello(self.clock("a", t), h)
-                continue
-            direction = min(self.next_send, key=lambda k: self.next_send[k])
-            sender = self.a if direction == "ab" else self.b
-            side = "a" if direction == "ab" else "b"
-            h = sender.make_hello(self.clock(side, t))
-            n = self.sent[direction]
-            self.sent[direction] += 1
-            if not self.drop(direction, n):
-                self.seq += 1
-                heapq.heappush(self.q, (t + self.delay(direction), self.seq, direction, h))
-            jitter = self.rng.uniform(-0.1, 0.1) * HELLO_INTERVAL
-            self.next_send[direction] = t + HELLO_INTERVAL + jitter
-        self.t = until
-        self.a.is_dead(self.clock("a", until))
-        self.b.is_dead(self.clock("b", until))
+        self.sim.run(until)
+        # Both estimators look at the end of the run (hellos overdue by then count).
+        self.a.is_dead(until)
+        self.b.is_dead(until + self.B_CLOCK_OFFSET)
 
 
 # --- estimates --------------------------------------------------------------------
@@ -184,7 +175,7 @@ def test_loss_both_ways_multiplies() -> None:
 
 
 def test_rtt_converges_to_the_simulated_round_trip() -> None:
-    p = Pair(delay=lambda d: 0.030 if d == "ab" else 0.020)
+    p = Pair(LinkSpec(latency=0.030), reverse=LinkSpec(latency=0.020))
     p.run(10.0)
     for est in (p.a, p.b):
         assert est.rtt == pytest.approx(0.050, abs=0.0005)
@@ -195,12 +186,11 @@ def test_rtt_converges_to_the_simulated_round_trip() -> None:
 
 
 def test_rtt_tracks_a_change_and_jitter_reflects_variation() -> None:
-    rng = random.Random(7)
-    p = Pair(delay=lambda d: 0.005 + rng.uniform(0, 0.010))
+    p = Pair(LinkSpec(latency=0.005, jitter=0.010))  # 5-15 ms each way, per packet
     p.run(10.0)
     assert p.a.rtt == pytest.approx(0.020, abs=0.004)
     assert p.a.jitter > 0.001
-    slow = Pair(delay=lambda d: 0.2)
+    slow = Pair(LinkSpec(latency=0.2))
     slow.run(10.0)
     assert slow.a.rtt_penalty == RTT_MAX_PENALTY
     assert slow.a.cost == BASE_COST + RTT_MAX_PENALTY

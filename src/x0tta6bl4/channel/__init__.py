@@ -1,3 +1,9 @@
-"""The sans-IO secure channel: wire codec, hybrid KEM-authenticated handshake, sessions,
-cookies, biscuits, fragmentation, and ``SecureEndpoint``, which holds the peers
-(``docs/protocol.md``)."""
+"""The sans-IO secure channel (``docs/protocol.md``).
+
+``endpoint.SecureEndpoint`` is the facade; it composes ``peers`` (peer table, peer and
+attempt states), ``datapath`` (DATA, sealing, queues, sessions, fragment glue),
+``initiator_role`` and ``responder_role`` (driving the handshake), ``certexchange``
+(certificate verification, cache and exchange), ``drops`` (``DropReason``, counters) and
+``timers`` (``ChannelTimer`` keys), over the codec (``wire``), ``fragment``, ``replay``,
+``session``, ``handshake`` (the key schedule), ``biscuit`` and ``cookie``.
+"""

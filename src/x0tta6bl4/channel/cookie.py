@@ -115,10 +115,14 @@ class CookieGenerator:
     def check_mac2(self, now: float, addr: Addr, message: bytes) -> bool:
         """Whether ``message`` (ending with mac2) carries a mac2 made with a cookie we
         issued to ``addr`` under the current or the previous secret."""
-        body, mac2 = message[:-MAC_SIZE], message[-MAC_SIZE:]
+        return self.mac2_valid(now, addr, message[:-MAC_SIZE], message[-MAC_SIZE:])
+
+    def mac2_valid(self, now: float, addr: Addr, scope: bytes, mac2: bytes) -> bool:
+        """Whether ``mac2`` over ``scope`` (the bytes it covers) was made with a cookie we
+        issued to ``addr`` under the current or the previous secret."""
         for secret in self._keys.keys(now):
             cookie = mac16(secret, addr_bytes(addr))
-            if _hmac.compare_digest(mac16(cookie, body), mac2):
+            if _hmac.compare_digest(mac16(cookie, scope), mac2):
                 return True
         return False
 

@@ -34,7 +34,6 @@ expensive) and never mutate their state on a failed ``consume_*``.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,13 +41,16 @@ from x0tta6bl4.channel.constants import BISCUIT_SIZE, DEFAULT_MAX_DATAGRAM, PROT
 from x0tta6bl4.channel.cookie import add_macs, mac1_key
 from x0tta6bl4.channel.session import Session
 from x0tta6bl4.channel.wire import (
-    HDR_INIT,
-    HDR_RESP,
+    INIT_PREFIX_SIZE,
     InitPayload,
     decode_init,
     decode_init_payload,
     decode_resp,
+    encode_init_body,
     encode_init_payload,
+    encode_resp_body,
+    init_prefix,
+    resp_prefix,
 )
 from x0tta6bl4.crypto.aead import NONCE_SIZE, Aead
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
@@ -57,8 +59,6 @@ from x0tta6bl4.crypto.kdf import ChainingKey, Transcript
 from x0tta6bl4.errors import HandshakeError
 
 _ZERO_NONCE = bytes(NONCE_SIZE)
-_U32 = struct.Struct("<I")
-_U32X2 = struct.Struct("<II")
 _SPLIT_INFO = b"x0tta6bl4 transport keys"
 
 
@@ -153,7 +153,7 @@ class Initiator:
         eph = HybridPrivateKey.generate(rng)
         eph_pub = eph.public_key().to_bytes()
         ct_s, ss_s = self._responder_static.encapsulate(rng)
-        prefix = HDR_INIT + _U32.pack(self.sender_index)
+        prefix = init_prefix(self.sender_index)
         h = Transcript(PROTOCOL_LABEL)
         h.mix(responder)
         h.mix(self._responder_fingerprint)
@@ -165,7 +165,8 @@ class Initiator:
         h.mix(sealed)
         self._eph, self._ss_s, self._h = eph, ss_s, h
         self.resp_mac1_key = mac1_key(eph_pub)
-        return add_macs(prefix + eph_pub + ct_s + sealed, mac1_key(responder), cookie)
+        body = encode_init_body(self.sender_index, eph_pub, ct_s, sealed)
+        return add_macs(body, mac1_key(responder), cookie)
 
     def consume_resp(self, message: bytes) -> SessionKeys:
         """Check RESP and derive the transport keys. Raises ``DecodeError``,
@@ -179,7 +180,7 @@ class Initiator:
         h = h0.copy()
         h.mix(self._static.public_key().to_bytes())
         h.mix(self._fingerprint)
-        h.mix(HDR_RESP + _U32X2.pack(resp.sender_index, resp.receiver_index))
+        h.mix(resp_prefix(resp.sender_index, resp.receiver_index))
         ck = ChainingKey(PROTOCOL_LABEL)
         ck.mix(ss_s)
         ss_e = eph.decapsulate(resp.ct_ephemeral)
@@ -229,7 +230,7 @@ class Responder:
     def consume_init(self, message: bytes) -> ResponderHandshake:
         """Decapsulate and open INIT. Raises ``DecodeError`` or ``CryptoError``."""
         init = decode_init(message)
-        prefix = message[:8]
+        prefix = message[:INIT_PREFIX_SIZE]  # as received: a changed header changes h
         h = Transcript(PROTOCOL_LABEL)
         h.mix(self._static_pub)
         h.mix(self._fingerprint)
@@ -287,7 +288,7 @@ class ResponderHandshake:
             raise HandshakeError("this INIT was already answered")
         key_rng = secrets.key_randomness()
         initiator_pub = initiator_static.to_bytes()
-        prefix = HDR_RESP + _U32X2.pack(sender_index, self.initiator_index)
+        prefix = resp_prefix(sender_index, self.initiator_index)
         h = self._h
         h.mix(initiator_pub)
         h.mix(initiator_fingerprint)
@@ -313,6 +314,8 @@ class ResponderHandshake:
             initiator=False,
         )
         sealed_state = biscuit(keys) if biscuit is not None else bytes(BISCUIT_SIZE)
-        body = prefix + ct_e + ct_is + confirm + sealed_state
+        body = encode_resp_body(
+            sender_index, self.initiator_index, ct_e, ct_is, confirm, sealed_state
+        )
         message = add_macs(body, self._resp_mac1_key, None)
         return message, keys

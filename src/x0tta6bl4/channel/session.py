@@ -10,8 +10,6 @@ the endpoint knows ``now``.
 
 from __future__ import annotations
 
-import struct
-
 from x0tta6bl4.channel.constants import (
     DATA_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,
@@ -19,12 +17,11 @@ from x0tta6bl4.channel.constants import (
     REPLAY_WINDOW,
 )
 from x0tta6bl4.channel.replay import ReplayWindow
-from x0tta6bl4.channel.wire import HDR_DATA
+from x0tta6bl4.channel.wire import data_prefix
 from x0tta6bl4.crypto.aead import Aead
 from x0tta6bl4.errors import DecodeError, MessageTooLarge, ReplayError, SessionExpired, Truncated
 
 _ZERO4 = bytes(4)
-_INDEX = struct.Struct("<I")
 
 
 class Session:
@@ -71,8 +68,8 @@ class Session:
         self._recv = Aead(recv_key)
         self._send_counter = 0
         self._window = ReplayWindow(window)
-        self._tx_prefix = HDR_DATA + _INDEX.pack(remote_index)
-        self._rx_prefix = HDR_DATA + _INDEX.pack(local_index)
+        self._tx_prefix = data_prefix(remote_index)
+        self._rx_prefix = data_prefix(local_index)
         self._max_payload = max_datagram - DATA_OVERHEAD
 
     def __repr__(self) -> str:

@@ -95,6 +95,13 @@ CONFIRM_MIN_SIZE: Final = HEADER_SIZE + BISCUIT_SIZE + DATA_OVERHEAD  # 188
 COOKIE_MSG_SIZE: Final = HEADER_SIZE + INDEX_SIZE + COOKIE_NONCE_SIZE + COOKIE_SIZE + AEAD_TAG_SIZE
 CERT_FIXED: Final = HEADER_SIZE + INDEX_SIZE + 2 + MAC_SIZE
 CERT_REQUEST_USED: Final = HEADER_SIZE + INDEX_SIZE + 2 * MAC_SIZE
+INIT_PREFIX_SIZE: Final = HEADER_SIZE + INDEX_SIZE  # header | sender: hashed into the transcript
+
+# The u32 right after the header, read in place (``X.unpack_from(datagram)[0]``) with no
+# call around it; the caller checks the length first. DATA's receiver index is read so on
+# every packet, a FRAGMENT's message id once per reassembly.
+DATA_INDEX: Final = struct.Struct("<4xI")
+FRAGMENT_MESSAGE_ID: Final = DATA_INDEX  # the same place: header | message_id u32 | ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,11 @@ class Confirm:
     biscuit: bytes
     data: bytes  # a DATA datagram, header included
 
+    @property
+    def receiver_index(self) -> int:
+        """The enclosed DATA's receiver index: the session the responder would make."""
+        return int(DATA_INDEX.unpack_from(self.data)[0])
+
 
 Message: TypeAlias = Init | Resp | CookieReply | Data | CertRequest | Cert | Fragment | Confirm
 
@@ -259,34 +271,18 @@ def encode(msg: Message) -> bytes:
             raise BadLength("DATA ciphertext is shorter than its tag")
         return HDR_DATA + _DATA.pack(_check_u32(msg.receiver_index), msg.counter) + msg.ciphertext
     if isinstance(msg, Init):
-        size = len(msg.sealed)
-        if not INIT_PAYLOAD_MIN + AEAD_TAG_SIZE <= size <= INIT_PAYLOAD_MAX + AEAD_TAG_SIZE:
-            raise BadLength(f"INIT sealed payload of {size} bytes")
-        return b"".join(
-            (
-                HDR_INIT,
-                _u32(msg.sender_index, "sender_index"),
-                _field(msg.ephemeral, EPHEMERAL_SIZE, "ephemeral"),
-                _field(msg.ct_static, KEM_CIPHERTEXT_SIZE, "ct_static"),
-                msg.sealed,
-                _field(msg.mac1, MAC_SIZE, "mac1"),
-                _field(msg.mac2, MAC_SIZE, "mac2"),
-            )
-        )
+        body = encode_init_body(msg.sender_index, msg.ephemeral, msg.ct_static, msg.sealed)
+        return body + _field(msg.mac1, MAC_SIZE, "mac1") + _field(msg.mac2, MAC_SIZE, "mac2")
     if isinstance(msg, Resp):
-        return b"".join(
-            (
-                HDR_RESP,
-                _u32(msg.sender_index, "sender_index"),
-                _u32(msg.receiver_index, "receiver_index"),
-                _field(msg.ct_ephemeral, KEM_CIPHERTEXT_SIZE, "ct_ephemeral"),
-                _field(msg.ct_initiator, KEM_CIPHERTEXT_SIZE, "ct_initiator"),
-                _field(msg.confirm, AEAD_TAG_SIZE, "confirm"),
-                _field(msg.biscuit, BISCUIT_SIZE, "biscuit"),
-                _field(msg.mac1, MAC_SIZE, "mac1"),
-                _field(msg.mac2, MAC_SIZE, "mac2"),
-            )
+        body = encode_resp_body(
+            msg.sender_index,
+            msg.receiver_index,
+            msg.ct_ephemeral,
+            msg.ct_initiator,
+            msg.confirm,
+            msg.biscuit,
         )
+        return body + _field(msg.mac1, MAC_SIZE, "mac1") + _field(msg.mac2, MAC_SIZE, "mac2")
     if isinstance(msg, CookieReply):
         return b"".join(
             (
@@ -297,27 +293,12 @@ def encode(msg: Message) -> bytes:
             )
         )
     if isinstance(msg, CertRequest):
-        used = b"".join(
-            (
-                HDR_CERT_REQUEST,
-                _u32(msg.request_id, "request_id"),
-                _field(msg.mac2, MAC_SIZE, "mac2"),
-                _field(msg.check, MAC_SIZE, "check"),
-            )
+        used = cert_request_check_scope(msg.request_id, msg.mac2) + _field(
+            msg.check, MAC_SIZE, "check"
         )
         return used + bytes(CERT_REQUEST_SIZE - CERT_REQUEST_USED)
     if isinstance(msg, Cert):
-        if not 1 <= len(msg.cert_der) <= MAX_CERT_SIZE:
-            raise BadLength(f"certificate of {len(msg.cert_der)} bytes")
-        return b"".join(
-            (
-                HDR_CERT,
-                _u32(msg.request_id, "request_id"),
-                _U16.pack(len(msg.cert_der)),
-                msg.cert_der,
-                _field(msg.check, MAC_SIZE, "check"),
-            )
-        )
+        return cert_check_scope(msg.request_id, msg.cert_der) + _field(msg.check, MAC_SIZE, "check")
     if isinstance(msg, Confirm):
         if len(msg.data) < DATA_OVERHEAD or msg.data[:HEADER_SIZE] != HDR_DATA:
             raise BadLength("CONFIRM must carry a whole DATA datagram")
@@ -329,6 +310,88 @@ def _check_u32(value: int) -> int:
     if not 0 <= value <= 0xFFFFFFFF:
         raise BadLength(f"index out of range: {value}")
     return value
+
+
+# --- the parts a MAC covers, and the parts the handshake hashes ----------------------
+#
+# INIT and RESP end with ``mac1 | mac2`` over everything before them (``cookie.add_macs``);
+# CERT_REQUEST and CERT carry MACs over their leading fields. These build exactly the
+# bytes ``encode`` puts there, so a MAC computed over them matches the wire.
+
+
+def data_prefix(receiver_index: int) -> bytes:
+    """DATA's ``header | receiver_index``: a session builds it once per direction, then
+    seals and opens DATA by slicing (``session.py``, the per-packet path)."""
+    return HDR_DATA + _u32(receiver_index, "receiver_index")
+
+
+def init_prefix(sender_index: int) -> bytes:
+    """INIT's ``header | sender_index``."""
+    return HDR_INIT + _u32(sender_index, "sender_index")
+
+
+def encode_init_body(sender_index: int, ephemeral: bytes, ct_static: bytes, sealed: bytes) -> bytes:
+    """INIT up to its MACs."""
+    size = len(sealed)
+    if not INIT_PAYLOAD_MIN + AEAD_TAG_SIZE <= size <= INIT_PAYLOAD_MAX + AEAD_TAG_SIZE:
+        raise BadLength(f"INIT sealed payload of {size} bytes")
+    return b"".join(
+        (
+            init_prefix(sender_index),
+            _field(ephemeral, EPHEMERAL_SIZE, "ephemeral"),
+            _field(ct_static, KEM_CIPHERTEXT_SIZE, "ct_static"),
+            sealed,
+        )
+    )
+
+
+def resp_prefix(sender_index: int, receiver_index: int) -> bytes:
+    """RESP's ``header | sender_index | receiver_index``."""
+    return HDR_RESP + _u32(sender_index, "sender_index") + _u32(receiver_index, "receiver_index")
+
+
+def encode_resp_body(
+    sender_index: int,
+    receiver_index: int,
+    ct_ephemeral: bytes,
+    ct_initiator: bytes,
+    confirm: bytes,
+    biscuit: bytes,
+) -> bytes:
+    """RESP up to its MACs."""
+    return b"".join(
+        (
+            resp_prefix(sender_index, receiver_index),
+            _field(ct_ephemeral, KEM_CIPHERTEXT_SIZE, "ct_ephemeral"),
+            _field(ct_initiator, KEM_CIPHERTEXT_SIZE, "ct_initiator"),
+            _field(confirm, AEAD_TAG_SIZE, "confirm"),
+            _field(biscuit, BISCUIT_SIZE, "biscuit"),
+        )
+    )
+
+
+def mac_trailer(message: bytes) -> tuple[bytes, bytes]:
+    """The ``(mac1, mac2)`` that end an INIT or a RESP."""
+    _need(message, HEADER_SIZE + MACS_SIZE, "MAC trailer")
+    end = len(message) - MAC_SIZE
+    return message[end - MAC_SIZE : end], message[end:]
+
+
+def cert_request_mac2_scope(request_id: int) -> bytes:
+    """What a CERT_REQUEST's mac2 covers: ``header | request_id``."""
+    return HDR_CERT_REQUEST + _u32(request_id, "request_id")
+
+
+def cert_request_check_scope(request_id: int, mac2: bytes) -> bytes:
+    """What a CERT_REQUEST's check covers: ``header | request_id | mac2``."""
+    return cert_request_mac2_scope(request_id) + _field(mac2, MAC_SIZE, "mac2")
+
+
+def cert_check_scope(request_id: int, cert_der: bytes) -> bytes:
+    """What a CERT's check covers: ``header | request_id | length u16 | certificate``."""
+    if not 1 <= len(cert_der) <= MAX_CERT_SIZE:
+        raise BadLength(f"certificate of {len(cert_der)} bytes")
+    return b"".join((HDR_CERT, _u32(request_id, "request_id"), _U16.pack(len(cert_der)), cert_der))
 
 
 def encode_fragment(msg: Fragment) -> bytes:
@@ -360,10 +423,25 @@ def decode(data: bytes) -> Message:
     return _DECODERS[msg_type](data)
 
 
+def _init_bounds(data: bytes) -> None:
+    size = len(data)  # inline checks: every INIT a responder sees passes through here
+    if size < INIT_MIN_SIZE:
+        raise Truncated(f"INIT: need {INIT_MIN_SIZE} bytes, got {size}")
+    if size > INIT_MAX_SIZE:
+        raise BadLength(f"INIT of {size} bytes exceeds {INIT_MAX_SIZE}")
+
+
+def decode_init_envelope(data: bytes) -> tuple[int, bytes, bytes]:
+    """INIT's ``(sender_index, mac1, mac2)``, bounds-checked as :func:`decode_init` but
+    without copying the body: all a responder reads before it decides to do KEM work
+    (drop on mac1, answer with a COOKIE, refuse a replay)."""
+    _init_bounds(data)
+    m = len(data) - MACS_SIZE
+    return _U32.unpack_from(data, HEADER_SIZE)[0], data[m : m + MAC_SIZE], data[m + MAC_SIZE :]
+
+
 def decode_init(data: bytes) -> Init:
-    _need(data, INIT_MIN_SIZE, "INIT")
-    if len(data) > INIT_MAX_SIZE:
-        raise BadLength(f"INIT of {len(data)} bytes exceeds {INIT_MAX_SIZE}")
+    _init_bounds(data)
     e = HEADER_SIZE + INDEX_SIZE
     c = e + EPHEMERAL_SIZE
     s = c + KEM_CIPHERTEXT_SIZE

@@ -16,9 +16,14 @@ Starvation (§3.8.2.1): when the selected route is lost and nothing feasible rem
 destination stays unreachable, a retraction goes out, and a seqno request asks the
 origin for a newer seqno; routes carrying it are feasible everywhere.
 
-Outputs: every entry point returns ``list[Outgoing]``, at most one per recipient
-(``None`` meaning every neighbour), each a batch of TLVs to encode with
-:func:`pack_tlvs`.
+Outputs: every entry point returns a :data:`RouterOutput`: at most one
+:class:`Outgoing` per recipient (``None`` meaning every neighbour), each a batch of TLVs
+to encode with :func:`pack_tlvs`, and, first in the list, a
+``SetTimer(at, ROUTE_TIMER)`` whenever the router needs waking earlier than the timer it
+last asked for. ``start`` and ``handle_timer`` always return one. The caller keeps one
+timer under that key (a later SetTimer replaces it) and calls ``handle_timer`` when it
+fires; a firing that is early, late or superfluous is harmless, since ``handle_timer``
+does whatever is due at ``now`` and re-arms.
 
 Wire format (big-endian)::
 
@@ -38,9 +43,12 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final, NamedTuple, TypeAlias
 
 from x0tta6bl4.errors import BadLength, Truncated, UnknownType
+from x0tta6bl4.routing.metric import INFINITY as INFINITY  # re-exported: rt.INFINITY
+from x0tta6bl4.sansio import SetTimer
 
 NodeId: TypeAlias = bytes
 """A node's 8-byte id; opaque to the router."""
@@ -48,8 +56,6 @@ NodeId: TypeAlias = bytes
 # --- constants ------------------------------------------------------------------
 
 NODE_ID_LEN: Final = 8
-INFINITY: Final = 0xFFFF
-"""Metric of an unreachable destination; an update carrying it is a retraction."""
 
 UPDATE_INTERVAL: Final = 16.0
 """Seconds between full dumps. At 1,000 nodes a dump is ~12 kB per neighbour, so ~0.75
@@ -170,6 +176,20 @@ class Outgoing:
 
     to: str | None
     tlvs: list[Tlv]
+
+
+class RouteTimer(StrEnum):
+    """The router's timer keys (typed, as every layer's are; see ``sansio``)."""
+
+    DUE = "route.due"
+    """Periodic dumps, route expiry, coalesced updates, seqno-request resends."""
+
+
+ROUTE_TIMER: Final = RouteTimer.DUE
+"""The one key the router sets: hand its firing to :meth:`Router.handle_timer`."""
+
+RouterOutput: TypeAlias = list[Outgoing | SetTimer]
+"""What every router entry point returns: a SetTimer (first, if any), then messages."""
 
 
 class RouteChange(NamedTuple):
@@ -389,7 +409,7 @@ class _Out:
 
 
 class Router:
-    """Babel-style router for one node. All methods return ``list[Outgoing]``."""
+    """Babel-style router for one node. Every entry point returns a ``RouterOutput``."""
 
     def __init__(
         self,
@@ -417,6 +437,9 @@ class Router:
         self._next_sweep: float | None = None
         self._buffered: dict[NodeId, None] = {}  # coalesced triggered updates
         self._flush_at: float | None = None
+        # When the timer we last asked for fires (inf: none asked for yet). A call that
+        # needs an earlier wake-up returns a SetTimer; a later one just lets it fire.
+        self._timer_at = float("inf")
         self.route_changes: dict[NodeId, int] = {}
         """Number of next-hop changes per destination (flap detection)."""
         self._changes: deque[RouteChange] = deque(maxlen=CHANGE_LOG_MAX)
@@ -469,10 +492,17 @@ class Router:
 
     # -- link events --------------------------------------------------------------------
 
-    def set_link_cost(self, now: float, neighbour: str, cost: int) -> list[Outgoing]:
+    def set_link_cost(self, now: float, neighbour: str, cost: int) -> RouterOutput:
         """Add a neighbour or change its link cost; INFINITY means the link is gone."""
+        return self._arm(now, self._set_link_cost(now, neighbour, cost))
+
+    def remove_neighbour(self, now: float, neighbour: str) -> RouterOutput:
+        """The link is gone: routes through it become unusable immediately."""
+        return self._arm(now, self._remove_neighbour(now, neighbour))
+
+    def _set_link_cost(self, now: float, neighbour: str, cost: int) -> RouterOutput:
         if cost >= INFINITY:
-            return self.remove_neighbour(now, neighbour)
+            return self._remove_neighbour(now, neighbour)
         cost = max(MIN_LINK_COST, int(cost))
         out = _Out()
         old = self._costs.get(neighbour)
@@ -507,8 +537,7 @@ class Router:
                     self._reselect(now, dst, d, out)
         return self._finish(now, out)
 
-    def remove_neighbour(self, now: float, neighbour: str) -> list[Outgoing]:
-        """The link is gone: routes through it become unusable immediately."""
+    def _remove_neighbour(self, now: float, neighbour: str) -> RouterOutput:
         if self._costs.pop(neighbour, None) is None:
             return []
         out = _Out()
@@ -523,8 +552,19 @@ class Router:
 
     # -- received TLVs ------------------------------------------------------------------
 
-    def handle(self, now: float, neighbour: str, tlvs: Iterable[Tlv]) -> list[Outgoing]:
+    def handle(self, now: float, neighbour: str, tlvs: Iterable[Tlv]) -> RouterOutput:
         """Process TLVs received from ``neighbour``; ignored if it is not a neighbour."""
+        return self._arm(now, self._handle(now, neighbour, tlvs))
+
+    def handle_packet(self, now: float, neighbour: str, data: bytes) -> RouterOutput:
+        """Decode and process one packet without building TLV objects (the fast path).
+
+        The whole packet is validated first, so a malformed one changes nothing and
+        raises a DecodeError subclass.
+        """
+        return self._arm(now, self._handle_packet(now, neighbour, data))
+
+    def _handle(self, now: float, neighbour: str, tlvs: Iterable[Tlv]) -> RouterOutput:
         table = self._by_nbr.get(neighbour)
         if table is None:
             return []
@@ -545,12 +585,7 @@ class Router:
                 self._on_route_request(neighbour, t.dst, out)
         return self._finish(now, out)
 
-    def handle_packet(self, now: float, neighbour: str, data: bytes) -> list[Outgoing]:
-        """Decode and process one packet without building TLV objects (the fast path).
-
-        The whole packet is validated first, so a malformed one changes nothing and
-        raises a DecodeError subclass.
-        """
+    def _handle_packet(self, now: float, neighbour: str, data: bytes) -> RouterOutput:
         segs = _segments(data)
         table = self._by_nbr.get(neighbour)
         if table is None:
@@ -809,8 +844,34 @@ class Router:
 
     # -- timers ----------------------------------------------------------------------------
 
-    def tick(self, now: float) -> tuple[list[Outgoing], float]:
-        """Periodic work due at ``now``; returns messages and when to call tick next."""
+    def start(self, now: float) -> RouterOutput:
+        """Start the periodic work: the first run of the timer (which schedules the dumps
+        and sweeps; neighbours added earlier already had a dump from set_link_cost) and
+        the SetTimer for the next one. Other calls before it are harmless: they ask for a
+        timer at once, whose firing does the same."""
+        return self.handle_timer(now)
+
+    def handle_timer(self, now: float) -> RouterOutput:
+        """The ROUTE_TIMER fired: do whatever is due at ``now`` and re-arm. Always returns
+        a SetTimer (first), so a firing that was early or late is harmless."""
+        out = self._tick(now)
+        due = self._deadline()
+        self._timer_at = due
+        out.insert(0, SetTimer(due, ROUTE_TIMER))
+        return out
+
+    def _arm(self, now: float, out: RouterOutput) -> RouterOutput:
+        """Prepend a SetTimer to a call's output if the call made work due before the
+        timer we last asked for (coalesced updates, seqno-request resends)."""
+        # Never started: a timer at once, whose first run starts the periodic work.
+        due = now if self._next_dump is None else self._deadline()
+        if due < self._timer_at:
+            self._timer_at = due
+            out.insert(0, SetTimer(due, ROUTE_TIMER))
+        return out
+
+    def _tick(self, now: float) -> RouterOutput:
+        """Periodic work due at ``now``: dumps, expiry sweeps, seqno-request resends."""
         out = _Out()
         interval = self.update_interval
         if self._next_dump is None:
@@ -844,14 +905,11 @@ class Router:
                     p.resends -= 1
                     done = SEQNO_REQUEST_MAX_RESENDS - p.resends
                     p.next_resend = now + SEQNO_REQUEST_RESEND_DELAY * (1 << done)
-        msgs = self._finish(now, out)
-        return msgs, self.next_deadline()
+        return self._finish(now, out)
 
-    def next_deadline(self) -> float:
-        """When tick() is next due. Check it after every call: handle() and friends may
-        queue coalesced updates or seqno requests that need a timer."""
-        if self._next_dump is None or self._next_sweep is None:
-            return 0.0  # tick() has never run: due at once, to start the timers
+    def _deadline(self) -> float:
+        """When _tick is next due (after it has run once)."""
+        assert self._next_dump is not None and self._next_sweep is not None
         t = min(self._next_dump, self._next_sweep)
         if self._flush_at is not None and self._flush_at < t:
             t = self._flush_at
@@ -925,7 +983,7 @@ class Router:
             append(Update(dst, s, m, ics))
         return tlvs
 
-    def _finish(self, now: float, out: _Out) -> list[Outgoing]:
+    def _finish(self, now: float, out: _Out) -> RouterOutput:
         """Turn what a call collected into at most one batch per recipient."""
         if not self._costs:
             # Nobody to tell; nothing is advertised, so no FD changes either.
@@ -949,7 +1007,7 @@ class Router:
                     buffered.pop(dst, None)  # leaving now anyway
             if not buffered:
                 self._flush_at = None
-        result: list[Outgoing] = []
+        result: RouterOutput = []
         if everyone:
             to_all = self._full_dump(now)
             # The dump already carries every selected route; add only retractions.

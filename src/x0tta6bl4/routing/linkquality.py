@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from x0tta6bl4.errors import BadLength, BadVersion, DecodeError, Truncated
+from x0tta6bl4.routing.metric import INFINITY as INFINITY  # re-exported: lq.INFINITY
 
 # --- constants ------------------------------------------------------------------
 
@@ -47,9 +48,6 @@ DEAD_INTERVAL: Final = 0.4
 
 HISTORY_LEN: Final = 16
 """Hello reception history length, in hellos."""
-
-INFINITY: Final = 0xFFFF
-"""Cost of an unusable link; also the rxcost of a peer we have never heard."""
 
 BASE_COST: Final = 96
 """Cost of a perfect link (Babel's wired default)."""

@@ -1,0 +1,322 @@
+"""The peer table: who we talk to, their sessions, our handshake attempts, and which
+session or handshake index belongs to whom.
+
+A peer entry is made only by our own calls (``add_peer``, ``connect``, ``send``) or by a
+*confirmed* inbound handshake, never by anything that merely arrives; one identity holds
+at most ``MAX_ADDRS_PER_IDENTITY`` inbound entries, and inbound entries are forgotten
+when idle. Limits are read from :mod:`.constants` at call time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from x0tta6bl4.channel import constants as C
+from x0tta6bl4.channel.handshake import Initiator
+from x0tta6bl4.channel.session import Session
+from x0tta6bl4.crypto.entropy import SecretSource, random_u32
+from x0tta6bl4.identity.types import VerifiedIdentity
+from x0tta6bl4.sansio import Addr
+
+AcceptIdentity = Callable[[Addr, VerifiedIdentity], bool]
+
+
+class PeerOrigin(StrEnum):
+    DECLARED = "declared"  # made by our own call: kept until we forget it
+    INBOUND = "inbound"  # made by a confirmed inbound handshake: forgotten when idle
+
+
+class PeerState(StrEnum):
+    """Where a peer stands, from its current session and our initiation (a previous
+    session, kept only to receive stragglers, does not count)."""
+
+    IDLE = "idle"  # no current session, no initiation of ours
+    HANDSHAKING = "handshaking"  # our initiation runs; no session yet
+    CONFIRMING = "confirming"  # our new session waits for the responder's first packet
+    ESTABLISHED = "established"  # a session both sides have confirmed
+    REKEYING = "rekeying"  # a session, and our initiation of the next one runs
+
+
+class AttemptPhase(StrEnum):
+    FETCHING_CERT = "fetching_cert"  # no usable certificate for the peer: CERT_REQUEST out
+    AWAITING_RESP = "awaiting_resp"  # our INIT is out (a certificate refresh may run beside it)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What the endpoint knows about one peer, for status, routing and healing."""
+
+    addr: Addr
+    identity: VerifiedIdentity | None  # authenticated by a completed handshake
+    established: bool  # a confirmed session that may still send
+    session_age: float | None  # seconds since the current session was made
+    rekeys: int  # sessions replaced by newer ones
+    handshakes: int  # handshakes completed (either role)
+    last_received: float | None  # monotonic time of the last authenticated packet
+    failures: int  # consecutive handshake attempts that gave up
+    handshaking: bool  # an initiation of ours is in progress
+    state: PeerState
+
+
+@dataclass(slots=True)
+class InitInFlight:
+    """Our INIT that awaits a RESP."""
+
+    index: int  # its sender index, claimed in the table
+    initiator: Initiator  # the handshake secrets (abandoned when the INIT is replaced)
+    identity: VerifiedIdentity  # the responder it is sealed to
+    cert_der: bytes  # the responder's certificate we verified
+    mac1: bytes  # the INIT's mac1: a COOKIE answering it is sealed with this as AD
+
+
+@dataclass(frozen=True, slots=True)
+class CertRequestInFlight:
+    """Our CERT_REQUEST that awaits a CERT (or a COOKIE)."""
+
+    index: int  # its request id, claimed in the table
+    check: bytes  # its check: a COOKIE answering it is sealed with this as AD
+
+
+class Attempt:
+    """Our initiation towards one peer: CERT_REQUEST while we lack its certificate, then
+    INIT retries until a RESP, giving up after ``REKEY_ATTEMPT_TIME``."""
+
+    __slots__ = (
+        "attempts",
+        "backoff",
+        "cert_request",
+        "deadline",
+        "init",
+        "last_sent",
+        "rekey",
+        "started",
+        "used_cookie",
+    )
+
+    def __init__(self, started: float, rekey: bool) -> None:
+        self.started = started  # the give-up clock (connect restarts it)
+        self.rekey = rekey  # a session existed when it began
+        self.attempts = 0  # messages sent in this attempt
+        self.backoff = 0  # messages sent since the last (re)start: drives the retry delay
+        self.deadline = started  # of the next retry
+        self.last_sent = started
+        self.used_cookie = False  # the last message carried a mac2
+        self.init: InitInFlight | None = None
+        self.cert_request: CertRequestInFlight | None = None
+
+    @property
+    def phase(self) -> AttemptPhase:
+        return AttemptPhase.FETCHING_CERT if self.init is None else AttemptPhase.AWAITING_RESP
+
+
+class Peer:
+    __slots__ = (
+        "acks_sent",
+        "addr",
+        "attempt",
+        "cert_der",
+        "current",
+        "expect_name",
+        "failures",
+        "handshakes",
+        "identity",
+        "knows_our_cert",
+        "last_received",
+        "origin",
+        "previous",
+        "queue",
+        "rekeys",
+    )
+
+    def __init__(self, addr: Addr, origin: PeerOrigin) -> None:
+        self.addr = addr
+        self.origin = origin
+        self.expect_name: str | None = None  # the name it must present (add_peer)
+        self.cert_der: bytes | None = None  # the peer's certificate, to initiate with
+        self.identity: VerifiedIdentity | None = None
+        self.current: Session | None = None  # sends; the newest session
+        self.previous: Session | None = None  # receives stragglers until it expires
+        self.attempt: Attempt | None = None
+        self.queue: deque[bytes] = deque()  # payloads waiting for a session
+        self.knows_our_cert = False  # an INIT may name our certificate by fingerprint
+        self.rekeys = 0
+        self.handshakes = 0
+        self.failures = 0
+        self.last_received: float | None = None
+        self.acks_sent = 0  # CONFIRMs resent on the current, unanswered session
+
+    @property
+    def name(self) -> str | None:
+        """The authenticated name, else the expected one (for events)."""
+        if self.identity is not None:
+            return self.identity.name
+        return self.expect_name
+
+    @property
+    def state(self) -> PeerState:
+        cur = self.current
+        if self.attempt is not None:
+            return PeerState.HANDSHAKING if cur is None else PeerState.REKEYING
+        if cur is None:
+            return PeerState.IDLE
+        return PeerState.CONFIRMING if cur.biscuit is not None else PeerState.ESTABLISHED
+
+    def sessions(self) -> list[Session]:
+        out: list[Session] = []
+        if self.current is not None:
+            out.append(self.current)
+        if self.previous is not None:
+            out.append(self.previous)
+        return out
+
+
+class PeerTable:
+    """Peers by address and by authenticated name, sessions by local index, and the
+    indices of our INITs and CERT_REQUESTs in flight."""
+
+    __slots__ = (
+        "_accept_identity",
+        "_inbound",
+        "_secrets",
+        "by_addr",
+        "by_name",
+        "pending",
+        "sessions",
+    )
+
+    def __init__(self, secrets: SecretSource, accept_identity: AcceptIdentity | None) -> None:
+        self._secrets = secrets
+        self._accept_identity = accept_identity
+        self.by_addr: dict[Addr, Peer] = {}
+        self.by_name: dict[str, Addr] = {}
+        self._inbound: dict[bytes, list[Addr]] = {}  # identity -> its inbound addresses
+        # Every session we hold, by its local index: the data path's one lookup.
+        self.sessions: dict[int, tuple[Peer, Session]] = {}
+        self.pending: dict[int, Peer] = {}  # our INIT / CERT_REQUEST indices
+
+    # --- entries ----------------------------------------------------------------
+
+    def declare(self, addr: Addr) -> Peer | None:
+        """The entry for ``addr``, made if needed: for our own calls only (add_peer,
+        connect, send), never for anything that arrives. None if the table is full."""
+        peer = self.by_addr.get(addr)
+        if peer is None:
+            if len(self.by_addr) >= C.MAX_PEERS:
+                return None
+            peer = self.by_addr[addr] = Peer(addr, PeerOrigin.DECLARED)
+        elif peer.origin is PeerOrigin.INBOUND:
+            peer.origin = PeerOrigin.DECLARED
+            self._untrack_inbound(peer)
+        return peer
+
+    def admit(self, addr: Addr, ident: VerifiedIdentity) -> Peer | None:
+        """The entry for ``addr`` after a *confirmed* handshake by ``ident``. One identity
+        holds at most ``MAX_ADDRS_PER_IDENTITY`` inbound entries (its own oldest goes), so
+        even a certified node cannot fill the table; entries expire when idle."""
+        peer = self.by_addr.get(addr)
+        if peer is not None:
+            return peer
+        addrs = self._inbound.get(ident.fingerprint, [])
+        if len(addrs) >= C.MAX_ADDRS_PER_IDENTITY:
+            self.forget(self.by_addr[addrs[0]])
+        if len(self.by_addr) >= C.MAX_PEERS:
+            return None
+        peer = self.by_addr[addr] = Peer(addr, PeerOrigin.INBOUND)
+        return peer  # listed under its identity by bind()
+
+    def forget(self, peer: Peer) -> None:
+        self.cancel(peer)
+        for s in peer.sessions():
+            self.discard(s)
+        peer.current = peer.previous = None
+        del self.by_addr[peer.addr]
+        ident = peer.identity
+        if ident is not None and self.by_name.get(ident.name) == peer.addr:
+            del self.by_name[ident.name]
+        self._untrack_inbound(peer)
+
+    def bind(self, peer: Peer, ident: VerifiedIdentity, cert_der: bytes) -> None:
+        """``ident`` (with ``cert_der``) has just completed a handshake at ``peer``."""
+        if peer.identity is not None and peer.identity.fingerprint != ident.fingerprint:
+            self._untrack_inbound(peer)
+        peer.identity = ident
+        peer.cert_der = cert_der
+        peer.knows_our_cert = True
+        self.by_name[ident.name] = peer.addr
+        if peer.origin is PeerOrigin.INBOUND:
+            addrs = self._inbound.setdefault(ident.fingerprint, [])
+            if peer.addr not in addrs:
+                addrs.append(peer.addr)
+
+    def _untrack_inbound(self, peer: Peer) -> None:
+        ident = peer.identity
+        addrs = self._inbound.get(ident.fingerprint) if ident is not None else None
+        if ident is not None and addrs is not None and peer.addr in addrs:
+            addrs.remove(peer.addr)
+            if not addrs:
+                del self._inbound[ident.fingerprint]
+
+    def acceptable(self, addr: Addr, peer: Peer | None, ident: VerifiedIdentity) -> bool:
+        """Whether ``ident`` may answer for ``addr`` (the peer's ``expect_name`` and the
+        ``accept_identity`` hook; e.g. an end-to-end address must be that node's name)."""
+        if peer is not None and peer.expect_name is not None and ident.name != peer.expect_name:
+            return False
+        return self._accept_identity is None or self._accept_identity(addr, ident)
+
+    # --- indices ------------------------------------------------------------------
+
+    def new_index(self) -> int:
+        """A random index no session or pending message of ours uses."""
+        while True:
+            index = random_u32(self._secrets)
+            if index not in self.sessions and index not in self.pending:
+                return index
+
+    def claim(self, peer: Peer) -> int:
+        """A new index for one of ``peer``'s INITs or CERT_REQUESTs."""
+        index = self.new_index()
+        self.pending[index] = peer
+        return index
+
+    def release(self, index: int) -> None:
+        self.pending.pop(index, None)
+
+    def pending_for(self, addr: Addr, index: int) -> Peer | None:
+        """The peer whose INIT or CERT_REQUEST in flight has ``index``, if it is at ``addr``."""
+        peer = self.pending.get(index)
+        if peer is None or peer.addr != addr:
+            return None
+        att = peer.attempt
+        if att is None:
+            return None
+        init, req = att.init, att.cert_request
+        if (init is None or init.index != index) and (req is None or req.index != index):
+            return None
+        return peer
+
+    def cancel(self, peer: Peer) -> None:
+        """End our initiation towards ``peer``: release its indices, wipe its secrets."""
+        att = peer.attempt
+        if att is None:
+            return
+        if att.init is not None:
+            self.release(att.init.index)
+            att.init.initiator.abandon()
+            att.init = None
+        if att.cert_request is not None:
+            self.release(att.cert_request.index)
+            att.cert_request = None
+        peer.attempt = None
+
+    # --- sessions -----------------------------------------------------------------
+
+    def register(self, peer: Peer, session: Session) -> None:
+        self.sessions[session.local_index] = (peer, session)
+
+    def discard(self, session: Session | None) -> None:
+        if session is not None:
+            self.sessions.pop(session.local_index, None)
+            session.wipe()
