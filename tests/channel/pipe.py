@@ -1,19 +1,21 @@
-"""A lossy in-memory datagram pipe and a tiny deterministic event loop (virtual time),
-plus helpers that build real certificates through the identity API (no mocks)."""
+"""A lossy in-memory datagram pipe between SecureEndpoints, run by the simulator's engine
+in virtual time, plus helpers that build real certificates through the identity API (no
+mocks)."""
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from x0tta6bl4.channel.endpoint import SecureEndpoint
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
 from x0tta6bl4.identity.types import CertVerifier
-from x0tta6bl4.sansio import Action, Datagram, Deliver, Event, Send, SetTimer, Timer
+from x0tta6bl4.sansio import Action, Addr, Deliver, Event, Input, Send
+from x0tta6bl4.sim import LinkSpec, Simulator
+from x0tta6bl4.sim.types import LOSS
 
 WALL = 1_800_000_000.0  # wall clock at virtual time 0 (2027-01-15)
 TD = "x0tta6bl4.mesh"
@@ -45,65 +47,85 @@ def make_world(directory: Path, names: Iterable[str]) -> World:
 
 Tap = Callable[[Hashable, Hashable, bytes], bytes | None]
 
+# No MTU on the pipe: the endpoints enforce their own datagram size (tests check it).
+_NO_MTU = 1 << 16
 
-@dataclass
+
+class _Driven:
+    """A SecureEndpoint as the simulator drives it: it needs no start-up."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, endpoint: SecureEndpoint) -> None:
+        self.handle: Callable[[float, Input], list[Action]] = endpoint.handle
+
+    def start(self, now: float) -> list[Action]:
+        return []
+
+
 class Net:
-    """Endpoints by address; datagrams delayed, dropped, duplicated and reordered by a
-    seeded RNG; timers honoured with replace-by-key semantics."""
+    """Endpoints by address, every pair joined by a simulator link; datagrams delayed,
+    dropped, duplicated and reordered by seeded RNGs; timers honoured with
+    replace-by-key semantics.
 
-    seed: int = 0
-    loss: float = 0.0
-    dup: float = 0.0
-    latency: float = 0.01
-    jitter: float = 0.0  # extra uniform delay: reorders datagrams
-    nodes: dict[Hashable, SecureEndpoint] = field(default_factory=dict)
-    now: float = 0.0
-    delivered: dict[Hashable, list[tuple[str, bytes]]] = field(default_factory=dict)
-    events: list[tuple[float, Hashable, Event]] = field(default_factory=list)
-    sent: list[tuple[float, Hashable, Hashable, bytes]] = field(default_factory=list)
-    lost: list[tuple[float, Hashable, Hashable, bytes]] = field(default_factory=list)
-    tap: Tap | None = None  # (src, dst, data) -> data to deliver, or None to drop
+    Addresses are simulator node names, so they must be non-empty strings. ``add`` on an
+    address already in use restarts it with the new endpoint: the old one's timers and
+    the datagrams in flight to it are lost.
+    """
 
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-        self._heap: list[tuple[float, int, str, Hashable, Any]] = []
-        self._seq = 0
-        self._timers: dict[tuple[Hashable, Hashable], float] = {}
+    def __init__(
+        self,
+        seed: int = 0,
+        loss: float = 0.0,
+        dup: float = 0.0,
+        latency: float = 0.01,
+        jitter: float = 0.0,  # extra uniform delay: reorders datagrams
+    ) -> None:
+        self.seed = seed
+        self.loss = loss
+        self.dup = dup
+        self.latency = latency
+        self.jitter = jitter
+        self.nodes: dict[Hashable, SecureEndpoint] = {}
+        self.delivered: dict[Hashable, list[tuple[str, bytes]]] = {}
+        self.events: list[tuple[float, Hashable, Event]] = []
+        self.sent: list[tuple[float, Hashable, Hashable, bytes]] = []
+        self.lost: list[tuple[float, Hashable, Hashable, bytes]] = []
+        self.tap: Tap | None = None  # (src, dst, data) -> data to deliver, or None to drop
+        self.sim = Simulator(seed, trace_drops=False)
+        self._spec = LinkSpec(latency=latency, jitter=jitter, loss=loss, dup=dup, mtu=_NO_MTU)
+        self.sim.on_action.append(self._observe)
+        self.sim.on_drop.append(self._dropped)
+        self.sim.net.set_intercept(self._intercept)
+
+    @property
+    def now(self) -> float:
+        return self.sim.now
+
+    @now.setter
+    def now(self, t: float) -> None:
+        # The clock only moves forward, through whatever is due on the way.
+        self.sim.run(t)
 
     def add(self, addr: Hashable, endpoint: SecureEndpoint) -> SecureEndpoint:
+        name = self._name(addr)
         self.nodes[addr] = endpoint
         self.delivered[addr] = []
+        if self.sim.has_node(name):
+            self.sim.crash(name)
+            self.sim.restart(name, lambda _n, _rng, _now: _Driven(endpoint))
+            return endpoint
+        self.sim.add_node(name, lambda _n, _rng, _now: _Driven(endpoint))
+        for other in self.sim.nodes:
+            if other != name:
+                self.sim.add_link(other, name, self._spec)
         return endpoint
 
-    def _push(self, at: float, kind: str, addr: Hashable, item: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, kind, addr, item))
-
-    def apply(self, addr: Hashable, actions: list[Action]) -> None:
-        for a in actions:
-            if isinstance(a, Send):
-                self.sent.append((self.now, addr, a.addr, a.data))
-                if a.addr not in self.nodes:
-                    continue
-                copies = 1
-                if self._rng.random() < self.loss:
-                    copies = 0
-                    self.lost.append((self.now, addr, a.addr, a.data))
-                elif self._rng.random() < self.dup:
-                    copies = 2
-                for _ in range(copies):
-                    delay = self.latency + self._rng.random() * self.jitter
-                    self._push(self.now + delay, "dgram", a.addr, (addr, a.data))
-            elif isinstance(a, SetTimer):
-                self._timers[(addr, a.key)] = a.at
-                self._push(a.at, "timer", addr, a.key)
-            elif isinstance(a, Deliver):
-                self.delivered[addr].append((a.src, a.payload))
-            else:
-                self.events.append((self.now, addr, a))
+    def apply(self, addr: Hashable, actions: Iterable[Action]) -> None:
+        self.sim.apply(self._name(addr), actions)
 
     def inject(self, src: Hashable, dst: Hashable, data: bytes, delay: float = 0.0) -> None:
-        self._push(self.now + delay, "dgram", dst, (src, data))
+        self.sim.post_arrival(self.now + delay, self._name(dst), src, data)
 
     def send(self, addr: Hashable, dst: Hashable, payload: bytes) -> None:
         self.apply(addr, self.nodes[addr].send(self.now, dst, payload))
@@ -112,26 +134,33 @@ class Net:
         self.apply(addr, self.nodes[addr].connect(self.now, dst))
 
     def run(self, until: float) -> None:
-        while self._heap and self._heap[0][0] <= until:
-            at, _, kind, addr, item = heapq.heappop(self._heap)
-            self.now = max(self.now, at)
-            node = self.nodes[addr]
-            if kind == "timer":
-                if self._timers.get((addr, item)) != at:
-                    continue  # replaced by a later SetTimer with the same key
-                del self._timers[(addr, item)]
-                self.apply(addr, node.handle(self.now, Timer(item)))
-            else:
-                src, data = item
-                if self.tap is not None:
-                    data = self.tap(src, addr, data)
-                    if data is None:
-                        continue
-                self.apply(addr, node.handle(self.now, Datagram(src, data)))
-        self.now = max(self.now, until)
+        self.sim.run(max(until, self.now))
 
     def kinds(self, addr: Hashable | None = None) -> list[str]:
         return [e.kind for _, a, e in self.events if addr is None or a == addr]
 
     def pending_timers(self, addr: Hashable) -> list[tuple[Hashable, float]]:
-        return [(k, at) for (a, k), at in self._timers.items() if a == addr]
+        return self.sim.timers(self._name(addr))
+
+    # --- the simulator's hooks ----------------------------------------------------
+
+    @staticmethod
+    def _name(addr: Hashable) -> str:
+        if not isinstance(addr, str):
+            raise TypeError(f"Net addresses are simulator node names (str), got {addr!r}")
+        return addr
+
+    def _observe(self, t: float, node: str, a: Action) -> None:
+        if type(a) is Send:
+            self.sent.append((t, node, a.addr, a.data))
+        elif type(a) is Deliver:
+            self.delivered[node].append((a.src, a.payload))
+        elif type(a) is Event:
+            self.events.append((t, node, a))
+
+    def _dropped(self, t: float, src: Addr, dst: Addr, data: bytes, reason: str) -> None:
+        if reason == LOSS:
+            self.lost.append((t, src, dst, data))
+
+    def _intercept(self, src: Addr, dst: str, data: bytes) -> bytes | None:
+        return data if self.tap is None else self.tap(src, dst, data)

@@ -21,7 +21,11 @@ from x0tta6bl4.sansio import (
     Deliver,
     Event,
     Input,
+    LinkDown,
+    LinkDownReason,
+    LinkUp,
     Send,
+    SessionUp,
     SetTimer,
     Timer,
 )
@@ -221,6 +225,19 @@ def test_timer_in_the_past_fires_now_and_stale_ones_are_not_counted() -> None:
     assert core(sim, "t").fired == [(0.0, "k"), (5.0, "j")]
 
 
+def test_pending_timers_are_listed_with_their_times() -> None:
+    Timers.script = [SetTimer(3.0, "c"), SetTimer(1.0, ("a", 1)), SetTimer(2.0, "c")]
+    sim = Simulator(seed=0)
+    sim.add_node("t", Timers)
+    assert sim.timers("t") == []  # start has not run yet
+    sim.run(0.5)
+    assert sim.timers("t") == [("c", 2.0), (("a", 1), 1.0)]  # replaced c keeps its place
+    sim.run(1.5)
+    assert sim.timers("t") == [("c", 2.0)]
+    sim.crash("t")
+    assert sim.timers("t") == []
+
+
 def test_a_timer_can_rearm_itself_from_its_handler() -> None:
     sim = Simulator(seed=3)
     Gossip.neighbours = {"g": ()}
@@ -283,6 +300,35 @@ def test_restart_gives_fresh_state_new_rng_and_calls_start() -> None:
     sim.send_app(1.0, "a", "b", 7, b"y")
     sim.run(2.0)
     assert sim.stats["a"].delivered == 2
+
+
+def test_restart_with_a_new_factory_replaces_the_core() -> None:
+    class Other(Echo):
+        pass
+
+    sim = pair()
+    sim.crash("b")
+    sim.restart("b", Other)
+    assert type(sim.core("b")) is Other
+    sim.crash("b")
+    sim.restart("b")  # the new factory stays
+    assert type(sim.core("b")) is Other
+
+
+def test_apply_carries_out_actions_from_a_direct_call() -> None:
+    seen: list[tuple[float, str, str]] = []
+    sim = pair(latency=0.01)
+    sim.on_action.append(lambda t, n, a: seen.append((t, n, type(a).__name__)))
+    sim.run(1.0)
+    seen.clear()
+    sim.apply("a", [Send("b", b"Pdirect"), Event("poke"), SetTimer(5.0, "k")])
+    assert seen == [(1.0, "a", "Send"), (1.0, "a", "Event")]
+    assert sim.timers("a") == [("k", 5.0)]
+    sim.run(2.0)
+    assert (1.02, "a", "Deliver") in [(round(t, 9), n, k) for t, n, k in seen]
+    sim.crash("b")
+    with pytest.raises(SimError, match="down"):
+        sim.apply("b", [])
 
 
 def test_node_rngs_are_derived_from_seed_name_and_incarnation() -> None:
@@ -378,6 +424,25 @@ def test_bad_calls_raise_sim_errors() -> None:
         sim.schedule(0.5, lambda s: None)
     with pytest.raises(SimError, match="before now"):
         sim.send_app(0.5, "a", "b", 1, b"")
+
+
+def test_control_actions_are_ignored_not_traced_or_observed() -> None:
+    class Signals(Echo):
+        def start(self, now: float) -> list[Action]:
+            return [
+                SessionUp("b", "beta"),
+                LinkUp("b"),
+                Event("between"),
+                LinkDown("b", LinkDownReason.DEAD),
+            ]
+
+    seen: list[str] = []
+    sim = Simulator(seed=0)
+    sim.add_node("a", Signals)
+    sim.on_action.append(lambda t, n, a: seen.append(type(a).__name__))
+    sim.run(1.0)
+    assert seen == ["Event"]
+    assert [r[2] for r in sim.trace] == ["between"]
 
 
 def test_a_core_returning_a_non_action_is_refused() -> None:

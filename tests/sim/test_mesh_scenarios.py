@@ -13,7 +13,17 @@ from itertools import pairwise
 import pytest
 
 from x0tta6bl4.sansio import Action, Deliver
-from x0tta6bl4.sim import Edge, LinkSpec, Simulator, Topology, diamond
+from x0tta6bl4.sim import (
+    Edge,
+    LinkSpec,
+    Simulator,
+    Topology,
+    cut,
+    degrade,
+    diamond,
+    kill,
+    schedule,
+)
 from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
 from x0tta6bl4.sim.runner import (
     PARTITION_FOR,
@@ -70,7 +80,7 @@ def test_diamond_failover_keeps_app_traffic_flowing() -> None:
     for i in range(n):
         sim.send_app(t0 + i * period, "a", "d", 7, b"seq %03d" % i)
     kill_at = t0 + 1.0
-    sim.schedule(kill_at, lambda s: s.crash(relay))
+    schedule(sim, kill_at, kill(relay))
     sim.run(t0 + n * period + 1.0)
 
     before = [p for t, p in got if t < kill_at]
@@ -159,9 +169,9 @@ def test_slowly_degrading_link_is_routed_around_before_it_dies() -> None:
     steps = 12
     for i in range(steps):  # loss 0.05 -> 0.6 over 20 s, then the link dies
         loss = 0.05 + 0.55 * i / (steps - 1)
-        sim.schedule(t0 + i * 20 / steps, lambda s, p=loss: s.net.degrade("a", "b", loss=p))
+        schedule(sim, t0 + i * 20 / steps, degrade("a", "b", loss=loss))
     cut_at = t0 + 20.0
-    sim.schedule(cut_at, lambda s: s.net.set_up("a", "b", False))
+    schedule(sim, cut_at, cut("a", "b"))
     moved: list[tuple[float, float]] = []  # (time, loss) when a moved off a-b, alive
     while sim.now < cut_at - 0.1:
         sim.run(round(sim.now + 0.1, 6))

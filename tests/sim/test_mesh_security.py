@@ -6,10 +6,13 @@ relayed by n0001, which also holds a link session with each of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from x0tta6bl4.errors import MessageTooLarge
-from x0tta6bl4.mesh.node import FRAME_FORWARD, MeshNode
+from x0tta6bl4.mesh.node import FORWARD_OVERHEAD, FRAME_FORWARD, MeshNode
 from x0tta6bl4.sansio import Action, AppSend, Deliver, Event, Send
 from x0tta6bl4.sim import Simulator, line
 from x0tta6bl4.sim.meshsim import MeshSim, build_world, mesh_of, meshes, path
@@ -20,9 +23,29 @@ MARKER = b"PLAINTEXT-CANARY-"
 PORT = 4242
 
 
+class HostileRelay(MeshNode):
+    """A compromised relay: it records every frame its link sessions decrypt and may
+    rewrite the end-to-end datagrams it forwards. It holds real link sessions, so it
+    sees all that a relay can."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.frames: list[bytes] = []
+        self.tamper: Callable[[bytes], bytes] | None = None
+
+    def _on_frame(self, now: float, peer: str, frame: bytes, out: list[Action]) -> None:
+        self.frames.append(frame)
+        if frame and frame[0] == FRAME_FORWARD and self.tamper is not None:
+            head = FORWARD_OVERHEAD
+            frame = frame[:head] + self.tamper(frame[head:])
+        super()._on_frame(now, peer, frame, out)
+
+
 def _line() -> tuple[Simulator, dict[str, MeshNode]]:
     topo = line(3)
-    mesh = MeshSim(build_world(topo.nodes, SEED), topo, healing=True)
+    mesh = MeshSim(
+        build_world(topo.nodes, SEED), topo, healing=True, node_types={RELAY: HostileRelay}
+    )
     sim = Simulator(SEED, trace_drops=False)
     sim.add_topology(topo, mesh.factory())
     # Cores exist from add_node on, so hooks can be set before anything runs.
@@ -59,8 +82,9 @@ class _Wire:
 
 def test_relay_never_sees_plaintext() -> None:
     sim, nodes = _line()
-    frames: list[bytes] = []
-    nodes[RELAY].frame_observer = lambda peer, frame: frames.append(frame)
+    relay = nodes[RELAY]
+    assert isinstance(relay, HostileRelay)
+    frames = relay.frames
     wire = _Wire(sim)
     t0 = sim.now
     sent = [_payload(i) for i in range(40)]
@@ -102,7 +126,9 @@ def test_tampering_relay_causes_counted_drops_never_wrong_delivery() -> None:
 
     e2e = nodes[DST].e2e.counters
     failed_before = e2e.get("decrypt_failed", 0)
-    nodes[RELAY].relay_tamper = _flip_last
+    relay = nodes[RELAY]
+    assert isinstance(relay, HostileRelay)
+    relay.tamper = _flip_last
     t1 = sim.now
     tampered = [_payload(100 + i) for i in range(20)]
     for i, p in enumerate(tampered):
@@ -115,7 +141,7 @@ def test_tampering_relay_causes_counted_drops_never_wrong_delivery() -> None:
     assert e2e.get("decrypt_failed", 0) - failed_before >= len(tampered)
 
     # An honest relay again: the session survived the forgeries and carries traffic.
-    nodes[RELAY].relay_tamper = None
+    relay.tamper = None
     t2 = sim.now
     after = [_payload(200 + i) for i in range(5)]
     for i, p in enumerate(after):

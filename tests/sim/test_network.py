@@ -1,5 +1,6 @@
-"""Links under a blaster/sink pair of toy cores: latency, jitter, loss, capacity and
-queueing, MTU, link state, partitions, flaps, degradation and the tamper hook."""
+"""Links under a blaster/sink pair of toy cores: latency, jitter, loss, duplication,
+capacity and queueing, MTU, link state, partitions, flaps, degradation, the tamper hook,
+the arrival intercept and injected datagrams."""
 
 from __future__ import annotations
 
@@ -120,6 +121,31 @@ def test_loss_and_jitter_follow_the_seed() -> None:
 
     assert outcome(1) == outcome(1)
     assert outcome(1) != outcome(2)
+
+
+def test_dup_rate_lands_in_a_tight_band_and_copies_arrive_separately() -> None:
+    sim = net("a", "b", loss=0.10, dup=0.20, jitter=0.002)
+    blast(sim, "a", "b", 5000)
+    sim.run(10.0)
+    lost = sim.stats["a"].dropped["loss"]
+    got = seqs(rx(sim, "b"))
+    extra = len(got) - len(set(got))
+    assert len(set(got)) == 5000 - lost  # a duplicate is never of a lost packet
+    assert 0.18 * (5000 - lost) <= extra <= 0.22 * (5000 - lost)  # +-3 sigma of 20 %
+    assert max(got.count(s) for s in set(got)) == 2
+    assert sim.stats["a"].sent_packets == 5000 and sim.stats["b"].recv_packets == len(got)
+
+
+def test_links_without_dup_keep_their_random_streams() -> None:
+    # dup is drawn only where it is non-zero, so adding the knob changed no old run.
+    def outcome(**spec: Any) -> list[tuple[float, int]]:
+        sim = net("a", "b", seed=4, loss=0.3, jitter=0.01, **spec)
+        blast(sim, "a", "b", 200)
+        sim.run(5.0)
+        return [(t, s) for (t, _, _), s in zip(rx(sim, "b"), seqs(rx(sim, "b")), strict=True)]
+
+    assert outcome() == outcome(dup=0.0)
+    assert outcome() != outcome(dup=0.5)
 
 
 def test_each_direction_has_its_own_spec() -> None:
@@ -331,7 +357,7 @@ def test_tamper_rewrites_what_a_relay_forwards() -> None:
     sim = net("a", "r", "c")
     seen: list[tuple[Any, bytes]] = []
 
-    def flip(dst: str, data: bytes) -> bytes:
+    def flip(dst: Any, data: bytes) -> bytes:
         seen.append((dst, data))
         return data[:-1] + bytes([data[-1] ^ 0x01])
 
@@ -354,6 +380,68 @@ def test_tamper_can_grow_a_datagram_past_the_mtu() -> None:
     assert sim.stats["a"].dropped["mtu"] == 1 and sim.stats["a"].sent_bytes == 12
 
 
+# --- intercept, injection, drop observers -------------------------------------------------
+
+
+def test_intercept_sees_arrivals_at_arrival_time_and_may_rewrite_or_drop() -> None:
+    sim = net("a", "b", latency=0.1)
+    seen: list[tuple[float, Any, str, bytes]] = []
+
+    def icp(src: Any, dst: str, data: bytes) -> bytes | None:
+        seen.append((sim.now, src, dst, data))
+        return None if data == b"drop" else data.upper()
+
+    sim.net.set_intercept(icp)
+    for i, payload in enumerate((b"keep", b"drop", b"also")):
+        sim.send_app(i * 0.01, "a", "b", 0, payload)
+    sim.run(1.0)
+    assert [d for _, _, d in rx(sim, "b")] == [b"KEEP", b"ALSO"]
+    assert [(round(t, 3), s, d) for t, s, d, _ in seen] == [
+        (0.1, "a", "b"),
+        (0.11, "a", "b"),
+        (0.12, "a", "b"),
+    ]
+    assert sim.stats["a"].dropped["intercepted"] == 1
+    assert sim.stats["b"].recv_packets == 2
+    sim.net.set_intercept(None)
+    sim.send_app(1.0, "a", "b", 0, b"drop")
+    sim.run(2.0)
+    assert rx(sim, "b")[-1][2] == b"drop"
+
+
+def test_injected_datagrams_arrive_from_any_address() -> None:
+    sim = net("a", "b")
+    sim.post_arrival(0.5, "b", ("198.51.100.7", 4000), b"spoofed")
+    sim.post_arrival(0.5, "b", "a", b"as if from a")  # no link: nothing can cut it
+    sim.net.set_up("a", "b", False)
+    sim.run(1.0)
+    assert rx(sim, "b") == [
+        (0.5, ("198.51.100.7", 4000), b"spoofed"),
+        (0.5, "a", b"as if from a"),
+    ]
+    sim.crash("b")
+    sim.post_arrival(1.5, "b", ("198.51.100.7", 4000), b"late")
+    sim.run(2.0)
+    assert sim.drops["crashed"] == 1  # counted, though no node sent it
+    assert sim.trace.select(kind="sim.drop")[-1][1] == "('198.51.100.7', 4000)"
+    with pytest.raises(SimError, match="before now"):
+        sim.post_arrival(1.0, "b", "a", b"")
+    with pytest.raises(SimError, match="unknown node"):
+        sim.post_arrival(3.0, "zz", "a", b"")
+
+
+def test_drop_observers_get_the_dropped_bytes() -> None:
+    sim = net("a", "b", loss=0.5, mtu=100)
+    drops: list[tuple[float, Any, Any, bytes, str]] = []
+    sim.on_drop.append(lambda t, s, d, data, reason: drops.append((t, s, d, data, reason)))
+    blast(sim, "a", "b", 100)
+    sim.send_app(1.0, "a", "b", 0, bytes(200))
+    sim.run(2.0)
+    assert sum(1 for *_, r in drops if r == "loss") == sim.drops["loss"] > 0
+    assert drops[-1] == (1.0, "a", "b", bytes(200), "mtu")
+    assert all(len(d) == 8 for _, _, _, d, r in drops if r == "loss")
+
+
 # --- validation -------------------------------------------------------------------------
 
 
@@ -369,6 +457,7 @@ def test_tamper_can_grow_a_datagram_past_the_mtu() -> None:
         ("mtu", 0),
         ("mtu", 1500.0),
         ("queue", 0),
+        ("dup", 1.5),
     ],
 )
 def test_link_spec_rejects_bad_values(field: str, value: Any) -> None:

@@ -10,6 +10,7 @@ import pytest
 from x0tta6bl4.sansio import (
     Action,
     AppSend,
+    Core,
     Datagram,
     Deliver,
     Event,
@@ -36,8 +37,9 @@ from x0tta6bl4.sim import (
     random_geometric,
     restart,
     restore,
+    schedule,
 )
-from x0tta6bl4.sim.engine import NodeFactory, SimCore
+from x0tta6bl4.sim.engine import NodeFactory
 
 
 class Flood:
@@ -80,7 +82,7 @@ class Flood:
 
 
 def flood_factory(topo: Topology) -> NodeFactory:
-    def make(name: str, rng: random.Random, now: float) -> SimCore:
+    def make(name: str, rng: random.Random, now: float) -> Core:
         return Flood(name, topo.neighbours(name), rng)
 
     return make
@@ -210,6 +212,20 @@ def test_a_bad_action_fails_at_its_time_with_a_clear_error() -> None:
     with pytest.raises(SimError, match="no link between 'a' and 'd'") as info:
         s.run(until=2.0)
     assert any("t=1.0" in n for n in info.value.__notes__)
+
+
+def test_schedule_puts_actions_on_a_running_simulator() -> None:
+    topo = line(3)
+    sim = Scenario(topo, seed=0, node_factory=flood_factory(topo)).build()
+    sim.run(1.0)
+    schedule(sim, 1.5, kill("n0001"))
+    schedule(sim, 2.0, restart("n0001"), cut("n0000", "n0001"))
+    sim.run(3.0)
+    faults = ("sim.crash", "sim.restart", "sim.link_down")
+    kinds = [(t, k) for t, _, k, _ in sim.trace if k in faults]
+    assert kinds == [(1.5, "sim.crash"), (2.0, "sim.restart"), (2.0, "sim.link_down")]
+    with pytest.raises(SimError, match="apply"):
+        schedule(sim, 4.0, "kill n0001")  # type: ignore[arg-type]
 
 
 def test_scenario_without_drop_records() -> None:

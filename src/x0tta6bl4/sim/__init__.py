@@ -1,7 +1,7 @@
 """Deterministic simulator: virtual clock, in-memory network, scripted faults."""
 
-from .engine import NodeFactory, NodeStats, SimCore, Simulator
-from .network import DROP_REASONS, Link, LinkSpec, Network, SimError, Tamper, derive_rng
+from .engine import DropObserver, NodeFactory, Simulator
+from .network import Intercept, Link, Network, Tamper
 from .scenario import (
     FaultRecord,
     Scenario,
@@ -16,6 +16,7 @@ from .scenario import (
     partition,
     restart,
     restore,
+    schedule,
 )
 from .topology import (
     Edge,
@@ -29,11 +30,14 @@ from .topology import (
     ring,
 )
 from .trace import Trace, TraceRecord
+from .types import DROP_REASONS, LinkSpec, NodeStats, SimError, derive_rng
 
 __all__ = [
     "DROP_REASONS",
+    "DropObserver",
     "Edge",
     "FaultRecord",
+    "Intercept",
     "Link",
     "LinkSpec",
     "Network",
@@ -42,7 +46,6 @@ __all__ = [
     "Scenario",
     "ScenarioAction",
     "ScenarioResult",
-    "SimCore",
     "SimError",
     "Simulator",
     "Tamper",
@@ -66,4 +69,5 @@ __all__ = [
     "restart",
     "restore",
     "ring",
+    "schedule",
 ]

@@ -14,8 +14,8 @@ from x0tta6bl4.healing import HealingEvent
 from x0tta6bl4.sansio import Action, Deliver
 from x0tta6bl4.sim.engine import Simulator
 from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
-from x0tta6bl4.sim.network import SimError
 from x0tta6bl4.sim.topology import diamond
+from x0tta6bl4.sim.types import SimError
 
 SEED = 7
 SEND_EVERY = 0.05

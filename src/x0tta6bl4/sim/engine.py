@@ -4,61 +4,61 @@ Heap entries are plain tuples ``(time, seq, kind, ...)``; ``seq`` is unique and
 increasing, so ties at one instant run in the order they were scheduled and tuple
 comparison never looks past it. Timers are cancelled lazily: each node remembers the
 ``seq`` of the latest ``SetTimer`` per key and a firing whose ``seq`` differs is stale.
+Only the engine builds heap entries: the network hands it arrivals through
+``post_arrival``, scenario actions and probes come through ``schedule``.
+
+Cores speak ``x0tta6bl4.sansio.Core``; control actions (``SessionUp``, ``LinkUp``,
+``LinkDown``) are for a layer above the core and the engine ignores them.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from heapq import heappop, heappush
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final
 
 from x0tta6bl4.sansio import (
+    CONTROL_TYPES,
     Action,
+    Addr,
     AppSend,
+    Core,
     Datagram,
     Deliver,
     Event,
-    Input,
     Send,
     SetTimer,
     Timer,
 )
 
-from .network import (
-    ARRIVE,
+from .network import Link, Network, NodeState
+from .topology import Topology
+from .trace import Trace
+from .types import (
     CRASHED,
     DROP_REASONS,
+    INTERCEPTED,
     LINK_DOWN,
     PARTITION,
     LinkSpec,
-    Network,
+    NodeStats,
     SimError,
     derive_rng,
 )
-from .trace import Trace
 
-if TYPE_CHECKING:
-    from .topology import Topology
+__all__ = ["DropObserver", "NodeFactory", "NodeStats", "Simulator"]
 
-__all__ = ["NodeFactory", "NodeStats", "SimCore", "Simulator"]
-
+# Heap event kinds. The heap format is the engine's alone: the network posts arrivals
+# through ``post_arrival``.
+ARRIVE: Final = 0
 TIMER: Final = 1
 APP: Final = 2
 CALL: Final = 3
 START: Final = 4
 
-
-class SimCore(Protocol):
-    """What the simulator drives: a sans-IO core addressed by its node name."""
-
-    def start(self, now: float) -> Iterable[Action]: ...
-
-    def handle(self, now: float, inp: Input) -> Iterable[Action]: ...
-
-
-NodeFactory = Callable[[str, random.Random, float], SimCore]
+NodeFactory = Callable[[str, random.Random, float], Core]
 """``make_node(name, rng, now) -> core``; called again (fresh state) on restart."""
 
 ActionObserver = Callable[[float, str, Action], None]
@@ -67,43 +67,9 @@ ActionObserver = Callable[[float, str, Action], None]
 RecordObserver = Callable[[float, str, str, dict[str, Any]], None]
 """``fn(t, node, kind, fields)`` for every engine-level trace record (``sim.*``)."""
 
-
-class NodeStats:
-    """Counters for one node name, kept across crashes and restarts.
-
-    ``sent_*`` counts every Send the core emitted (after tamper), delivered or not;
-    ``recv_*`` counts datagrams handed to the core; ``dropped`` is keyed by reason and
-    charged to the sending node (for app sends, to the node asked to send).
-    """
-
-    __slots__ = (
-        "crashes",
-        "delivered",
-        "dropped",
-        "recv_bytes",
-        "recv_packets",
-        "restarts",
-        "sent_bytes",
-        "sent_packets",
-    )
-
-    def __init__(self) -> None:
-        self.sent_packets = 0
-        self.sent_bytes = 0
-        self.recv_packets = 0
-        self.recv_bytes = 0
-        self.delivered = 0
-        self.crashes = 0
-        self.restarts = 0
-        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__} | {
-            "dropped": dict(self.dropped)
-        }
-
-    def __repr__(self) -> str:
-        return f"NodeStats({self.as_dict()})"
+DropObserver = Callable[[float, Addr, Addr, bytes, str], None]
+"""``fn(t, src, dst, data, reason)`` for every datagram dropped (for an app send to a
+crashed node, ``data`` is the payload)."""
 
 
 class _Node:
@@ -112,7 +78,7 @@ class _Node:
 
     __slots__ = ("alive", "core", "incarnation", "name", "stats", "timers")
 
-    def __init__(self, name: str, core: SimCore | None, stats: NodeStats, incarnation: int) -> None:
+    def __init__(self, name: str, core: Core | None, stats: NodeStats, incarnation: int) -> None:
         self.name = name
         self.core = core
         self.stats = stats
@@ -125,8 +91,13 @@ class Simulator:
     """A seeded, deterministic simulation of named nodes joined by ``net`` links.
 
     ``trace_drops=False`` keeps drops out of the trace (they are still counted and still
-    reach ``on_record`` observers), for long runs where per-packet records would
-    dominate memory.
+    reach ``on_record`` and ``on_drop`` observers), for long runs where per-packet
+    records would dominate memory.
+
+    Besides the event loop, drivers outside it get: ``apply`` (carry out actions a core
+    returned to a direct call), ``post_arrival`` (a datagram arrives, from a link or
+    injected from anywhere), ``timers`` (what a node has pending) and ``restart`` with a
+    new factory (replace a node's core).
     """
 
     def __init__(self, seed: int, *, trace_drops: bool = True) -> None:
@@ -136,6 +107,7 @@ class Simulator:
         self.trace_drops = trace_drops
         self.on_action: list[ActionObserver] = []
         self.on_record: list[RecordObserver] = []
+        self.on_drop: list[DropObserver] = []
         self.stats: dict[str, NodeStats] = {}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.events_processed = 0
@@ -179,7 +151,14 @@ class Simulator:
     def nodes(self) -> list[str]:
         return list(self._nodes)
 
-    def core(self, name: str) -> SimCore | None:
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
+
+    def node_states(self) -> Mapping[str, NodeState]:
+        """Every node's current incarnation by name, for the network (read-only)."""
+        return self._nodes
+
+    def core(self, name: str) -> Core | None:
         """The live core of ``name``, or ``None`` while it is crashed."""
         return self._get(name).core
 
@@ -209,7 +188,7 @@ class Simulator:
         self._get(src)
         heappush(self._heap, (at, next(self._count), APP, src, AppSend(dst, port, payload)))
 
-    def call(self, at: float, name: str, fn: Callable[[SimCore, float], Iterable[Action]]) -> None:
+    def call(self, at: float, name: str, fn: Callable[[Core, float], Iterable[Action]]) -> None:
         """At ``at``, run ``fn(core, now)`` on the core ``name`` runs then and carry out the
         actions it returns (operator commands, healing hooks, test probes). Nothing
         happens if the node is down at that time."""
@@ -222,6 +201,43 @@ class Simulator:
                 sim._apply(node, sim.now, fn(node.core, sim.now))
 
         self.schedule(at, run)
+
+    def apply(self, name: str, actions: Iterable[Action]) -> None:
+        """Carry out, now, ``actions`` that ``name``'s core returned from a call made outside
+        the event loop (a driver calling ``SecureEndpoint.send`` directly, say), exactly
+        as if it had returned them from ``handle``."""
+        node = self._get(name)
+        if not node.alive:
+            raise SimError(f"apply({name!r}): node is down")
+        self._apply(node, self.now, actions)
+
+    def post_arrival(
+        self, at: float, node: str, src: Addr, data: bytes, link: Link | None = None
+    ) -> None:
+        """At ``at``, hand ``Datagram(src, data)`` to the incarnation of ``node`` running now.
+
+        The packet is dropped on arrival (and counted) if that incarnation has crashed by
+        then, if ``link`` (the one it travels on, if any) went down meanwhile, or if a
+        partition separates ``src`` from ``node``; the network's intercept sees the rest.
+        Without a link it is an injected datagram: ``src`` may be any address.
+        """
+        # Checks inlined: the network posts every datagram it delivers through here.
+        if not at >= self.now:
+            raise SimError(f"post_arrival: time {at!r} is before now ({self.now!r})")
+        dnode = self._nodes.get(node)
+        if dnode is None:
+            raise SimError(f"unknown node {node!r}")
+        epoch = link.epoch if link is not None else 0
+        heappush(self._heap, (at, next(self._count), ARRIVE, dnode, src, data, link, epoch))
+
+    def timers(self, name: str) -> list[tuple[Hashable, float]]:
+        """``(key, at)`` of every timer pending for ``name``, in the order first set."""
+        node = self._get(name)
+        if not node.timers:
+            return []
+        # Scans the heap: for tests and inspection, kept off the hot path.
+        at_of = {ev[1]: ev[0] for ev in self._heap if ev[2] == TIMER and ev[3] is node}
+        return [(key, at_of[seq]) for key, seq in node.timers.items()]
 
     @property
     def pending(self) -> int:
@@ -239,10 +255,11 @@ class Simulator:
         node.core = None
         node.timers.clear()
         node.stats.crashes += 1
-        self._record(self.now, name, "sim.crash", {})
+        self.record(self.now, name, "sim.crash", {})
 
-    def restart(self, name: str) -> None:
-        """Bring ``name`` back with a fresh core from its factory and call ``start`` now.
+    def restart(self, name: str, factory: NodeFactory | None = None) -> None:
+        """Bring ``name`` back with a fresh core from its factory and call ``start`` now;
+        a new ``factory`` replaces the old one from here on (new software, new keys).
 
         The new core's RNG is derived from the incarnation number, so a restarted node
         does not replay the random choices (nonces, ephemeral keys) of its previous life.
@@ -250,31 +267,46 @@ class Simulator:
         old = self._get(name)
         if old.alive:
             raise SimError(f"restart({name!r}): node is running; crash it first")
+        if factory is not None:
+            self._factories[name] = factory
         inc = old.incarnation + 1
         rng = derive_rng(self.seed, "node", name, str(inc))
         node = _Node(name, self._factories[name](name, rng, self.now), old.stats, inc)
         self._nodes[name] = node
         node.stats.restarts += 1
-        self._record(self.now, name, "sim.restart", {"incarnation": inc})
+        self.record(self.now, name, "sim.restart", {"incarnation": inc})
         self._start(node, self.now)
 
     # --- records ----------------------------------------------------------------
 
-    def _record(self, t: float, node: str, kind: str, fields: dict[str, Any]) -> None:
+    def record(self, t: float, node: str, kind: str, fields: dict[str, Any]) -> None:
+        """Append an engine-level record (kind ``sim.*``) to the trace and tell
+        ``on_record`` observers."""
         self.trace.records.append((t, node, kind, fields))
         for fn in self.on_record:
             fn(t, node, kind, fields)
 
-    def _drop(self, t: float, src: str, dst: Any, size: int, reason: str) -> None:
-        self._nodes[src].stats.dropped[reason] += 1
+    def count_drop(self, t: float, src: Addr, dst: Addr, data: bytes, reason: str) -> None:
+        """Count a dropped datagram against ``src`` (when it is a node: injected datagrams
+        may come from anywhere), trace it unless ``trace_drops`` is off, tell observers."""
+        if isinstance(src, str):
+            who = src
+            node = self._nodes.get(src)
+            if node is not None:
+                node.stats.dropped[reason] += 1
+        else:
+            who = repr(src)  # an injected datagram's foreign source address
         self.drops[reason] += 1
+        size = len(data)
         if self.trace_drops:
-            self._record(t, src, "sim.drop", {"reason": reason, "peer": dst, "bytes": size})
+            self.record(t, who, "sim.drop", {"reason": reason, "peer": dst, "bytes": size})
         elif self.on_record:
             # Untraced drops still reach observers: metrics must not depend on tracing.
             fields = {"reason": reason, "peer": dst, "bytes": size}
             for fn in self.on_record:
-                fn(t, src, "sim.drop", fields)
+                fn(t, who, "sim.drop", fields)
+        for obs in self.on_drop:
+            obs(t, src, dst, data, reason)
 
     # --- the loop ---------------------------------------------------------------
 
@@ -303,6 +335,8 @@ class Simulator:
             elif cls is Event:
                 # By reference, not copied: cores must not mutate fields once emitted.
                 self.trace.records.append((now, name, a.kind, a.fields))
+            elif cls in CONTROL_TYPES:
+                continue  # signals for a layer above the core; a runtime ignores them
             else:
                 raise SimError(f"node {name!r} returned a non-action: {a!r}")
             if obs:
@@ -333,18 +367,23 @@ class Simulator:
                 if kind == ARRIVE:
                     _, _, _, node, src, data, link, epoch = ev
                     if not node.alive:
-                        self._drop(t, src, node.name, len(data), CRASHED)
-                    elif link.epoch != epoch:
-                        self._drop(t, src, node.name, len(data), LINK_DOWN)
-                    elif net._groups is not None and net.partitioned(src, node.name):
-                        self._drop(t, src, node.name, len(data), PARTITION)
+                        self.count_drop(t, src, node.name, data, CRASHED)
+                    elif link is not None and link.epoch != epoch:
+                        self.count_drop(t, src, node.name, data, LINK_DOWN)
+                    elif net.groups is not None and net.partitioned(src, node.name):
+                        self.count_drop(t, src, node.name, data, PARTITION)
                     else:
-                        st = node.stats
-                        st.recv_packets += 1
-                        st.recv_bytes += len(data)
-                        acts = node.core.handle(t, Datagram(src, data))
-                        if acts:
-                            apply(node, t, acts)
+                        if net.intercept is not None:
+                            data = net.intercept(src, node.name, data)
+                        if data is None:
+                            self.count_drop(t, src, node.name, ev[5], INTERCEPTED)
+                        else:
+                            st = node.stats
+                            st.recv_packets += 1
+                            st.recv_bytes += len(data)
+                            acts = node.core.handle(t, Datagram(src, data))
+                            if acts:
+                                apply(node, t, acts)
                 elif kind == TIMER:
                     node = ev[3]
                     key = ev[4]
@@ -366,7 +405,7 @@ class Simulator:
                         if acts:
                             apply(node, t, acts)
                     else:
-                        self._drop(t, src, inp.dst, len(inp.payload), CRASHED)
+                        self.count_drop(t, src, inp.dst, inp.payload, CRASHED)
                 elif kind == CALL:
                     ev[3](self)
                 else:  # START

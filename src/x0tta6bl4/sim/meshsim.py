@@ -1,6 +1,7 @@
 """The real mesh in the simulator: credentials for every node, a node factory that builds
-``HealingNode(MeshNode)`` cores, and global views (reachability, convergence) that only
-the simulator can take, since it sees every node at once.
+``HealingNode(MeshNode)`` cores, and global views (live meshes, next-hop paths) that only
+the simulator can take, since it sees every node at once; the convergence and
+reachability probes built on them are in ``runner``.
 
 Real cryptography throughout: a real ML-DSA-65 CA signs a real X.509-SVID per node, and
 the nodes run the real hybrid handshake. Keys come from the seed, so simultaneous-open
@@ -23,10 +24,11 @@ from x0tta6bl4.identity.ca import CertificateAuthority
 from x0tta6bl4.identity.types import CertVerifier
 from x0tta6bl4.identity.verify import make_verifier
 from x0tta6bl4.mesh.node import MeshConfig, MeshNode, node_id
-from x0tta6bl4.sim.engine import NodeFactory, SimCore, Simulator
-from x0tta6bl4.sim.network import derive_rng
+from x0tta6bl4.sansio import Core
+from x0tta6bl4.sim.engine import NodeFactory, Simulator
 from x0tta6bl4.sim.secrets import SeededSecretsForSimulation
 from x0tta6bl4.sim.topology import Topology
+from x0tta6bl4.sim.types import derive_rng
 
 EPOCH = 1_800_000_000.0
 """Wall-clock POSIX time at virtual time 0 (certificates are issued for it)."""
@@ -92,15 +94,18 @@ class MeshSim:
     # recorders of observability.metrics; sim/ itself does not import them).
     on_event: Callable[[HealingEvent], None] | None = None
     on_cycle: Callable[[Mapping[str, float]], None] | None = None
+    # A node built from another MeshNode class, by name: a compromised or instrumented
+    # node in an otherwise honest mesh (a hostile relay in the security tests).
+    node_types: Mapping[str, type[MeshNode]] = field(default_factory=dict)
 
     def factory(self) -> NodeFactory:
         neighbours = {n: sorted(self.topology.neighbours(n)) for n in self.topology.nodes}
         directory = list(self.topology.nodes)
         world = self.world
 
-        def make(name: str, rng: random.Random, now: float) -> SimCore:
+        def make(name: str, rng: random.Random, now: float) -> Core:
             cred = world.credentials[name]
-            node = MeshNode(
+            node = self.node_types.get(name, MeshNode)(
                 name,
                 cred.cert_der,
                 cred.static_private,
@@ -135,7 +140,7 @@ class MeshSim:
         return make
 
 
-def mesh_of(core: SimCore | None) -> MeshNode | None:
+def mesh_of(core: Core | None) -> MeshNode | None:
     if isinstance(core, HealingNode):
         inner = core.node
         return inner if isinstance(inner, MeshNode) else None
@@ -175,23 +180,6 @@ def path(nodes: dict[str, MeshNode], src: str, dst: str) -> list[str] | None:
     return hops
 
 
-def reachable(nodes: dict[str, MeshNode], src: str, dst: str) -> bool:
-    return path(nodes, src, dst) is not None
-
-
-def fully_converged(nodes: dict[str, MeshNode]) -> bool:
-    """Every live node has a selected route to every other live node."""
-    want = len(nodes) - 1
-    ids = {node_id(n) for n in nodes}
-    for node in nodes.values():
-        sel = node.router.selected()
-        if len(sel) < want:
-            return False
-        if sum(1 for d in sel if d in ids) < want:
-            return False
-    return True
-
-
 def sample_pairs(names: list[str], k: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     n = len(names)
@@ -202,14 +190,3 @@ def sample_pairs(names: list[str], k: int, seed: int) -> list[tuple[str, str]]:
         a, b = rng.sample(names, 2)
         pairs.add((a, b))
     return sorted(pairs)
-
-
-def watch(sim: Simulator, every: float, until: float, fn: Callable[[Simulator], bool]) -> None:
-    """Call ``fn`` every ``every`` virtual seconds until it returns True or ``until``."""
-
-    def tick(s: Simulator) -> None:
-        if fn(s) or s.now + every > until:
-            return
-        s.schedule(s.now + every, tick)
-
-    sim.schedule(sim.now, tick)

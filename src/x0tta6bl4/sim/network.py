@@ -1,94 +1,94 @@
-"""The in-memory network: links with latency, jitter, loss, capacity and MTU; partitions;
-link flaps; a per-node tamper hook.
+"""The in-memory network: links with latency, jitter, loss, duplication, capacity and MTU;
+partitions; link flaps; a per-node tamper hook and an arrival intercept.
 
 A link is undirected (one up/down state) but each direction has its own parameters,
 FIFO and random stream. A packet from ``a`` to ``b`` is checked in this order: link
 exists, link up, ``b`` alive, same partition group, size within MTU, room in the
 transmit queue; then it is serialized (if capacity is finite), may be lost on the wire,
-and arrives after ``latency + U(0, jitter)``. Jitter is drawn per packet, so packets may
-overtake each other by at most the jitter. A packet still in flight when its link goes
-down, its destination crashes or a partition separates the two ends is dropped on
-arrival.
+may be duplicated, and arrives after ``latency + U(0, jitter)``. Jitter is drawn per
+packet, so packets may overtake each other by at most the jitter. A packet still in
+flight when its link goes down, its destination crashes or a partition separates the two
+ends is dropped on arrival.
+
+The network hands arrivals to its simulator through ``post_arrival``; it never touches
+the simulator's event heap.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from heapq import heappush
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
-from x0tta6bl4.errors import X0tError
+from x0tta6bl4.sansio import Addr
 
 from .trace import GLOBAL
+from .types import (
+    CRASHED,
+    LINK_DOWN,
+    LOSS,
+    MTU,
+    NO_LINK,
+    PARTITION,
+    QUEUE_OVERFLOW,
+    LinkSpec,
+    NodeStats,
+    SimError,
+    derive_rng,
+)
 
-if TYPE_CHECKING:
-    from .engine import Simulator, _Node
+__all__ = ["Intercept", "Link", "Network", "NetworkHost", "NodeState", "Tamper"]
 
-# Drop reasons, as plain strings: they key counters and appear in the trace.
-LOSS: Final = "loss"
-LINK_DOWN: Final = "link_down"
-PARTITION: Final = "partition"
-QUEUE_OVERFLOW: Final = "queue_overflow"
-CRASHED: Final = "crashed"
-NO_LINK: Final = "no_link"
-MTU: Final = "mtu"
-DROP_REASONS: Final = (LOSS, LINK_DOWN, PARTITION, QUEUE_OVERFLOW, CRASHED, NO_LINK, MTU)
-
-# Heap event kind for a datagram arrival; the engine owns the other kinds.
-ARRIVE: Final = 0
-
-Tamper = Callable[[str, bytes], bytes]
+Tamper = Callable[[Addr, bytes], bytes]
 """``fn(dst, data) -> data``: rewrites every datagram a node sends."""
 
+Intercept = Callable[[Addr, str, bytes], bytes | None]
+"""``fn(src, dst, data) -> data or None``: sees every datagram as it arrives at a live node
+(after link, crash and partition checks) and returns what to hand to the core, or
+``None`` to drop it (counted as ``intercepted``): an on-path attacker or a test's tap."""
 
-class SimError(X0tError, ValueError):
-    """The simulator was asked for something impossible (unknown node, bad parameter)."""
+
+class NodeState(Protocol):
+    """One node as the network sees it: its name, whether it runs, its counters."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def stats(self) -> NodeStats: ...
 
 
-def derive_rng(seed: int, *labels: str) -> random.Random:
-    """An independent, reproducible stream for ``(seed, labels)``.
+class NetworkHost(Protocol):
+    """What the network needs from the simulator that owns it (``Simulator`` is one).
 
-    sha256 rather than ``hash()``: string hashing is salted per process.
+    A protocol rather than an import, so the engine depends on the network and not the
+    other way round.
     """
-    h = hashlib.sha256(repr((seed, *labels)).encode()).digest()
-    return random.Random(int.from_bytes(h[:16], "big"))
 
+    @property
+    def seed(self) -> int: ...
 
-@dataclass(frozen=True, slots=True)
-class LinkSpec:
-    """Parameters of one link direction.
+    @property
+    def now(self) -> float: ...
 
-    ``capacity`` is bytes/s (``inf``: no serialization delay); ``queue`` is the transmit
-    queue limit in bytes when capacity is finite; ``mtu`` is the largest datagram in bytes.
-    """
+    def node_states(self) -> Mapping[str, NodeState]:
+        """The live table of nodes by name (kept current across crashes and restarts)."""
+        ...
 
-    latency: float = 0.001
-    jitter: float = 0.0
-    loss: float = 0.0
-    capacity: float = math.inf
-    mtu: int = 1500
-    queue: int = 64 * 1024
+    def schedule(self, at: float, fn: Callable[[Any], None]) -> None: ...
 
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.latency) and self.latency >= 0):
-            raise SimError(f"latency must be a finite number >= 0, got {self.latency!r}")
-        if not (math.isfinite(self.jitter) and self.jitter >= 0):
-            raise SimError(f"jitter must be a finite number >= 0, got {self.jitter!r}")
-        if not 0.0 <= self.loss <= 1.0:
-            raise SimError(f"loss must be a probability in [0, 1], got {self.loss!r}")
-        if not self.capacity > 0:
-            raise SimError(
-                f"capacity must be > 0 bytes/s (inf for unlimited), got {self.capacity!r}"
-            )
-        if not (isinstance(self.mtu, int) and self.mtu > 0):
-            raise SimError(f"mtu must be a positive int, got {self.mtu!r}")
-        if not (isinstance(self.queue, int) and self.queue > 0):
-            raise SimError(f"queue must be a positive int of bytes, got {self.queue!r}")
+    def record(self, t: float, node: str, kind: str, fields: dict[str, Any]) -> None: ...
+
+    def count_drop(self, t: float, src: Addr, dst: Addr, data: bytes, reason: str) -> None: ...
+
+    def post_arrival(
+        self, at: float, node: str, src: Addr, data: bytes, link: Link | None = None
+    ) -> None: ...
 
 
 class Link:
@@ -99,6 +99,7 @@ class Link:
         "_qlim",
         "busy_until",
         "dst",
+        "dup",
         "epoch",
         "jitter",
         "latency",
@@ -127,6 +128,7 @@ class Link:
         self.latency = spec.latency
         self.jitter = spec.jitter
         self.loss = spec.loss
+        self.dup = spec.dup
         self.mtu = spec.mtu
         self._cap = 0.0 if math.isinf(spec.capacity) else spec.capacity
         # Tolerance so float error in the backlog estimate cannot tail-drop a packet
@@ -142,16 +144,22 @@ class Link:
 
 
 class Network:
-    """Links, partitions and tamper hooks of one ``Simulator`` (reach it as ``sim.net``)."""
+    """Links, partitions and hooks of one simulator (reach it as ``sim.net``)."""
 
-    def __init__(self, sim: Simulator) -> None:
-        self._sim = sim
-        self._heap = sim._heap
-        self._next = sim._count.__next__
+    def __init__(self, host: NetworkHost) -> None:
+        self._host = host
+        # Fetched once: the send path uses these for every datagram.
+        self._nodes = host.node_states()
+        self._drop = host.count_drop
+        self._post = host.post_arrival
         self._out: dict[str, dict[str, Link]] = {}
         # Canonical (first-added) order of each undirected pair, so records name it one way.
         self._pairs: dict[tuple[str, str], tuple[Link, Link]] = {}
-        self._groups: dict[str, int] | None = None
+        self.groups: dict[str, int] | None = None
+        """Partition group of each listed node, or ``None`` while there is no partition
+        (read on every arrival; change it with ``partition`` and ``heal``)."""
+        self.intercept: Intercept | None = None
+        """See ``set_intercept``; read on every arrival."""
         self._tamper: dict[str, Tamper] = {}
 
     # --- topology -------------------------------------------------------------
@@ -160,9 +168,9 @@ class Network:
         self, a: str, b: str, spec: LinkSpec | None = None, *, reverse: LinkSpec | None = None
     ) -> None:
         """Connect ``a`` and ``b``; ``reverse`` gives the ``b -> a`` direction its own spec."""
-        nodes = self._sim._nodes
+        host = self._host
         for n in (a, b):
-            if n not in nodes:
+            if n not in self._nodes:
                 raise SimError(f"add_link({a!r}, {b!r}): unknown node {n!r}")
         if a == b:
             raise SimError(f"add_link: a node cannot link to itself ({a!r})")
@@ -170,7 +178,7 @@ class Network:
             raise SimError(f"add_link: link {a!r}-{b!r} already exists")
         fwd_spec = spec if spec is not None else LinkSpec()
         rev_spec = reverse if reverse is not None else fwd_spec
-        seed = self._sim.seed
+        seed = host.seed
         fwd = Link(a, b, fwd_spec, derive_rng(seed, "link", a, b))
         rev = Link(b, a, rev_spec, derive_rng(seed, "link", b, a))
         self._out.setdefault(a, {})[b] = fwd
@@ -214,13 +222,13 @@ class Network:
         (ca, cb), (fwd, rev) = self._pair(a, b)
         if fwd.up == up:
             return
-        now = self._sim.now
+        now = self._host.now
         for d in (fwd, rev):
             d.up = up
             if not up:
                 d.epoch += 1
                 d.busy_until = now  # the transmit queue is lost with the link
-        self._sim._record(now, ca, "sim.link_up" if up else "sim.link_down", {"peer": cb})
+        self._host.record(now, ca, "sim.link_up" if up else "sim.link_down", {"peer": cb})
 
     def is_up(self, a: str, b: str) -> bool:
         return self._pair(a, b)[1][0].up
@@ -236,6 +244,7 @@ class Network:
         capacity: float | None = None,
         mtu: int | None = None,
         queue: int | None = None,
+        dup: float | None = None,
         both: bool = True,
     ) -> None:
         """Change parameters of ``a -> b`` (and ``b -> a`` if ``both``); ``None`` keeps a value."""
@@ -248,6 +257,7 @@ class Network:
                 ("capacity", capacity),
                 ("mtu", mtu),
                 ("queue", queue),
+                ("dup", dup),
             )
             if v is not None
         }
@@ -257,37 +267,37 @@ class Network:
             dirs.append(self._out[b][a])
         for d in dirs:
             d.set_spec(dataclasses.replace(d.spec, **changes))
-        self._sim._record(self._sim.now, a, "sim.degrade", {"peer": b, "both": both, **changes})
+        self._host.record(self._host.now, a, "sim.degrade", {"peer": b, "both": both, **changes})
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Only nodes in the same group can talk; nodes in no group form one more group.
 
         Replaces any earlier partition.
         """
-        nodes = self._sim._nodes
+        host = self._host
         gmap: dict[str, int] = {}
         listed: list[list[str]] = []
         for i, g in enumerate(groups):
             members = sorted(set(g))
             for n in members:
-                if n not in nodes:
+                if n not in self._nodes:
                     raise SimError(f"partition: unknown node {n!r}")
                 if n in gmap:
                     raise SimError(f"partition: node {n!r} is in two groups")
                 gmap[n] = i
             listed.append(members)
-        self._groups = gmap
-        self._sim._record(self._sim.now, GLOBAL, "sim.partition", {"groups": sorted(listed)})
+        self.groups = gmap
+        host.record(host.now, GLOBAL, "sim.partition", {"groups": sorted(listed)})
 
     def heal(self) -> None:
         """Remove the partition (no-op if there is none)."""
-        if self._groups is None:
+        if self.groups is None:
             return
-        self._groups = None
-        self._sim._record(self._sim.now, GLOBAL, "sim.heal", {})
+        self.groups = None
+        self._host.record(self._host.now, GLOBAL, "sim.heal", {})
 
     def partitioned(self, a: str, b: str) -> bool:
-        g = self._groups
+        g = self.groups
         return g is not None and g.get(a, -1) != g.get(b, -1)
 
     def flap(
@@ -304,43 +314,49 @@ class Network:
         time for ``down_for`` (default half the period), never past ``until``, where it is
         left up."""
         self._pair(a, b)
-        sim = self._sim
-        t0 = sim.now if start is None else start
+        host = self._host
+        t0 = host.now if start is None else start
         down = period / 2 if down_for is None else down_for
         if not (period > 0 and 0 < down <= period):
             raise SimError(
                 f"flap: need period > 0 and 0 < down_for <= period, got {period}, {down}"
             )
-        if t0 < sim.now or until < t0:
+        if t0 < host.now or until < t0:
             raise SimError(f"flap: need now <= start <= until, got {t0}, {until}")
 
-        def go_down(_: Simulator) -> None:
+        def go_down(_: object) -> None:
             self.set_up(a, b, False)
 
-        def go_up(_: Simulator) -> None:
+        def go_up(_: object) -> None:
             self.set_up(a, b, True)
 
         # Scheduled up front (bounded by until/period): a flap is a fixed script, not a
         # process that could be lost if another fault touches the link.
         k = 0
         while (t := t0 + k * period) < until:
-            sim.schedule(t, go_down)
-            sim.schedule(min(t + down, until), go_up)
+            host.schedule(t, go_down)
+            host.schedule(min(t + down, until), go_up)
             k += 1
 
     def set_tamper(self, node: str, fn: Tamper | None) -> None:
         """Rewrite every datagram ``node`` sends with ``fn(dst, data)``; ``None`` removes it."""
-        if node not in self._sim._nodes:
+        if node not in self._nodes:
             raise SimError(f"set_tamper: unknown node {node!r}")
         if fn is None:
             self._tamper.pop(node, None)
         else:
             self._tamper[node] = fn
 
+    def set_intercept(self, fn: Intercept | None) -> None:
+        """Hand every arriving datagram to ``fn(src, dst, data)`` first (see ``Intercept``);
+        ``None`` removes it. Unlike a tamper hook it acts at arrival time, on every sender
+        (injected datagrams included), and may drop."""
+        self.intercept = fn
+
     # --- the send path ----------------------------------------------------------
 
-    def transmit(self, node: _Node, now: float, dst: Any, data: bytes) -> None:
-        """Put one datagram from ``node`` on the wire (or drop and count it)."""
+    def transmit(self, node: NodeState, now: float, dst: Addr, data: bytes) -> None:
+        """Put one datagram from ``node`` on the wire, or drop and count it."""
         src = node.name
         if self._tamper:
             fn = self._tamper.get(src)
@@ -351,23 +367,24 @@ class Network:
         st.sent_packets += 1
         st.sent_bytes += size
         out = self._out.get(src)
-        link = out.get(dst) if out is not None else None
+        link = out.get(dst) if out is not None else None  # type: ignore[call-overload]
+        drop = self._drop
         if link is None:
-            self._sim._drop(now, src, dst, size, NO_LINK)
+            drop(now, src, dst, data, NO_LINK)
             return
+        name = link.dst  # dst as a node name, now that a link proves it is one
         if not link.up:
-            self._sim._drop(now, src, dst, size, LINK_DOWN)
+            drop(now, src, name, data, LINK_DOWN)
             return
-        dnode = self._sim._nodes[dst]
-        if not dnode.alive:
-            self._sim._drop(now, src, dst, size, CRASHED)
+        if not self._nodes[name].alive:
+            drop(now, src, name, data, CRASHED)
             return
-        g = self._groups
-        if g is not None and g.get(src, -1) != g.get(dst, -1):
-            self._sim._drop(now, src, dst, size, PARTITION)
+        g = self.groups
+        if g is not None and g.get(src, -1) != g.get(name, -1):
+            drop(now, src, name, data, PARTITION)
             return
         if size > link.mtu:
-            self._sim._drop(now, src, dst, size, MTU)
+            drop(now, src, name, data, MTU)
             return
         t = now
         cap = link._cap
@@ -375,16 +392,19 @@ class Network:
             busy = link.busy_until
             if busy > now:
                 if (busy - now) * cap + size > link._qlim:
-                    self._sim._drop(now, src, dst, size, QUEUE_OVERFLOW)
+                    drop(now, src, name, data, QUEUE_OVERFLOW)
                     return
                 t = busy
             t += size / cap
             link.busy_until = t
+        rng = link.rng
         # Wire loss after serialization: a lost packet still used the transmitter.
-        if link.loss and link.rng.random() < link.loss:
-            self._sim._drop(now, src, dst, size, LOSS)
+        if link.loss and rng.random() < link.loss:
+            drop(now, src, name, data, LOSS)
             return
         t += link.latency
-        if link.jitter:
-            t += link.rng.random() * link.jitter
-        heappush(self._heap, (t, self._next(), ARRIVE, dnode, src, data, link, link.epoch))
+        jitter = link.jitter
+        self._post(t + rng.random() * jitter if jitter else t, name, src, data, link)
+        # Drawn only on links that duplicate, so the others keep their random streams.
+        if link.dup and rng.random() < link.dup:
+            self._post(t + rng.random() * jitter if jitter else t, name, src, data, link)

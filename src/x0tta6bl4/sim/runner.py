@@ -8,6 +8,10 @@ settle for :data:`SETTLE` seconds and then applies its fault at ``fault_at``; ti
 the summary are virtual seconds. Without ``until`` a run ends :data:`TAIL` seconds after
 its fault is over; with ``until`` it ends exactly there, whatever it was doing.
 
+The mesh is built by a :class:`~.scenario.Scenario` and every fault is one of its actions
+(``kill``, ``partition``, ``flap``, ...), put on the clock with :func:`~.scenario.schedule`
+once the run has looked at the converged mesh and chosen where the fault goes.
+
 Everything measured here is a global view only the simulator has. The checks are kept
 cheap enough for 1,000-node meshes: a convergence check stops at the first node that
 lacks a route (and starts the next check at that node), reachability looks at a fixed
@@ -32,9 +36,21 @@ from x0tta6bl4.healing import HealingEvent
 from x0tta6bl4.mesh.node import MeshNode, node_id
 from x0tta6bl4.sim.engine import Simulator
 from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path, sample_pairs
-from x0tta6bl4.sim.network import SimError, derive_rng
+from x0tta6bl4.sim.scenario import (
+    Scenario,
+    ScenarioAction,
+    cut,
+    degrade,
+    flap,
+    heal,
+    kill,
+    partition,
+    restart,
+    schedule,
+)
 from x0tta6bl4.sim.topology import Topology, diamond, random_geometric
 from x0tta6bl4.sim.trace import Trace
+from x0tta6bl4.sim.types import SimError, derive_rng
 
 __all__ = [
     "SCENARIOS",
@@ -146,9 +162,9 @@ class _Run:
         if observers is not None:
             self.mesh.on_event, self.mesh.on_cycle = observers
         # Drops are counted either way; per-packet drop records would dominate the trace
-        # (and memory) of a big run for no extra insight.
-        self.sim = Simulator(seed, trace_drops=False)
-        self.sim.add_topology(topology, self.mesh.factory())
+        # (and memory) of a big run for no extra insight. The script starts empty: each
+        # scenario adds its fault with `at` once it has looked at the converged mesh.
+        self.sim = Scenario(topology, seed, self.mesh.factory(), trace_drops=False).build()
         self.end = math.inf if until is None else until
         self.pairs = sample_pairs(list(topology.nodes), pairs, seed)
         self.reach: list[tuple[float, float]] = []
@@ -173,10 +189,15 @@ class _Run:
         if t > self.sim.now:
             self.sim.run(t)
 
-    def at(self, t: float, fn: Callable[[Simulator], None]) -> None:
-        """``fn`` at ``t`` unless the run ends first."""
-        if t <= self.end:
-            self.sim.schedule(max(t, self.sim.now), fn)
+    def at(self, t: float, *actions: ScenarioAction) -> None:
+        """Scenario ``actions`` at ``t`` unless the run ends first. At ``t <= now`` they
+        take effect before this returns, so the probes that follow already see them."""
+        if t > self.end:
+            return
+        now = self.sim.now
+        schedule(self.sim, max(t, now), *actions)
+        if t <= now:
+            self.sim.run(now)
 
     def _every(self, period: float, fn: Callable[[Simulator], None]) -> None:
         # k * period rather than a running sum: no float drift in the sample times.
@@ -393,7 +414,7 @@ def _converge(run: _Run) -> SimSummary:
 
 def _kill_relay(run: _Run, scenario: str, conv: float | None, t: float, relay: str) -> SimSummary:
     affected = run.affected_by(relay)
-    run.sim.crash(relay)
+    run.at(t, kill(relay))
     rec = run.wait_reachable(affected, t) if affected else None
     if rec is None:
         # Not recovered in time: the fault is still being repaired, not finished.
@@ -456,9 +477,9 @@ def _partition(run: _Run) -> SimSummary:
         raise SimError("partition needs a topology with positions")
     ordered = sorted(run.topology.nodes, key=lambda n: (pos[n][0], n))
     left = ordered[: len(ordered) // 2]
-    run.at(t, lambda s: s.net.partition([left]))
+    run.at(t, partition([left]))
     healed = t + PARTITION_FOR
-    run.at(healed, lambda s: s.net.heal())
+    run.at(healed, heal())
     run.run_to(t)
     run.mark_changes()
     run.run_to(healed)
@@ -519,7 +540,7 @@ def _flap(run: _Run) -> SimSummary:
     conv, t, busy = started
     (a, b), paths_before = busy
     run.mark_changes()
-    run.sim.net.flap(a, b, period=FLAP_PERIOD, until=t + FLAP_FOR)
+    run.at(t, flap(a, b, period=FLAP_PERIOD, until=t + FLAP_FOR))
     run.run_to(t + FLAP_FOR)
     during = run.changes_since_mark()
     _finish(run, t + FLAP_FOR + TAIL)
@@ -546,14 +567,10 @@ def _degrade(run: _Run) -> SimSummary:
     a, b = link
     lo, hi = DEGRADE_LOSS
     step = DEGRADE_FOR / DEGRADE_STEPS
-
-    def set_loss(loss: float) -> Callable[[Simulator], None]:
-        return lambda s: s.net.degrade(a, b, loss=loss)
-
     for i in range(DEGRADE_STEPS):
-        run.at(t + i * step, set_loss(lo + (hi - lo) * i / (DEGRADE_STEPS - 1)))
+        run.at(t + i * step, degrade(a, b, loss=lo + (hi - lo) * i / (DEGRADE_STEPS - 1)))
     cut_at = t + DEGRADE_FOR
-    run.at(cut_at, lambda s: s.net.set_up(a, b, False))
+    run.at(cut_at, cut(a, b))
     moved: list[float] = []
 
     def watch_link(now: float, nodes: dict[str, MeshNode]) -> None:
@@ -676,13 +693,13 @@ def failover_stats(
         if relay is None:
             break  # nothing relays a path that could move: no failover to measure
         t = run.now
-        run.sim.crash(relay)
+        run.at(t, kill(relay))
         rec = run.wait_reachable(affected, t)
         samples.append(math.inf if rec is None else rec)
         relays.append(relay)
         affected_n.append(len(affected))
-        run.sim.restart(relay)
         t_restart = run.now
+        run.at(t_restart, restart(relay))
         back = run.wait_converged(limit=RECONVERGE_LIMIT)
         reconverge.append(None if back is None else back - t_restart)
     return FailoverStats(nodes, seed, samples, relays, affected_n, reconverge)

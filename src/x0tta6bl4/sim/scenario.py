@@ -11,7 +11,10 @@
     result.faults  # when each fault began: MTTD is measured from these
 
 Each action is a small frozen dataclass with ``apply(sim)``, run as a simulator event at
-its time; actions at the same time run in the order they were added.
+its time; actions at the same time run in the order they were added. :func:`schedule`
+puts actions on a simulator that is already running: it is how ``Scenario.build`` installs
+its script, and how ``runner`` scripts faults it can only choose mid-run (the busiest
+relay, the busiest link), so every fault in the simulator is one of these actions.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from .engine import NodeFactory, Simulator
-from .network import SimError
 from .topology import Topology
 from .trace import Trace
+from .types import SimError
 
 __all__ = [
     "AppSendAction",
@@ -49,6 +52,7 @@ __all__ = [
     "partition",
     "restart",
     "restore",
+    "schedule",
 ]
 
 
@@ -128,6 +132,7 @@ class Degrade:
     capacity: float | None = None
     mtu: int | None = None
     both: bool = True
+    dup: float | None = None
 
     def apply(self, sim: Simulator) -> None:
         sim.net.degrade(
@@ -138,6 +143,7 @@ class Degrade:
             loss=self.loss,
             capacity=self.capacity,
             mtu=self.mtu,
+            dup=self.dup,
             both=self.both,
         )
 
@@ -198,14 +204,28 @@ def degrade(
     capacity: float | None = None,
     mtu: int | None = None,
     both: bool = True,
+    dup: float | None = None,
 ) -> Degrade:
     """Worsen (or improve) the ``a``-``b`` link."""
-    return Degrade(a, b, latency, jitter, loss, capacity, mtu, both)
+    return Degrade(a, b, latency, jitter, loss, capacity, mtu, both, dup)
 
 
 def app_send(src: str, dst: str, port: int, payload: bytes) -> AppSendAction:
     """The application on ``src`` sends ``payload`` to node ``dst`` on ``port``."""
     return AppSendAction(src, dst, port, payload)
+
+
+def schedule(sim: Simulator, t: float, *actions: ScenarioAction) -> None:
+    """Run each of ``actions`` as its own simulator event at ``t`` (in the order given)."""
+    for a in actions:
+        sim.schedule(t, _checked(a).apply)
+
+
+def _checked(action: ScenarioAction) -> ScenarioAction:
+    # Scripts are often built from data; fail when scripted, not mid-run.
+    if not callable(getattr(action, "apply", None)):
+        raise SimError(f"scenario action needs an apply(sim) method: {action!r}")
+    return action
 
 
 # Engine record kinds that start a fault, and those that end one.
@@ -272,9 +292,7 @@ class Scenario:
         if not t >= 0:
             raise SimError(f"scenario time must be >= 0, got {t!r}")
         for a in actions:
-            if not callable(getattr(a, "apply", None)):
-                raise SimError(f"scenario action needs an apply(sim) method: {a!r}")
-            self._script.append((t, a))
+            self._script.append((t, _checked(a)))
         return self
 
     @property
@@ -286,7 +304,7 @@ class Scenario:
         sim = Simulator(self.seed, trace_drops=self.trace_drops)
         sim.add_topology(self.topology, self.node_factory)
         for t, action in self._script:
-            sim.schedule(t, action.apply)
+            schedule(sim, t, action)
         return sim
 
     def run(self, until: float) -> ScenarioResult:

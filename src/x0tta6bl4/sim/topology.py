@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .network import LinkSpec, SimError
+from .types import LinkSpec, SimError
 
 __all__ = [
     "Edge",
