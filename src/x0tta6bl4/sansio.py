@@ -119,7 +119,7 @@ class LinkUp:
 class LinkDownReason(StrEnum):
     DEAD = "dead"  # hellos stopped arriving
     RESTARTED = "restarted"  # the neighbour came back with a new incarnation
-    DROPPED = "dropped"  # a local decision (healing dropped it)
+    MTU_LOW = "mtu_low"  # alive, but full-size frames do not get through
 
 
 @dataclass(frozen=True, slots=True)

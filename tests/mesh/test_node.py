@@ -18,8 +18,8 @@ from x0tta6bl4.mesh.node import (
     node_id,
 )
 from x0tta6bl4.routing import babel as rt
-from x0tta6bl4.sansio import Action, AppSend, Deliver, Event
-from x0tta6bl4.sim.engine import SimCore, Simulator
+from x0tta6bl4.sansio import Action, AppSend, Core, Deliver, Event
+from x0tta6bl4.sim.engine import Simulator
 from x0tta6bl4.sim.meshsim import MeshSim, build_world, mesh_of, meshes, path
 from x0tta6bl4.sim.topology import Topology, diamond, line
 
@@ -39,12 +39,10 @@ def _node(sim: Simulator, name: str) -> MeshNode:
     return node
 
 
-def _raw_link_frame(
-    src: str, dst: str, frame: bytes
-) -> Callable[[SimCore, float], Iterable[Action]]:
+def _raw_link_frame(src: str, dst: str, frame: bytes) -> Callable[[Core, float], Iterable[Action]]:
     """A callable for Simulator.call: ``src`` seals ``frame`` on its link to ``dst``."""
 
-    def send(core: SimCore, now: float) -> Iterable[Action]:
+    def send(core: Core, now: float) -> Iterable[Action]:
         node = mesh_of(core)
         assert node is not None
         addr = node.links.addr_of(dst)
@@ -93,8 +91,8 @@ def test_ttl_expiry_and_missing_routes_drop_at_the_relay() -> None:
     far = node_id("n0002")
     nowhere = node_id("not-a-node")
     src = node_id("n0000")
-    expiring = struct.pack(">BB8s8s", FRAME_FORWARD, 1, src, far) + b"sealed"
-    lost = struct.pack(">BB8s8s", FRAME_FORWARD, 9, src, nowhere) + b"sealed"
+    expiring = struct.pack(">BH8s8s", FRAME_FORWARD, 1, src, far) + b"sealed"
+    lost = struct.pack(">BH8s8s", FRAME_FORWARD, 9, src, nowhere) + b"sealed"
     sim.call(2.0, "n0000", _raw_link_frame("n0000", "n0001", expiring))
     sim.call(2.0, "n0000", _raw_link_frame("n0000", "n0001", lost))
     sim.run(3.0)

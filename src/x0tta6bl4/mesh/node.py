@@ -12,25 +12,39 @@ Two secure endpoints share one node:
 
 Mesh frames (inside a link session)::
 
-    HELLO    type=1 | incarnation u32 | hello (linkquality, 20 bytes)
-    ROUTING  type=2 | routing TLVs
-    FORWARD  type=3 | ttl u8 | src id 8 | dst id 8 | e2e datagram
+    HELLO      type=1 | incarnation u32 | hello (linkquality, 20 bytes)
+    ROUTING    type=2 | routing TLVs
+    FORWARD    type=3 | ttl u16 | src id 8 | dst id 8 | e2e datagram
+    PROBE      type=4 | probe id u32 | zero padding to the size being probed
+    PROBE_ACK  type=5 | probe id u32 | probed size u16
+
+The TTL is a u16 because routing accepts any path whose metric is below INFINITY and
+every link costs at least BASE_COST: no accepted path is longer than MAX_ROUTE_HOPS, so a
+TTL of MAX_ROUTE_HOPS + 1 never kills a packet on a route routing offers.
+
+Hellos are small, so a link whose path MTU shrank would still look perfect while every
+full-size frame vanished. Each live link is probed (PLPMTUD's idea) with a padded frame
+of the largest size the mesh sends; a link whose probes go unanswered while its hellos
+arrive is taken out of routing (``link_mtu_low``) until a probe gets through again.
 
 Application payloads travel as ``port u16 | payload`` inside an e2e session.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
+import math
 import random
 import struct
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from x0tta6bl4.channel.constants import DATA_OVERHEAD, DEFAULT_MAX_DATAGRAM
 from x0tta6bl4.channel.endpoint import SecureEndpoint
+from x0tta6bl4.channel.timers import ChannelTimer
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError
@@ -46,7 +60,11 @@ from x0tta6bl4.sansio import (
     Deliver,
     Event,
     Input,
+    LinkDown,
+    LinkDownReason,
+    LinkUp,
     Send,
+    SessionUp,
     SetTimer,
     Timer,
 )
@@ -56,11 +74,24 @@ NodeId = bytes
 FRAME_HELLO: Final = 1
 FRAME_ROUTING: Final = 2
 FRAME_FORWARD: Final = 3
-_FWD = struct.Struct(">BB8s8s")  # type, ttl, src, dst
+FRAME_PROBE: Final = 4
+FRAME_PROBE_ACK: Final = 5
+_FWD = struct.Struct(">BH8s8s")  # type, ttl, src, dst
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
-FORWARD_OVERHEAD: Final = _FWD.size  # 18
+_PROBE = struct.Struct(">BI")  # type, probe id
+_PROBE_ACK = struct.Struct(">BIH")  # type, probe id, probed size
+FORWARD_OVERHEAD: Final = _FWD.size  # 19
 PORT_OVERHEAD: Final = 2
-DEFAULT_TTL: Final = 64
+MAX_ROUTE_HOPS: Final = (rt.INFINITY - 1) // lq.BASE_COST
+"""The longest path routing can accept: each hop costs at least BASE_COST (682)."""
+DEFAULT_TTL: Final = MAX_ROUTE_HOPS + 1
+MTU_PROBE_INTERVAL: Final = 5.0
+"""Seconds between path-MTU probes on a live link (a full-size frame each way)."""
+MTU_PROBE_MISSES: Final = 3
+"""Fewest unanswered probes in a row, with hellos still heard, that mark a link's MTU
+low; more on a lossy link (see ``_probe_misses_needed``)."""
+MTU_PROBE_TIMEOUT: Final = 0.3
+"""Seconds (at least; 4 RTTs on a slow link) to wait for a probe's ack before a retry."""
 DEAD_HELLO_INTERVAL: Final = 1.0
 """Hellos keep going to a dead neighbour's old session at this slower pace, so a link that
 comes back within the session lifetime is noticed without a new handshake."""
@@ -69,10 +100,15 @@ COST_REFRESH_INTERVAL: Final = 0.3
 HELLO_JITTER: Final = 0.1
 """Fraction of the hello interval drawn at random each period, to desynchronise nodes."""
 
-_TK_HELLO: Final = ("hello",)
-_TK_ROUTE: Final = ("route",)
-_LINK: Final = "link"
-_E2E: Final = "e2e"
+
+class MeshTimer(enum.StrEnum):
+    HELLO = "mesh.hello"
+
+
+_LINK: Final = "x0t.link"  # timer namespaces of the two endpoints
+_E2E: Final = "x0t.e2e"
+_TRACE_PREFIX: Final = {_LINK: "link", _E2E: "e2e"}  # trace kinds stay "link.*", "e2e.*"
+_ROUTING_PREFIX: Final = bytes((FRAME_ROUTING,))
 
 
 def node_id(name: str) -> NodeId:
@@ -86,6 +122,13 @@ class MeshConfig:
     update_interval: float = rt.UPDATE_INTERVAL
     max_datagram: int = DEFAULT_MAX_DATAGRAM
     ttl: int = DEFAULT_TTL
+    mtu_probe_interval: float = MTU_PROBE_INTERVAL
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ttl <= 0xFFFF:
+            raise ValueError(f"MeshConfig.ttl must be in 1..65535, got {self.ttl}")
+        if not self.mtu_probe_interval > 0:
+            raise ValueError("MeshConfig.mtu_probe_interval must be > 0 seconds")
 
 
 class _Neighbour:
@@ -95,9 +138,13 @@ class _Neighbour:
         "cost_due",
         "damped_until",
         "est",
+        "mtu_low",
         "name",
         "next_hello",
+        "next_probe",
         "peer_boot",
+        "probe_id",
+        "probe_misses",
     )
 
     def __init__(self, name: str, addr: Addr, est: lq.LinkEstimator) -> None:
@@ -109,6 +156,10 @@ class _Neighbour:
         self.next_hello = 0.0
         self.cost_due = 0.0  # next time a hello may refresh the router's cost
         self.peer_boot: int | None = None  # the neighbour's incarnation, from its hellos
+        self.next_probe = 0.0
+        self.probe_id: int | None = None  # the unanswered probe, if any
+        self.probe_misses = 0
+        self.mtu_low = False  # full-size frames do not get through: out of routing
 
 
 class MeshNode:
@@ -146,11 +197,13 @@ class MeshNode:
             wall_offset=wall_offset,
             trust_domain=trust_domain,
         )
-        self.links = endpoint(max_datagram=cfg.max_datagram)
+        self.links = endpoint(max_datagram=cfg.max_datagram, timer_namespace=_LINK)
         # e2e datagrams ride in FORWARD frames inside link sessions.
         self.e2e_max_datagram = cfg.max_datagram - DATA_OVERHEAD - FORWARD_OVERHEAD
         self.e2e = endpoint(
-            max_datagram=self.e2e_max_datagram, accept_identity=self._e2e_identity_ok
+            max_datagram=self.e2e_max_datagram,
+            accept_identity=self._e2e_identity_ok,
+            timer_namespace=_E2E,
         )
         self.max_app_payload = self.e2e_max_datagram - DATA_OVERHEAD - PORT_OVERHEAD
         self._link_payload_max = cfg.max_datagram - DATA_OVERHEAD
@@ -165,11 +218,7 @@ class MeshNode:
         # link that merely went quiet.
         self.boot_id = rng.getrandbits(32)  # public in every hello, not secret: may be seeded
         self._hello_prefix = bytes((FRAME_HELLO,)) + _BOOT.pack(self.boot_id)
-        self._route_timer_at = float("inf")
         self._routes_cache: dict[str, RouteObservation] | None = None
-        # Test and demo hooks: see what a relay handles, or make a relay malicious.
-        self.frame_observer: Callable[[str, bytes], None] | None = None
-        self.relay_tamper: Callable[[bytes], bytes] | None = None
 
     # -- helpers --------------------------------------------------------------------
 
@@ -191,8 +240,8 @@ class MeshNode:
         for addr in self._configured:
             self.links.add_peer(addr)
             self._wrap(now, _LINK, self.links.connect(now, addr), out)
-        out.append(SetTimer(now + self._hello_period(), _TK_HELLO))
-        self._route_tick(now, out)
+        out.append(SetTimer(now + self._hello_period(), MeshTimer.HELLO))
+        self._emit_routing(now, self.router.start(now), out)
         return out
 
     def handle(self, now: float, inp: Input) -> list[Action]:
@@ -201,16 +250,15 @@ class MeshNode:
             self._wrap(now, _LINK, self.links.handle(now, inp), out)
         elif type(inp) is Timer:
             key = inp.key
-            if key == _TK_HELLO:
+            if type(key) is ChannelTimer:
+                if key.namespace == _LINK:
+                    self._wrap(now, _LINK, self.links.handle(now, inp), out)
+                elif key.namespace == _E2E:
+                    self._wrap(now, _E2E, self.e2e.handle(now, inp), out)
+            elif key is MeshTimer.HELLO:
                 self._hello_tick(now, out)
-            elif key == _TK_ROUTE:
-                self._route_tick(now, out)
-            elif type(key) is tuple and len(key) == 2:
-                layer, inner = key
-                if layer == _LINK:
-                    self._wrap(now, _LINK, self.links.handle(now, Timer(inner)), out)
-                elif layer == _E2E:
-                    self._wrap(now, _E2E, self.e2e.handle(now, Timer(inner)), out)
+            elif key is rt.ROUTE_TIMER:
+                self._emit_routing(now, self.router.handle_timer(now), out)
         elif type(inp) is AppSend:
             try:
                 self._app_send(now, inp.dst, inp.port, inp.payload, out)
@@ -255,12 +303,11 @@ class MeshNode:
                 else:
                     self._on_e2e_deliver(a, out)
             elif t is SetTimer:
-                out.append(SetTimer(a.at, (layer, a.key)))
+                out.append(a)  # typed ChannelTimer keys carry their endpoint's namespace
             elif t is Event:
-                ev: Event = a
-                if layer == _LINK and ev.kind == "handshake_complete":
-                    self._on_link_up(now, ev, out)
-                out.append(Event(f"{layer}.{ev.kind}", ev.fields))
+                out.append(Event(f"{_TRACE_PREFIX[layer]}.{a.kind}", a.fields))
+            elif t is SessionUp and layer == _LINK:
+                self._on_link_up(now, a.peer, a.addr, out)
 
     def _on_e2e_deliver(self, d: Deliver, out: list[Action]) -> None:
         if len(d.payload) < PORT_OVERHEAD:
@@ -271,13 +318,7 @@ class MeshNode:
 
     # -- links and hellos -------------------------------------------------------------------
 
-    def _on_link_up(self, now: float, ev: Event, out: list[Action]) -> None:
-        peer = ev.fields.get("peer")
-        if not isinstance(peer, str):
-            return
-        addr = self.links.addr_of(peer)
-        if addr is None:
-            return
+    def _on_link_up(self, now: float, peer: str, addr: Addr, out: list[Action]) -> None:
         nb = self._nbrs.get(peer)
         if nb is None:
             nb = _Neighbour(
@@ -288,6 +329,7 @@ class MeshNode:
         nb.addr = addr
         # Hello at once: the link's cost is known after one exchange each way.
         self._send_hello(now, nb, out)
+        nb.next_probe = now + self.config.hello_interval * 2  # once hellos flow
 
     def _hello_period(self) -> float:
         iv = self.config.hello_interval
@@ -310,6 +352,7 @@ class MeshNode:
             dead = nb.est.is_dead(now)
             if nb.alive and dead:
                 nb.alive = False
+                out.append(LinkDown(nb.name, LinkDownReason.DEAD))
                 out.append(Event("neighbour_dead", {"peer": nb.name}))
                 self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
             if nb.alive or now >= nb.next_hello:
@@ -319,11 +362,13 @@ class MeshNode:
             if nb.damped_until is not None and now >= nb.damped_until:
                 nb.damped_until = None
                 self._update_cost(now, nb, out)
-        out.append(SetTimer(now + self._hello_period(), _TK_HELLO))
+            if nb.alive and now >= nb.next_probe:
+                self._probe_tick(now, nb, out)
+        out.append(SetTimer(now + self._hello_period(), MeshTimer.HELLO))
 
     def _update_cost(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         cost = nb.est.cost
-        if nb.damped_until is not None:
+        if nb.damped_until is not None or nb.mtu_low:
             cost = rt.INFINITY
         if cost >= rt.INFINITY:
             if self.router.link_cost(nb.name) < rt.INFINITY:
@@ -351,6 +396,9 @@ class MeshNode:
         nb.peer_boot = boot
         if not nb.alive and not nb.est.is_dead(now):
             nb.alive = True
+            nb.probe_id, nb.probe_misses = None, 0  # silence while dead proves nothing
+            nb.next_probe = now + 2 * self.config.hello_interval
+            out.append(LinkUp(nb.name))
             out.append(Event("neighbour_up", {"peer": nb.name}))
         # Refresh the router's cost at a bounded pace: the estimate moves a little on
         # every hello and the router would absorb most of it anyway. A link the router
@@ -368,16 +416,63 @@ class MeshNode:
         nb.est = lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
         if nb.alive:
             nb.alive = False
+            out.append(LinkDown(nb.name, LinkDownReason.RESTARTED))
             out.append(Event("neighbour_dead", {"peer": nb.name, "reason": "restarted"}))
         self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+
+    # -- path MTU ----------------------------------------------------------------------
+
+    def _probe_tick(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+        if nb.probe_id is not None:
+            # The last probe went unanswered while hellos kept arriving (the link is
+            # alive): the big frame, not the link, was lost, or ordinary loss took it.
+            nb.probe_misses += 1
+            if nb.probe_misses >= self._probe_misses_needed(nb) and not nb.mtu_low:
+                nb.mtu_low = True
+                self._count("link_mtu_low")
+                out.append(LinkDown(nb.name, LinkDownReason.MTU_LOW))
+                out.append(
+                    Event("link_mtu_low", {"peer": nb.name, "probed": self._link_payload_max})
+                )
+                self._update_cost(now, nb, out)
+        nb.probe_id = self._rng.getrandbits(32)  # matches acks to probes; not secret
+        if nb.mtu_low:
+            nb.next_probe = now + self.config.mtu_probe_interval
+        else:  # retry soon: misses must come in a row to mean anything
+            rtt = nb.est.rtt or 0.0
+            nb.next_probe = now + max(MTU_PROBE_TIMEOUT, 4.0 * rtt)
+        frame = _PROBE.pack(FRAME_PROBE, nb.probe_id)
+        self._link_send(now, nb.addr, frame.ljust(self._link_payload_max, b"\0"), out)
+
+    @staticmethod
+    def _probe_misses_needed(nb: _Neighbour) -> int:
+        # Ordinary loss takes a probe or its ack with probability ~2 * loss; ask for
+        # enough misses in a row that loss alone explains them less than once in 1e6.
+        p = min(0.5, max(0.01, 2.0 * nb.est.loss))
+        return max(MTU_PROBE_MISSES, min(12, math.ceil(math.log(1e-6) / math.log(p))))
+
+    def _on_probe_ack(self, now: float, nb: _Neighbour, frame: bytes, out: list[Action]) -> None:
+        if len(frame) != _PROBE_ACK.size:
+            self._count("bad_probe")
+            return
+        _, probe_id, size = _PROBE_ACK.unpack_from(frame)
+        if probe_id != nb.probe_id or size < self._link_payload_max:
+            return  # a stale ack, or one for a probe we did not send at full size
+        nb.probe_id = None
+        nb.probe_misses = 0
+        nb.next_probe = now + self.config.mtu_probe_interval
+        if nb.mtu_low:
+            nb.mtu_low = False
+            self._count("link_mtu_restored")
+            out.append(LinkUp(nb.name))
+            out.append(Event("link_mtu_restored", {"peer": nb.name}))
+            self._update_cost(now, nb, out)
 
     # -- frames ------------------------------------------------------------------------
 
     def _on_frame(self, now: float, peer: str, frame: bytes, out: list[Action]) -> None:
         if not frame:
             return  # keepalive
-        if self.frame_observer is not None:
-            self.frame_observer(peer, frame)
         nb = self._nbrs.get(peer)
         kind = frame[0]
         if kind == FRAME_HELLO:
@@ -392,18 +487,27 @@ class MeshNode:
             self._emit_routing(now, msgs, out)
         elif kind == FRAME_FORWARD:
             self._on_forward(now, frame, out)
+        elif kind == FRAME_PROBE:
+            if len(frame) < _PROBE.size:
+                self._count("bad_probe")
+                return
+            _, probe_id = _PROBE.unpack_from(frame)
+            ack = _PROBE_ACK.pack(FRAME_PROBE_ACK, probe_id, min(len(frame), 0xFFFF))
+            if nb is not None:
+                self._link_send(now, nb.addr, ack, out)
+        elif kind == FRAME_PROBE_ACK:
+            if nb is not None:
+                self._on_probe_ack(now, nb, frame, out)
         else:
             self._count("unknown_frame")
 
-    def _emit_routing(self, now: float, msgs: list[rt.Outgoing], out: list[Action]) -> None:
-        # Any router call may queue coalesced updates or seqno-request resends that are
-        # due before the timer we hold.
-        due = self.router.next_deadline()
-        if due < self._route_timer_at:
-            self._route_timer_at = due
-            out.append(SetTimer(due, _TK_ROUTE))
+    def _emit_routing(self, now: float, msgs: rt.RouterOutput, out: list[Action]) -> None:
         limit = self._link_payload_max - 1
         for m in msgs:
+            if type(m) is SetTimer:
+                out.append(m)
+                continue
+            assert type(m) is rt.Outgoing
             packets = rt.pack_tlvs(m.tlvs, limit)
             if m.to is None:
                 targets = [nb for nb in self._nbrs.values() if nb.alive]
@@ -412,13 +516,7 @@ class MeshNode:
                 targets = [nb] if nb is not None else []
             for nb in targets:
                 for p in packets:
-                    self._link_send(now, nb.addr, b"\x02" + p, out)
-
-    def _route_tick(self, now: float, out: list[Action]) -> None:
-        msgs, deadline = self.router.tick(now)
-        self._route_timer_at = deadline
-        out.append(SetTimer(deadline, _TK_ROUTE))
-        self._emit_routing(now, msgs, out)
+                    self._link_send(now, nb.addr, _ROUTING_PREFIX + p, out)
 
     # -- forwarding ----------------------------------------------------------------------
 
@@ -448,8 +546,6 @@ class MeshNode:
         if ttl <= 1:
             self._count("ttl_expired")
             return
-        if self.relay_tamper is not None:
-            inner = self.relay_tamper(inner)
         self._count("relayed")
         self._relay(now, dst, _FWD.pack(FRAME_FORWARD, ttl - 1, src, dst) + inner, out)
 
