@@ -179,6 +179,10 @@ class SecureEndpoint:
         """Force (True/False) or let the token bucket decide (None) whether mac2 is required."""
         self._responder.load.forced = value
 
+    def start(self, now: float) -> list[Action]:
+        """``sansio.Core``: an endpoint waits for ``connect``/``send``; nothing to start."""
+        return []
+
     def add_peer(
         self, addr: Addr, *, cert_der: bytes | None = None, expect_name: str | None = None
     ) -> None:

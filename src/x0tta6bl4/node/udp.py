@@ -7,27 +7,23 @@ expiries with ``now = loop.time()`` (monotonic) and carries out the actions it r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, cast
 
 import structlog
 
 from x0tta6bl4.sansio import (
     Action,
+    Core,
     Datagram,
     Deliver,
     Event,
-    Input,
     Send,
     SetTimer,
     Timer,
 )
 
 log = structlog.get_logger("x0tta6bl4.node.udp")
-
-
-class Core(Protocol):
-    def handle(self, now: float, inp: Input) -> list[Action]: ...
 
 
 class UdpRunner(asyncio.DatagramProtocol):
@@ -57,6 +53,7 @@ class UdpRunner(asyncio.DatagramProtocol):
         await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         assert self.transport is not None
         sockname: tuple[str, int] = self.transport.get_extra_info("sockname")[:2]
+        self.apply(self.core.start(self.now))  # the core's first timers and sends
         return sockname
 
     @property
@@ -88,12 +85,12 @@ class UdpRunner(asyncio.DatagramProtocol):
 
     # -- driving the core -----------------------------------------------------------------
 
-    def call(self, fn: Callable[[float], list[Action]]) -> None:
+    def call(self, fn: Callable[[float], Iterable[Action]]) -> None:
         """Run ``fn(now)`` (e.g. ``lambda now: endpoint.send(now, addr, b"hi")``) and
         carry out the actions it returns."""
         self.apply(fn(self.now))
 
-    def apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: Iterable[Action]) -> None:
         for a in actions:
             if isinstance(a, Send):
                 if self.transport is None:
