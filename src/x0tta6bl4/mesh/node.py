@@ -27,7 +27,10 @@ full-size frame vanished. Each live link is probed (PLPMTUD's idea) with a padde
 of the largest size the mesh sends; a link whose probes go unanswered while its hellos
 arrive is taken out of routing (``link_mtu_low``) until a probe gets through again.
 
-Application payloads travel as ``port u16 | payload`` inside an e2e session.
+Application payloads travel as ``port u16 | payload`` inside an e2e session. Port 0 is
+the mesh's own reachability probe (``probe``): ``kind u8 (1 request, 2 reply) | nonce
+u32``, answered by the destination's mesh layer, so "traffic flows to X" is something a
+node can verify end to end rather than infer from its routing table.
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ _FWD = struct.Struct(">BH8s8s")  # type, ttl, src, dst
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 _PROBE = struct.Struct(">BI")  # type, probe id
 _PROBE_ACK = struct.Struct(">BIH")  # type, probe id, probed size
+_ECHO = struct.Struct(">HBI")  # port 0, kind, nonce
+_ECHO_REQUEST: Final = 1
+_ECHO_REPLY: Final = 2
+ECHO_PORT: Final = 0
+MAX_VERIFIED: Final = 1024
+"""Destinations whose last verified delivery time a node remembers (oldest forgotten)."""
 FORWARD_OVERHEAD: Final = _FWD.size  # 19
 PORT_OVERHEAD: Final = 2
 MAX_ROUTE_HOPS: Final = (rt.INFINITY - 1) // lq.BASE_COST
@@ -219,6 +228,8 @@ class MeshNode:
         self.boot_id = rng.getrandbits(32)  # public in every hello, not secret: may be seeded
         self._hello_prefix = bytes((FRAME_HELLO,)) + _BOOT.pack(self.boot_id)
         self._routes_cache: dict[str, RouteObservation] | None = None
+        self._echo_pending: dict[str, int] = {}  # destination -> nonce of the last probe
+        self._verified: dict[str, float] = {}  # destination -> when an echo came back
 
     # -- helpers --------------------------------------------------------------------
 
@@ -276,8 +287,8 @@ class MeshNode:
     def _app_send(self, now: float, dst: str, port: int, payload: bytes, out: list[Action]) -> None:
         if len(payload) > self.max_app_payload:
             raise MessageTooLarge(len(payload), self.max_app_payload)
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port {port} out of range 0..65535")
+        if not 1 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} out of range 1..65535 (0 is the mesh's probe)")
         dst_id = node_id(dst)
         self._names[dst_id] = dst
         if dst_id == self.id:
@@ -301,7 +312,7 @@ class MeshNode:
                 if layer == _LINK:
                     self._on_frame(now, a.src, a.payload, out)
                 else:
-                    self._on_e2e_deliver(a, out)
+                    self._on_e2e_deliver(now, a, out)
             elif t is SetTimer:
                 out.append(a)  # typed ChannelTimer keys carry their endpoint's namespace
             elif t is Event:
@@ -309,12 +320,33 @@ class MeshNode:
             elif t is SessionUp and layer == _LINK:
                 self._on_link_up(now, a.peer, a.addr, out)
 
-    def _on_e2e_deliver(self, d: Deliver, out: list[Action]) -> None:
+    def _on_e2e_deliver(self, now: float, d: Deliver, out: list[Action]) -> None:
         if len(d.payload) < PORT_OVERHEAD:
             self._count("e2e_short_payload")
             return
         port = int.from_bytes(d.payload[:2], "big")
+        if port == ECHO_PORT:
+            self._on_echo(now, d.src, d.payload, out)
+            return
         out.append(Deliver(d.src, port, d.payload[2:]))
+
+    def _on_echo(self, now: float, src: str, payload: bytes, out: list[Action]) -> None:
+        if len(payload) != _ECHO.size:
+            self._count("bad_echo")
+            return
+        _, kind, nonce = _ECHO.unpack(payload)
+        if kind == _ECHO_REQUEST:
+            reply = _ECHO.pack(ECHO_PORT, _ECHO_REPLY, nonce)
+            self._wrap(now, _E2E, self.e2e.send(now, node_id(src), reply), out)
+        elif kind == _ECHO_REPLY and self._echo_pending.get(src) == nonce:
+            del self._echo_pending[src]
+            self._verified.pop(src, None)
+            self._verified[src] = now
+            if len(self._verified) > MAX_VERIFIED:
+                del self._verified[next(iter(self._verified))]
+            out.append(Event("probe_ok", {"dst": src}))
+        else:
+            self._count("stale_echo")
 
     # -- links and hellos -------------------------------------------------------------------
 
@@ -579,6 +611,7 @@ class MeshNode:
             cert_not_after=self._cert_not_after,
             wall_now=now + self._wall_offset,
             counters=dict(self.counters),
+            verified=dict(self._verified),
         )
 
     def _route_view(self) -> dict[str, RouteObservation]:
@@ -640,6 +673,22 @@ class MeshNode:
         if nb is not None:
             nb.damped_until = until
             self._update_cost(now, nb, out)
+        return out
+
+    def probe(self, now: float, dst: str) -> list[Action]:
+        """Send a reachability probe to ``dst``; its echo shows in ``observe().verified``."""
+        out: list[Action] = []
+        if dst == self.name:
+            return out
+        nonce = self._rng.getrandbits(32)  # matches the echo to this probe; not secret
+        self._echo_pending[dst] = nonce
+        if len(self._echo_pending) > MAX_VERIFIED:
+            del self._echo_pending[next(iter(self._echo_pending))]
+        dst_id = node_id(dst)
+        self._names[dst_id] = dst
+        self.e2e.add_peer(dst_id)
+        request = _ECHO.pack(ECHO_PORT, _ECHO_REQUEST, nonce)
+        self._wrap(now, _E2E, self.e2e.send(now, dst_id, request), out)
         return out
 
     def request_renewal(self, now: float) -> list[Action]:

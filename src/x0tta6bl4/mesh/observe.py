@@ -50,6 +50,8 @@ class NodeObservation:
     cert_not_after: float  # wall-clock POSIX seconds
     wall_now: float
     counters: Mapping[str, int] = field(default_factory=dict)
+    # destination -> monotonic time its last reachability probe was answered end to end
+    verified: Mapping[str, float] = field(default_factory=dict)
 
 
 class HealableNode(Protocol):
@@ -73,6 +75,11 @@ class HealableNode(Protocol):
 
     def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
         """Hold the link out of routing until ``until`` (None lifts the damping)."""
+        ...
+
+    def probe(self, now: float, dst: str) -> list[Action]:
+        """Send an end-to-end reachability probe to ``dst``; the answer's arrival time
+        shows in ``NodeObservation.verified[dst]``."""
         ...
 
     def request_renewal(self, now: float) -> list[Action]:
