@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
+from collections import deque
+from typing import Any
+
 from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.sansio import Action, Event, Input, SetTimer
 
 
 def link(peer: str, *, alive: bool = True, **kw: object) -> LinkObservation:
@@ -40,3 +46,87 @@ def obs(
         cert_not_after=not_after,
         wall_now=wall + now,
     )
+
+
+class HelloLoss:
+    """A neighbour's hellos every ``interval`` seconds, each lost with probability
+    ``loss`` (from a seeded RNG), and the loss the link estimator reports for them: the
+    fraction lost among the last ``window`` hellos (16, so in steps of 1/16)."""
+
+    def __init__(self, seed: int, loss: float, *, window: int = 16, interval: float = 0.1):
+        self.rng = random.Random(seed)
+        self.loss = loss
+        self.window = window
+        self.interval = interval
+        self.history: deque[bool] = deque(maxlen=window)  # True: lost
+        self.sent = 0
+
+    def at(self, now: float) -> float:
+        """The reported loss at ``now`` (hellos are sent at interval, 2*interval, ...)."""
+        while (self.sent + 1) * self.interval <= now + 1e-9:
+            self.sent += 1
+            self.history.append(self.rng.random() < self.loss)
+        return sum(self.history) / len(self.history) if self.history else 0.0
+
+
+class RecordingNode:
+    """A scripted HealableNode (and sans-IO core): the test sets what ``observe``
+    returns and reads back every call the loop made."""
+
+    def __init__(self, name: str = "A") -> None:
+        self.name = name
+        self.links: dict[str, LinkObservation] = {}
+        self.routes: dict[str, RouteObservation] = {}
+        self.not_after = 1e12
+        self.wall_offset = 1e6
+        self.calls: list[tuple[Any, ...]] = []
+        self.inputs: list[Input] = []
+        self.refuse: dict[str, Exception] = {}
+
+    def set(self, links: list[LinkObservation], routes: list[RouteObservation]) -> None:
+        # damping the node was told about stays visible, as on a real node
+        damped = {p: lo.damped_until for p, lo in self.links.items()}
+        self.links = {
+            lo.peer: dataclasses.replace(lo, damped_until=lo.damped_until or damped.get(lo.peer))
+            for lo in links
+        }
+        self.routes = {r.dst: r for r in routes}
+
+    def observe(self, now: float) -> NodeObservation:
+        return NodeObservation(
+            now, self.name, dict(self.links), dict(self.routes), self.not_after, now + 1e6
+        )
+
+    def _record(self, *call: object) -> list[Action]:
+        self.calls.append(call)
+        exc = self.refuse.get(str(call[0]))
+        if exc is not None:
+            raise exc
+        return []
+
+    def set_link_penalty(self, now: float, peer: str, factor: float) -> list[Action]:
+        return self._record("set_link_penalty", now, peer, factor)
+
+    def drop_neighbour(self, now: float, peer: str) -> list[Action]:
+        return self._record("drop_neighbour", now, peer)
+
+    def reconnect(self, now: float, peer: str) -> list[Action]:
+        return self._record("reconnect", now, peer)
+
+    def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
+        if peer in self.links:
+            self.links[peer] = dataclasses.replace(self.links[peer], damped_until=until)
+        return self._record("damp_link", now, peer, until)
+
+    def request_renewal(self, now: float) -> list[Action]:
+        return [*self._record("request_renewal", now), Event("renewal_requested", {})]
+
+    def start(self, now: float) -> list[Action]:
+        return [SetTimer(now + 1.0, ("hello",))]
+
+    def handle(self, now: float, inp: Input) -> list[Action]:
+        self.inputs.append(inp)
+        return [Event("handled", {})]
+
+    def called(self, method: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == method]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import random
-from typing import Any
 
 import pytest
-from healing_fixtures import link, route
+from healing_fixtures import RecordingNode, link, route
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,71 +22,17 @@ from x0tta6bl4.healing import (
     HealingNode,
     RuntimeStats,
 )
-from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
-from x0tta6bl4.sansio import Action, Datagram, Event, Input, SetTimer, Timer
-
-
-class RecordingNode:
-    """A scripted HealableNode (and sans-IO core): the test sets what ``observe``
-    returns and reads back every call the loop made."""
-
-    def __init__(self, name: str = "A") -> None:
-        self.name = name
-        self.links: dict[str, LinkObservation] = {}
-        self.routes: dict[str, RouteObservation] = {}
-        self.not_after = 1e12
-        self.wall_offset = 1e6
-        self.calls: list[tuple[Any, ...]] = []
-        self.inputs: list[Input] = []
-        self.refuse: dict[str, Exception] = {}
-
-    def set(self, links: list[LinkObservation], routes: list[RouteObservation]) -> None:
-        # damping the node was told about stays visible, as on a real node
-        damped = {p: lo.damped_until for p, lo in self.links.items()}
-        self.links = {
-            lo.peer: dataclasses.replace(lo, damped_until=lo.damped_until or damped.get(lo.peer))
-            for lo in links
-        }
-        self.routes = {r.dst: r for r in routes}
-
-    def observe(self, now: float) -> NodeObservation:
-        return NodeObservation(
-            now, self.name, dict(self.links), dict(self.routes), self.not_after, now + 1e6
-        )
-
-    def _record(self, *call: object) -> list[Action]:
-        self.calls.append(call)
-        exc = self.refuse.get(str(call[0]))
-        if exc is not None:
-            raise exc
-        return []
-
-    def set_link_penalty(self, now: float, peer: str, factor: float) -> list[Action]:
-        return self._record("set_link_penalty", now, peer, factor)
-
-    def drop_neighbour(self, now: float, peer: str) -> list[Action]:
-        return self._record("drop_neighbour", now, peer)
-
-    def reconnect(self, now: float, peer: str) -> list[Action]:
-        return self._record("reconnect", now, peer)
-
-    def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
-        if peer in self.links:
-            self.links[peer] = dataclasses.replace(self.links[peer], damped_until=until)
-        return self._record("damp_link", now, peer, until)
-
-    def request_renewal(self, now: float) -> list[Action]:
-        return [*self._record("request_renewal", now), Event("renewal_requested", {})]
-
-    def start(self, now: float) -> list[Action]:
-        return [SetTimer(now + 1.0, ("hello",))]
-
-    def handle(self, now: float, inp: Input) -> list[Action]:
-        self.inputs.append(inp)
-        return [Event("handled", {})]
-
-    def called(self, method: str) -> list[tuple[Any, ...]]:
-        return [c for c in self.calls if c[0] == method]
+from x0tta6bl4.mesh.observe import LinkObservation, RouteObservation
+from x0tta6bl4.sansio import (
+    Action,
+    Datagram,
+    Event,
+    Input,
+    LinkDown,
+    LinkDownReason,
+    SetTimer,
+    Timer,
+)
 
 
 def make(seed: int = 1, **cfg: object) -> tuple[RecordingNode, HealingLoop, list[HealingEvent]]:
@@ -173,18 +117,29 @@ def test_slowly_worsening_link_gets_its_cost_raised_before_it_dies() -> None:
     assert [c[3] for c in node.called("set_link_penalty")].count(1.0) == 1
 
 
-def test_flapping_link_damped_with_growing_hold_down() -> None:
-    node, loop, events = make(damp_hold=1.0, flap_window=5.0, damp_forget=600.0)
+def test_flapping_link_damped_and_held_while_it_flaps() -> None:
+    node, loop, events = make(flap_window=5.0)
+    lapses = []
     for i in range(400):
         alive = (i // 3) % 2 == 0  # B flips every 0.3 s for 40 s
-        hop = "B" if alive else "E"
+        now = round(i * 0.1, 6)
+        until = node.links["B"].damped_until if "B" in node.links else None
+        if node.called("damp_link") and (until is None or until <= now):
+            lapses.append(now)
+        hop = "B" if alive and not node.called("damp_link") else "E"
         node.set([link("B", alive=alive), link("E")], [route("B", hop, i // 3), route("E", "E")])
-        loop.cycle(round(i * 0.1, 6))
-    holds = [round(c[3] - c[1], 6) for c in node.called("damp_link")]
-    assert holds[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
-    assert all(a <= b for a, b in itertools.pairwise(holds))
-    flaps = [e for e in events if e.kind == "flapping_link"]
-    assert flaps and {e.action for e in flaps} == {"damp"}
+        loop.cycle(now)
+    calls = node.called("damp_link")
+    assert calls[0][1] < 2.0  # four transitions in 0.9 s reach the cut-off (3)
+    assert lapses == []  # each flap extended the hold; it never ran out while flapping
+    untils = [c[3] for c in calls]
+    assert all(a < b for a, b in itertools.pairwise(untils))
+    # flapping this fast for 40 s: held until damp_hold_max after the last flap at most
+    assert untils[-1] <= 40.0 + loop.config.damp_hold_max
+    flaps = [e for e in events if e.kind == "flapping_link"] + [
+        i for i in loop.open_incidents if i.kind is FaultKind.FLAPPING_LINK
+    ]
+    assert flaps
 
 
 def test_partition_detected_rehandshakes_and_repairs() -> None:
@@ -368,7 +323,29 @@ class _DyingLinkNode(RecordingNode):
 
     def handle(self, now: float, inp: Input) -> list[Action]:
         self.inputs.append(inp)
+        return [LinkDown("B", LinkDownReason.DEAD), Event("neighbour_dead", {"peer": "B"})]
+
+
+class _TracingOnlyNode(RecordingNode):
+    """Emits the trace record of a neighbour death but no control action."""
+
+    def handle(self, now: float, inp: Input) -> list[Action]:
+        self.inputs.append(inp)
         return [Event("neighbour_dead", {"peer": "B"})]
+
+
+def test_a_trace_event_alone_decides_nothing() -> None:
+    # The trace is for people and tools; only typed control actions drive the loop.
+    node = _TracingOnlyNode()
+    loop = HealingLoop(node, rng=random.Random(0))
+    core = HealingNode(node, loop)
+    core.start(0.0)
+    node.set([link("B")], [route("X", "B")])
+    core.handle(0.5, Timer(TIMER_KEY))
+    node.set([link("B", alive=False)], [])
+    out = core.handle(0.7, Timer(("hello",)))
+    assert core.open_incidents == () and node.called("drop_neighbour") == []
+    assert not any(isinstance(a, SetTimer) and a.key == TIMER_KEY for a in out)
 
 
 def test_a_link_event_runs_a_cycle_at_once_and_speeds_up_the_timer() -> None:

@@ -150,19 +150,39 @@ def test_dead_link_resets_its_score() -> None:
     m = monitor()
     for i in range(30):
         m.update(obs(i * 0.1, [link("B", loss=0.0)]))
-    m.update(obs(3.0, [link("B", loss=0.4)]))
-    assert m.knowledge.links["B"].anomaly > 0
-    snap = m.update(obs(3.1, [link("B", alive=False, loss=1.0)]))
-    assert snap.links["B"].anomaly == 0.0 and snap.links["B"].pressure == 0.0
+    for i in range(10):
+        snap = m.update(obs(3.0 + i * 0.1, [link("B", loss=0.5)]))
+    b = snap.links["B"]
+    assert b.loss_evidence > 0 and b.pressure > 0 and b.degrading_since is not None
+    evidence = b.loss_evidence
+    snap = m.update(obs(4.0, [link("B", alive=False, loss=1.0)]))
+    b = snap.links["B"]
+    assert b.anomaly == 0.0 and b.pressure == 0.0 and b.degrading_since is None
+    # the evidence is kept for when it is back (and not fed by the dead link's 100 %)
+    assert b.loss_evidence == evidence
+
+
+def test_loss_evidence_accumulates_per_hello_not_per_report() -> None:
+    # The same 50 % loss seen every 1 s or every 0.05 s is the same number of hellos:
+    # the evidence after 2 s is the same, however often the loop looked.
+    ev = []
+    for dt in (1.0, 0.1, 0.05):
+        m = monitor()
+        m.update(obs(0.0, [link("B", loss=0.0)]))
+        for i in range(1, round(2.0 / dt) + 1):
+            snap = m.update(obs(round(i * dt, 6), [link("B", loss=0.5)]))
+        ev.append(snap.links["B"].loss_evidence)
+    assert ev[0] == pytest.approx(ev[1]) and ev[1] == pytest.approx(ev[2])
+    assert 0 < ev[0] < m.config.loss_evidence_max
 
 
 def test_lossy_link_threshold_adapts_up_within_bounds() -> None:
     m = monitor(degraded_loss_max=0.3, degraded_rtt_max=1.0)
-    for i in range(500):
-        m.update(obs(i * 0.1, [link("B", loss=0.15, rtt=0.4)]))
+    for i in range(300):  # five minutes at the idle pace (thresholds adapt per second)
+        m.update(obs(float(i), [link("B", loss=0.15, rtt=0.4)]))
     lk = m.knowledge.links["B"]
     cfg = m.config
-    assert lk.loss_threshold == pytest.approx(0.25)  # its normal 0.15 + margin 0.1
+    assert lk.loss_threshold == pytest.approx(0.25, abs=1e-4)  # its normal 0.15 + 0.1
     assert lk.rtt_threshold == pytest.approx(cfg.degraded_rtt_max)  # 0.4 * 3 + 0.05, clamped
 
 
@@ -188,7 +208,7 @@ def test_helpers() -> None:
     base = EwmaBaseline()
     assert base.z(1.0, 0.5) == 2.0  # mean 0, sigma floored
     for x in (1.0, 3.0):
-        base.update(x, 0.01)
+        base.update(x, 0.01, 20)
     assert base.mean == 2.0  # cumulative mean at first
     assert base.z(0.0, 0.1) == 0.0  # one-sided
     from collections import deque
@@ -205,7 +225,13 @@ def test_helpers() -> None:
         {"anomaly_alpha": 2.0},
         {"cert_renew_fraction": 1.0},
         {"recover_ratio": 0.0},
-        {"damp_backoff": 0.5},
+        {"cost_dwell_backoff": 0.5},
+        {"cost_dwell": 100.0},
+        {"damp_reuse": 5.0},
+        {"damp_half_life": 0.0},
+        {"loss_shift": 0.6},
+        {"loss_evidence": 20.0},
+        {"hello_interval": 0.0},
         {"reconnect_jitter": 1.0},
         {"flap_window": math.nan},
         {"degraded_loss_min": 0.0, "degraded_loss": 0.0},

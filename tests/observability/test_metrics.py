@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from x0tta6bl4.healing import HealingEvent, HealingLoop
+from x0tta6bl4.healing import ActionKind, HealingEvent, HealingLoop
 from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
 from x0tta6bl4.observability import metrics as m
 from x0tta6bl4.observability.logging import configure_logging
@@ -46,7 +46,15 @@ def test_recording_an_event_increments_counter_and_histograms() -> None:
     mttr_sum = value("x0tta6bl4_self_healing_mttr_seconds_sum")
     mttd_n = value("x0tta6bl4_self_healing_mttd_seconds_count")
     le_1 = value("x0tta6bl4_self_healing_mttr_seconds_bucket", {"le": "1.0"})
-    event = HealingEvent("dead_neighbour", "B", 10.0, "reroute+rehandshake", 10.75, "repaired", 9.5)
+    event = HealingEvent(
+        "dead_neighbour",
+        "B",
+        10.0,
+        (ActionKind.REROUTE, ActionKind.REHANDSHAKE),
+        10.75,
+        "repaired",
+        9.5,
+    )
     m.record_self_healing_event(event)
     assert value("x0tta6bl4_self_healing_events_total", labels) == before + 1
     assert value("x0tta6bl4_self_healing_mttr_seconds_count") == mttr_n + 1
@@ -60,7 +68,7 @@ def test_failed_event_has_no_mttr_observation() -> None:
     before = value("x0tta6bl4_self_healing_events_total", labels)
     mttr_n = value("x0tta6bl4_self_healing_mttr_seconds_count")
     mttd_n = value("x0tta6bl4_self_healing_mttd_seconds_count")
-    m.record_self_healing_event(HealingEvent("partition", "A", 1.0, "wait", None, "failed"))
+    m.record_self_healing_event(HealingEvent("partition", "A", 1.0, (), None, "failed"))
     assert value("x0tta6bl4_self_healing_events_total", labels) == before + 1
     assert value("x0tta6bl4_self_healing_mttr_seconds_count") == mttr_n
     assert value("x0tta6bl4_self_healing_mttd_seconds_count") == mttd_n

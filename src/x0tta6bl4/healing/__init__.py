@@ -34,6 +34,7 @@ from x0tta6bl4.healing.loop import (
     DrivableNode,
     HealingLoop,
     HealingNode,
+    HealingTimer,
     event_fields,
 )
 from x0tta6bl4.healing.monitor import LinkFeatures, Monitor, RouteFlap, Snapshot
@@ -55,6 +56,7 @@ __all__ = [
     "HealingEvent",
     "HealingLoop",
     "HealingNode",
+    "HealingTimer",
     "Incident",
     "IncidentKey",
     "Knowledge",

@@ -31,12 +31,17 @@ def _flapping(snap: Snapshot, knowledge: Knowledge) -> dict[str, Finding]:
     since = snap.now - config.flap_window
     found: dict[str, Finding] = {}
     for peer, lf in snap.links.items():
-        if lf.alive_transitions >= config.link_flap_threshold:
-            lk = knowledge.links[peer]
+        # RFC 2439: suppressed from the cut-off, and still flapping while held down
+        # until the merit has decayed to the reuse level (the hold-down's end).
+        merit = lf.flap_merit
+        if merit < config.damp_reuse:
+            continue
+        lk = knowledge.links[peer]
+        if merit >= config.damp_suppress or lk.damped_at(snap.now):
             found[peer] = Finding(
                 FaultKind.FLAPPING_LINK,
                 peer,
-                severity=lf.alive_transitions / config.link_flap_threshold,
+                severity=merit / config.damp_suppress,
                 fault_started_at=_first_since(lk.alive_changes, since),
             )
     for dst, flap in snap.route_flaps.items():
@@ -123,7 +128,9 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
                     Finding(
                         FaultKind.DEGRADED_LINK,
                         peer,
-                        severity=lf.pressure,
+                        # pressure decides (loss only on enough evidence), severity says
+                        # how bad (the smoothed loss level, RTT) and sizes the penalty
+                        severity=max(1.0, lf.severity),
                         fault_started_at=lf.degrading_since,
                     )
                 )

@@ -35,7 +35,7 @@ class Outcome(enum.StrEnum):
 
 
 NO_ACTION = "wait"
-"""``HealingEvent.action`` of an incident closed without any action executed for it."""
+"""``HealingEvent.action`` label of an incident closed without any action executed for it."""
 
 IncidentKey = tuple[FaultKind, str]
 """``(kind, subject)``: at most one open incident per key."""
@@ -45,8 +45,9 @@ IncidentKey = tuple[FaultKind, str]
 class HealingEvent:
     """One finished incident: what broke, what we did, and when it was measured repaired.
 
-    ``action`` is the executed action kinds joined by ``+`` in execution order
-    (e.g. ``reroute+rehandshake``), or ``wait``. ``repaired_at`` is set only when the
+    ``actions`` are the executed action kinds in execution order; ``action`` is their
+    display label (``reroute+rehandshake``, or ``wait`` for none), for tables and metric
+    labels only: decisions use ``actions``. ``repaired_at`` is set only when the
     outcome is ``repaired``: a repair is a later observation in which the repair
     condition held, never the moment an action was sent.
     """
@@ -54,10 +55,14 @@ class HealingEvent:
     kind: str
     subject: str
     detected_at: float
-    action: str
+    actions: tuple[ActionKind, ...]
     repaired_at: float | None
     outcome: str
     fault_started_at: float | None = None
+
+    @property
+    def action(self) -> str:
+        return "+".join(self.actions) if self.actions else NO_ACTION
 
     @property
     def mttr(self) -> float | None:

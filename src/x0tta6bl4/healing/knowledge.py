@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 from x0tta6bl4.healing.events import (
-    NO_ACTION,
     ActionKind,
     FaultKind,
     Finding,
@@ -23,6 +22,7 @@ from x0tta6bl4.healing.events import (
     Outcome,
     PlannedAction,
 )
+from x0tta6bl4.routing import linkquality as lq
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,45 +40,67 @@ class HealingConfig:
     max_peers: int = 1024  # links remembered (LRU beyond that)
     event_history: int = 4096  # finished HealingEvents kept
     forget_after: float = 600.0  # a link absent from observations this long is forgotten
-    # -- degraded link: absolute thresholds, adapted per link within [min, max]
+    # -- what a link's reported loss means (the link estimator's constants): turns the
+    # time between two observations into the number of hellos they cover
+    hello_interval: float = lq.HELLO_INTERVAL  # seconds between a neighbour's hellos
+    loss_window: int = lq.HISTORY_LEN  # hellos each reported loss fraction is taken over
+    # -- degraded link: per-link loss threshold p0 (the most loss still normal for it),
+    # adapted toward the link's own baseline + margin within [min, max]
     degraded_loss: float = 0.2
     degraded_loss_min: float = 0.05
     degraded_loss_max: float = 0.5
     loss_margin: float = 0.1  # adapted loss threshold = baseline loss + margin
+    # Loss is judged by a sequential test (Page's CUSUM of the log-likelihood ratio, in
+    # nats) of "loss = p0" against "loss = p0 + loss_shift", over hellos accumulated
+    # across observations: a 16-hello window (1/16 steps) cannot tell 3 % from 10 %.
+    loss_shift: float = 0.2  # fraction of hellos lost above p0 that the test looks for
+    loss_evidence: float = 4.6  # nats to call a link degraded (ln 100: odds of 100 to 1)
+    loss_evidence_max: float = 9.2  # nats, cap on the evidence; bounds the recovery time
+    loss_level_time: float = 2.0  # seconds, time constant of the loss level (severity)
     degraded_rtt: float = 0.5
     degraded_rtt_min: float = 0.05
     degraded_rtt_max: float = 2.0
     rtt_factor: float = 3.0  # adapted RTT threshold = baseline * factor + margin
     rtt_margin: float = 0.05
-    threshold_adapt_rate: float = 0.05  # fraction of the gap closed per cycle
-    # -- degraded link: anomaly score (EWMA of a one-sided z-score against the baseline)
+    threshold_adapt_rate: float = 0.05  # fraction of the gap closed per cycle_interval
+    # -- degraded link: RTT anomaly score (EWMA of a one-sided z-score against the baseline)
     anomaly_threshold: float = 3.0
     anomaly_alpha: float = 0.2
-    baseline_alpha: float = 0.02
+    baseline_alpha: float = 0.02  # a sample's weight in the baselines, per cycle_interval
     baseline_min_samples: int = 20  # no score, no adaptation before this many samples
     baseline_gate: float = 1.0  # above this score the baseline learns only slowly...
     baseline_slow_factor: float = 0.1  # ...at baseline_alpha times this
-    # the floors keep a perfectly steady link from calling one lost hello (1/16) or a
-    # few ms of RTT noise an anomaly
-    loss_sigma_floor: float = 0.05
+    # the floors keep a perfectly steady link from calling a few ms of RTT noise an anomaly
     rtt_sigma_floor: float = 0.005
     rtt_sigma_floor_ratio: float = 0.25  # of the baseline RTT
     onset_ratio: float = 0.34  # pressure (1.0 = threshold) that marks a degradation's start
     # A link back from the dead still reports the outage in its hello history (16 hellos
     # at 0.1 s): no degradation verdict, and no baseline learning, for this long.
     revive_grace: float = 2.0
-    recover_ratio: float = 0.7  # degraded until severity falls below this (hysteresis)
+    recover_ratio: float = 0.7  # degraded until pressure falls below this (hysteresis)
     penalty_max: float = 16.0  # largest cost factor; factors are powers of two
+    # A link's cost (penalty) changes at most once per dwell (seconds); the dwell is
+    # multiplied by the backoff each time a penalty comes back soon after it was lifted
+    # (an oscillating link), up to the max, and starts over once the cost has held still
+    # for cost_dwell_reset seconds.
+    cost_dwell: float = 5.0  # seconds, the first dwell
+    cost_dwell_backoff: float = 2.0  # factor per oscillation
+    cost_dwell_max: float = 80.0  # seconds
+    cost_dwell_reset: float = 120.0  # seconds
     # -- flapping
-    flap_window: float = 10.0
-    link_flap_threshold: int = 4  # alive transitions within the window
+    flap_window: float = 10.0  # route next-hop changes and link transitions counted over this
     route_flap_threshold: int = 4  # next-hop changes of one route within the window
     route_flap_min_link_score: int = 5  # local instability needed to blame a next hop
     cost_change_ratio: float = 0.25  # base-cost steps this large count as instability
-    damp_hold: float = 4.0  # first hold-down...
-    damp_backoff: float = 2.0  # ...multiplied by this for each further episode...
-    damp_hold_max: float = 120.0  # ...up to this
-    damp_forget: float = 300.0  # episodes are forgotten after this long undamped
+    # Damping (RFC 2439's figure of merit): each alive transition (down or up) adds 1 to
+    # the link's merit, which halves every damp_half_life seconds. A link is suppressed
+    # (held out of routing) once its merit reaches damp_suppress, and reused when it has
+    # decayed to damp_reuse; a flap while held adds merit and so extends the hold. The
+    # merit is capped so a hold ends at most damp_hold_max seconds after the last flap.
+    damp_half_life: float = 10.0  # seconds
+    damp_suppress: float = 3.0  # merit (alive transitions): two outages in a few seconds
+    damp_reuse: float = 1.5  # merit (alive transitions)
+    damp_hold_max: float = 30.0  # seconds after the last flap
     # -- dead neighbour, handshakes
     reconnect_base: float = 0.5
     reconnect_max: float = 10.0
@@ -128,8 +150,22 @@ class HealingConfig:
         for name in ("anomaly_alpha", "baseline_alpha", "threshold_adapt_rate"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"HealingConfig.{name} must be in (0, 1]")
-        if self.damp_backoff < 1 or self.penalty_max < 2:
-            raise ValueError("HealingConfig needs damp_backoff >= 1 and penalty_max >= 2")
+        if self.penalty_max < 2:
+            raise ValueError("HealingConfig.penalty_max must be >= 2")
+        if min(self.hello_interval, self.loss_window, self.loss_level_time) <= 0:
+            raise ValueError("HealingConfig hello_interval, loss_window, loss_level_time > 0")
+        if not 0 < self.loss_shift < 1 - self.degraded_loss_max:
+            raise ValueError("HealingConfig needs 0 < loss_shift < 1 - degraded_loss_max")
+        if not 0 < self.loss_evidence <= self.loss_evidence_max:
+            raise ValueError("HealingConfig needs 0 < loss_evidence <= loss_evidence_max")
+        if self.cost_dwell_backoff < 1:
+            raise ValueError("HealingConfig.cost_dwell_backoff must be >= 1")
+        if not self.cost_dwell <= self.cost_dwell_max <= self.cost_dwell_reset:
+            raise ValueError("HealingConfig needs cost_dwell <= cost_dwell_max <= cost_dwell_reset")
+        if min(self.damp_half_life, self.damp_hold_max) <= 0:
+            raise ValueError("HealingConfig damp_half_life and damp_hold_max must be > 0")
+        if not 0 < self.damp_reuse < self.damp_suppress:
+            raise ValueError("HealingConfig needs 0 < damp_reuse < damp_suppress")
         if self.reconnect_jitter >= 1:
             raise ValueError("HealingConfig.reconnect_jitter must be < 1")
 
@@ -151,8 +187,10 @@ def count_since(stamps: deque[float], since: float) -> int:
 class EwmaBaseline:
     """Exponentially weighted mean and variance of a link metric (its "normal").
 
-    The first samples use a cumulative mean (weight 1/n) so the baseline settles
-    quickly, then the fixed ``alpha`` takes over.
+    The first ``warmup`` samples use a cumulative mean (weight 1/n) so the baseline
+    settles quickly, then ``alpha`` takes over (however small the caller makes it:
+    it scales with the time between samples, and a 1/n phase that lasted until 1/n fell
+    below it would learn a creeping degradation as fast as the first samples).
     """
 
     __slots__ = ("mean", "n", "var")
@@ -162,9 +200,9 @@ class EwmaBaseline:
         self.var = 0.0
         self.n = 0
 
-    def update(self, x: float, alpha: float) -> None:
+    def update(self, x: float, alpha: float, warmup: int) -> None:
         self.n += 1
-        a = max(alpha, 1.0 / self.n)
+        a = max(alpha, 1.0 / self.n) if self.n <= warmup else alpha
         d = x - self.mean
         self.mean += a * d
         self.var = (1.0 - a) * (self.var + a * d * d)
@@ -207,49 +245,85 @@ class LinkKnowledge:
         self.reachable_when_alive: frozenset[str] = frozenset()
         self.loss_base = EwmaBaseline()
         self.rtt_base = EwmaBaseline()
-        self.loss_score = 0.0
         self.rtt_score = 0.0
+        # loss evidence: CUSUM of the log-likelihood ratio (nats), its verdict, and a
+        # smoothed loss level (None until the first sample) for the severity
+        self.loss_llr = 0.0
+        self.loss_degraded = False
+        self.loss_level: float | None = None
+        self.loss_at: float | None = None  # when the evidence last took in hellos
         self.degrading_since: float | None = None
         self.pressure = 0.0  # of the latest sample; 0 while the link is dead
+        self.severity = 0.0  # how far past its thresholds the link is (1.0 = at one)
         self.loss_threshold = config.degraded_loss
         self.rtt_threshold = config.degraded_rtt
         # healing state, written when actions are executed
         self.reconnect_attempts = 0
         self.reconnect_next_at: float | None = None
         self.penalty = 1.0
+        self.cost_changed_at: float | None = None  # last executed cost change
+        self.cost_lifted_at: float | None = None  # last executed lift
+        self.cost_dwell = config.cost_dwell  # current minimum time between cost changes
         self.damped_until: float | None = None
-        self.damp_episodes = 0
+        self.flap_merit = 0.0  # RFC 2439 figure of merit, as of merit_at
+        self.merit_at = 0.0
 
-    def episodes_at(self, now: float, config: HealingConfig) -> int:
-        """Damping episodes that still count: forgotten after a long quiet spell."""
-        if self.damped_until is not None and now - self.damped_until > config.damp_forget:
-            return 0
-        return self.damp_episodes
+    def merit(self, now: float, config: HealingConfig) -> float:
+        """The flap merit decayed to ``now`` (halves every ``damp_half_life``)."""
+        if self.flap_merit == 0.0:
+            return 0.0
+        decay: float = 2.0 ** (-(now - self.merit_at) / config.damp_half_life)
+        return self.flap_merit * decay
+
+    def add_merit(self, now: float, amount: float, config: HealingConfig) -> None:
+        # The ceiling is the merit that decays to reuse in exactly damp_hold_max: no
+        # hold lasts longer than that after the last flap, however long the link flapped.
+        ceiling = config.damp_reuse * 2.0 ** (config.damp_hold_max / config.damp_half_life)
+        self.flap_merit = min(ceiling, self.merit(now, config) + amount)
+        self.merit_at = now
+
+    def reuse_at(self, config: HealingConfig) -> float:
+        """When the merit will have decayed to ``damp_reuse`` if the link flaps no more."""
+        if self.flap_merit <= config.damp_reuse:
+            return self.merit_at
+        return self.merit_at + config.damp_half_life * math.log2(
+            self.flap_merit / config.damp_reuse
+        )
+
+    def cost_change_due(self, now: float) -> bool:
+        """May the link's cost change now (its dwell since the last change is over)?"""
+        return self.cost_changed_at is None or now - self.cost_changed_at >= self.cost_dwell
 
     def damped_at(self, now: float) -> bool:
         return self.damped_until is not None and self.damped_until > now
 
     @property
     def anomaly(self) -> float:
-        return max(self.loss_score, self.rtt_score)
+        return self.rtt_score
 
-    def adapt_thresholds(self, config: HealingConfig) -> None:
-        """Move thresholds toward this link's own baseline + margin, clamped.
+    def adapt_thresholds(
+        self, config: HealingConfig, rate: float, *, loss: bool, rtt: bool
+    ) -> None:
+        """Move the ``loss`` and/or ``rtt`` threshold toward this link's own baseline +
+        margin, clamped; ``rate`` is the fraction of the gap closed now
+        (``threshold_adapt_rate`` per cycle_interval).
 
         A link that is normally lossy gets a looser loss threshold (so it is not
         penalised forever) and a clean one a tighter threshold, never outside bounds.
         """
-        if self.loss_base.n >= config.baseline_min_samples:
+        if loss and self.loss_base.n >= config.baseline_min_samples:
             target = self.loss_base.mean + config.loss_margin
             self.loss_threshold = clamp(
-                self.loss_threshold + config.threshold_adapt_rate * (target - self.loss_threshold),
+                self.loss_threshold + rate * (target - self.loss_threshold),
                 config.degraded_loss_min,
                 config.degraded_loss_max,
             )
+        if not rtt:
+            return
         if self.rtt_base.n >= config.baseline_min_samples:
             target = self.rtt_base.mean * config.rtt_factor + config.rtt_margin
             self.rtt_threshold = clamp(
-                self.rtt_threshold + config.threshold_adapt_rate * (target - self.rtt_threshold),
+                self.rtt_threshold + rate * (target - self.rtt_threshold),
                 config.degraded_rtt_min,
                 config.degraded_rtt_max,
             )
@@ -310,10 +384,6 @@ class Incident:
     @property
     def key(self) -> IncidentKey:
         return (self.kind, self.subject)
-
-    @property
-    def action_label(self) -> str:
-        return "+".join(self.actions) if self.actions else NO_ACTION
 
 
 @dataclass(slots=True)
@@ -381,10 +451,34 @@ class Knowledge:
             lk.reconnect_attempts += 1
             lk.reconnect_next_at = action.retry_at
         elif kind in (ActionKind.RAISE_COST, ActionKind.LIFT_COST):
-            lk.penalty = action.factor if action.factor is not None else 1.0
+            self._cost_changed(now, lk, action)
         elif kind is ActionKind.DAMP:
-            lk.damp_episodes = lk.episodes_at(now, self.config) + 1
             lk.damped_until = action.until
+            if action.until is not None and action.until > lk.reuse_at(self.config):
+                # Held longer than the merit alone asks (a route flap blamed on the
+                # link): the merit becomes the one whose reuse time is the hold's end.
+                lk.flap_merit = self.config.damp_reuse * 2.0 ** (
+                    (action.until - now) / self.config.damp_half_life
+                )
+                lk.merit_at = now
+
+    def _cost_changed(self, now: float, lk: LinkKnowledge, action: PlannedAction) -> None:
+        config = self.config
+        factor = action.factor if action.factor is not None else 1.0
+        if lk.cost_changed_at is not None and now - lk.cost_changed_at >= config.cost_dwell_reset:
+            lk.cost_dwell = config.cost_dwell  # the cost held still long enough: calm link
+        if action.kind is ActionKind.LIFT_COST:
+            lk.cost_lifted_at = now
+        elif (
+            lk.penalty == 1.0
+            and lk.cost_lifted_at is not None
+            and now - lk.cost_lifted_at < config.cost_dwell_reset
+        ):
+            # Penalised again soon after a lift: the link oscillates between good and
+            # bad, so its cost is held longer each time.
+            lk.cost_dwell = min(config.cost_dwell_max, lk.cost_dwell * config.cost_dwell_backoff)
+        lk.penalty = factor
+        lk.cost_changed_at = now
 
     def close(self, incident: Incident, outcome: Outcome, at: float) -> HealingEvent:
         """Turn an open incident into a finished HealingEvent and learn from it."""
@@ -393,7 +487,7 @@ class Knowledge:
             kind=str(incident.kind),
             subject=incident.subject,
             detected_at=incident.detected_at,
-            action=incident.action_label,
+            actions=tuple(incident.actions),
             repaired_at=at if outcome is Outcome.REPAIRED else None,
             outcome=str(outcome),
             fault_started_at=incident.fault_started_at,

@@ -2,22 +2,22 @@
 
 :class:`HealingLoop` does Monitor, Analyse, Plan and Execute once per ``cycle(now)``.
 :class:`HealingNode` wraps a mesh node core: it forwards every input to it, runs the
-loop on its own timer key ``("mapek",)`` and adds an ``Event("healing", ...)`` action per
+loop on its own timer key ``HealingTimer.CYCLE``, runs a cycle at once when the node
+reports ``LinkUp``/``LinkDown``, and adds an ``Event("healing", ...)`` action per
 finished :class:`~x0tta6bl4.healing.events.HealingEvent`, so simulator traces carry
 every repair with its times.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from x0tta6bl4.healing.analyse import analyse, track_incidents
 from x0tta6bl4.healing.events import (
-    NO_ACTION,
-    ActionKind,
     Finding,
     HealingEvent,
     Outcome,
@@ -28,10 +28,9 @@ from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge
 from x0tta6bl4.healing.monitor import Monitor, Snapshot
 from x0tta6bl4.healing.plan import plan
 from x0tta6bl4.mesh.observe import HealableNode
-from x0tta6bl4.sansio import Action, Event, Input, SetTimer, Timer
+from x0tta6bl4.sansio import Action, Core, Event, Input, LinkDown, LinkUp, SetTimer, Timer
 
 PHASES: Final = ("monitor", "analyse", "plan", "execute")
-TIMER_KEY: Final[Hashable] = ("mapek",)
 
 
 class HealingLoop:
@@ -109,19 +108,15 @@ class HealingLoop:
     def _feedback(self, now: float, event: HealingEvent) -> None:
         # An incident's outcome is the measured verdict on the actions taken for it;
         # superseded incidents say nothing either way.
-        if event.outcome == Outcome.SUPERSEDED or event.action == NO_ACTION:
+        if event.outcome == Outcome.SUPERSEDED:
             return
         ok = event.outcome == Outcome.REPAIRED
-        for name in event.action.split("+"):
-            self.executor.report(now, ActionKind(name), ok)
+        for kind in event.actions:
+            self.executor.report(now, kind, ok)
 
 
-class DrivableNode(HealableNode, Protocol):
-    """A sans-IO mesh node core: driven by inputs, healable through HealableNode."""
-
-    def start(self, now: float) -> list[Action]: ...
-
-    def handle(self, now: float, inp: Input) -> list[Action]: ...
+class DrivableNode(Core, HealableNode, Protocol):
+    """A sans-IO mesh node core (``sansio.Core``) that is healable (``HealableNode``)."""
 
 
 def event_fields(event: HealingEvent) -> dict[str, Any]:
@@ -138,8 +133,14 @@ def event_fields(event: HealingEvent) -> dict[str, Any]:
     }
 
 
-TRIGGER_EVENTS = frozenset({"neighbour_dead", "neighbour_up"})
-"""Node events that run a MAPE-K cycle immediately."""
+class HealingTimer(enum.StrEnum):
+    CYCLE = "mapek.cycle"
+
+
+TIMER_KEY: Final = HealingTimer.CYCLE
+
+TRIGGERS: Final = (LinkUp, LinkDown)
+"""Control actions from the node that run a MAPE-K cycle immediately."""
 
 
 class HealingNode:
@@ -195,7 +196,7 @@ class HealingNode:
         # A link going down or up is worth a cycle at once rather than at the next tick:
         # detection stays prompt while the periodic cycle can run at a lower rate.
         for a in actions:
-            if type(a) is Event and a.kind in TRIGGER_EVENTS:
+            if type(a) in TRIGGERS:
                 actions.extend(self._cycle(now))
                 actions.append(self._next_timer(now))
                 break

@@ -2,8 +2,9 @@
 
 It keeps the time series in :class:`~x0tta6bl4.healing.knowledge.Knowledge` (RTT, loss,
 jitter, alive transitions, cost changes, session resets, route next-hop changes) and
-derives the features the Analyse phase thresholds: a per-link anomaly score against the
-link's own baseline, transition counts within the flap window, which routes use which
+derives the features the Analyse phase thresholds: per link, sequential evidence that its
+loss exceeds its threshold, an RTT anomaly score against the link's own baseline, a
+decaying flap merit and transition counts within the flap window; which routes use which
 link, and which once-reachable destinations are unreachable now.
 
 Route bookkeeping is incremental (work in proportion to the routes that changed), since
@@ -28,9 +29,9 @@ from x0tta6bl4.healing.knowledge import (
     count_since,
 )
 from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.routing.metric import INFINITY
 
 _SESSION_AGE_SLACK = 1e-3  # seconds of float noise tolerated before "age went backwards"
-_INFINITE_COST = 0xFFFF  # the protocol's INFINITY: an unusable link
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +55,11 @@ class LinkFeatures:
     alive_transitions: int
     cost_changes: int
     session_resets: int
-    anomaly: float  # smoothed one-sided z-score, max of loss and RTT
-    pressure: float  # max of loss, RTT and anomaly over their thresholds (1.0 = degraded)
+    anomaly: float  # smoothed one-sided z-score of the RTT
+    pressure: float  # progress toward a degraded verdict (1.0 = degraded, see monitor)
+    severity: float  # how bad: max of loss level, RTT and anomaly over their thresholds
+    loss_evidence: float  # nats of evidence that loss exceeds its threshold (CUSUM)
+    flap_merit: float  # RFC 2439 figure of merit (decayed alive transitions)
     loss_threshold: float
     rtt_threshold: float
     degrading_since: float | None
@@ -99,17 +103,17 @@ def _finite(x: float | None) -> float | None:
 
 
 def _scored(
-    base: EwmaBaseline, x: float, floor: float, score: float, config: HealingConfig
+    base: EwmaBaseline, x: float, floor: float, score: float, alpha: float, config: HealingConfig
 ) -> float:
-    """Update ``base`` with sample ``x``; return the new smoothed anomaly score."""
+    """Update ``base`` with sample ``x`` at weight ``alpha``; return the new smoothed
+    anomaly score."""
     if base.n >= config.baseline_min_samples:
         score += config.anomaly_alpha * (base.z(x, floor) - score)
     # While the link looks anomalous the baseline learns only slowly, so a creeping
     # degradation is not absorbed as the new normal (it still is, eventually).
-    alpha = config.baseline_alpha
     if score > config.baseline_gate:
         alpha *= config.baseline_slow_factor
-    base.update(x, alpha)
+    base.update(x, alpha, config.baseline_min_samples)
     return score
 
 
@@ -213,12 +217,12 @@ class Monitor:
         alive = lo is not None and bool(lo.alive)
         if lk.alive is not None and lk.alive != alive:
             lk.alive_changes.append(now)
+            lk.add_merit(now, 1.0, config)  # a flap, down or up, for damping
             if alive:
                 lk.revived_at = now
         lk.alive = alive
         if lo is None:
-            lk.loss_score = lk.rtt_score = lk.pressure = 0.0
-            lk.degrading_since = None
+            _quiet(lk)
             return
         lk.last_seen = now
         lk.last_heard = _finite(lo.last_heard)
@@ -232,7 +236,7 @@ class Monitor:
                 lk.reconnect_next_at = None
         if (
             lk.base_cost is not None
-            and max(lk.base_cost, lo.base_cost) < _INFINITE_COST  # deaths count as such
+            and max(lk.base_cost, lo.base_cost) < INFINITY  # deaths count as such
             and _significant(lk.base_cost, lo.base_cost, config)
         ):
             # Count turns, not steps: a link recovering from an outage walks its cost
@@ -255,23 +259,43 @@ class Monitor:
         rtt = _finite(lo.rtt)
         raw_loss = _finite(lo.loss)
         loss = clamp(raw_loss, 0.0, 1.0) if raw_loss is not None else 1.0
+        prev_t = lk.samples[-1].t if lk.samples else None
         lk.samples.append(LinkSample(now, alive, rtt, loss, _finite(lo.jitter)))
         if not alive or (lk.revived_at is not None and now - lk.revived_at < config.revive_grace):
-            # A dead link is the dead-neighbour finding's business; its anomaly score
-            # starts afresh once it is back and its history has caught up (the baseline
-            # is kept).
-            lk.loss_score = lk.rtt_score = lk.pressure = 0.0
-            lk.degrading_since = None
+            # A dead link is the dead-neighbour finding's business; it is judged again
+            # once it is back and its history has caught up (anomaly score afresh,
+            # baselines and loss evidence kept).
+            _quiet(lk)
             return
-        lk.loss_score = _scored(lk.loss_base, loss, config.loss_sigma_floor, lk.loss_score, config)
+        loss_pressure = _loss_evidence(lk, loss, now, config)
+        # Baselines and thresholds learn per unit of time, not per observation: the loop
+        # observes 20 times faster while an incident is open, and learning 20 times
+        # faster would take a degradation for the new normal before the evidence is in.
+        alpha, rate = config.baseline_alpha, config.threshold_adapt_rate
+        if prev_t is not None and now - prev_t < config.cycle_interval:
+            cycles = (now - prev_t) / config.cycle_interval
+            alpha = 1.0 - (1.0 - alpha) ** cycles
+            rate = 1.0 - (1.0 - rate) ** cycles
+        loss_alpha = alpha
+        if loss_pressure >= config.onset_ratio:
+            loss_alpha *= config.baseline_slow_factor  # do not learn a degradation as normal
+        lk.loss_base.update(loss, loss_alpha, config.baseline_min_samples)
         if rtt is not None:
             floor = max(config.rtt_sigma_floor, config.rtt_sigma_floor_ratio * lk.rtt_base.mean)
-            lk.rtt_score = _scored(lk.rtt_base, rtt, floor, lk.rtt_score, config)
-        lk.pressure = pressure = _pressure(lk, loss, rtt, config)
-        if pressure < 1.0 and lk.anomaly <= config.baseline_gate:
-            # Thresholds learn from healthy history only: a degrading link must not
-            # loosen the very threshold that is about to catch it.
-            lk.adapt_thresholds(config)
+            lk.rtt_score = _scored(lk.rtt_base, rtt, floor, lk.rtt_score, alpha, config)
+        anomaly = lk.rtt_score / config.anomaly_threshold
+        rtt_ratio = rtt / lk.rtt_threshold if rtt is not None else 0.0
+        lk.pressure = pressure = max(loss_pressure, rtt_ratio, anomaly)
+        level = lk.loss_level if lk.loss_level is not None else loss
+        lk.severity = max(level / lk.loss_threshold, rtt_ratio, anomaly)
+        # Thresholds learn from healthy history only: a degrading link must not loosen
+        # the very threshold that is about to catch it (nor evidence building up).
+        lk.adapt_thresholds(
+            config,
+            rate,
+            loss=loss_pressure < config.onset_ratio,
+            rtt=max(rtt_ratio, anomaly) < 1.0 and lk.anomaly <= config.baseline_gate,
+        )
         if pressure >= config.onset_ratio:
             if lk.degrading_since is None:
                 lk.degrading_since = now
@@ -304,6 +328,9 @@ class Monitor:
             session_resets=count_since(lk.session_resets, since),
             anomaly=lk.anomaly,
             pressure=lk.pressure,
+            severity=lk.severity,
+            loss_evidence=lk.loss_llr,
+            flap_merit=lk.merit(now, self.config),
             loss_threshold=lk.loss_threshold,
             rtt_threshold=lk.rtt_threshold,
             degrading_since=lk.degrading_since,
@@ -392,12 +419,52 @@ class Monitor:
         )
 
 
-def _pressure(lk: LinkKnowledge, loss: float, rtt: float | None, config: HealingConfig) -> float:
-    """How close the link is to degraded: 1.0 at any threshold, more beyond."""
-    p = max(loss / lk.loss_threshold, lk.anomaly / config.anomaly_threshold)
-    if rtt is not None:
-        p = max(p, rtt / lk.rtt_threshold)
-    return p
+def _quiet(lk: LinkKnowledge) -> None:
+    """No verdict on a dead, vanished or settling link. Its loss evidence is frozen, not
+    dropped: a gray link that keeps dying for a moment would otherwise never gather
+    enough, and a link back from the dead must prove itself anyway. The hellos of the
+    gap are not counted (the first report after it stands for one window)."""
+    lk.rtt_score = lk.pressure = lk.severity = 0.0
+    lk.loss_at = None
+    lk.degrading_since = None
+
+
+def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingConfig) -> float:
+    """Fold one loss report into the link's evidence; return the loss pressure.
+
+    The node reports loss over its last ``loss_window`` hellos. The hellos sent since the
+    previous report are taken to have been lost at that rate, and Page's CUSUM sums their
+    log-likelihood ratio of "loss = p0 + loss_shift" against "loss = p0" (p0: the
+    link's threshold), floored at 0 so a long good history cannot delay a detection,
+    capped so it cannot delay a recovery. Degraded from ``loss_evidence`` nats until the
+    sum is back at 0: a link between p0 and p0 + shift keeps its verdict (hysteresis).
+    Every lost hello adds ln(p1/p0) (~1 nat at p0 = 0.12), every heard one takes away
+    ln((1-p0)/(1-p1)) (~0.26 nat): at 2 % loss the sum drifts down, at 40 % it climbs
+    ~0.24 nat per hello and crosses the default 4.6 nats within ~2 s of hellos.
+    """
+    window = config.loss_window
+    if lk.loss_at is None:
+        hellos = float(window)
+    else:
+        hellos = min(float(window), (now - lk.loss_at) / config.hello_interval)
+    lk.loss_at = now
+    if lk.loss_level is None:
+        lk.loss_level = loss
+    else:
+        a = 1.0 - math.exp(-hellos * config.hello_interval / config.loss_level_time)
+        lk.loss_level += a * (loss - lk.loss_level)
+    p0 = lk.loss_threshold
+    p1 = p0 + config.loss_shift
+    lost = loss * hellos
+    llr = lost * math.log(p1 / p0) + (hellos - lost) * math.log((1.0 - p1) / (1.0 - p0))
+    evidence = clamp(lk.loss_llr + llr, 0.0, config.loss_evidence_max)
+    lk.loss_llr = evidence
+    if evidence >= config.loss_evidence:
+        lk.loss_degraded = True
+    elif evidence <= 0.0:
+        lk.loss_degraded = False
+    pressure = evidence / config.loss_evidence
+    return max(1.0, pressure) if lk.loss_degraded else pressure
 
 
 def _significant(old: int, new: int, config: HealingConfig) -> bool:

@@ -6,9 +6,10 @@ Two kinds of rule:
   partition retries every dead neighbour's handshake once;
 * reconciliation toward a desired state, every cycle: a dead or handshake-failing
   neighbour is reconnected on an exponential backoff with jitter; a degraded link's cost
-  factor follows its severity up and is lifted when it recovers; a flapping link is held
-  down for a period that doubles with each episode (route-flap damping, RFC 2439's
-  idea); a certificate near expiry asks for renewal, again on a backoff.
+  factor follows its severity up and is lifted when it recovers, at most once per link
+  per dwell time (which grows while the link keeps oscillating); a flapping link is held
+  down until its figure of merit has decayed (route-flap damping, RFC 2439), extended
+  by every flap while held; a certificate near expiry asks for renewal, on a backoff.
 
 An action is recorded in Knowledge only once Execute has run it, so one that was rate
 limited or refused by a circuit breaker is planned again next cycle.
@@ -45,9 +46,15 @@ def penalty_factor(severity: float, config: HealingConfig) -> float:
     return 2.0 ** int(exponent)
 
 
-def damp_hold(episodes: int, config: HealingConfig) -> float:
-    """Hold-down of the next damping episode, given how many already counted."""
-    return min(config.damp_hold_max, config.damp_hold * config.damp_backoff**episodes)
+def damp_hold(merit: float, config: HealingConfig) -> float:
+    """Hold-down for a link with this flap merit: until it decays to ``damp_reuse``."""
+    if merit <= config.damp_reuse:
+        return 0.0
+    hold = config.damp_half_life * math.log2(merit / config.damp_reuse)
+    return min(config.damp_hold_max, hold)
+
+
+_EXTEND_SLACK = 1e-6  # seconds: float noise is not a flap
 
 
 def _dead_peers(snap: Snapshot) -> list[str]:
@@ -105,47 +112,24 @@ def plan(
             )
         )
 
-    # link cost: follow severity upward while degraded; lift once recovered and alive
+    # link cost: follow severity upward while degraded; lift once recovered and alive;
+    # never more than one change per link per dwell (an oscillating link waits longer)
+    # damping: hold a flapping link down until its merit has decayed to the reuse level;
+    # a flap while held adds merit, so the hold is extended rather than left to expire
+    flapping = {f.subject: f for f in findings if f.kind is FaultKind.FLAPPING_LINK}
+    damps: list[PlannedAction] = []
     for peer in sorted(knowledge.links):
         lk = knowledge.links[peer]
-        degraded = current.get((FaultKind.DEGRADED_LINK, peer))
-        if degraded is not None:
-            factor = penalty_factor(degraded.severity, config)
-            if factor > lk.penalty:
-                key = degraded.key
-                actions.append(
-                    PlannedAction(
-                        ActionKind.RAISE_COST,
-                        peer,
-                        FaultKind.DEGRADED_LINK,
-                        incidents=(key,) if key in knowledge.incidents else (),
-                        factor=factor,
-                    )
-                )
-        elif lk.penalty != 1.0 and _recovered(snap, peer) and not _damped(snap, lk, now):
-            # (a held-down link is not judged at all, so it has not shown recovery)
-            actions.append(
-                PlannedAction(ActionKind.LIFT_COST, peer, FaultKind.DEGRADED_LINK, factor=1.0)
-            )
-
-    # damping: hold a flapping link down, longer each time it is still flapping
-    for finding in findings:
-        if finding.kind is not FaultKind.FLAPPING_LINK:
-            continue
-        peer = finding.subject
-        lk = knowledge.links[peer]
-        if _damped(snap, lk, now):
-            continue
-        hold = damp_hold(lk.episodes_at(now, config), config)
-        actions.append(
-            PlannedAction(
-                ActionKind.DAMP,
-                peer,
-                FaultKind.FLAPPING_LINK,
-                incidents=(finding.key,) if finding.key in knowledge.incidents else (),
-                until=now + hold,
-            )
-        )
+        if lk.penalty != 1.0 or (FaultKind.DEGRADED_LINK, peer) in current:
+            cost = _cost_action(snap, current, knowledge, lk, now)
+            if cost is not None:
+                actions.append(cost)
+        flap = flapping.get(peer)
+        if flap is not None or lk.damped_until is not None:
+            damp = _damp_action(snap, flap, knowledge, lk, now)
+            if damp is not None:
+                damps.append(damp)
+    actions.extend(damps)
 
     # certificate: ask once, then again only after a growing retry interval
     cert_finding = current.get((FaultKind.CERT_NEAR_EXPIRY, snap.name))
@@ -174,3 +158,65 @@ def _damped(snap: Snapshot, lk: LinkKnowledge, now: float) -> bool:
     lf = snap.links.get(lk.peer)
     node_says = lf is not None and lf.damped_until is not None and lf.damped_until > now
     return node_says or lk.damped_at(now)
+
+
+def _cost_action(
+    snap: Snapshot,
+    current: dict[IncidentKey, Finding],
+    knowledge: Knowledge,
+    lk: LinkKnowledge,
+    now: float,
+) -> PlannedAction | None:
+    if not lk.cost_change_due(now):
+        return None
+    peer = lk.peer
+    degraded = current.get((FaultKind.DEGRADED_LINK, peer))
+    if degraded is not None:
+        factor = penalty_factor(degraded.severity, knowledge.config)
+        if factor <= lk.penalty:
+            return None
+        key = degraded.key
+        return PlannedAction(
+            ActionKind.RAISE_COST,
+            peer,
+            FaultKind.DEGRADED_LINK,
+            incidents=(key,) if key in knowledge.incidents else (),
+            factor=factor,
+        )
+    lf = snap.links.get(peer)
+    calm = lf is not None and lf.pressure < knowledge.config.onset_ratio
+    if calm and _recovered(snap, peer) and not _damped(snap, lk, now):
+        # Not while evidence of a new degradation is building up; and a held-down link
+        # is not judged at all, so it has not shown recovery.
+        return PlannedAction(ActionKind.LIFT_COST, peer, FaultKind.DEGRADED_LINK, factor=1.0)
+    return None
+
+
+def _damp_action(
+    snap: Snapshot,
+    finding: Finding | None,
+    knowledge: Knowledge,
+    lk: LinkKnowledge,
+    now: float,
+) -> PlannedAction | None:
+    config = knowledge.config
+    held = lk.damped_until
+    if held is not None and held > now:
+        # Held by us: extend the hold to the merit's new reuse time if it flapped since.
+        until = lk.reuse_at(config)
+        if until <= held + _EXTEND_SLACK:
+            return None
+    elif finding is None or _damped(snap, lk, now):
+        return None
+    else:
+        # A route flap blamed on this link may come with little merit of its own: it is
+        # held as if it had just reached the cut-off.
+        until = now + damp_hold(max(lk.merit(now, config), config.damp_suppress), config)
+    key = (FaultKind.FLAPPING_LINK, lk.peer)
+    return PlannedAction(
+        ActionKind.DAMP,
+        lk.peer,
+        FaultKind.FLAPPING_LINK,
+        incidents=(key,) if key in knowledge.incidents else (),
+        until=until,
+    )
