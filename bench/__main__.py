@@ -1,7 +1,8 @@
 """``make bench``: run every suite, write ``bench/results/<suite>.{json,md}`` and the flat
 ``bench/results/summary.json``, and print the figures.
 
-``python -m bench [suite ...] [--quick]``; suites: channel, sim.
+``python -m bench [suite ...] [--quick]``; suites: channel, sim, sim_lossy (the mesh
+under loss and jitter: ``python -m bench sim_lossy`` runs just that).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from bench.report import RESULTS, Suite, update_readme, update_summary, write_suite
 
-SUITES = ("channel", "sim")
+SUITES = ("channel", "sim", "sim_lossy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from x0tta6bl4.cli import SimScenario, app
-from x0tta6bl4.sim.runner import SCENARIOS
+from x0tta6bl4.cli import SimScenario, SimTopology, app
+from x0tta6bl4.sim.runner import SCENARIOS, TOPOLOGY_KINDS
 
 runner = CliRunner()
 
@@ -28,6 +28,7 @@ def _field(out: str, name: str) -> str:
 
 def test_scenario_names_mirror_the_runner() -> None:
     assert tuple(s.value for s in SimScenario) == SCENARIOS
+    assert tuple(t.value for t in SimTopology) == TOPOLOGY_KINDS
 
 
 def test_sim_diamond_prints_summary_and_writes_trace(tmp_path: Path) -> None:
@@ -60,6 +61,8 @@ def test_sim_same_seed_same_digest() -> None:
     assert _field(out1, "trace digest") == _field(out2, "trace digest")
     assert "x0t sim converge: 8 nodes, seed 2" in out1
     assert "healing events   0" in out1
+    # The defaults print what they always printed: no network or flow rows.
+    assert not re.search(r"^(network|flows|user outage)\s", out1, re.MULTILINE), out1
 
 
 def test_sim_until_and_relay_kill() -> None:
@@ -67,6 +70,23 @@ def test_sim_until_and_relay_kill() -> None:
     assert code == 0, out
     assert "6.00 virtual s" in out
     assert re.match(r"kill n\d{4} at", _field(out, "fault"))
+
+
+def test_sim_lossy_regular_mesh_with_flows() -> None:
+    code, out = run(
+        "relay-kill",
+        *("--nodes", "10", "--seed", "3", "--topology", "random-regular", "--degree", "3"),
+        *("--loss", "0.01", "--jitter", "0.002", "--flows", "8", "--until", "10"),
+    )
+    assert code == 0, out
+    assert _field(out, "network") == "random-regular; per link loss 0.01, jitter 0.002 s"
+    assert re.match(
+        r"8: delivered [\d,]+ of [\d,]+ \(\d\.\d{3}\), median latency", _field(out, "flows")
+    )
+    assert "(flows included)" in _field(out, "control traffic")
+    outage = _field(out, "user outage")
+    assert re.match(r"(crash n\d{4} at .* flows hit, outage max|no flow crossed)", outage), out
+    assert "loss" in _field(out, "drops")
 
 
 def test_sim_rejects_bad_arguments() -> None:
@@ -77,3 +97,6 @@ def test_sim_rejects_bad_arguments() -> None:
     assert code == 2
     code, _ = run("converge", "--until", "0")
     assert code == 2
+    for bad in (("--loss", "1.5"), ("--topology", "torus"), ("--flows", "-1"), ("--jitter", "-1")):
+        code, out = run("converge", *bad)
+        assert code == 2, (bad, out)

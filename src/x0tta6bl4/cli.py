@@ -345,6 +345,16 @@ class SimScenario(enum.Enum):
     diamond = "diamond"
 
 
+class SimTopology(enum.Enum):
+    """Mirrors sim.topology.TOPOLOGY_KINDS (here so --help needs no crypto import)."""
+
+    random_geometric = "random-geometric"
+    random_regular = "random-regular"
+    line = "line"
+    grid = "grid"
+    ring = "ring"
+
+
 _SPARK = "▁▂▃▄▅▆▇█"
 _MAX_EVENT_ROWS = 20
 
@@ -363,6 +373,29 @@ def sim_run(
     metrics: Annotated[
         bool, typer.Option(help="Print the self-healing Prometheus metrics of the run.")
     ] = False,
+    topology: Annotated[
+        SimTopology, typer.Option(help="Mesh shape (diamond: always the diamond).")
+    ] = SimTopology.random_geometric,
+    degree: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="Mean degree (random-geometric, default 5) or degree (random-regular, 4)."
+        ),
+    ] = None,
+    loss: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Datagram loss on every link (0.02 = 2 %).")
+    ] = 0.0,
+    jitter: Annotated[
+        float, typer.Option(min=0.0, help="Extra random delay on every link, up to this (s).")
+    ] = 0.0,
+    flows: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Constant-rate flows (20 pps) between random pairs from convergence on: "
+            "delivery, latency and the user outage of each fault.",
+        ),
+    ] = 0,
 ) -> None:
     """Run a scenario on the real mesh in the simulator and summarise it."""
     from x0tta6bl4.observability import metrics as m
@@ -375,6 +408,11 @@ def sim_run(
             seed=seed,
             until=until,
             observers=(m.record_self_healing_event, m.record_mapek_cycle),
+            topology=topology.value,
+            degree=degree,
+            loss=loss,
+            jitter=jitter,
+            flows=flows,
         )
         if trace is not None:
             s.trace.write(trace)
@@ -426,6 +464,8 @@ def _print_sim(s: SimSummary) -> None:
         f"{s.virtual_s:.2f} virtual s in {s.wall_s:.2f} wall s"
     )
     rows: list[tuple[str, str]] = []
+    if s.topology not in ("random-geometric", "diamond") or s.loss or s.jitter:
+        rows.append(("network", f"{s.topology}; per link loss {s.loss:g}, jitter {s.jitter:g} s"))
     conv = "not converged" if s.convergence_s is None else f"{s.convergence_s:.2f} s"
     rows.append(("convergence", conv))
     if s.fault is not None:
@@ -446,7 +486,8 @@ def _print_sim(s: SimSummary) -> None:
             t_min, f_min = min(after, key=lambda tf: (tf[1], tf[0]))
             text += f"; min after convergence {f_min:.2f} at {t_min:.1f} s"
         rows.append(("reachability", f"{text}, final {fractions[-1]:.2f}"))
-    rows.append(("control traffic", f"{s.control_bytes_per_node_s:,.0f} B/node/s"))
+    traffic = f"{s.control_bytes_per_node_s:,.0f} B/node/s"
+    rows.append(("control traffic", traffic + (" (flows included)" if s.flows else "")))
     if s.fault is not None:
         rows.append(("route changes", f"{s.route_changes} since the fault"))
     drops = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items()) if v)
@@ -457,6 +498,7 @@ def _print_sim(s: SimSummary) -> None:
     if mttrs:
         ev += f"; mttr p50 {percentile(mttrs, 50):.2f} s, max {max(mttrs):.2f} s"
     rows.append(("healing events", ev + ")"))
+    rows += _flow_rows(s)
     _print_rows(rows)
     if not s.healing_events:
         return
@@ -470,6 +512,56 @@ def _print_sim(s: SimSummary) -> None:
     more = len(s.healing_events) - _MAX_EVENT_ROWS
     if more > 0:
         out.print(f'... and {more} more (see --trace, kind "healing")')
+
+
+_MAX_OUTAGE_ROWS = 3
+
+
+def _flow_rows(s: SimSummary) -> list[tuple[str, str]]:
+    """Delivery of the flows and, per fault that hit them, the user outage they saw
+    beside what healing reported (only with --flows)."""
+    from x0tta6bl4.sim.runner import percentile
+
+    if not s.flows:
+        return []
+    sent = sum(f.sent for f in s.flows)
+    got = sum(f.delivered for f in s.flows)
+    lat = [f.latency_p50 for f in s.flows if f.delivered]
+    text = f"{len(s.flows)}: delivered {got:,} of {sent:,} ({s.delivery_ratio:.3f})"
+    if lat:
+        text += f", median latency {percentile(lat, 50) * 1000:.1f} ms"
+    rows = [("flows", text)]
+    hit = [o for o in s.outages if o.affected]
+    for o in hit[:_MAX_OUTAGE_ROWS]:
+        worst = o.outage_max
+        what = o.fault.kind if o.target == o.fault.kind else f"{o.fault.kind} {o.target}"
+        line = (
+            f"{what} at {o.t:.2f} s: {len(o.affected)} flows hit, "
+            f"outage max {_secs(worst)}, median {_secs(o.outage_median)}"
+        )
+        if o.unrecovered:
+            line += f" ({o.unrecovered} never recovered)"
+        line += f"; healing: {len(o.healing)} events, mttd max {_secs(o.mttd_max)}, "
+        line += f"mttr max {_secs(o.mttr_max)}"
+        rows.append(("user outage", line))
+    if len(hit) > _MAX_OUTAGE_ROWS:
+        worst_each = [o.outage_max for o in hit if o.outage_max is not None]
+        rows.append(
+            (
+                "user outage",
+                f"{len(hit)} faults hit flows; worst flow per fault: "
+                f"p50 {_secs(percentile(worst_each, 50))}, max {_secs(max(worst_each))}",
+            )
+        )
+    elif not hit and s.fault is not None:
+        rows.append(("user outage", "no flow crossed the fault"))
+    return rows
+
+
+def _secs(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return "never" if v == float("inf") else f"{v:.2f} s"
 
 
 def _when(t: float) -> str:

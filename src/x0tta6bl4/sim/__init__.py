@@ -1,6 +1,17 @@
-"""Deterministic simulator: virtual clock, in-memory network, scripted faults."""
+"""Deterministic simulator: virtual clock, in-memory network, scripted faults.
 
-from .engine import DropObserver, NodeFactory, Simulator
+The real mesh (``build_mesh``, ``MeshRun``, ``trace_path``, ``FaultOutage``, ...) is
+imported on first use: it pulls in the whole protocol stack and its cryptography, which
+a simulation of toy cores does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .engine import DeliverObserver, DropObserver, NodeFactory, Simulator
+from .flows import FLOW_PORT, Flow, FlowSet, FlowStats
 from .network import Intercept, Link, Network, Tamper
 from .scenario import (
     FaultRecord,
@@ -10,39 +21,89 @@ from .scenario import (
     app_send,
     cut,
     degrade,
+    every,
     flap,
     heal,
     kill,
     partition,
+    random_flaps,
     restart,
     restore,
     schedule,
 )
 from .topology import (
+    TOPOLOGY_KINDS,
     Edge,
     Topology,
     TopologyError,
+    build_topology,
     diamond,
     grid,
     line,
     node_names,
     random_geometric,
+    random_regular,
     ring,
 )
 from .trace import Trace, TraceRecord
-from .types import DROP_REASONS, LinkSpec, NodeStats, SimError, derive_rng
+from .types import (
+    DROP_REASONS,
+    LinkSpec,
+    NodeStats,
+    PathKind,
+    PathResult,
+    SimError,
+    derive_rng,
+    percentile,
+)
+
+if TYPE_CHECKING:
+    from .meshrun import MeshRun, build_mesh
+    from .meshsim import route_path, trace_path
+    from .outage import FaultOutage, FlowOutage
+
+# name -> module, imported on first access (PEP 562)
+_LAZY = {
+    "MeshRun": ".meshrun",
+    "build_mesh": ".meshrun",
+    "route_path": ".meshsim",
+    "trace_path": ".meshsim",
+    "FaultOutage": ".outage",
+    "FlowOutage": ".outage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 __all__ = [
     "DROP_REASONS",
+    "FLOW_PORT",
+    "TOPOLOGY_KINDS",
+    "DeliverObserver",
     "DropObserver",
     "Edge",
+    "FaultOutage",
     "FaultRecord",
+    "Flow",
+    "FlowOutage",
+    "FlowSet",
+    "FlowStats",
     "Intercept",
     "Link",
     "LinkSpec",
+    "MeshRun",
     "Network",
     "NodeFactory",
     "NodeStats",
+    "PathKind",
+    "PathResult",
     "Scenario",
     "ScenarioAction",
     "ScenarioResult",
@@ -54,10 +115,13 @@ __all__ = [
     "Trace",
     "TraceRecord",
     "app_send",
+    "build_mesh",
+    "build_topology",
     "cut",
     "degrade",
     "derive_rng",
     "diamond",
+    "every",
     "flap",
     "grid",
     "heal",
@@ -65,9 +129,14 @@ __all__ = [
     "line",
     "node_names",
     "partition",
+    "percentile",
+    "random_flaps",
     "random_geometric",
+    "random_regular",
     "restart",
     "restore",
     "ring",
+    "route_path",
     "schedule",
+    "trace_path",
 ]

@@ -48,7 +48,7 @@ from .types import (
     derive_rng,
 )
 
-__all__ = ["DropObserver", "NodeFactory", "NodeStats", "Simulator"]
+__all__ = ["DeliverObserver", "DropObserver", "NodeFactory", "NodeStats", "Simulator"]
 
 # Heap event kinds. The heap format is the engine's alone: the network posts arrivals
 # through ``post_arrival``.
@@ -63,6 +63,10 @@ NodeFactory = Callable[[str, random.Random, float], Core]
 
 ActionObserver = Callable[[float, str, Action], None]
 """``fn(t, node, action)`` for every Send, Deliver and Event a core emits."""
+
+DeliverObserver = Callable[[float, str, Deliver], None]
+"""``fn(t, node, deliver)`` for every ``Deliver`` a core emits: a tap for application
+traffic that, unlike an ``ActionObserver``, costs nothing per datagram sent."""
 
 RecordObserver = Callable[[float, str, str, dict[str, Any]], None]
 """``fn(t, node, kind, fields)`` for every engine-level trace record (``sim.*``)."""
@@ -94,6 +98,10 @@ class Simulator:
     reach ``on_record`` and ``on_drop`` observers), for long runs where per-packet
     records would dominate memory.
 
+    Observers: ``on_action`` sees every Send, Deliver and Event; ``on_deliver`` only
+    Delivers (a tap for application traffic, free when empty); ``on_record`` every
+    ``sim.*`` record; ``on_drop`` every drop.
+
     Besides the event loop, drivers outside it get: ``apply`` (carry out actions a core
     returned to a direct call), ``post_arrival`` (a datagram arrives, from a link or
     injected from anywhere), ``timers`` (what a node has pending) and ``restart`` with a
@@ -106,6 +114,7 @@ class Simulator:
         self.trace = Trace()
         self.trace_drops = trace_drops
         self.on_action: list[ActionObserver] = []
+        self.on_deliver: list[DeliverObserver] = []
         self.on_record: list[RecordObserver] = []
         self.on_drop: list[DropObserver] = []
         self.stats: dict[str, NodeStats] = {}
@@ -332,6 +341,11 @@ class Simulator:
                 continue  # timers are the core's business, not an observable effect
             elif cls is Deliver:
                 node.stats.delivered += 1
+                if self.on_deliver:
+                    for tap in self.on_deliver:
+                        tap(now, name, a)
+                    if not node.alive:  # a tap crashed it
+                        return
             elif cls is Event:
                 # By reference, not copied: cores must not mutate fields once emitted.
                 self.trace.records.append((now, name, a.kind, a.fields))

@@ -1,7 +1,9 @@
 """The real mesh in the simulator: credentials for every node, a node factory that builds
 ``HealingNode(MeshNode)`` cores, and global views (live meshes, next-hop paths) that only
-the simulator can take, since it sees every node at once; the convergence and
-reachability probes built on them are in ``runner``.
+the simulator can take, since it sees every node at once: :func:`route_path` (the
+routing view) and :func:`trace_path` (what a packet would meet: down links, partitions,
+dead nodes, loops) return a :class:`~.types.PathResult`. ``meshrun`` builds the public
+``MeshRun`` on them; the scenarios' probes are in ``runner``.
 
 Real cryptography throughout: a real ML-DSA-65 CA signs a real X.509-SVID per node, and
 the nodes run the real hybrid handshake. Keys come from the seed, so simultaneous-open
@@ -28,7 +30,7 @@ from x0tta6bl4.sansio import Core
 from x0tta6bl4.sim.engine import NodeFactory, Simulator
 from x0tta6bl4.sim.secrets import SeededSecretsForSimulation
 from x0tta6bl4.sim.topology import Topology
-from x0tta6bl4.sim.types import derive_rng
+from x0tta6bl4.sim.types import PathResult, derive_rng
 
 EPOCH = 1_800_000_000.0
 """Wall-clock POSIX time at virtual time 0 (certificates are issued for it)."""
@@ -178,6 +180,69 @@ def path(nodes: dict[str, MeshNode], src: str, dst: str) -> list[str] | None:
         hops.append(nxt)
         cur = nxt
     return hops
+
+
+def route_path(nodes: Mapping[str, MeshNode], src: str, dst: str) -> PathResult:
+    """The routing view: follow next hops from ``src`` toward ``dst`` through the running
+    ``nodes``, whatever the links underneath are doing (see :func:`trace_path` for the
+    packet's view). Ends ``ok``, ``no_route``, ``loop`` or ``dead_node`` (a next hop
+    not in ``nodes``; ``hops`` ends with it)."""
+    if src not in nodes:
+        return PathResult("dead_node", (src,))
+    dst_id = node_id(dst)
+    hops = [src]
+    seen = {src}
+    cur = src
+    for _ in range(len(nodes) + 1):  # a walk longer than the node count has looped
+        if cur == dst:
+            return PathResult("ok", tuple(hops))
+        node = nodes.get(cur)
+        if node is None:
+            return PathResult("dead_node", tuple(hops))
+        nxt = node.router.next_hop(dst_id)
+        if nxt is None:
+            return PathResult("no_route", tuple(hops))
+        hops.append(nxt)
+        if nxt in seen:
+            return PathResult("loop", tuple(hops))
+        seen.add(nxt)
+        cur = nxt
+    raise AssertionError("unreachable: a walk this long revisits a node")  # pragma: no cover
+
+
+def trace_path(
+    sim: Simulator, src: str, dst: str, nodes: Mapping[str, MeshNode] | None = None
+) -> PathResult:
+    """Where a packet from ``src`` to ``dst`` would go now: next hops as in
+    :func:`route_path`, and each step must also cross a link that exists, is up and is
+    not cut by a partition (else ``dead_link``, ``hops`` ending with the node it could
+    not reach) to a running node (else ``dead_node``). A routing loop is a result
+    (``loop``), not an exception. Pass ``nodes`` (:func:`meshes`) when tracing many
+    paths at one instant."""
+    live = meshes(sim) if nodes is None else nodes
+    if src not in live:
+        return PathResult("dead_node", (src,))
+    net = sim.net
+    dst_id = node_id(dst)
+    hops = [src]
+    seen = {src}
+    cur = src
+    for _ in range(len(live) + 1):  # a walk longer than the node count has looped
+        if cur == dst:
+            return PathResult("ok", tuple(hops))
+        nxt = live[cur].router.next_hop(dst_id)
+        if nxt is None:
+            return PathResult("no_route", tuple(hops))
+        hops.append(nxt)
+        if nxt in seen:
+            return PathResult("loop", tuple(hops))
+        if not (net.has_link(cur, nxt) and net.is_up(cur, nxt)) or net.partitioned(cur, nxt):
+            return PathResult("dead_link", tuple(hops))
+        if nxt not in live:
+            return PathResult("dead_node", tuple(hops))
+        seen.add(nxt)
+        cur = nxt
+    raise AssertionError("unreachable: a walk this long revisits a node")  # pragma: no cover
 
 
 def sample_pairs(names: list[str], k: int, seed: int) -> list[tuple[str, str]]:

@@ -17,6 +17,11 @@ cheap enough for 1,000-node meshes: a convergence check stops at the first node 
 lacks a route (and starts the next check at that node), reachability looks at a fixed
 sample of pairs, and recovery checks look only at the pairs still broken.
 
+Any scenario runs on any :data:`~.topology.TOPOLOGY_KINDS` topology of any size, with
+loss and jitter on every link; with ``flows=N`` it also sends constant-rate traffic
+between N sampled pairs from convergence on, and reports delivery and, per fault, the
+user outage those flows saw (ground truth) beside the healing layer's MTTD and MTTR.
+
 Also here, for the benchmark: :func:`failover_samples` / :func:`failover_stats` (repeated
 random relay kills in one mesh) and :func:`convergence` / :func:`convergence_stats` (a
 60 s run: convergence time, control traffic, wall-clock cost).
@@ -33,11 +38,13 @@ from itertools import pairwise
 from typing import Final
 
 from x0tta6bl4.healing import HealingEvent
-from x0tta6bl4.mesh.node import MeshNode, node_id
+from x0tta6bl4.mesh.node import MeshNode
 from x0tta6bl4.sim.engine import Simulator
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path, sample_pairs
+from x0tta6bl4.sim.flows import FlowStats
+from x0tta6bl4.sim.meshrun import MeshRun, build_mesh
+from x0tta6bl4.sim.meshsim import build_world, route_path, sample_pairs, trace_path
+from x0tta6bl4.sim.outage import FaultOutage
 from x0tta6bl4.sim.scenario import (
-    Scenario,
     ScenarioAction,
     cut,
     degrade,
@@ -48,12 +55,13 @@ from x0tta6bl4.sim.scenario import (
     restart,
     schedule,
 )
-from x0tta6bl4.sim.topology import Topology, diamond, random_geometric
+from x0tta6bl4.sim.topology import TOPOLOGY_KINDS, Topology, build_topology, diamond
 from x0tta6bl4.sim.trace import Trace
-from x0tta6bl4.sim.types import SimError, derive_rng
+from x0tta6bl4.sim.types import SimError, derive_rng, percentile
 
 __all__ = [
     "SCENARIOS",
+    "TOPOLOGY_KINDS",
     "ConvergenceStats",
     "FailoverStats",
     "SimSummary",
@@ -61,6 +69,7 @@ __all__ = [
     "convergence_stats",
     "failover_samples",
     "failover_stats",
+    "flow_pairs",
     "percentile",
     "run_scenario",
 ]
@@ -93,6 +102,9 @@ FLAP_FOR: Final = 20.0
 DEGRADE_FOR: Final = 20.0
 DEGRADE_LOSS: Final = (0.05, 0.6)
 DEGRADE_STEPS: Final = 12
+FLOW_RATE: Final = 20.0
+"""Packets per second of each flow (``flows=N``): a 50 ms resolution on outages."""
+FLOW_SIZE: Final = 64
 
 
 @dataclass
@@ -102,12 +114,15 @@ class SimSummary:
     ``reachability`` is ``(t, fraction)`` every :data:`REACH_EVERY` s: the fraction of the
     sampled pairs whose next-hop chain arrives, among pairs with both ends alive.
     ``control_bytes_per_node_s`` is every byte every node sent (handshakes, hellos,
-    routing; these scenarios carry no application traffic) / nodes / virtual seconds.
+    routing; and the flows' packets, when there are flows) / nodes / virtual seconds.
     ``recovery_s`` is, for a kill, the time from the kill until every affected pair (both
     ends alive, old path through the victim, still connected in the graph) is reachable
     again; for a partition, from the heal until every sampled pair is reachable; None if
     the scenario has no such fault or it did not recover within :data:`RECOVERY_LIMIT`.
     ``route_changes`` counts next-hop changes summed over all nodes from the fault on.
+    ``topology``, ``loss`` and ``jitter`` say what network it ran on. With flows,
+    ``flows`` has each flow's figures (packets sent until 1 s before the end) and
+    ``outages`` every fault with the user outage of the flows it hit.
     """
 
     scenario: str
@@ -127,11 +142,22 @@ class SimSummary:
     route_changes: int = 0
     details: dict[str, float | int | str | None] = field(default_factory=dict)
     trace: Trace = field(default_factory=Trace, repr=False, compare=False)
+    topology: str = "random-geometric"
+    loss: float = 0.0
+    jitter: float = 0.0
+    flows: list[FlowStats] = field(default_factory=list)
+    outages: list[FaultOutage] = field(default_factory=list)
 
     @property
     def mttrs(self) -> list[float]:
         """MTTR of every repaired healing event, in event order."""
         return [m for _, e in self.healing_events if (m := e.mttr) is not None]
+
+    @property
+    def delivery_ratio(self) -> float:
+        """Distinct packets delivered / sent over every flow (nan without flows)."""
+        sent = sum(f.sent for f in self.flows)
+        return sum(f.delivered for f in self.flows) / sent if sent else math.nan
 
 
 Observers = tuple[
@@ -139,8 +165,9 @@ Observers = tuple[
 ]
 
 
-class _Run:
-    """One simulator over the real mesh plus the global probes the scenarios need."""
+class _Run(MeshRun):
+    """One scenario's mesh plus the probes the scenarios need: a fixed sample of pairs,
+    reachability sampled on a timer, an end time every wait respects."""
 
     def __init__(
         self,
@@ -152,27 +179,47 @@ class _Run:
         reach_every: float | None = REACH_EVERY,
         pairs: int = PAIRS,
         observers: Observers | None = None,
+        loss: float | None = None,
+        jitter: float | None = None,
+        flows: int = 0,
+        kind: str = "random-geometric",
     ) -> None:
-        self.topology = topology
-        self.seed = seed
         # Outside the wall clock: certificates are issued once per process and cached.
-        world = build_world(topology.nodes, seed)
+        build_world(topology.nodes, seed)
         self.wall0 = time.perf_counter()
-        self.mesh = MeshSim(world, topology, healing=healing)
-        if observers is not None:
-            self.mesh.on_event, self.mesh.on_cycle = observers
+        on_event, on_cycle = observers if observers is not None else (None, None)
         # Drops are counted either way; per-packet drop records would dominate the trace
         # (and memory) of a big run for no extra insight. The script starts empty: each
         # scenario adds its fault with `at` once it has looked at the converged mesh.
-        self.sim = Scenario(topology, seed, self.mesh.factory(), trace_drops=False).build()
+        built = build_mesh(
+            topology,
+            seed=seed,
+            healing=healing,
+            loss=loss,
+            jitter=jitter,
+            on_event=on_event,
+            on_cycle=on_cycle,
+        )
+        super().__init__(built.sim, built.mesh)
+        self.kind = kind
+        self.loss = loss or 0.0
+        self.jitter = jitter or 0.0
         self.end = math.inf if until is None else until
         self.pairs = sample_pairs(list(topology.nodes), pairs, seed)
+        self.flow_pairs = flow_pairs(list(topology.nodes), flows, seed)
         self.reach: list[tuple[float, float]] = []
         self.samplers: list[Callable[[float, dict[str, MeshNode]], None]] = []
-        self._cursor = 0
         self._changes_mark: dict[MeshNode, int] = {}
+        self.loops = 0
         if reach_every is not None:
             self._every(reach_every, self._sample)
+
+    def start_flows(self) -> None:
+        """Start the scenario's flows now (at convergence), until the end of the run."""
+        if self.over:
+            return  # the run ended before convergence: nothing left to send in
+        for a, b in self.flow_pairs:
+            self.add_flow(a, b, FLOW_RATE, size=FLOW_SIZE, stop=self.end)
 
     # -- time -----------------------------------------------------------------------
 
@@ -189,15 +236,16 @@ class _Run:
         if t > self.sim.now:
             self.sim.run(t)
 
-    def at(self, t: float, *actions: ScenarioAction) -> None:
+    def at(self, t: float, *actions: ScenarioAction) -> _Run:
         """Scenario ``actions`` at ``t`` unless the run ends first. At ``t <= now`` they
         take effect before this returns, so the probes that follow already see them."""
         if t > self.end:
-            return
+            return self
         now = self.sim.now
         schedule(self.sim, max(t, now), *actions)
         if t <= now:
             self.sim.run(now)
+        return self
 
     def _every(self, period: float, fn: Callable[[Simulator], None]) -> None:
         # k * period rather than a running sum: no float drift in the sample times.
@@ -211,52 +259,33 @@ class _Run:
 
     # -- probes ---------------------------------------------------------------------
 
-    def nodes(self) -> dict[str, MeshNode]:
-        return meshes(self.sim)
+    def _arrives(self, nodes: dict[str, MeshNode], a: str, b: str) -> bool:
+        # The packet's view: a route over a link that is down or cut does not count.
+        p = trace_path(self.sim, a, b, nodes)
+        if p.kind == "loop":
+            self.loops += 1  # a protocol bug, counted and reported rather than raised
+        return p.ok
 
     def _sample(self, sim: Simulator) -> None:
         nodes = self.nodes()
         live = [(a, b) for a, b in self.pairs if a in nodes and b in nodes]
-        ok = sum(1 for a, b in live if path(nodes, a, b) is not None)
+        ok = sum(1 for a, b in live if self._arrives(nodes, a, b))
         self.reach.append((sim.now, ok / len(live) if live else 1.0))
         for fn in self.samplers:
             fn(sim.now, nodes)
 
-    def converged(self) -> bool:
-        """Every live node has a route to every other live node.
-
-        Short-circuits at the first node that lacks one and starts the next call there,
-        so a check while the mesh is still converging costs one node's table.
-        """
-        nodes = self.nodes()
-        names = list(nodes)
-        n = len(names)
-        want = n - 1
-        ids: set[bytes] | None = None
-        start = self._cursor % n if n else 0
-        for k in range(n):
-            i = (start + k) % n
-            sel = nodes[names[i]].router.selected()
-            ok = len(sel) >= want
-            if ok and len(sel) > want:
-                # Routes to dead nodes linger until they expire: count live ones only.
-                if ids is None:
-                    ids = {node_id(x) for x in names}
-                ok = sum(1 for d in sel if d in ids) >= want
-            if not ok:
-                self._cursor = i
-                return False
-        return True
-
-    def wait_converged(self, limit: float = CONVERGE_LIMIT) -> float | None:
-        """Step in :data:`CONVERGE_CHECK` increments until converged; the time, or None."""
+    def wait_converged(
+        self, limit: float = CONVERGE_LIMIT, step: float = CONVERGE_CHECK
+    ) -> float | None:
+        """Step in ``step`` increments until converged; the time, or None (also when the
+        run ends first)."""
         t0 = self.now
         k = 0
         while True:
             if self.converged():
                 return self.now
             k += 1
-            t = t0 + k * CONVERGE_CHECK
+            t = t0 + k * step
             if t > t0 + limit or self.over:
                 return None
             self.run_to(t)
@@ -271,7 +300,7 @@ class _Run:
         base = self.now
         while True:
             nodes = self.nodes()
-            broken = [(a, b) for a, b in broken if path(nodes, a, b) is None]
+            broken = [(a, b) for a, b in broken if not self._arrives(nodes, a, b)]
             if not broken:
                 return self.now - t0
             k += 1
@@ -280,27 +309,28 @@ class _Run:
                 return None
             self.run_to(t)
 
-    def paths(self) -> list[list[str]]:
+    def sampled_paths(self) -> list[list[str]]:
+        """The routing path of every sampled pair that has one (both ends running)."""
         nodes = self.nodes()
         out = []
         for a, b in self.pairs:
             if a in nodes and b in nodes:
-                p = path(nodes, a, b)
-                if p is not None:
-                    out.append(p)
+                p = route_path(nodes, a, b)
+                if p.ok:
+                    out.append(list(p.hops))
         return out
 
     def relay_load(self) -> Counter[str]:
         """How many sampled paths each node relays (ends excluded)."""
         load: Counter[str] = Counter()
-        for p in self.paths():
+        for p in self.sampled_paths():
             load.update(p[1:-1])
         return load
 
     def link_load(self) -> Counter[tuple[str, str]]:
         """How many sampled paths cross each link (as a sorted name pair)."""
         load: Counter[tuple[str, str]] = Counter()
-        for p in self.paths():
+        for p in self.sampled_paths():
             load.update(_edge(x, y) for x, y in pairwise(p))
         return load
 
@@ -309,7 +339,7 @@ class _Run:
         the graph without it (a pair cut off by the kill can never recover)."""
         comp = _components_without(self.topology, node=relay)
         out = []
-        for p in self.paths():
+        for p in self.sampled_paths():
             a, b = p[0], p[-1]
             if relay in p[1:-1] and comp[a] == comp[b]:
                 out.append((a, b))
@@ -329,9 +359,6 @@ class _Run:
         mark = self._changes_mark
         return sum(c - mark.get(m, 0) for m, c in self._route_changes().items())
 
-    def control_bytes(self) -> int:
-        return sum(s.sent_bytes for s in self.sim.stats.values())
-
     def summary(
         self,
         scenario: str,
@@ -345,6 +372,12 @@ class _Run:
     ) -> SimSummary:
         sim = self.sim
         n = len(self.topology)
+        flows = self.flow_stats()
+        extra: dict[str, float | int | str | None] = {}
+        if flows:
+            extra["flows"] = len(flows)
+        if self.loops:
+            extra["routing_loops_seen"] = self.loops
         return SimSummary(
             scenario=scenario,
             nodes=n,
@@ -361,8 +394,13 @@ class _Run:
             fault_at=fault_at,
             recovery_s=recovery_s,
             route_changes=route_changes,
-            details={**(details or {}), "sampled_pairs": len(self.pairs)},
+            details={**(details or {}), "sampled_pairs": len(self.pairs), **extra},
             trace=sim.trace,
+            topology=self.kind,
+            loss=self.loss,
+            jitter=self.jitter,
+            flows=flows,
+            outages=self.user_outages(),
         )
 
 
@@ -391,9 +429,40 @@ def _components_without(
     return comp
 
 
+def _bfs_order(topology: Topology) -> list[str]:
+    seen = {topology.nodes[0]: None}
+    queue = [topology.nodes[0]]
+    for x in queue:  # grows while iterated: a breadth-first walk, each node once
+        for m in topology.neighbours(x):
+            if m not in seen:
+                seen[m] = None
+                queue.append(m)
+    rest = [n for n in topology.nodes if n not in seen]  # other components, if any
+    return queue + rest
+
+
+def flow_pairs(names: Sequence[str], k: int, seed: int) -> list[tuple[str, str]]:
+    """``k`` distinct ordered pairs of ``names`` (all of them if there are fewer), from
+    their own seeded stream, in the order drawn."""
+    n = len(names)
+    if k >= n * (n - 1):
+        return [(a, b) for a in names for b in names if a != b]
+    rng = derive_rng(seed, "flows")
+    pairs: dict[tuple[str, str], None] = {}
+    # Bounded: each draw is new with probability >= 1 / (n * (n - 1)) while k are missing.
+    for _ in range(1000 * n * n):
+        if len(pairs) == k:
+            break
+        a, b = rng.sample(names, 2)
+        pairs[(a, b)] = None
+    return list(pairs)
+
+
 def _start(run: _Run) -> tuple[float | None, float]:
-    """Cold start: convergence time (or None) and when the fault goes in."""
+    """Cold start: convergence time (or None) and when the fault goes in; the flows, if
+    any, start at convergence."""
     conv = run.wait_converged()
+    run.start_flows()
     base = conv if conv is not None else run.now
     return conv, base + SETTLE
 
@@ -407,6 +476,7 @@ def _finish(run: _Run, natural_end: float) -> None:
 
 def _converge(run: _Run) -> SimSummary:
     conv = run.wait_converged()
+    run.start_flows()
     base = conv if conv is not None else run.now
     _finish(run, base + TAIL)
     return run.summary("converge", conv)
@@ -473,9 +543,12 @@ def _diamond(run: _Run) -> SimSummary:
 def _partition(run: _Run) -> SimSummary:
     conv, t = _start(run)
     pos = run.topology.positions
-    if pos is None:
-        raise SimError("partition needs a topology with positions")
-    ordered = sorted(run.topology.nodes, key=lambda n: (pos[n][0], n))
+    if pos is not None:
+        ordered = sorted(run.topology.nodes, key=lambda n: (pos[n][0], n))
+        split = "by x"
+    else:  # no geometry: the first half in breadth-first order from the first node
+        ordered = _bfs_order(run.topology)
+        split = "by hops"
     left = ordered[: len(ordered) // 2]
     run.at(t, partition([left]))
     healed = t + PARTITION_FOR
@@ -490,7 +563,7 @@ def _partition(run: _Run) -> SimSummary:
     return run.summary(
         "partition",
         conv,
-        fault=f"partition {len(left)}|{len(ordered) - len(left)} by x for {PARTITION_FOR:g} s",
+        fault=f"partition {len(left)}|{len(ordered) - len(left)} {split} for {PARTITION_FOR:g} s",
         fault_at=t,
         recovery_s=rec,
         route_changes=run.changes_since_mark(),
@@ -509,7 +582,7 @@ def _busy_link(run: _Run) -> tuple[tuple[str, str], int] | None:
     for link, total in sorted(load.items(), key=lambda kv: (-kv[1], kv[0]))[:RELAY_CANDIDATES]:
         comp = _components_without(run.topology, edge=link)
         n = 0
-        for p in run.paths():
+        for p in run.sampled_paths():
             if comp[p[0]] == comp[p[-1]] and link in {_edge(x, y) for x, y in pairwise(p)}:
                 n += 1
         if n and (best is None or (n, total) > best[:2]):
@@ -577,7 +650,7 @@ def _degrade(run: _Run) -> SimSummary:
         # The first sample, while the link is still up, at which no sampled path uses it.
         if moved or not t <= now < cut_at:
             return
-        for p in run.paths():
+        for p in run.sampled_paths():
             if link in {_edge(x, y) for x, y in pairwise(p)}:
                 return
         moved.append(now)
@@ -617,23 +690,51 @@ def run_scenario(
     seed: int,
     until: float | None = None,
     observers: Observers | None = None,
+    topology: str = "random-geometric",
+    degree: float | None = None,
+    loss: float = 0.0,
+    jitter: float = 0.0,
+    flows: int = 0,
 ) -> SimSummary:
-    """Run scenario ``name`` (one of :data:`SCENARIOS`) on a random geometric mesh of
-    ``nodes`` nodes (``diamond`` ignores ``nodes``: it always has four). ``observers``
-    (on each finished HealingEvent, on each MAPE-K cycle's phase durations) reach every
-    node's healing loop."""
+    """Run scenario ``name`` (one of :data:`SCENARIOS`) on a mesh of ``nodes`` nodes of
+    kind ``topology`` (one of :data:`TOPOLOGY_KINDS`, built by
+    :func:`~.topology.build_topology` with ``degree``; ``diamond`` ignores both: it
+    always has four nodes). Every link loses ``loss`` of its datagrams and delays each by
+    up to ``jitter`` seconds more. ``flows`` constant-rate flows (:data:`FLOW_RATE` pps)
+    between sampled pairs run from convergence to the end. ``observers`` (on each
+    finished HealingEvent, on each MAPE-K cycle's phase durations) reach every node's
+    healing loop."""
     fn = _RUNNERS.get(name)
     if fn is None:
         raise SimError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     if until is not None and not until > 0:
         raise SimError(f"until must be > 0, got {until!r}")
+    if not 0.0 <= loss < 1.0:
+        raise SimError(f"loss must be in [0, 1), got {loss!r}")
+    if not (math.isfinite(jitter) and jitter >= 0.0):
+        raise SimError(f"jitter must be a finite number >= 0, got {jitter!r}")
+    if flows < 0:
+        raise SimError(f"flows must be >= 0, got {flows!r}")
     if name == "diamond":
-        topology = diamond()
+        topo = diamond()
+        kind = "diamond"
     else:
         if nodes < 2:
             raise SimError(f"scenario {name!r} needs at least 2 nodes, got {nodes}")
-        topology = random_geometric(nodes, seed)
-    return fn(_Run(topology, seed, until=until, observers=observers))
+        topo = build_topology(topology, nodes, seed, degree=degree)
+        kind = topology
+    run = _Run(
+        topo,
+        seed,
+        until=until,
+        observers=observers,
+        # None keeps each link as built: the default run is exactly what it always was.
+        loss=loss or None,
+        jitter=jitter or None,
+        flows=flows,
+        kind=kind,
+    )
+    return fn(run)
 
 
 # -- benchmark helpers ---------------------------------------------------------------------
@@ -672,7 +773,7 @@ def failover_stats(
     only at the pairs still broken); restart it; wait for full re-convergence (checked
     every :data:`CONVERGE_CHECK` s, at most :data:`RECONVERGE_LIMIT` s); next round.
     """
-    run = _Run(random_geometric(nodes, seed), seed, reach_every=None)
+    run = _Run(build_topology("random-geometric", nodes, seed), seed, reach_every=None)
     run.wait_converged()
     rng = derive_rng(seed, "failover")
     samples: list[float] = []
@@ -725,6 +826,7 @@ class ConvergenceStats:
     control traffic from ``steady_from`` (convergence + 5 s) to the end, per node per
     second; ``total_bytes_per_node_s`` covers the whole run, start-up handshakes included.
     ``wall_s`` is the wall-clock time of the run (certificate issuance excluded).
+    ``loss`` and ``jitter`` were set on every link.
     """
 
     nodes: int
@@ -735,14 +837,25 @@ class ConvergenceStats:
     steady_bytes_per_node_s: float
     total_bytes_per_node_s: float
     wall_s: float
+    loss: float = 0.0
+    jitter: float = 0.0
 
 
-def convergence_stats(nodes: int, seed: int, duration: float = 60.0) -> ConvergenceStats:
+def convergence_stats(
+    nodes: int, seed: int, duration: float = 60.0, *, loss: float = 0.0, jitter: float = 0.0
+) -> ConvergenceStats:
     """See :class:`ConvergenceStats`. If the steady window (convergence + 5 s to the
     end) would be shorter than 10 s, or the mesh never converges, it is the last 10 s."""
     if duration <= 10.0:
         raise SimError(f"duration must be > 10 s, got {duration!r}")
-    run = _Run(random_geometric(nodes, seed), seed, until=duration, reach_every=None)
+    run = _Run(
+        build_topology("random-geometric", nodes, seed),
+        seed,
+        until=duration,
+        reach_every=None,
+        loss=loss or None,
+        jitter=jitter or None,
+    )
     conv = run.wait_converged(limit=duration)
     steady_from = duration - 10.0
     if conv is not None:
@@ -761,6 +874,8 @@ def convergence_stats(nodes: int, seed: int, duration: float = 60.0) -> Converge
         steady_bytes_per_node_s=(total - at_steady) / nodes / (duration - steady_from),
         total_bytes_per_node_s=total / nodes / duration,
         wall_s=wall,
+        loss=loss,
+        jitter=jitter,
     )
 
 
@@ -773,12 +888,3 @@ def convergence(nodes: int, seed: int) -> tuple[float, float, float]:
     """
     s = convergence_stats(nodes, seed, 60.0)
     return s.converge_s, s.steady_bytes_per_node_s, s.wall_s
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in [0, 100]) of ``values``; nan when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]

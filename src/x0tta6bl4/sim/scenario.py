@@ -10,6 +10,10 @@
     )
     result.faults  # when each fault began: MTTD is measured from these
 
+Periodic checks go on the clock with ``Scenario.every(interval, fn)`` (or :func:`every` on
+a running simulator); ``random_flaps(links, rate, until=...)`` is an action that flaps
+links at random (seeded) times.
+
 Each action is a small frozen dataclass with ``apply(sim)``, run as a simulator event at
 its time; actions at the same time run in the order they were added. :func:`schedule`
 puts actions on a simulator that is already running: it is how ``Scenario.build`` installs
@@ -20,14 +24,15 @@ relay, the busiest link), so every fault in the simulator is one of these action
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from .engine import NodeFactory, Simulator
 from .topology import Topology
 from .trace import Trace
-from .types import SimError
+from .types import SimError, derive_rng
 
 __all__ = [
     "AppSendAction",
@@ -38,6 +43,7 @@ __all__ = [
     "Heal",
     "Kill",
     "Partition",
+    "RandomFlaps",
     "Restart",
     "Restore",
     "Scenario",
@@ -46,10 +52,12 @@ __all__ = [
     "app_send",
     "cut",
     "degrade",
+    "every",
     "flap",
     "heal",
     "kill",
     "partition",
+    "random_flaps",
     "restart",
     "restore",
     "schedule",
@@ -148,6 +156,42 @@ class Degrade:
         )
 
 
+MAX_FLAPS_PER_LINK: Final = 10_000
+"""Bound on the flaps one link gets from one :class:`RandomFlaps` (a guard, not a knob)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RandomFlaps:
+    """Each of ``links`` (every link when empty) fails at random: up for an exponential
+    time of mean ``1 / rate`` seconds, then down for a time uniform in ``down_for``,
+    again and again until ``until``, where it is left up.
+
+    The script is drawn when the action runs, from the simulator's seed, the link and
+    the start time, so one seed gives one script; each down and up is a scheduled event
+    recorded like any cut (``sim.link_down`` / ``sim.link_up``).
+    """
+
+    links: tuple[tuple[str, str], ...]
+    rate: float
+    until: float
+    down_for: tuple[float, float] = (0.2, 2.0)
+
+    def apply(self, sim: Simulator) -> None:
+        start = sim.now
+        for a, b in self.links or tuple(sim.net.links()):
+            sim.net.link(a, b)  # unknown links fail now, not mid-script
+            rng = derive_rng(sim.seed, "random_flaps", a, b, repr(start))
+            lo, hi = self.down_for
+            t = start + rng.expovariate(self.rate)
+            for _ in range(MAX_FLAPS_PER_LINK):
+                if t >= self.until:
+                    break
+                back = min(t + rng.uniform(lo, hi), self.until)
+                sim.schedule(t, Cut(a, b).apply)
+                sim.schedule(back, Restore(a, b).apply)
+                t = back + rng.expovariate(self.rate)
+
+
 @dataclass(frozen=True, slots=True)
 class AppSendAction:
     src: str
@@ -210,6 +254,25 @@ def degrade(
     return Degrade(a, b, latency, jitter, loss, capacity, mtu, both, dup)
 
 
+def random_flaps(
+    links: Iterable[tuple[str, str]] | None,
+    rate: float,
+    *,
+    until: float,
+    down_for: tuple[float, float] = (0.2, 2.0),
+) -> RandomFlaps:
+    """Flap ``links`` (``None``: every link) at random, ``rate`` failures per link per
+    second on average, each down for ``U(down_for)`` seconds, until ``until``."""
+    lo, hi = down_for
+    if not (rate > 0 and math.isfinite(rate)):
+        raise SimError(f"random_flaps: rate must be a finite number > 0, got {rate!r}")
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise SimError(f"random_flaps: need 0 < down_for[0] <= down_for[1], got {down_for!r}")
+    if not math.isfinite(until):
+        raise SimError(f"random_flaps: until must be finite, got {until!r}")
+    return RandomFlaps(tuple((a, b) for a, b in links or ()), rate, until, (lo, hi))
+
+
 def app_send(src: str, dst: str, port: int, payload: bytes) -> AppSendAction:
     """The application on ``src`` sends ``payload`` to node ``dst`` on ``port``."""
     return AppSendAction(src, dst, port, payload)
@@ -219,6 +282,35 @@ def schedule(sim: Simulator, t: float, *actions: ScenarioAction) -> None:
     """Run each of ``actions`` as its own simulator event at ``t`` (in the order given)."""
     for a in actions:
         sim.schedule(t, _checked(a).apply)
+
+
+def every(
+    sim: Simulator,
+    interval: float,
+    fn: Callable[[Simulator], object],
+    *,
+    start: float | None = None,
+    until: float | None = None,
+) -> None:
+    """Call ``fn(sim)`` at ``start`` (default now) and every ``interval`` after, up to and
+    including ``until`` (default: for as long as the simulator runs).
+
+    One call is pending at a time, so an open-ended check costs one heap entry; times
+    are ``start + k * interval``, so they do not drift.
+    """
+    if not (interval > 0 and math.isfinite(interval)):
+        raise SimError(f"every: interval must be a finite number > 0, got {interval!r}")
+    t0 = sim.now if start is None else start
+    end = math.inf if until is None else until
+
+    def tick(s: Simulator, k: int = 0) -> None:
+        fn(s)
+        nxt = t0 + (k + 1) * interval
+        if nxt <= end:
+            s.schedule(nxt, lambda s2: tick(s2, k + 1))
+
+    if t0 <= end:
+        sim.schedule(t0, tick)
 
 
 def _checked(action: ScenarioAction) -> ScenarioAction:
@@ -286,6 +378,7 @@ class Scenario:
         self.node_factory = node_factory
         self.trace_drops = trace_drops
         self._script: list[tuple[float, ScenarioAction]] = []
+        self._checks: list[tuple[float, Callable[[Simulator], object], float, float | None]] = []
 
     def at(self, t: float, *actions: ScenarioAction) -> Scenario:
         """Run ``actions`` at virtual time ``t``; returns ``self`` for chaining."""
@@ -293,6 +386,23 @@ class Scenario:
             raise SimError(f"scenario time must be >= 0, got {t!r}")
         for a in actions:
             self._script.append((t, _checked(a)))
+        return self
+
+    def every(
+        self,
+        interval: float,
+        fn: Callable[[Simulator], object],
+        *,
+        start: float = 0.0,
+        until: float | None = None,
+    ) -> Scenario:
+        """Call ``fn(sim)`` at ``start`` and every ``interval`` after (see :func:`every`):
+        probes, invariant checks, samplers. Returns ``self`` for chaining."""
+        if not (interval > 0 and math.isfinite(interval)):
+            raise SimError(f"every: interval must be a finite number > 0, got {interval!r}")
+        if not start >= 0:
+            raise SimError(f"every: start must be >= 0, got {start!r}")
+        self._checks.append((interval, fn, start, until))
         return self
 
     @property
@@ -305,6 +415,8 @@ class Scenario:
         sim.add_topology(self.topology, self.node_factory)
         for t, action in self._script:
             schedule(sim, t, action)
+        for interval, fn, start, until in self._checks:
+            every(sim, interval, fn, start=start, until=until)
         return sim
 
     def run(self, until: float) -> ScenarioResult:

@@ -1,7 +1,9 @@
 """Topologies: node names in a fixed order plus undirected edges with a ``LinkSpec``.
 
-Builders give small named shapes (``line``, ``ring``, ``diamond``, ``grid``) and a
-seeded random geometric graph that is always connected.
+Builders give small named shapes (``line``, ``ring``, ``diamond``, ``grid``) and two
+seeded random graphs that are always connected (``random_geometric``,
+``random_regular``); :func:`build_topology` picks one by kind name and size, for the
+runner and ``x0t sim``.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .types import LinkSpec, SimError
 
 __all__ = [
+    "TOPOLOGY_KINDS",
     "Edge",
     "LinkSpec",
     "Topology",
     "TopologyError",
+    "build_topology",
     "diamond",
     "grid",
     "line",
     "node_names",
     "random_geometric",
+    "random_regular",
     "ring",
 ]
 
@@ -311,3 +316,93 @@ def _join_components(
             if ri != rj:
                 parent[max(ri, rj)] = min(ri, rj)
                 added.append((i, j))
+
+
+REGULAR_ATTEMPTS: Final = 200
+"""Fresh tries of the random pairing before ``random_regular`` gives up."""
+_PAIR_TRIES: Final = 64  # random stub pairs tried per edge before a try restarts
+
+
+def random_regular(n: int, degree: int, seed: int, *, spec: LinkSpec | None = None) -> Topology:
+    """A connected random ``degree``-regular graph on ``n`` nodes, the same for one seed.
+
+    Stubs are paired at random, skipping pairs that would make a self-loop or a repeated
+    edge (Steger-Wormald); a try that gets stuck, or ends disconnected, starts over, at
+    most :data:`REGULAR_ATTEMPTS` times. Every link gets ``spec``: there is no geometry.
+    """
+    _need(isinstance(n, int) and n >= 2, f"random_regular needs n >= 2, got {n!r}")
+    _need(
+        isinstance(degree, int) and 1 <= degree < n,
+        f"random_regular needs 1 <= degree < n, got degree {degree!r} for n {n}",
+    )
+    _need(n * degree % 2 == 0, f"random_regular needs n * degree even, got {n} * {degree}")
+    _need(degree >= 2 or n == 2, f"a {degree}-regular graph on {n} nodes is never connected")
+    rng = random.Random(seed)
+    names = node_names(n)
+    for _ in range(REGULAR_ATTEMPTS):
+        pairs = _pair_stubs(n, degree, rng)
+        if pairs is None:
+            continue
+        topo = _from_pairs(names, sorted(pairs), spec or LinkSpec())
+        if topo.is_connected():
+            return topo
+    raise TopologyError(
+        f"no connected {degree}-regular graph on {n} nodes in {REGULAR_ATTEMPTS} tries"
+    )
+
+
+def _pair_stubs(n: int, degree: int, rng: random.Random) -> set[tuple[int, int]] | None:
+    stubs = [i for i in range(n) for _ in range(degree)]
+    pairs: set[tuple[int, int]] = set()
+    while stubs:
+        for _ in range(_PAIR_TRIES):
+            i, j = rng.randrange(len(stubs)), rng.randrange(len(stubs))
+            u, v = stubs[i], stubs[j]
+            if u != v and (min(u, v), max(u, v)) not in pairs:
+                break
+        else:
+            return None  # stuck: only self-loops or repeats left
+        pairs.add((min(u, v), max(u, v)))
+        for k in sorted((i, j), reverse=True):  # swap-remove, higher index first
+            stubs[k] = stubs[-1]
+            stubs.pop()
+    return pairs
+
+
+TOPOLOGY_KINDS: Final = ("random-geometric", "random-regular", "line", "grid", "ring")
+"""Kinds :func:`build_topology` knows (and ``x0t sim --topology`` offers)."""
+
+
+def build_topology(
+    kind: str,
+    nodes: int,
+    seed: int,
+    *,
+    degree: float | None = None,
+    spec: LinkSpec | None = None,
+) -> Topology:
+    """A topology of ``nodes`` nodes by kind name, the same for one seed.
+
+    ``degree`` is the mean degree of ``random-geometric`` (default 5) and the degree of
+    ``random-regular`` (default 4); the other kinds ignore it. ``grid`` is the most
+    nearly square lattice with ``nodes`` nodes: ``ceil(sqrt(nodes))`` columns, the last
+    row possibly short. ``spec`` sets every link (random geometric graphs keep their
+    distance-based latency and take the rest from ``spec``).
+    """
+    if kind == "random-geometric":
+        return random_geometric(nodes, seed, 5.0 if degree is None else degree, spec=spec)
+    if kind == "random-regular":
+        d = 4 if degree is None else degree
+        _need(float(d).is_integer(), f"random-regular needs a whole degree, got {d!r}")
+        return random_regular(nodes, int(d), seed, spec=spec)
+    if kind == "line":
+        return line(nodes, spec)
+    if kind == "ring":
+        return ring(nodes, spec)
+    if kind == "grid":
+        _need(isinstance(nodes, int) and nodes >= 1, f"grid needs nodes >= 1, got {nodes!r}")
+        w = math.isqrt(nodes - 1) + 1  # ceil(sqrt(nodes))
+        pairs = [(i, i + 1) for i in range(nodes - 1) if (i + 1) % w]
+        pairs += [(i, i + w) for i in range(nodes - w)]
+        return _from_pairs(node_names(nodes), sorted(pairs), spec or LinkSpec())
+    raise TopologyError(f"unknown topology kind {kind!r}; choose from {', '.join(TOPOLOGY_KINDS)}")

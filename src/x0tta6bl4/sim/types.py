@@ -1,9 +1,10 @@
 """What every part of the simulator shares: drop reasons, link parameters, per-node
-counters, the simulator's error and its seeded random streams.
+counters, path probe results, percentiles, the simulator's error and its seeded random
+streams.
 
 This module imports nothing else of ``sim``, so the others import in one direction:
-``types`` <- ``network`` <- ``engine`` <- ``scenario`` / ``runner``, and ``topology``
-needs only ``types``.
+``types`` <- ``network`` <- ``engine`` <- ``scenario`` / ``meshsim`` / ``flows`` <-
+``outage`` <- ``meshrun`` <- ``runner``, and ``topology`` needs only ``types``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from x0tta6bl4.errors import X0tError
 
@@ -25,11 +27,15 @@ __all__ = [
     "MTU",
     "NO_LINK",
     "PARTITION",
+    "PATH_KINDS",
     "QUEUE_OVERFLOW",
     "LinkSpec",
     "NodeStats",
+    "PathKind",
+    "PathResult",
     "SimError",
     "derive_rng",
+    "percentile",
 ]
 
 # Drop reasons, as plain strings: they key counters and appear in the trace.
@@ -139,3 +145,40 @@ class NodeStats:
 
     def __repr__(self) -> str:
         return f"NodeStats({self.as_dict()})"
+
+
+PathKind = Literal["ok", "no_route", "loop", "dead_link", "dead_node"]
+PATH_KINDS: Final[tuple[PathKind, ...]] = ("ok", "no_route", "loop", "dead_link", "dead_node")
+
+
+@dataclass(frozen=True, slots=True)
+class PathResult:
+    """Where a packet from ``hops[0]`` toward a destination would go, hop by hop.
+
+    ``kind`` says how the walk ended: ``ok`` (``hops[-1]`` is the destination),
+    ``no_route`` (``hops[-1]`` has no next hop), ``loop`` (``hops[-1]`` was already
+    visited: a routing loop, a protocol bug reported as a result so a probe can count it),
+    ``dead_link`` (the last step uses a link that is missing, down or cut by a partition)
+    or ``dead_node`` (``hops[-1]`` is not running; for a walk of one hop, the source).
+    """
+
+    kind: PathKind
+    hops: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+    @property
+    def links(self) -> int:
+        """Links walked (``len(hops) - 1``)."""
+        return len(self.hops) - 1
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 100]) of ``values``; nan when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
