@@ -381,3 +381,158 @@ def test_a_certificate_for_another_name_with_betas_key_yields_no_session(
     assert not resp and b.counters.get("decrypt_failed") == 1
     assert b.peers() == []
     assert not a.peer("B").established  # type: ignore[union-attr]
+
+
+# --- NO_SESSION: unauthenticated, so it may cost a handshake, never a session -----------
+
+
+def _one_way_pair(world: World, seed: int) -> tuple[Net, SecureEndpoint, SecureEndpoint]:
+    n = Net(seed=seed)
+    a = n.add("A", world.endpoint("alpha", seed=seed))
+    b = n.add("B", world.endpoint("beta", seed=seed + 1))
+    n.send("A", "B", b"hello")  # travels in CONFIRM
+    n.run(1.0)
+    n.send("A", "B", b"and DATA")  # plain DATA on the confirmed session
+    n.run(1.5)
+    return n, a, b
+
+
+def test_forged_no_session_hints_change_nothing(world: World) -> None:
+    """A NO_SESSION must echo a packet alpha really sent on its current session: a guessed
+    index, counter or tag is dropped and starts nothing."""
+    from x0tta6bl4.channel.wire import NoSession
+
+    n, a, _b = _one_way_pair(world, 40)
+    sent = [d for t, src, _, d in n.sent if src == "A" and d[1] == C.MSG_DATA]
+    real = NoSession.echo(sent[-1])
+    forged = [
+        NoSession(real.receiver_index ^ 1, real.counter, real.tag),  # another index
+        NoSession(real.receiver_index, real.counter + 5, real.tag),  # not sent yet
+        NoSession(real.receiver_index, real.counter, bytes(16)),  # wrong tag
+        NoSession(real.receiver_index, 0, real.tag),  # a tag from another packet
+    ]
+    for msg in forged:
+        for src in ("B", "M"):
+            assert not sends(a.handle(n.now, Datagram(src, encode(msg))))
+    assert a.counters["unmatched_no_session"] == 2 * len(forged)
+    info = a.peer("B")
+    assert info is not None and info.established and not info.handshaking
+    assert a.counters.get("no_session_acted", 0) == 0
+
+
+def test_replayed_no_session_starts_at_most_one_handshake_per_interval(world: World) -> None:
+    """Someone who saw one of alpha's packets can make a valid NO_SESSION and repeat it:
+    alpha handshakes at most once per NO_SESSION_HANDSHAKE_INTERVAL, keeps its session
+    (data flows on it throughout) and spends no KEM work on the rest."""
+    import time
+
+    from x0tta6bl4.channel.wire import NoSession
+
+    n, a, _b = _one_way_pair(world, 42)
+    sent = [d for _, src, _, d in n.sent if src == "A" and d[1] == C.MSG_DATA]
+    hint = encode(NoSession.echo(sent[-1]))
+    session = a._peers["B"].current
+    t0 = n.now
+    inits = 0
+    cpu = time.process_time()
+    for i in range(20_000):
+        now = t0 + i * 0.0002  # 4 s of 5,000 forged hints per second
+        inits += len([d for d in sends(a.handle(now, Datagram("B", hint))) if d[1] != C.MSG_DATA])
+    per_hint = (time.process_time() - cpu) / 20_000
+    acted = a.counters.get("no_session_acted", 0)
+    assert 1 <= acted <= 4 / C.NO_SESSION_HANDSHAKE_INTERVAL + 1
+    assert a.counters["no_session_rate_limited"] >= 20_000 - acted - 10
+    assert a._peers["B"].current is session and not session.wiped  # nothing torn down
+    assert per_hint < 0.001  # a dictionary look-up and a compare, not a handshake
+    n.run(t0 + 4.0)
+    n.send("A", "B", b"still flowing")
+    n.run(t0 + 5.0)
+    assert [p for _, p in n.delivered["B"]][-1:] == [b"still flowing"]
+    assert inits > 0  # the handshakes that were allowed did go out
+
+
+def test_unknown_index_floods_get_bounded_no_session_answers(world: World) -> None:
+    """A flood of DATA with unknown indices from spoofed sources: answers only to a
+    repeated index, never larger than the packet, rate-limited per source, and the
+    table behind it is bounded."""
+    b = world.endpoint("beta", seed=44)
+    answered = 0
+    for i in range(5_000):
+        src = ("198.18.3.3", i % 50)
+        data = bytes((1, C.MSG_DATA, 0, 0)) + (i % 7).to_bytes(4, "little") + bytes(24)
+        out = sends(b.handle(i * 0.001, Datagram(src, data)))
+        assert all(len(x) <= len(data) for x in out)
+        answered += len(out)
+    # 50 sources over 5 s, each at most its burst plus its rate
+    assert answered <= 50 * (C.NO_SESSION_BURST + 5 * C.NO_SESSION_RATE)
+    assert b.peers() == [] and b.sessions_in_use == 0
+    assert len(b._data._no_session) <= C.MAX_RATE_LIMITED_SOURCES
+
+
+# --- FRAGMENT_NACK and kept messages -------------------------------------------------------
+
+
+def test_nacks_resend_only_our_own_fragments_to_their_destination_a_bounded_number_of_times(
+    world: World,
+) -> None:
+    from x0tta6bl4.channel.wire import FragmentNack
+
+    a = world.endpoint("alpha", seed=46)
+    a.add_peer("B", cert_der=world.creds["beta"].cert.der)
+    init = sends(a.connect(0.0, "B"))
+    message_id = int.from_bytes(init[0][4:8], "little")
+    everything = (1 << len(init)) - 1
+    # an id we never used, and our id from another address: nothing
+    assert not sends(a.handle(0.1, Datagram("B", encode(FragmentNack(message_id ^ 1, 1)))))
+    assert not sends(a.handle(0.1, Datagram("M", encode(FragmentNack(message_id, 1)))))
+    assert a.counters["unknown_message"] == 2
+    resent = 0
+    for i in range(100):  # a replayed NACK asking for everything
+        out = sends(
+            a.handle(0.1 + i * 0.001, Datagram("B", encode(FragmentNack(message_id, everything))))
+        )
+        assert set(out) <= set(init)
+        resent += len(out)
+    assert resent == C.MAX_RESENDS_PER_MESSAGE * len(init)
+    assert a.counters["resend_budget"] == 100 - C.MAX_RESENDS_PER_MESSAGE
+    # and after SENT_MESSAGE_TTL nothing is kept
+    assert not sends(
+        a.handle(C.SENT_MESSAGE_TTL + 1, Datagram("B", encode(FragmentNack(message_id, 1))))
+    )
+
+
+def test_a_spoofed_fragment_draws_fewer_nack_bytes_than_it_brought(world: World) -> None:
+    """The receiver of a lone (spoofed) first fragment NACKs its claimed source, but never
+    with more bytes than that source sent: no amplification."""
+    from x0tta6bl4.channel.fragment import split
+    from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
+    from x0tta6bl4.sansio import Timer
+
+    b = world.endpoint("beta", seed=47)
+    for size in (13, 40, 1280):
+        src = ("198.18.4.4", size)
+        frag = split(bytes(3000), size, 1280)[0][:size]
+        b.handle(0.0, Datagram(src, frag))
+        nacked = 0
+        key = ChannelTimer("x0t.secure", ChannelTimerKind.NACK, src, size)
+        for k in range(200):  # fire the NACK timer far more often than it asks
+            nacked += sum(len(d) for d in sends(b.handle(0.01 * (k + 1), Timer(key))))
+        brought = max(0, len(frag) - C.FRAGMENT_HEADER_SIZE)
+        assert nacked <= max(brought, 0)
+        assert nacked <= C.MAX_NACKS_PER_MESSAGE * C.FRAGMENT_NACK_SIZE
+
+
+def test_a_flood_of_init_answers_cannot_push_out_our_own_kept_messages(world: World) -> None:
+    """Our RESPs to unauthenticated INITs sit in their own pool: a flood of spoofed INITs
+    leaves our own INIT's fragments resendable."""
+    from x0tta6bl4.channel.wire import FragmentNack
+
+    b = world.endpoint("beta", seed=48)
+    b.add_peer("G", cert_der=world.creds["gamma"].cert.der)
+    own = sends(b.connect(0.0, "G"))
+    own_id = int.from_bytes(own[0][4:8], "little")
+    for i in range(C.MAX_SENT_ANSWERS + 20):
+        for frag in spoofed_init(world, "alpha", "beta", timestamp=2**62 + i):
+            b.handle(0.5, Datagram(("198.18.6.6", i), frag))
+    again = sends(b.handle(1.0, Datagram("G", encode(FragmentNack(own_id, 1)))))
+    assert again == [own[0]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 
 import pytest
@@ -153,3 +154,105 @@ def test_arbitrary_datagrams_only_typed_errors_and_bounded(datagrams: list[bytes
         with contextlib.suppress(DecodeError):
             r.add(0.0, "y", d)
     assert len(r) <= 4
+
+
+# --- repair: NACKs, echoes of completed messages, kept messages ----------------------------
+
+
+def test_a_quiet_partial_nacks_what_it_misses_then_backs_off_within_bounds() -> None:
+    parts = split(bytes(range(256)) * 20, 0xBEEF, 1280)  # 5 fragments
+    r = Reassembler()
+    added = r.add(0.0, "a", parts[0])
+    assert added.nack_at == C.NACK_QUIET and added.started == C.REASSEMBLY_TIMEOUT
+    r.add(0.01, "a", parts[3])
+    assert r.nack_tick(0.02, "a", 0xBEEF).nack == 0  # fragments came 10 ms ago: wait
+    tick = r.nack_tick(0.031, "a", 0xBEEF)
+    assert tick.nack == 0b10110  # 1, 2 and 4
+    assert tick.next is not None and tick.next > 0.031
+    # the resend brings 1 and 4; 2 is still missing once things go quiet again
+    r.add(0.2, "a", parts[1])
+    r.add(0.2, "a", parts[4])
+    assert r.nack_tick(0.215, "a", 0xBEEF).nack == 0
+    assert r.nack_tick(0.221, "a", 0xBEEF).nack == 0b100
+    # nothing more comes: NACKs repeat at the measured round trip, then back off
+    times = []
+    t = 0.221
+    while True:
+        tick = r.nack_tick(t, "a", 0xBEEF)
+        if tick.nack:
+            times.append(t)
+        if tick.next is None or tick.next >= C.REASSEMBLY_TIMEOUT:
+            break
+        t = tick.next
+    assert len(times) + 2 <= C.MAX_NACKS_PER_MESSAGE
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == sorted(gaps)  # never faster than before
+    assert r.add(t, "a", parts[2]).message == bytes(range(256)) * 20
+
+
+def test_nacks_never_carry_more_bytes_than_the_partial_received() -> None:
+    r = Reassembler()
+    tiny = encode(Fragment(9, 0, 4, 3000, b"x" * 20))  # a spoofed 32-byte fragment
+    r.add(0.0, "spoof", tiny)
+    sent = 0
+    for k in range(1, 500):
+        sent += C.FRAGMENT_NACK_SIZE * bool(r.nack_tick(k * 0.01, "spoof", 9).nack)
+    assert 0 < sent <= 20
+
+
+def test_a_copy_of_a_completed_message_is_never_nacked_and_counts_towards_a_repeat() -> None:
+    msg = bytes(5000)
+    parts = split(msg, 0x51, 1280)
+    r = Reassembler()
+    for d in parts:
+        done = r.add(0.0, "a", d)
+    assert done.message == msg
+    straggler = r.add(0.01, "a", parts[0])  # a late copy within the holdoff
+    assert straggler.echo_bytes == 0 and straggler.nack_at is None
+    assert r.nack_tick(1.0, "a", 0x51).nack == 0  # a copy is never NACKed for
+    first = r.add(0.5, "a", parts[1])  # the sender retried: its copy counts now
+    assert first.echo_bytes == len(parts[1]) - C.FRAGMENT_HEADER_SIZE
+    second = r.add(0.5, "a", parts[2])
+    assert second.echo_bytes == first.echo_bytes + len(parts[2]) - C.FRAGMENT_HEADER_SIZE
+    r.answered(0.5, "a", 0x51)
+    assert r.add(0.52, "a", parts[3]).echo_bytes == 0  # the rest of that copy: holdoff
+    assert r.add(0.6, "a", parts[1]).echo_bytes == len(parts[1]) - C.FRAGMENT_HEADER_SIZE
+    # a complete copy is still handed on (a replay is refused by whoever reads it)
+    for d in parts:
+        last = r.add(0.7, "a", d)
+    assert last.message == msg
+
+
+def test_kept_messages_are_bounded_budgeted_and_pooled() -> None:
+    from x0tta6bl4.channel.fragment import SentMessages
+
+    s = SentMessages(max_own=3, max_answers=2, max_per_dest=2)
+    frags = [b"f0", b"f1", b"f2"]
+    s.add(0.0, "x", 1, frags)
+    assert s.resend(0.1, "x", 1, 0b101) == [b"f0", b"f2"]
+    assert s.resend(0.1, "y", 1, 0b1) is None  # only to where it went
+    assert s.resend(0.1, "x", 2, 0b1) is None
+    for _ in range(C.MAX_RESENDS_PER_MESSAGE - 1):
+        assert s.resend(0.1, "x", 1, 0b1) == [b"f0"]
+    assert s.resend(0.1, "x", 1, 0b1) == []  # budget spent
+    s.add(0.2, "x", 1, frags)  # sent again under the same id: a fresh budget
+    assert s.resend(0.2, "x", 1, 0b1) == [b"f0"]
+    assert s.resend(C.SENT_MESSAGE_TTL + 0.2, "x", 1, 0b1) is None  # expired
+    # per destination and per pool, oldest first; answers never push out our own
+    s = SentMessages(max_own=3, max_answers=2, max_per_dest=2)
+    s.add(0.0, "x", 1, frags)
+    s.add(0.0, "x", 2, frags)
+    s.add(0.0, "x", 3, frags)
+    assert s.resend(0.0, "x", 1, 1) is None and s.resend(0.0, "x", 3, 1) == [b"f0"]
+    s.add(0.0, "y", 4, frags)
+    for i in range(10):
+        s.add(0.0, ("spoof", i), 100 + i, frags, answer=True, request_id=i)
+    assert len(s) == 3 + 2  # three of ours, two answers
+    assert s.resend(0.0, "x", 2, 1) == [b"f0"] and s.resend(0.0, "y", 4, 1) == [b"f0"]
+    # answers are found by the request they answer, and forgotten once it is confirmed
+    s.add(0.0, "z", 200, [b"r0", b"r1"], answer=True, request_id=77)
+    assert s.answer_size(0.0, "z", 77) == 4
+    assert s.answer(0.0, "z", 77) == [b"r0", b"r1"]
+    assert s.answer(0.0, "z", 78) is None and s.answer(0.0, "w", 77) is None
+    s.forget_answers("z")
+    assert s.answer(0.0, "z", 77) is None and s.resend(0.0, "z", 200, 1) is None

@@ -158,7 +158,14 @@ def test_every_timer_is_a_channel_timer_in_the_endpoints_namespace(world: World)
 
 
 def test_timer_kinds_keep_their_names() -> None:
-    assert [k.value for k in ChannelTimerKind] == ["hs", "confirm", "expire", "reasm", "ack"]
+    assert [k.value for k in ChannelTimerKind] == [
+        "hs",
+        "confirm",
+        "expire",
+        "reasm",
+        "nack",
+        "ack",
+    ]
     key = ChannelTimer("ns", ChannelTimerKind.REASSEMBLY, ("10.0.0.1", 4500), 7)
     assert key == ChannelTimer("ns", ChannelTimerKind.REASSEMBLY, ("10.0.0.1", 4500), 7)
     assert len({key, ChannelTimer("ns", ChannelTimerKind.REASSEMBLY, ("10.0.0.1", 4500), 8)}) == 2
@@ -174,10 +181,14 @@ def test_drop_reasons_keep_their_strings() -> None:
         "bad_fragment",
         "reassembly_full",
         "reassembly_timeout",
+        "unknown_message",
+        "resend_budget",
         "unknown_index",
         "expired_session",
         "replay",
         "decrypt_failed",
+        "unmatched_no_session",
+        "no_session_rate_limited",
         "bad_mac1",
         "bad_mac2",
         "bad_check",
@@ -207,6 +218,13 @@ def test_drop_reasons_keep_their_strings() -> None:
         "reassembly_evicted",
         "duplicate_fragment",
         "confirm_unanswered",
+        "no_session_sent",
+        "no_session_acted",
+        "keepalive_sent",
+        "no_reply_handshake",
+        "nack_sent",
+        "fragments_resent",
+        "answer_resent",
     }
 
 

@@ -18,8 +18,10 @@ from x0tta6bl4.channel.wire import (
     CookieReply,
     Data,
     Fragment,
+    FragmentNack,
     Init,
     InitPayload,
+    NoSession,
     Resp,
 )
 from x0tta6bl4.errors import BadLength, BadVersion, DecodeError, Truncated, UnknownType
@@ -77,7 +79,22 @@ confirms = st.builds(
     biscuit=fixed(C.BISCUIT_SIZE),
     data=st.builds(lambda d: wire.encode(d), datas),
 )
-messages = st.one_of(inits, resps, cookies, datas, cert_requests, certs, fragments(), confirms)
+no_sessions = st.builds(
+    NoSession, receiver_index=u32, counter=st.integers(0, 2**64 - 1), tag=fixed(16)
+)
+nacks = st.builds(FragmentNack, message_id=u32, missing=st.integers(1, 2**C.MAX_FRAGMENTS - 1))
+messages = st.one_of(
+    inits,
+    resps,
+    cookies,
+    datas,
+    cert_requests,
+    certs,
+    fragments(),
+    confirms,
+    no_sessions,
+    nacks,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -121,6 +138,8 @@ def test_arbitrary_bytes_give_only_typed_errors(data: bytes) -> None:
         wire.decode_cert,
         wire.decode_fragment,
         wire.decode_confirm,
+        wire.decode_no_session,
+        wire.decode_fragment_nack,
         wire.decode_biscuit_state,
         wire.decode_init_payload,
         wire.decode_timestamp,
@@ -132,7 +151,7 @@ def test_arbitrary_bytes_give_only_typed_errors(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(range(1, 9)), st.binary(max_size=2600))
+@given(st.sampled_from(range(1, C.MSG_LAST + 1)), st.binary(max_size=2600))
 def test_valid_header_arbitrary_body_gives_only_typed_errors(msg_type: int, body: bytes) -> None:
     with contextlib.suppress(DecodeError):
         wire.decode(wire.header(msg_type) + body)
@@ -157,7 +176,7 @@ def test_header_errors() -> None:
     with pytest.raises(BadVersion):
         wire.decode(b"\x02\x04\x00\x00" + bytes(40))
     with pytest.raises(UnknownType):
-        wire.decode(b"\x01\x09\x00\x00" + bytes(40))
+        wire.decode(bytes((1, C.MSG_LAST + 1, 0, 0)) + bytes(40))
     with pytest.raises(UnknownType):
         wire.decode(b"\x01\x00\x00\x00" + bytes(40))
     with pytest.raises(DecodeError):
@@ -174,6 +193,39 @@ def test_fixed_sizes() -> None:
         wire.decode_resp(wire.header(C.MSG_RESP) + bytes(wire.RESP_SIZE))
     with pytest.raises(Truncated):
         wire.decode_cookie(wire.header(C.MSG_COOKIE) + bytes(10))
+
+
+def test_no_session_and_nack_sizes_and_fields() -> None:
+    assert C.NO_SESSION_SIZE == 32 == C.DATA_OVERHEAD  # never larger than what it answers
+    assert C.FRAGMENT_NACK_SIZE == 16
+    data = wire.encode(Data(0xA1B2C3D4, 99, bytes(range(40))))
+    hint = NoSession.echo(data)
+    assert hint == NoSession(0xA1B2C3D4, 99, data[-16:])
+    raw = wire.encode(hint)
+    assert len(raw) == C.NO_SESSION_SIZE and raw[4:16] == data[4:16] and raw[16:] == data[-16:]
+    assert wire.decode(raw) == hint
+    for bad_size in (raw[:-1], raw + b"\x00"):
+        with pytest.raises(DecodeError):
+            wire.decode(bad_size)
+    with pytest.raises(BadLength):
+        wire.encode(NoSession(2**32, 0, bytes(16)))
+    with pytest.raises(BadLength):
+        wire.encode(NoSession(1, 2**64, bytes(16)))
+    with pytest.raises(BadLength):
+        wire.encode(NoSession(1, 0, bytes(15)))
+    nack = FragmentNack(7, 0b1010_0001)
+    assert nack.indices() == [0, 5, 7]
+    raw = wire.encode(nack)
+    assert len(raw) == C.FRAGMENT_NACK_SIZE and wire.decode(raw) == nack
+    with pytest.raises(DecodeError):  # a NACK that names nothing
+        wire.decode(raw[:8] + bytes(8))
+    for missing in (0, 2**C.MAX_FRAGMENTS, -1):
+        with pytest.raises(BadLength):
+            wire.encode(FragmentNack(7, missing))
+    with pytest.raises(BadLength):
+        wire.encode(FragmentNack(2**32, 1))
+    with pytest.raises(DecodeError):
+        wire.decode(raw + b"\x00")
 
 
 def test_cert_request_padding_must_be_zero() -> None:

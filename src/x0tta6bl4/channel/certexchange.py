@@ -5,14 +5,15 @@ CERT_REQUEST / CERT exchange by which an initiator fetches a peer's certificate.
 it keeps strangers to the mesh from using us as a certificate mirror, not a secret.
 A CERT_REQUEST without a valid mac2 is answered with a COOKIE (sealed under a key also
 derived from the trust domain, with the request's check as associated data), so a CERT,
-about 7 KB, only goes to an address that proved it receives there.
+about 7 KB, only goes to an address that proved it receives there. It is kept a while
+(as an answer) to resend the fragments the initiator NACKs.
 """
 
 from __future__ import annotations
 
 import hmac as _hmac
 from collections import OrderedDict
-from collections.abc import Callable
+from typing import Protocol
 
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import (
@@ -37,6 +38,21 @@ from x0tta6bl4.crypto.kdf import mac16, sha256
 from x0tta6bl4.errors import CertificateRejected, DecodeError, RejectReason
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.sansio import Action, Addr, Event, Send
+
+
+class Emit(Protocol):
+    """``DataPath.emit``: send a message, fragmented if it must be, kept for NACKs."""
+
+    def __call__(
+        self,
+        now: float,
+        addr: Addr,
+        message: bytes,
+        *,
+        message_id: int | None = None,
+        answer: bool = False,
+        request_id: int | None = None,
+    ) -> list[Action]: ...
 
 
 class CertExchange:
@@ -65,7 +81,7 @@ class CertExchange:
         trust_domain: str,
         wall_offset: float,
         cookie_gen: CookieGenerator,
-        emit: Callable[[Addr, bytes], list[Action]],
+        emit: Emit,
         stats: Stats,
     ) -> None:
         self._cert_der = cert_der  # ours, sent in CERT
@@ -172,4 +188,6 @@ class CertExchange:
             return self._stats.drop(DropReason.BAD_MAC2, addr)
         self._stats.count(Tally.CERT_SENT)
         check = mac16(self._cert_key, cert_check_scope(req.request_id, self._cert_der))
-        return self._emit(addr, encode(Cert(req.request_id, self._cert_der, check)))
+        return self._emit(
+            now, addr, encode(Cert(req.request_id, self._cert_der, check)), answer=True
+        )

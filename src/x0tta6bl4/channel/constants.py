@@ -24,6 +24,9 @@ MSG_CERT_REQUEST: Final = 5
 MSG_CERT: Final = 6
 MSG_FRAGMENT: Final = 7
 MSG_CONFIRM: Final = 8  # the initiator's first packets: biscuit + DATA
+MSG_NO_SESSION: Final = 9  # "no session has this index": answers DATA the receiver cannot open
+MSG_FRAGMENT_NACK: Final = 10  # "these fragments of your message did not arrive"
+MSG_LAST: Final = MSG_FRAGMENT_NACK  # the highest type a decoder accepts
 
 HEADER_SIZE: Final = 4  # version u8 | type u8 | reserved u16
 INDEX_SIZE: Final = 4
@@ -44,6 +47,10 @@ DATA_HEADER_SIZE: Final = HEADER_SIZE + INDEX_SIZE + 8  # ... | receiver u32 | c
 DATA_OVERHEAD: Final = DATA_HEADER_SIZE + AEAD_TAG_SIZE  # 32
 
 FRAGMENT_HEADER_SIZE: Final = HEADER_SIZE + 4 + 1 + 1 + 2  # id u32 | index | count | total u16
+# NO_SESSION echoes the DATA it answers: receiver u32 | counter u64 | the AEAD tag. As large
+# as the smallest DATA (a keepalive), so answering never amplifies.
+NO_SESSION_SIZE: Final = HEADER_SIZE + INDEX_SIZE + 8 + AEAD_TAG_SIZE  # 32
+FRAGMENT_NACK_SIZE: Final = HEADER_SIZE + 4 + 8  # message_id u32 | missing u64 (a bitmap): 16
 
 CERT_REQUEST_SIZE: Final = 128  # fixed, zero padded: at least as large as a COOKIE reply
 MAX_CERT_SIZE: Final = 16384  # an ML-DSA-65 signed SVID is about 7 KB
@@ -63,6 +70,27 @@ MAX_REASSEMBLIES_KNOWN: Final = 256  # from peers with a session or our attempt
 REASSEMBLY_TIMEOUT: Final = 5.0
 REASSEMBLY_MIN_EVICT_AGE: Final = 0.5  # a younger partial is never evicted for a new one
 
+# --- fragment repair (selective repeat) --------------------------------------------
+# One lost fragment used to lose its message, and the retry resent every fragment under a
+# new id. Now the receiver asks for what is missing (FRAGMENT_NACK) and the sender resends
+# only that, from the messages it keeps for a while; an INIT's retries reuse its message
+# id, so old and new fragments combine.
+NACK_QUIET: Final = 0.02  # a partial that heard nothing for this long NACKs what it misses
+NACK_RETRY_MIN: Final = 0.05  # a repeated NACK waits at least this, and twice the round trip
+NACK_RTT_DEFAULT: Final = 0.1  # the round trip assumed before one is measured
+NACK_RETRY_CAP: Final = 1.0
+NACK_RETRY_FLAT: Final = 3  # NACKs repeated at the same interval before backing off
+MAX_NACKS_PER_MESSAGE: Final = 8  # and never more NACK bytes than the partial has received
+SENT_MESSAGE_TTL: Final = REASSEMBLY_TIMEOUT  # a sent fragmented message is kept this long
+MAX_RESENDS_PER_MESSAGE: Final = 8  # NACKs and repeats one kept message answers
+# Kept messages in two pools, so that answers to unauthenticated requests (RESP, CERT)
+# can never push out the messages of our own initiations.
+MAX_SENT_OWN: Final = 128
+MAX_SENT_ANSWERS: Final = 128
+MAX_SENT_PER_DEST: Final = 8
+MAX_COMPLETED: Final = 1024  # recently completed messages: another copy is never NACKed for
+REPEAT_HOLDOFF: Final = 0.05  # a completed request seen again after this is a retry: re-answer it
+
 # --- sessions (WireGuard's values) ------------------------------------------------
 
 REKEY_AFTER_TIME: Final = 120.0  # a sender starts a new handshake past this session age
@@ -80,14 +108,43 @@ BISCUIT_MAX_AGE: Final = 10.0  # a CONFIRM must arrive this soon after its RESP
 ACK_RETRY_BASE: Final = 0.25  # an initiator resends CONFIRM until the responder answers
 ACK_RETRIES: Final = 4  # unanswered CONFIRMs before the session is given up
 
+# --- liveness: a peer that lost our session (WireGuard's passive keepalive and its
+# "no reply, new handshake" timer, scaled from 10 s / 15 s to a mesh that heals in ~1 s) ---
+
+KEEPALIVE_TIMEOUT: Final = 0.25  # data received while we sent nothing this long: keepalive back
+REPLY_TIMEOUT: Final = 1.0  # data sent and nothing authenticated back this long: new handshake
+# A receiver that cannot open DATA (no session has its index: it restarted) answers with
+# NO_SESSION, at most this often per source; the sender checks the echo against what it
+# sent and starts (or hurries) a handshake, at most once per interval, tearing nothing down.
+NO_SESSION_RATE: Final = 2.0
+NO_SESSION_BURST: Final = 2.0
+NO_SESSION_HANDSHAKE_INTERVAL: Final = 1.0
+SENT_TAG_WINDOW: Final = 64  # the tags of a session's last packets, to check a NO_SESSION by
+assert SENT_TAG_WINDOW & (SENT_TAG_WINDOW - 1) == 0  # a power of two: kept by counter & mask
+
 # --- handshake ------------------------------------------------------------------
 
 HANDSHAKE_RETRY_BASE: Final = 0.25
 HANDSHAKE_RETRY_FACTOR: Final = 2.0
 HANDSHAKE_RETRY_CAP: Final = 1.0  # a healed link reconnects within about a second
 HANDSHAKE_RETRY_JITTER: Final = 0.2  # each delay is stretched by up to 20 %
+# Once a round trip to the peer is measured, retries wait at least RETRY_RTT_FACTOR round
+# trips (time to repair a fragmented message); the cap grows with it on long paths.
+# Retries back off only while the peer is silent (it may be gone): once it has answered
+# in this attempt (a COOKIE, a CERT, fragments, NACKs) they keep one interval, as
+# WireGuard's fixed interval does, down to HANDSHAKE_RETRY_MIN on a short path. Backing
+# off on a lossy path cost seconds per lost COOKIE; a cookie request (answered with 52
+# bytes) never backs off.
+HANDSHAKE_RETRY_MIN: Final = 0.1
+RETRY_RTT_FACTOR: Final = 4.0
+RTT_SMOOTHING: Final = 0.125  # RFC 6298's alpha
+# A retry resends the same INIT (same bytes, same message id) while it is this young, so
+# fragments of every copy combine and a responder that already answered resends its RESP;
+# a responder keeps that RESP for SENT_MESSAGE_TTL, longer than this.
+INIT_REUSE_TIME: Final = 3.0
 REKEY_ATTEMPT_TIME: Final = 30.0  # give up (and report) after trying this long
 CERT_REFRESH_AFTER: Final = 3  # unanswered INITs before asking for the peer's certificate again
+CERT_REQUESTS_IN_FLIGHT: Final = 4  # a CERT answering any of our last 4 requests is taken
 MAX_TIMESTAMP_ENTRIES: Final = 16384  # initiators whose last accepted timestamp we keep
 MAX_CERT_CACHE: Final = 1024  # verified certificates cached by fingerprint
 

@@ -1,23 +1,40 @@
 """Sessions and what travels on them: receiving DATA (the per-packet path), sealing and
 queueing payloads, installing a freshly made session, session expiry, and the glue
-between FRAGMENT datagrams and the reassembler.
+between FRAGMENT datagrams and the reassembler (with its repair: NACKs out, resends for
+NACKs in, repeated requests answered from the kept answer).
 
 The per-packet path is :meth:`DataPath.on_data`; ``SecureEndpoint.handle`` calls it
 directly for any datagram that starts with DATA's header, and it stays lean: one dict
 lookup, the session's age, ``Session.open``.
+
+Liveness, after WireGuard's timers: a receiver of data that has sent nothing for
+``KEEPALIVE_TIMEOUT`` answers with a keepalive, so a sender that hears nothing for
+``REPLY_TIMEOUT`` knows the peer may have lost the session (the endpoint then starts a
+handshake). DATA for an index nobody holds is answered, rate-limited per source, with
+NO_SESSION echoing it, so its sender learns at once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from enum import StrEnum
 
 from x0tta6bl4.channel import constants as C
+from x0tta6bl4.channel.cookie import TokenBucket
 from x0tta6bl4.channel.drops import DropReason, Stats, Tally, addr_label
-from x0tta6bl4.channel.fragment import Reassembler, split
+from x0tta6bl4.channel.fragment import Reassembler, SentMessages, split
 from x0tta6bl4.channel.peers import Peer, PeerOrigin, PeerState, PeerTable
 from x0tta6bl4.channel.session import Session
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
-from x0tta6bl4.channel.wire import DATA_INDEX, FRAGMENT_MESSAGE_ID, Confirm, encode
+from x0tta6bl4.channel.wire import (
+    DATA_INDEX,
+    FRAGMENT_MESSAGE_ID,
+    Confirm,
+    FragmentNack,
+    NoSession,
+    decode_fragment_nack,
+    encode,
+)
 from x0tta6bl4.crypto.entropy import SecretSource, random_u32
 from x0tta6bl4.errors import CryptoError, DecodeError, ReplayError
 from x0tta6bl4.identity.types import VerifiedIdentity
@@ -26,6 +43,9 @@ from x0tta6bl4.sansio import Action, Addr, Deliver, Event, Send, SessionUp, SetT
 # Module globals for the per-packet path (a global load beats an attribute chain).
 _DATA_OVERHEAD = C.DATA_OVERHEAD
 _REJECT_AFTER_TIME = C.REJECT_AFTER_TIME
+_KEEPALIVE_TIMEOUT = C.KEEPALIVE_TIMEOUT
+_TAG = C.AEAD_TAG_SIZE
+_TAG_MASK = C.SENT_TAG_WINDOW - 1  # a power of two
 _receiver_index = DATA_INDEX.unpack_from
 _EPS = 1e-9  # a timer firing at its deadline counts as due despite float rounding
 
@@ -51,8 +71,48 @@ def wants_rekey(s: Session, now: float) -> bool:
     return now - s.created >= limit or s.send_count >= C.REKEY_AFTER_MESSAGES
 
 
+class NoSessionGate:
+    """Whether to answer DATA that no session opens with NO_SESSION. Only a stream: the
+    same unknown receiver index twice from one source (a corrupted or stray datagram is
+    not answered), and then at most ``NO_SESSION_RATE`` per second per source. The table
+    is bounded (least recently seen out)."""
+
+    __slots__ = ("_max", "_seen")
+
+    def __init__(self, max_sources: int = C.MAX_RATE_LIMITED_SOURCES) -> None:
+        self._max = max_sources
+        self._seen: OrderedDict[Addr, tuple[int, TokenBucket]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def allow(self, now: float, addr: Addr, index: int) -> bool:
+        seen = self._seen
+        entry = seen.get(addr)
+        if entry is not None:
+            seen.move_to_end(addr)
+            if entry[0] == index:
+                return entry[1].take(now)
+            seen[addr] = (index, entry[1])  # the bucket stays: no reset by switching
+            return False
+        seen[addr] = (index, TokenBucket(C.NO_SESSION_RATE, C.NO_SESSION_BURST))
+        while len(seen) > self._max:
+            seen.popitem(last=False)
+        return False
+
+
 class DataPath:
-    __slots__ = ("_max_datagram", "_ns", "_reasm", "_secrets", "_sessions", "_stats", "_table")
+    __slots__ = (
+        "_max_datagram",
+        "_no_session",
+        "_ns",
+        "_reasm",
+        "_secrets",
+        "_sent",
+        "_sessions",
+        "_stats",
+        "_table",
+    )
 
     def __init__(
         self,
@@ -70,16 +130,23 @@ class DataPath:
         self._secrets = secrets
         self._ns = timer_namespace
         self._reasm = Reassembler()
+        self._sent = SentMessages()  # what we sent fragmented, to resend for NACKs
+        self._no_session = NoSessionGate()
 
     # --- receiving ----------------------------------------------------------------------
 
-    def on_data(self, now: float, addr: Addr, data: bytes) -> list[Action]:
-        """A DATA datagram: open it on the session its receiver index names."""
+    def on_data(self, now: float, addr: Addr, data: bytes, *, ack: bool = False) -> list[Action]:
+        """A DATA datagram: open it on the session its receiver index names. ``ack``: it
+        came in a CONFIRM on a session we already made, so an empty one (a resend of the
+        initiator's first packet) is answered: our answer to the first was lost."""
         if len(data) < _DATA_OVERHEAD:
             return self._stats.drop(DropReason.MALFORMED, addr)
         entry = self._sessions.get(_receiver_index(data)[0])
         if entry is None:
-            return self._stats.drop(DropReason.UNKNOWN_INDEX, addr)
+            return [
+                *self._stats.drop(DropReason.UNKNOWN_INDEX, addr),
+                *self.answer_no_session(now, addr, data),
+            ]
         peer, session = entry
         if now - session.created >= _REJECT_AFTER_TIME:
             return self._stats.drop(DropReason.EXPIRED_SESSION, addr)
@@ -90,29 +157,78 @@ class DataPath:
         except CryptoError:
             return self._stats.drop(DropReason.DECRYPT_FAILED, addr)
         peer.last_received = now
+        peer.unanswered_since = None
         if session.biscuit is not None:  # the responder has the session: stop CONFIRMing
             session.biscuit = None
+            if peer.acks_sent == 0:  # CONFIRM sent once, at the session's making
+                peer.observe_rtt(now - session.created)
         if payload:
             ident = peer.identity
-            return [Deliver(ident.name if ident is not None else addr_label(addr), 0, payload)]
+            out: list[Action] = [
+                Deliver(ident.name if ident is not None else addr_label(addr), 0, payload)
+            ]
+            if now - peer.last_sent >= _KEEPALIVE_TIMEOUT:
+                out += self.keepalive(now, peer)  # one-way traffic: say we still hold it
+            return out
+        if ack:
+            return self.keepalive(now, peer)
         return []
+
+    def answer_no_session(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        """NO_SESSION for ``data``, a DATA datagram whose index no session of ours has, if
+        we hold no session with ``addr`` at all (else it has ours to use) and the gate
+        lets it through. Never larger than what it answers."""
+        peer = self._table.by_addr.get(addr)
+        if peer is not None and (peer.current is not None or peer.previous is not None):
+            return []
+        if not self._no_session.allow(now, addr, _receiver_index(data)[0]):
+            return []
+        self._stats.count(Tally.NO_SESSION_SENT)
+        return [Send(addr, encode(NoSession.echo(data)))]
 
     # --- sending ------------------------------------------------------------------------
 
-    def emit(self, addr: Addr, message: bytes) -> list[Action]:
-        """``message`` to ``addr``, cut into FRAGMENTs if it does not fit one datagram."""
+    def emit(
+        self,
+        now: float,
+        addr: Addr,
+        message: bytes,
+        *,
+        message_id: int | None = None,
+        answer: bool = False,
+        request_id: int | None = None,
+    ) -> list[Action]:
+        """``message`` to ``addr``, cut into FRAGMENTs if it does not fit one datagram, and
+        then kept a while to resend what a NACK asks for. ``message_id`` reuses an id (a
+        retry of the same message); ``answer``: it answers someone else's request (kept in
+        the answers pool), the fragmented request ``request_id`` if that is given."""
         if len(message) <= self._max_datagram:
             return [Send(addr, message)]
-        message_id = random_u32(self._secrets)  # unguessable: nobody can pre-plant it
-        return [Send(addr, d) for d in split(message, message_id, self._max_datagram)]
+        if message_id is None:
+            message_id = random_u32(self._secrets)  # unguessable: nobody can pre-plant it
+        datagrams = split(message, message_id, self._max_datagram)
+        self._sent.add(now, addr, message_id, datagrams, answer=answer, request_id=request_id)
+        return [Send(addr, d) for d in datagrams]
 
-    def seal(self, peer: Peer, session: Session, payload: bytes) -> list[Action]:
+    def seal(self, now: float, peer: Peer, session: Session, payload: bytes) -> list[Action]:
         """``payload`` on ``session``; inside CONFIRM while the responder has not answered."""
         data = session.seal(payload)
+        # Keep the tag: a peer that lost the session echoes it in NO_SESSION.
+        session.sent_tags[session.send_count & _TAG_MASK] = data[-_TAG:]
+        peer.last_sent = now
+        if payload and peer.unanswered_since is None:
+            peer.unanswered_since = now
         biscuit = session.biscuit
         if biscuit is None:
             return [Send(peer.addr, data)]
-        return self.emit(peer.addr, encode(Confirm(biscuit, data)))
+        return self.emit(now, peer.addr, encode(Confirm(biscuit, data)))
+
+    def keepalive(self, now: float, peer: Peer) -> list[Action]:
+        cur = peer.current
+        if cur is None or not can_send(cur, now):
+            return []
+        self._stats.count(Tally.KEEPALIVE_SENT)
+        return self.seal(now, peer, cur, b"")
 
     def enqueue(self, peer: Peer, payload: bytes) -> None:
         """Hold ``payload`` until a session exists (bounded: the oldest goes first)."""
@@ -121,10 +237,10 @@ class DataPath:
             peer.queue.popleft()
             self._stats.count(Tally.QUEUE_OVERFLOW)
 
-    def flush(self, peer: Peer, session: Session) -> list[Action]:
+    def flush(self, now: float, peer: Peer, session: Session) -> list[Action]:
         out: list[Action] = []
         while peer.queue:
-            out += self.seal(peer, session, peer.queue.popleft())
+            out += self.seal(now, peer, session, peer.queue.popleft())
         return out
 
     # --- sessions -----------------------------------------------------------------------
@@ -147,6 +263,7 @@ class DataPath:
         self._table.bind(peer, ident, der)
         peer.handshakes += 1
         peer.failures = 0
+        peer.unanswered_since = None  # the peer just answered (RESP, or its CONFIRM)
         fields = {"peer": ident.name, "addr": addr_label(peer.addr), "role": role}
         # The control action for the layer above, then the same news for the trace.
         out: list[Action] = [
@@ -159,8 +276,8 @@ class DataPath:
         if role is Role.INITIATOR or not peer.queue:
             # The initiator's first packet authenticates it and hands back the biscuit;
             # the responder's first packet tells the initiator to stop sending CONFIRM.
-            out += self.seal(peer, session, b"")
-        out += self.flush(peer, session)
+            out += self.seal(now, peer, session, b"")
+        out += self.flush(now, peer, session)
         if role is Role.INITIATOR:
             peer.acks_sent = 0
             key = ChannelTimer(self._ns, ChannelTimerKind.ACK, peer.addr)
@@ -204,29 +321,86 @@ class DataPath:
     def reassemblies_pending(self) -> int:
         return len(self._reasm)
 
-    def reassemble(self, now: float, addr: Addr, data: bytes) -> tuple[list[Action], bytes | None]:
-        """Take one FRAGMENT: the actions it causes, and the whole message once complete.
-        Sources we hold a session with or wait on use the reassembler's protected pool."""
+    def reassemble(
+        self, now: float, addr: Addr, data: bytes
+    ) -> tuple[list[Action], bytes | None, int]:
+        """Take one FRAGMENT: the actions it causes, the whole message once complete, and
+        its message id. Sources we hold a session with or wait on use the reassembler's
+        protected pool. Another copy of a request we answered a moment ago (a retry: our
+        answer was lost) is answered again from the answer we kept, as soon as the copy
+        has brought as many bytes as that answer holds."""
         peer = self._table.by_addr.get(addr)
         known = peer is not None and peer.state is not PeerState.IDLE
         try:
             added = self._reasm.add(now, addr, data, known=known)
         except DecodeError:
-            return self._stats.drop(DropReason.BAD_FRAGMENT, addr), None
+            return self._stats.drop(DropReason.BAD_FRAGMENT, addr), None, 0
         if added.refused:
-            return self._stats.drop(DropReason.REASSEMBLY_FULL, addr), None
+            return self._stats.drop(DropReason.REASSEMBLY_FULL, addr), None, 0
+        message_id: int = FRAGMENT_MESSAGE_ID.unpack_from(data)[0]
         out: list[Action] = []
         if added.evicted:
             self._stats.count(Tally.REASSEMBLY_EVICTED, added.evicted)
         if added.duplicate:
             self._stats.count(Tally.DUPLICATE_FRAGMENT)
         if added.started is not None:
-            message_id = FRAGMENT_MESSAGE_ID.unpack_from(data)[0]
             key = ChannelTimer(self._ns, ChannelTimerKind.REASSEMBLY, addr, message_id)
             out.append(SetTimer(added.started, key))
-        return out, added.message
+        if added.nack_at is not None:
+            key = ChannelTimer(self._ns, ChannelTimerKind.NACK, addr, message_id)
+            out.append(SetTimer(added.nack_at, key))
+        if added.echo_bytes:
+            size = self._sent.answer_size(now, addr, message_id)
+            if size is not None and added.echo_bytes >= size:
+                again = self._sent.answer(now, addr, message_id)
+                if again:
+                    self._reasm.answered(now, addr, message_id)
+                    self._stats.count(Tally.ANSWER_RESENT)
+                    self._stats.count(Tally.FRAGMENTS_RESENT, len(again))
+                    out += [Send(addr, d) for d in again]
+        return out, added.message, message_id
 
     def on_reassembly_timer(self, now: float, addr: Addr, message_id: int) -> list[Action]:
         if self._reasm.expire(now, addr, message_id):
             return self._stats.drop(DropReason.REASSEMBLY_TIMEOUT, addr)
         return []
+
+    def on_nack_timer(self, now: float, addr: Addr, message_id: int) -> list[Action]:
+        """A partial's NACK timer: ask its sender for what is missing, if it is time."""
+        peer = self._table.by_addr.get(addr)
+        tick = self._reasm.nack_tick(now, addr, message_id, peer.rtt if peer else None)
+        out: list[Action] = []
+        if tick.nack:
+            self._stats.count(Tally.NACK_SENT)
+            out.append(Send(addr, encode(FragmentNack(message_id, tick.nack))))
+        if tick.next is not None:
+            key = ChannelTimer(self._ns, ChannelTimerKind.NACK, addr, message_id)
+            out.append(SetTimer(tick.next, key))
+        return out
+
+    def last_progress_from(self, peer: Peer) -> float:
+        """When ``peer`` last showed that a fragmented exchange with it is under way: a
+        fragment of a message still being reassembled, or a NACK we resent for."""
+        arrived = self._reasm.last_arrival(peer.addr)
+        return peer.nack_heard_at if arrived is None else max(arrived, peer.nack_heard_at)
+
+    def forget_answers(self, addr: Addr) -> None:
+        """``addr`` confirmed a session with us: what we answered it is no longer needed."""
+        self._sent.forget_answers(addr)
+
+    def on_nack(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        """FRAGMENT_NACK: resend the fragments it names, of a message we sent to ``addr``."""
+        try:
+            nack = decode_fragment_nack(data)
+        except DecodeError:
+            return self._stats.drop(DropReason.MALFORMED, addr)
+        again = self._sent.resend(now, addr, nack.message_id, nack.missing)
+        if again is None:
+            return self._stats.drop(DropReason.UNKNOWN_MESSAGE, addr)
+        if not again:
+            return self._stats.drop(DropReason.RESEND_BUDGET, addr)
+        self._stats.count(Tally.FRAGMENTS_RESENT, len(again))
+        peer = self._table.by_addr.get(addr)
+        if peer is not None:
+            peer.nack_heard_at = now
+        return [Send(addr, d) for d in again]

@@ -22,11 +22,17 @@ class DropReason(StrEnum):
     BAD_FRAGMENT = "bad_fragment"  # a FRAGMENT that is malformed or contradicts its siblings
     REASSEMBLY_FULL = "reassembly_full"  # its pool is full of partials too young to evict
     REASSEMBLY_TIMEOUT = "reassembly_timeout"  # a partial message never completed
+    UNKNOWN_MESSAGE = "unknown_message"  # a NACK for a message we did not send, or no longer keep
+    RESEND_BUDGET = "resend_budget"  # a NACK for a message that has been resent enough
     # --- DATA and sessions --------------------------------------------------------
     UNKNOWN_INDEX = "unknown_index"  # no session or pending handshake has this index
     EXPIRED_SESSION = "expired_session"  # the session is past REJECT_AFTER_TIME
     REPLAY = "replay"  # a DATA counter or an INIT (by mac1) seen before
     DECRYPT_FAILED = "decrypt_failed"  # AEAD or decapsulation failed
+    # A NO_SESSION that matches no packet we recently sent on our current session with
+    # its sender (forged, or too late), or one that came sooner than we act on them.
+    UNMATCHED_NO_SESSION = "unmatched_no_session"
+    NO_SESSION_RATE_LIMITED = "no_session_rate_limited"
     # --- handshake ------------------------------------------------------------------
     BAD_MAC1 = "bad_mac1"
     BAD_MAC2 = "bad_mac2"  # a mac2 made with no cookie of ours (or one on a RESP)
@@ -77,6 +83,13 @@ class Tally(StrEnum):
     REASSEMBLY_EVICTED = "reassembly_evicted"  # old partials evicted for new ones
     DUPLICATE_FRAGMENT = "duplicate_fragment"
     CONFIRM_UNANSWERED = "confirm_unanswered"  # our new session given up after ACK_RETRIES
+    NO_SESSION_SENT = "no_session_sent"  # DATA we could not open answered with NO_SESSION
+    NO_SESSION_ACTED = "no_session_acted"  # a matching NO_SESSION started or hurried a handshake
+    KEEPALIVE_SENT = "keepalive_sent"  # received data answered with a passive keepalive
+    NO_REPLY_HANDSHAKE = "no_reply_handshake"  # sent data, heard nothing: a new handshake
+    NACK_SENT = "nack_sent"  # fragments of a partial message asked for again
+    FRAGMENTS_RESENT = "fragments_resent"  # fragments resent for a NACK or a repeated request
+    ANSWER_RESENT = "answer_resent"  # a repeated request answered from the kept answer
 
 
 def addr_label(addr: Addr | None) -> Any:

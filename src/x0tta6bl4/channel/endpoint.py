@@ -18,8 +18,10 @@ layer above), then ``Event("handshake_complete")`` (the trace). Nothing raises o
 This class is the facade: it routes each input to the module that owns it.
 
 * :mod:`.peers`: the peer table, peer and attempt states, session and handshake indices
-* :mod:`.datapath`: DATA (the per-packet path), sealing, queues, sessions, fragments
-* :mod:`.initiator_role`: initiating, retries, RESP / COOKIE / CERT, CONFIRM resends
+* :mod:`.datapath`: DATA (the per-packet path), sealing, queues, sessions, fragments and
+  their repair (NACKs), keepalives, NO_SESSION answers
+* :mod:`.initiator_role`: initiating, retries, RESP / COOKIE / CERT, CONFIRM resends, and
+  acting on NO_SESSION (the peer lost our session)
 * :mod:`.responder_role`: answering INIT statelessly, CONFIRM makes the session
 * :mod:`.certexchange`: certificate verification and cache, CERT_REQUEST / CERT
 * :mod:`.drops`, :mod:`.timers`: drop reasons and counters; timer keys
@@ -34,7 +36,7 @@ from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.certexchange import CertExchange
 from x0tta6bl4.channel.cookie import CookieGenerator
 from x0tta6bl4.channel.datapath import DataPath, can_send, wants_rekey
-from x0tta6bl4.channel.drops import DropReason, Stats
+from x0tta6bl4.channel.drops import DropReason, Stats, Tally
 from x0tta6bl4.channel.initiator_role import InitiatorRole
 from x0tta6bl4.channel.peers import AcceptIdentity, Peer, PeerInfo, PeerTable
 from x0tta6bl4.channel.responder_role import ResponderRole
@@ -135,13 +137,17 @@ class SecureEndpoint:
         self._declare = table.declare
         self._seal = data.seal
         self._message_handlers: dict[int, _MessageHandler] = {
-            C.MSG_INIT: self._responder.on_init,
             C.MSG_RESP: self._initiator.on_resp,
             C.MSG_COOKIE: self._initiator.on_cookie,
             C.MSG_CERT_REQUEST: certs.on_request,
             C.MSG_CERT: self._initiator.on_cert,
             C.MSG_CONFIRM: self._responder.on_confirm,
-        }  # DATA and FRAGMENT are handled before; inside a FRAGMENT they are malformed
+        }  # INIT is dispatched with its fragments' id; DATA and FRAGMENT come before
+        # Small messages that never travel in fragments (inside one they are malformed).
+        self._datagram_handlers: dict[int, _MessageHandler] = {
+            C.MSG_NO_SESSION: self._initiator.on_no_session,
+            C.MSG_FRAGMENT_NACK: data.on_nack,
+        }
         self._peer_timers: dict[str, _PeerTimerHandler] = {
             ChannelTimerKind.HANDSHAKE: self._initiator.on_handshake_timer,
             ChannelTimerKind.CONFIRM: self._initiator.on_confirm_timer,
@@ -213,6 +219,7 @@ class SecureEndpoint:
             failures=p.failures,
             handshaking=p.attempt is not None,
             state=p.state,
+            rtt=p.rtt,
         )
 
     def addr_of(self, name: str) -> Addr | None:
@@ -242,9 +249,16 @@ class SecureEndpoint:
             return self._stats.drop(DropReason.PEER_LIMIT, addr)
         cur = peer.current
         if cur is not None and can_send(cur, now):
-            out = self._seal(peer, cur, payload)
-            if peer.attempt is None and wants_rekey(cur, now):
-                out += self._initiator.start(now, peer)
+            out = self._seal(now, peer, cur, payload)
+            if peer.attempt is None:
+                if wants_rekey(cur, now):
+                    out += self._initiator.start(now, peer)
+                elif (u := peer.unanswered_since) is not None and now - u >= C.REPLY_TIMEOUT:
+                    # Nothing authenticated back for a while, though a receiver answers
+                    # data with keepalives: it may have lost the session. Handshake; the
+                    # old session keeps carrying data until the new one is confirmed.
+                    self._stats.count(Tally.NO_REPLY_HANDSHAKE)
+                    out += self._initiator.start(now, peer)
             return out
         self._data.enqueue(peer, payload)
         if peer.attempt is not None:
@@ -282,17 +296,24 @@ class SecureEndpoint:
         except DecodeError:
             return self._stats.drop(DropReason.MALFORMED, addr)
         if msg_type != C.MSG_FRAGMENT:
-            return self._dispatch(now, addr, msg_type, data)
-        out, message = self._data.reassemble(now, addr, data)
+            small = self._datagram_handlers.get(msg_type)
+            if small is not None:
+                return small(now, addr, data)
+            return self._dispatch(now, addr, msg_type, data, None)
+        out, message, message_id = self._data.reassemble(now, addr, data)
         if message is None:
             return out
         try:
             msg_type = check_header(message)
         except DecodeError:
             return [*out, *self._stats.drop(DropReason.MALFORMED, addr)]
-        return out + self._dispatch(now, addr, msg_type, message)
+        return out + self._dispatch(now, addr, msg_type, message, message_id)
 
-    def _dispatch(self, now: float, addr: Addr, msg_type: int, data: bytes) -> list[Action]:
+    def _dispatch(
+        self, now: float, addr: Addr, msg_type: int, data: bytes, message_id: int | None
+    ) -> list[Action]:
+        if msg_type == C.MSG_INIT:
+            return self._responder.on_init(now, addr, data, message_id)
         handler = self._message_handlers.get(msg_type)
         if handler is None:
             return self._stats.drop(DropReason.MALFORMED, addr)
@@ -303,6 +324,8 @@ class SecureEndpoint:
             return self._stats.drop(DropReason.UNKNOWN_TIMER, None)
         if key.kind == ChannelTimerKind.REASSEMBLY:
             return self._data.on_reassembly_timer(now, key.addr, key.message_id)
+        if key.kind == ChannelTimerKind.NACK:
+            return self._data.on_nack_timer(now, key.addr, key.message_id)
         peer = self._peers.get(key.addr)
         if peer is None:  # forgotten since: nothing left to do
             return []

@@ -9,31 +9,66 @@ take from a real peer. Message ids are random (from the secret source), so nobod
 plant partials under a sender's next id. Partials live in two pools: *known* sources
 (the caller says so: a peer we hold a session with or wait on) and *unknown* ones. Each
 pool has its own bound and each source at most ``MAX_REASSEMBLIES_PER_SOURCE``. When a
-bound is reached, a new partial may evict only the oldest partial of its own pool (or
-source), and only one that is at least ``REASSEMBLY_MIN_EVICT_AGE`` old: a real message's
-fragments arrive within a round trip, so a flood of spoofed first fragments can at worst
-make *new* reassemblies wait (``Added.refused``), never take one that is arriving. No
+bound is reached, a new partial may evict only the stalest partial of its own pool (or
+source), the one that heard from its sender least recently, and only if that was at least
+``REASSEMBLY_MIN_EVICT_AGE`` ago: a real message's fragments (and the repairs it asks for)
+arrive within round trips, so a flood of spoofed first fragments can at worst make *new*
+reassemblies wait (``Added.refused``), never take one that is arriving. No
 partial holds more bytes than its declared ``total_length`` (at most
 ``MAX_MESSAGE_SIZE``), and each is forgotten after ``REASSEMBLY_TIMEOUT``: the caller sets
 one timer per started reassembly and calls :meth:`Reassembler.expire` when it fires.
+
+**Repair** (selective repeat). A lost fragment used to lose its message. Now a partial
+that has heard nothing for ``NACK_QUIET`` asks its sender for what is missing
+(``FRAGMENT_NACK``, a bitmap), and again, after twice the round trip it measured (backing
+off), while fragments stay missing: at most ``MAX_NACKS_PER_MESSAGE`` times, and never
+with more NACK bytes than the partial has received (no amplification towards a spoofed
+source). The caller sets a second timer per partial for this and calls
+:meth:`Reassembler.nack_tick`. The sender keeps what it sent in :class:`SentMessages` for
+``SENT_MESSAGE_TTL`` and resends only the fragments asked for, at most
+``MAX_RESENDS_PER_MESSAGE`` times. Retries reuse the message id, so old and new fragments
+combine.
+
+A completed message is remembered for ``REASSEMBLY_TIMEOUT``. Another copy of it is
+reassembled as before (a replay is refused where it always was) but never NACKed for; it
+*echoes* a request we may have answered: once such a copy, ``REPEAT_HOLDOFF`` after the
+last, has brought as many bytes as our kept answer holds, the caller resends that answer
+(the request was retried because the answer was lost) and reports it with
+:meth:`Reassembler.answered`. So a retry is answered at once, and never with more bytes
+than it brought.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from x0tta6bl4.channel.constants import (
     FRAGMENT_HEADER_SIZE,
+    FRAGMENT_NACK_SIZE,
+    MAX_COMPLETED,
     MAX_FRAGMENTS,
     MAX_MESSAGE_SIZE,
+    MAX_NACKS_PER_MESSAGE,
     MAX_REASSEMBLIES_KNOWN,
     MAX_REASSEMBLIES_PER_SOURCE,
     MAX_REASSEMBLIES_UNKNOWN,
+    MAX_RESENDS_PER_MESSAGE,
+    MAX_SENT_ANSWERS,
+    MAX_SENT_OWN,
+    MAX_SENT_PER_DEST,
     MIN_DATAGRAM,
+    NACK_QUIET,
+    NACK_RETRY_CAP,
+    NACK_RETRY_FLAT,
+    NACK_RETRY_MIN,
+    NACK_RTT_DEFAULT,
     REASSEMBLY_MIN_EVICT_AGE,
     REASSEMBLY_TIMEOUT,
+    REPEAT_HOLDOFF,
+    SENT_MESSAGE_TTL,
 )
 from x0tta6bl4.channel.wire import Fragment, decode_fragment, encode_fragment
 from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge
@@ -67,23 +102,53 @@ class _Partial:
     started: float
     received: int = 0
     size: int = 0
+    last: float = 0.0  # when a fragment last arrived
+    nacks: int = 0
+    nack_at: float | None = None  # when we last NACKed
+    rtt: float | None = None  # from our first NACK to the next arrival
+    # Another copy of a message completed lately: never NACKed; counts the bytes it has
+    # brought (after ``echo_from``) towards resending our answer.
+    echo: bool = False
+    echo_from: float = 0.0
+    echo_bytes: int = 0
+
+
+@dataclass(slots=True)
+class _Done:
+    at: float  # completed, or last answered again
+    expires: float
 
 
 @dataclass(frozen=True, slots=True)
 class Added:
     """What one fragment did: completed a ``message``, started a reassembly that
-    expires at ``started`` (set a timer), evicted older ones, was a duplicate, or was
-    refused because its pool or source is full of partials too young to evict."""
+    expires at ``started`` (set a timer) and should be checked for missing fragments at
+    ``nack_at`` (set another), evicted older ones, was a duplicate, or was refused because
+    its pool or source is full of partials too young to evict. ``echo_bytes``: the
+    fragment belongs to another copy of a message completed lately, which has brought
+    this many bytes since it was last answered (see the module docstring)."""
 
     message: bytes | None = None
     started: float | None = None
     evicted: int = 0
     duplicate: bool = False
     refused: bool = False
+    nack_at: float | None = None
+    echo_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A partial's NACK timer: the ``nack`` bitmap to ask for (0: nothing now), and when
+    to look again (``next``; None: the partial is gone)."""
+
+    nack: int = 0
+    next: float | None = None
 
 
 class Reassembler:
     __slots__ = (
+        "_done",
         "_max_known",
         "_max_per_source",
         "_max_unknown",
@@ -109,6 +174,8 @@ class Reassembler:
         self._pending: dict[tuple[Addr, int], _Partial] = {}
         self._per_source: dict[Addr, int] = {}
         self._pool_size = {False: 0, True: 0}
+        # Messages completed lately, oldest first (bounded): their copies are echoes.
+        self._done: OrderedDict[tuple[Addr, int], _Done] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -128,12 +195,15 @@ class Reassembler:
         key = (src, frag.message_id)
         partial = self._pending.get(key)
         started: float | None = None
+        nack_at: float | None = None
         evicted = 0
         if partial is None:
             room = self._make_room(now, src, known)
             if room is None:
                 return Added(refused=True)
             evicted = room
+            done = self._done.get(key)
+            echo = done is not None and now < done.expires
             partial = _Partial(
                 count=frag.count,
                 total=frag.total_length,
@@ -141,30 +211,116 @@ class Reassembler:
                 chunks=[None] * frag.count,
                 known=known,
                 started=now,
+                last=now,
+                echo=echo,
+                echo_from=done.at + REPEAT_HOLDOFF if done is not None else 0.0,
             )
             self._pending[key] = partial
             self._per_source[src] = self._per_source.get(src, 0) + 1
             self._pool_size[known] += 1
             started = partial.deadline
+            if not echo:
+                nack_at = now + NACK_QUIET
         elif partial.count != frag.count or partial.total != frag.total_length:
             raise DecodeError("fragment disagrees with its message's count or length")
+        echo_bytes = 0
+        if partial.echo and now >= partial.echo_from:
+            partial.echo_bytes += len(frag.chunk)  # what this copy brought, repeats too
+            echo_bytes = partial.echo_bytes
         existing = partial.chunks[frag.index]
         if existing is not None:
             if existing != frag.chunk:
                 raise DecodeError("fragment conflicts with an earlier copy")
-            return Added(started=started, evicted=evicted, duplicate=True)
+            return Added(
+                started=started,
+                evicted=evicted,
+                duplicate=True,
+                nack_at=nack_at,
+                echo_bytes=echo_bytes,
+            )
         if partial.size + len(frag.chunk) > partial.total:
             raise BadLength("fragments exceed the declared message length")
         partial.chunks[frag.index] = frag.chunk
         partial.received += 1
         partial.size += len(frag.chunk)
+        if partial.nack_at is not None and partial.rtt is None and partial.last <= partial.nack_at:
+            partial.rtt = now - partial.nack_at  # the first arrival since our NACK
+        partial.last = now
         if partial.received < partial.count:
-            return Added(started=started, evicted=evicted)
+            return Added(started=started, evicted=evicted, nack_at=nack_at, echo_bytes=echo_bytes)
         self._forget(key)
         if partial.size != partial.total:
             raise BadLength("reassembled message is shorter than declared")
+        self._remember_done(now, key, partial.echo)
         message = b"".join(c for c in partial.chunks if c is not None)
-        return Added(message=message, started=started, evicted=evicted)
+        return Added(message=message, started=started, evicted=evicted, echo_bytes=echo_bytes)
+
+    def answered(self, now: float, src: Addr, message_id: int) -> None:
+        """The caller answered an echo of ``(src, message_id)`` again: count anew, and
+        only after ``REPEAT_HOLDOFF`` (the rest of the same copy is on its way)."""
+        key = (src, message_id)
+        done = self._done.get(key)
+        if done is not None:
+            done.at = now
+        p = self._pending.get(key)
+        if p is not None:
+            p.echo_bytes = 0
+            p.echo_from = now + REPEAT_HOLDOFF
+
+    def nack_tick(self, now: float, src: Addr, message_id: int, rtt: float | None = None) -> Tick:
+        """The NACK timer of the partial ``(src, message_id)`` fired: the fragments to ask
+        for now, if any, and when to look again. ``rtt`` is the caller's estimate of the
+        round trip to ``src``, used until the partial has measured its own."""
+        p = self._pending.get((src, message_id))
+        if p is None or p.echo or now >= p.deadline:
+            return Tick()  # gone, never NACKed, or about to expire
+        if p.nack_at is None or p.last > p.nack_at:
+            due = p.last + NACK_QUIET  # fragments came lately: wait until they stop
+        else:  # nothing came since our NACK: ask again after a round trip or two
+            due = p.nack_at + self._nack_backoff(p, rtt)
+        if now + 1e-9 < due:
+            return Tick(next=min(due, p.deadline))
+        if p.nacks >= MAX_NACKS_PER_MESSAGE or (p.nacks + 1) * FRAGMENT_NACK_SIZE > p.size:
+            return Tick()  # asked enough (or it brought too little to answer): let it expire
+        p.nacks += 1
+        p.nack_at = now
+        missing = 0
+        for i, c in enumerate(p.chunks):
+            if c is None:
+                missing |= 1 << i
+        return Tick(nack=missing, next=min(now + self._nack_backoff(p, rtt), p.deadline))
+
+    @staticmethod
+    def _nack_backoff(p: _Partial, rtt: float | None) -> float:
+        r = p.rtt if p.rtt is not None else rtt if rtt is not None else NACK_RTT_DEFAULT
+        wait = max(NACK_RETRY_MIN, 2.0 * r) * 2.0 ** max(0, p.nacks - NACK_RETRY_FLAT)
+        return min(NACK_RETRY_CAP, wait)
+
+    def _remember_done(self, now: float, key: tuple[Addr, int], echo: bool) -> None:
+        done = self._done
+        old = done.pop(key, None)
+        # a completed echo keeps the time of the last answer (its own holdoff)
+        done[key] = _Done(old.at if echo and old is not None else now, now + self._timeout)
+        while len(done) > MAX_COMPLETED:
+            done.popitem(last=False)
+        first = next(iter(done.values()))
+        while now >= first.expires:  # oldest first: drop what expired
+            done.popitem(last=False)
+            first = next(iter(done.values()))
+
+    def last_arrival(self, src: Addr) -> float | None:
+        """When a fragment last came for a partial from ``src`` (echoes aside), if any."""
+        if src not in self._per_source:
+            return None
+        times = [p.last for (a, _), p in self._pending.items() if a == src and not p.echo]
+        return max(times, default=None)
+
+    def missing(self, src: Addr, message_id: int) -> int | None:
+        """The bitmap of fragments the partial ``(src, message_id)`` lacks, or None."""
+        p = self._pending.get((src, message_id))
+        if p is None:
+            return None
+        return sum(1 << i for i, c in enumerate(p.chunks) if c is None)
 
     def expire(self, now: float, src: Addr, message_id: int) -> bool:
         """Drop the reassembly ``(src, message_id)`` if it is past its deadline."""
@@ -193,13 +349,18 @@ class Reassembler:
     def _evict_oldest(
         self, now: float, eligible: Callable[[tuple[Addr, int], _Partial], bool]
     ) -> bool:
-        for k, p in self._pending.items():  # insertion order is age order
-            if eligible(k, p):
-                if now - p.started < REASSEMBLY_MIN_EVICT_AGE:
-                    return False
-                self._forget(k)
-                return True
-        return False
+        """Evict the eligible partial that heard from its sender least recently, if that
+        was at least ``REASSEMBLY_MIN_EVICT_AGE`` ago: one still arriving (or being
+        repaired) is never taken, however long ago it started."""
+        stalest: tuple[Addr, int] | None = None
+        last = now
+        for k, p in self._pending.items():
+            if p.last < last and eligible(k, p):
+                stalest, last = k, p.last
+        if stalest is None or now - last < REASSEMBLY_MIN_EVICT_AGE:
+            return False
+        self._forget(stalest)
+        return True
 
     def _forget(self, key: tuple[Addr, int]) -> None:
         partial = self._pending.pop(key)
@@ -210,3 +371,143 @@ class Reassembler:
             self._per_source[src] = left
         else:
             del self._per_source[src]
+
+
+@dataclass(slots=True)
+class _Sent:
+    datagrams: list[bytes]
+    size: int  # bytes of all its datagrams
+    expires: float
+    budget: int  # resends left
+    answer: bool  # the answer to someone else's request (the answers pool)
+
+
+class SentMessages:
+    """Fragmented messages we sent lately, kept to resend the fragments a NACK asks for,
+    and our answers to fragmented requests, to resend when a request comes again.
+
+    Bounded: an entry lives ``SENT_MESSAGE_TTL``, answers at most
+    ``MAX_RESENDS_PER_MESSAGE`` NACKs or repeats, and each pool (our own messages; answers
+    to others' requests) and each destination holds a fixed number, the oldest going
+    first. A message is only ever resent to the destination it went to: a NACK names our
+    random message id, which nobody off the path can guess. Answers sit in their own
+    pool, so a flood of requests cannot push out the messages of our own initiations."""
+
+    __slots__ = ("_answer_for", "_by_dest", "_max", "_per_dest", "_pools")
+
+    def __init__(
+        self,
+        *,
+        max_own: int = MAX_SENT_OWN,
+        max_answers: int = MAX_SENT_ANSWERS,
+        max_per_dest: int = MAX_SENT_PER_DEST,
+    ) -> None:
+        # insertion order is age order in each pool
+        self._pools: dict[bool, OrderedDict[tuple[Addr, int], _Sent]] = {
+            False: OrderedDict(),
+            True: OrderedDict(),
+        }
+        self._max = {False: max_own, True: max_answers}
+        self._per_dest = max_per_dest
+        # (pool, destination) -> its message ids in the pool, oldest first
+        self._by_dest: dict[tuple[bool, Addr], list[int]] = {}
+        # (destination, its request's message id) -> the message id of our answer
+        self._answer_for: OrderedDict[tuple[Addr, int], int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pools[False]) + len(self._pools[True])
+
+    def add(
+        self,
+        now: float,
+        addr: Addr,
+        message_id: int,
+        datagrams: list[bytes],
+        *,
+        answer: bool = False,
+        request_id: int | None = None,
+    ) -> None:
+        """Keep ``datagrams`` (the fragments of ``message_id``, sent to ``addr``); a
+        message sent again under the same id replaces the kept one (and its budget).
+        ``request_id``: the message id of the fragmented request this answers."""
+        pool = self._pools[answer]
+        key = (addr, message_id)
+        if key in pool:
+            self._drop(answer, key)
+        self._expire(now, answer)
+        ids = self._by_dest.get((answer, addr))
+        if ids is not None and len(ids) >= self._per_dest:
+            self._drop(answer, (addr, ids[0]))
+        while len(pool) >= self._max[answer]:
+            self._drop(answer, next(iter(pool)))
+        size = sum(len(d) for d in datagrams)
+        pool[key] = _Sent(datagrams, size, now + SENT_MESSAGE_TTL, MAX_RESENDS_PER_MESSAGE, answer)
+        self._by_dest.setdefault((answer, addr), []).append(message_id)
+        if request_id is not None:
+            self._answer_for[(addr, request_id)] = message_id
+            self._answer_for.move_to_end((addr, request_id))
+            while len(self._answer_for) > self._max[True]:
+                self._answer_for.popitem(last=False)
+
+    def resend(self, now: float, addr: Addr, message_id: int, missing: int) -> list[bytes] | None:
+        """The fragments of ``missing`` (a bitmap) of our message ``message_id`` to
+        ``addr``; None if we keep no such message, [] if it was resent enough."""
+        entry = self._get(now, addr, message_id)
+        if entry is None:
+            return None
+        if entry.budget <= 0:
+            return []
+        entry.budget -= 1
+        return [d for i, d in enumerate(entry.datagrams) if missing >> i & 1]
+
+    def answer_size(self, now: float, addr: Addr, request_id: int) -> int | None:
+        """The bytes of our kept answer to ``addr``'s request ``request_id``, if any."""
+        entry = self._answer_entry(now, addr, request_id)
+        return None if entry is None else entry.size
+
+    def answer(self, now: float, addr: Addr, request_id: int) -> list[bytes] | None:
+        """Every fragment of our kept answer to ``addr``'s request ``request_id``; None if
+        there is none, [] if it was resent enough."""
+        entry = self._answer_entry(now, addr, request_id)
+        if entry is None:
+            return None
+        if entry.budget <= 0:
+            return []
+        entry.budget -= 1
+        return list(entry.datagrams)
+
+    def forget_answers(self, addr: Addr) -> None:
+        """``addr`` proved it got what we answered (its CONFIRM): keep none of it."""
+        for message_id in list(self._by_dest.get((True, addr), ())):
+            self._drop(True, (addr, message_id))
+
+    def _answer_entry(self, now: float, addr: Addr, request_id: int) -> _Sent | None:
+        message_id = self._answer_for.get((addr, request_id))
+        if message_id is None:
+            return None
+        entry = self._pools[True].get((addr, message_id))
+        if entry is None or now >= entry.expires:
+            return None
+        return entry
+
+    def _get(self, now: float, addr: Addr, message_id: int) -> _Sent | None:
+        key = (addr, message_id)
+        entry = self._pools[False].get(key) or self._pools[True].get(key)
+        if entry is None or now >= entry.expires:
+            return None
+        return entry
+
+    def _drop(self, answer: bool, key: tuple[Addr, int]) -> None:
+        del self._pools[answer][key]
+        ids = self._by_dest[(answer, key[0])]
+        ids.remove(key[1])
+        if not ids:
+            del self._by_dest[(answer, key[0])]
+
+    def _expire(self, now: float, answer: bool) -> None:
+        pool = self._pools[answer]
+        while pool:
+            key, first = next(iter(pool.items()))
+            if now < first.expires:
+                break
+            self._drop(answer, key)

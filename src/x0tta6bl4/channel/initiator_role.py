@@ -5,13 +5,26 @@ CERT answers, and resending CONFIRM until the responder answers on the new sessi
 An attempt (:class:`~.peers.Attempt`) is in one of two phases: ``FETCHING_CERT`` (a
 CERT_REQUEST is out) or ``AWAITING_RESP`` (an INIT is out; every
 ``CERT_REFRESH_AFTER``-th unanswered INIT also asks for the certificate again, since the
-peer may have renewed it with a new static key). Each retry replaces the message in
-flight and its index; the attempt ends with a session, or with ``handshake_failed``
-after ``REKEY_ATTEMPT_TIME``.
+peer may have renewed it with a new static key). A retry resends an INIT that carries
+our certificate unchanged (same index, same fragment message id) for ``INIT_REUSE_TIME``,
+so the fragments of every copy combine at the responder and a responder that already
+answered resends its RESP; otherwise a retry makes a new message, and the one it replaces
+stays answerable (its answer may still be arriving, being repaired). Retries wait at least
+``RETRY_RTT_FACTOR`` round trips once one is measured (from COOKIE answers and CONFIRM
+acknowledgements), are put off while fragments or NACKs show an exchange under way, and
+back off only while the peer is silent. The attempt ends with a session, or with
+``handshake_failed`` after ``REKEY_ATTEMPT_TIME``.
+
+A NO_SESSION from the peer that echoes a packet we recently sent on our current session
+means it lost that session (it restarted): we start a handshake at once (or hurry the
+running one), at most once per ``NO_SESSION_HANDSHAKE_INTERVAL``, and keep the old
+session until the new one is confirmed: the message is unauthenticated, so it may cost
+a handshake, never a session.
 """
 
 from __future__ import annotations
 
+import hmac as _hmac
 import random
 
 from x0tta6bl4.channel import constants as C
@@ -20,11 +33,23 @@ from x0tta6bl4.channel.cookie import ZERO_MAC, CookieJar, check_mac1, cookie_key
 from x0tta6bl4.channel.datapath import DataPath, Role, can_send
 from x0tta6bl4.channel.drops import DropReason, Stats, Tally, addr_label
 from x0tta6bl4.channel.handshake import Initiator, SessionKeys
-from x0tta6bl4.channel.peers import Attempt, CertRequestInFlight, InitInFlight, Peer, PeerTable
+from x0tta6bl4.channel.peers import (
+    Attempt,
+    CertRequestInFlight,
+    InitInFlight,
+    Peer,
+    PeerTable,
+)
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
-from x0tta6bl4.channel.wire import decode_cert, decode_cookie, decode_resp, mac_trailer
+from x0tta6bl4.channel.wire import (
+    decode_cert,
+    decode_cookie,
+    decode_no_session,
+    decode_resp,
+    mac_trailer,
+)
 from x0tta6bl4.crypto.aead import Aead
-from x0tta6bl4.crypto.entropy import SecretSource
+from x0tta6bl4.crypto.entropy import SecretSource, random_u32
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.errors import CertificateRejected, CryptoError, DecodeError, HandshakeError
 from x0tta6bl4.identity.types import VerifiedIdentity
@@ -33,12 +58,22 @@ from x0tta6bl4.sansio import Action, Addr, Event, SetTimer
 _EPS = 1e-9  # a timer firing at its deadline counts as due despite float rounding
 
 
-def retry_delay(sent: int, jitter: float) -> float:
+def retry_delay(
+    sent: int, jitter: float, rtt: float | None = None, *, answering: bool = False
+) -> float:
     """Seconds until the next message of an attempt that has sent ``sent`` since its last
-    (re)start: exponential from ``HANDSHAKE_RETRY_BASE`` up to the cap, stretched by
-    ``jitter`` in [0, 1)."""
-    base = C.HANDSHAKE_RETRY_BASE * C.HANDSHAKE_RETRY_FACTOR ** max(0, sent - 1)
-    return min(C.HANDSHAKE_RETRY_CAP, base) * (1.0 + C.HANDSHAKE_RETRY_JITTER * jitter)
+    (re)start: exponential from a base up to the cap, stretched by ``jitter`` in [0, 1).
+    The base is ``HANDSHAKE_RETRY_BASE``, or ``RETRY_RTT_FACTOR`` round trips ``rtt`` when
+    that is longer: a long path gets time to repair a fragmented message before it is sent
+    again. A peer that is ``answering`` in this attempt (over a lossy path) is retried
+    without backing off and, on a short path, sooner (down to ``HANDSHAKE_RETRY_MIN``)."""
+    floor = C.HANDSHAKE_RETRY_MIN if answering and rtt is not None else C.HANDSHAKE_RETRY_BASE
+    first = floor if rtt is None else max(floor, C.RETRY_RTT_FACTOR * rtt)
+    if answering:
+        return first * (1.0 + C.HANDSHAKE_RETRY_JITTER * jitter)
+    cap = max(C.HANDSHAKE_RETRY_CAP, first)
+    delay = first * C.HANDSHAKE_RETRY_FACTOR ** max(0, sent - 1)
+    return min(cap, delay) * (1.0 + C.HANDSHAKE_RETRY_JITTER * jitter)
 
 
 class InitiatorRole:
@@ -107,20 +142,29 @@ class InitiatorRole:
         if att is None:
             return self.start(now, peer)
         att.started = now
-        att.backoff = 0
-        if now - att.last_sent >= C.HANDSHAKE_RETRY_BASE:
+        return self._hurry(now, peer, C.HANDSHAKE_RETRY_BASE)
+
+    def _hurry(self, now: float, peer: Peer, spacing: float) -> list[Action]:
+        """Resend the running attempt's message now (backoff from the start), unless one
+        went out less than ``spacing`` ago: then soon, but no flood."""
+        att = peer.attempt
+        assert att is not None
+        att.backoff = att.silent = 0
+        if now - att.last_sent >= spacing:
             return self.resend(now, peer)
-        att.deadline = att.last_sent + C.HANDSHAKE_RETRY_BASE  # soon, but no flood
+        att.deadline = att.last_sent + spacing
         return [SetTimer(att.deadline, self._timer(peer.addr))]
 
     def resend(self, now: float, peer: Peer) -> list[Action]:
         """Send (or resend) our INIT, or a CERT_REQUEST if we lack a usable certificate."""
         att = peer.attempt
         assert att is not None
-        if att.init is not None:  # a new INIT replaces the one in flight
-            self._table.release(att.init.index)
-            att.init.initiator.abandon()
-            att.init = None
+        # Did the peer answer anything since our last message? Then it is there and a
+        # retry is about loss: no backing off. Silence backs off (it may be gone). A cookie
+        # request never does: it costs the peer a 52-byte COOKIE at most.
+        since = att.last_sent
+        heard = att.heard_at > since or self._data.last_progress_from(peer) > since
+        att.silent = 0 if heard else att.silent + 1
         att.attempts += 1
         att.backoff += 1
         att.last_sent = now
@@ -129,33 +173,85 @@ class InitiatorRole:
         responder = self._responder_identity(peer, now)
         out: list[Action]
         if responder is None:
-            out = self._request_cert(peer, cookie)
+            self._drop_init(att)
+            out = self._request_cert(now, peer, cookie)
+            heard = heard or cookie is None
         else:
             ident, der = responder
-            index = self._table.claim(peer)
-            initiator = Initiator(
-                static_private=self._static,
-                fingerprint=self._fingerprint,
-                responder_static=ident.static_key,
-                responder_fingerprint=ident.fingerprint,
-                sender_index=index,
-                secrets=self._secrets,
-            )
-            full = att.attempts > 1 or not peer.knows_our_cert
-            message = initiator.create_init(
-                timestamp=self._timestamp(now),
-                fingerprint=None if full else self._fingerprint,
-                cert_der=self._cert_der if full else None,
-                cookie=cookie,
-            )
-            mac1, _ = mac_trailer(message)
-            att.init = InitInFlight(index, initiator, ident, der, mac1)
-            out = self._data.emit(peer.addr, message)
-            if att.backoff % C.CERT_REFRESH_AFTER == 0:
-                out += self._request_cert(peer, cookie)
-        att.deadline = now + retry_delay(att.backoff, self._jitter.random())
+            init = att.init
+            if (
+                init is not None
+                and init.full
+                and init.cookie == cookie
+                and init.cert_der == der
+                and now - init.created < C.INIT_REUSE_TIME
+            ):
+                # The same INIT again: its fragments combine with what the responder holds,
+                # and a responder that answered it resends its RESP.
+                init.sends += 1
+                init.sent_at = now
+                out = self._data.emit(now, peer.addr, init.message, message_id=init.message_id)
+            else:
+                self._drop_init(att)
+                out = self._new_init(now, peer, att, ident, der, cookie)
+            if att.backoff % C.CERT_REFRESH_AFTER == 0 and not att.cert_fetched:
+                out += self._request_cert(now, peer, cookie)
+        delay = retry_delay(att.silent, self._jitter.random(), peer.rtt, answering=heard)
+        att.deadline = now + delay
         out.append(SetTimer(att.deadline, self._timer(peer.addr)))
         return out
+
+    def _drop_init(self, att: Attempt) -> None:
+        """A new INIT replaces the one in flight, which stays answerable (one only)."""
+        if att.init is None:
+            return
+        old = att.earlier_init
+        if old is not None:
+            self._table.release(old.index)
+            old.initiator.abandon()
+        att.earlier_init, att.init = att.init, None
+
+    def _new_init(
+        self,
+        now: float,
+        peer: Peer,
+        att: Attempt,
+        ident: VerifiedIdentity,
+        der: bytes,
+        cookie: bytes | None,
+    ) -> list[Action]:
+        index = self._table.claim(peer)
+        initiator = Initiator(
+            static_private=self._static,
+            fingerprint=self._fingerprint,
+            responder_static=ident.static_key,
+            responder_fingerprint=ident.fingerprint,
+            sender_index=index,
+            secrets=self._secrets,
+        )
+        full = att.attempts > 1 or not peer.knows_our_cert
+        message = initiator.create_init(
+            timestamp=self._timestamp(now),
+            fingerprint=None if full else self._fingerprint,
+            cert_der=self._cert_der if full else None,
+            cookie=cookie,
+        )
+        mac1, _ = mac_trailer(message)
+        message_id = random_u32(self._secrets)
+        att.init = InitInFlight(
+            index=index,
+            initiator=initiator,
+            identity=ident,
+            cert_der=der,
+            mac1=mac1,
+            message=message,
+            message_id=message_id,
+            created=now,
+            full=full,
+            cookie=cookie,
+            sent_at=now,
+        )
+        return self._data.emit(now, peer.addr, message, message_id=message_id)
 
     def on_handshake_timer(self, now: float, peer: Peer) -> list[Action]:
         att = peer.attempt
@@ -180,7 +276,17 @@ class InitiatorRole:
                     },
                 )
             ]
-        if att.used_cookie:  # unanswered with mac2: the cookie may be stale (peer restarted)
+        arrived = self._data.last_progress_from(peer)
+        if arrived > max(att.last_sent, att.deferred_at):
+            # Our message or its answer is being repaired (fragments or NACKs came): a new
+            # message now would start that over. Look again later; more must come by then.
+            att.deferred_at = now
+            delay = retry_delay(1, self._jitter.random(), peer.rtt, answering=True)
+            att.deadline = now + delay
+            return [SetTimer(att.deadline, self._timer(peer.addr))]
+        if att.used_cookie and arrived <= att.last_sent and att.heard_at <= att.last_sent:
+            # unanswered with mac2, not even a fragment or a NACK: the cookie may be stale
+            # (the peer restarted with a new secret)
             self._jar.forget(peer.addr)
         return self.resend(now, peer)
 
@@ -191,7 +297,7 @@ class InitiatorRole:
             return []
         cur = peer.current
         if cur is not None and can_send(cur, now):
-            return self._data.flush(peer, cur)
+            return self._data.flush(now, peer, cur)
         return self.start(now, peer)
 
     def _timer(self, addr: Addr) -> ChannelTimer:
@@ -222,15 +328,18 @@ class InitiatorRole:
             return None
         return ident, der
 
-    def _request_cert(self, peer: Peer, cookie: bytes | None) -> list[Action]:
+    def _request_cert(self, now: float, peer: Peer, cookie: bytes | None) -> list[Action]:
+        """A new CERT_REQUEST (a new request id); the last few stay answerable, since the
+        CERT for one of them may still be arriving (being repaired) on a lossy path."""
         att = peer.attempt
         assert att is not None
-        if att.cert_request is not None:  # a new request replaces the one in flight
-            self._table.release(att.cert_request.index)
+        reqs = att.cert_requests
+        while len(reqs) >= C.CERT_REQUESTS_IN_FLIGHT:
+            self._table.release(reqs.pop(0).index)
         index = self._table.claim(peer)
         message, check = self._certs.request(index, cookie)
-        att.cert_request = CertRequestInFlight(index, check)
-        return self._data.emit(peer.addr, message)
+        reqs.append(CertRequestInFlight(index, check, now))
+        return self._data.emit(now, peer.addr, message)
 
     # --- answers: RESP, COOKIE, CERT -------------------------------------------------------
 
@@ -241,8 +350,8 @@ class InitiatorRole:
             return self._stats.drop(DropReason.MALFORMED, addr)
         peer = self._table.pending_for(addr, resp.receiver_index)
         att = peer.attempt if peer is not None else None
-        init = att.init if att is not None else None
-        if peer is None or att is None or init is None or resp.receiver_index != init.index:
+        init = att.init_for(resp.receiver_index) if att is not None else None
+        if peer is None or att is None or init is None:
             return self._stats.drop(DropReason.UNKNOWN_INDEX, addr)
         # RESP's mac1 is keyed by our ephemeral key: cheap to check, and it names nobody.
         if not check_mac1(data, init.initiator.resp_mac1_key):
@@ -273,23 +382,29 @@ class InitiatorRole:
             return self._stats.drop(DropReason.UNKNOWN_INDEX, addr)
         att = peer.attempt
         assert att is not None
-        req = att.cert_request
-        for_cert_request = req is not None and msg.receiver_index == req.index
-        if req is not None and for_cert_request:
+        req = att.cert_request_for(msg.receiver_index)
+        for_cert_request = req is not None
+        if req is not None:
             seal, ad = self._certs.request_cookie_seal, req.check
+            sends, sent_at = 1, req.sent_at  # a new request id per transmission
         else:
-            init = att.init
-            assert init is not None  # pending_for matched one of the two
+            init = att.init_for(msg.receiver_index)
+            assert init is not None  # pending_for matched one of them
             seal = Aead(cookie_key(init.identity.static_key.to_bytes()))
             ad = init.mac1
+            sends, sent_at = init.sends, init.sent_at
         try:
             cookie = seal.open(msg.nonce, msg.sealed_cookie, ad)
         except CryptoError:
             return self._stats.drop(DropReason.DECRYPT_FAILED, addr)
+        att.heard_at = now
+        if sends == 1:  # Karn: only an answer to a message sent once times the path
+            peer.observe_rtt(now - sent_at)
+        known = self._jar.get(now, addr) == cookie  # a late answer to an earlier request
         self._jar.put(now, addr, cookie)
         self._stats.count(Tally.COOKIE_RECEIVED)
-        if for_cert_request:  # a certificate request costs nothing: ask again now
-            return self._request_cert(peer, cookie)
+        if for_cert_request and not known:  # a certificate request costs nothing: ask now
+            return self._request_cert(now, peer, cookie)
         return []  # the next INIT retry carries mac2 (no extra load on a busy responder)
 
     def on_cert(self, now: float, addr: Addr, data: bytes) -> list[Action]:
@@ -301,8 +416,8 @@ class InitiatorRole:
             return self._stats.drop(DropReason.BAD_CHECK, addr)
         peer = self._table.pending_for(addr, msg.request_id)
         att = peer.attempt if peer is not None else None
-        req = att.cert_request if att is not None else None
-        if peer is None or att is None or req is None or msg.request_id != req.index:
+        req = att.cert_request_for(msg.request_id) if att is not None else None
+        if peer is None or att is None or req is None:
             return self._stats.drop(DropReason.UNKNOWN_INDEX, addr)
         try:
             ident = self._certs.verify(msg.cert_der, now)
@@ -313,12 +428,43 @@ class InitiatorRole:
         if not self._table.acceptable(addr, peer, ident):
             return self._stats.drop(DropReason.UNEXPECTED_IDENTITY, addr, peer=ident.name)
         out = self._certs.remember(ident, msg.cert_der)
-        self._table.release(req.index)
-        att.cert_request = None
+        self._table.release_cert_requests(att)
+        att.cert_fetched = True  # current: no need to refresh it in this attempt
+        att.heard_at = now
         if att.init is not None and msg.cert_der == att.init.cert_der:
             return out  # a refresh that found the certificate unchanged: keep trying INIT
         peer.cert_der = msg.cert_der
         return out + self.resend(now, peer)
+
+    # --- the peer says it lost our session ---------------------------------------------------
+
+    def on_no_session(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        """NO_SESSION: if it echoes a packet we recently sent on our current session with
+        ``addr``, the peer lost that session: handshake now (or hurry the running attempt),
+        at most once per ``NO_SESSION_HANDSHAKE_INTERVAL``. The old session stays: this
+        message is unauthenticated and may cost a handshake, never a session."""
+        try:
+            msg = decode_no_session(data)
+        except DecodeError:
+            return self._stats.drop(DropReason.MALFORMED, addr)
+        peer = self._table.by_addr.get(addr)
+        cur = peer.current if peer is not None else None
+        if peer is None or cur is None or cur.remote_index != msg.receiver_index:
+            return self._stats.drop(DropReason.UNMATCHED_NO_SESSION, addr)
+        sent = cur.sent_tag(msg.counter)
+        if sent is None or not _hmac.compare_digest(sent, msg.tag):
+            return self._stats.drop(DropReason.UNMATCHED_NO_SESSION, addr)
+        if now - peer.no_session_at < C.NO_SESSION_HANDSHAKE_INTERVAL:
+            return self._stats.drop(DropReason.NO_SESSION_RATE_LIMITED, addr)
+        peer.no_session_at = now
+        peer.knows_our_cert = False  # it lost its state, our certificate with it
+        self._stats.count(Tally.NO_SESSION_ACTED)
+        out: list[Action] = [
+            Event("peer_lost_session", {"peer": peer.name, "addr": addr_label(addr)})
+        ]
+        if peer.attempt is None:
+            return out + self.start(now, peer)
+        return out + self._hurry(now, peer, C.HANDSHAKE_RETRY_MIN)
 
     # --- our new session, until the responder answers on it -------------------------------
 
@@ -340,4 +486,4 @@ class InitiatorRole:
         peer.acks_sent += 1
         delay = min(C.HANDSHAKE_RETRY_CAP, C.ACK_RETRY_BASE * 2**peer.acks_sent)
         key = ChannelTimer(self._ns, ChannelTimerKind.ACK, peer.addr)
-        return [*self._data.seal(peer, cur, b""), SetTimer(now + delay, key)]
+        return [*self._data.seal(now, peer, cur, b""), SetTimer(now + delay, key)]

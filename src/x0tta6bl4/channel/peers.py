@@ -9,6 +9,7 @@ when idle. Limits are read from :mod:`.constants` at call time.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,17 +60,25 @@ class PeerInfo:
     failures: int  # consecutive handshake attempts that gave up
     handshaking: bool  # an initiation of ours is in progress
     state: PeerState
+    rtt: float | None = None  # smoothed round trip, from handshake exchanges
 
 
 @dataclass(slots=True)
 class InitInFlight:
-    """Our INIT that awaits a RESP."""
+    """Our INIT that awaits a RESP. Retries resend it unchanged while it is young."""
 
     index: int  # its sender index, claimed in the table
     initiator: Initiator  # the handshake secrets (abandoned when the INIT is replaced)
     identity: VerifiedIdentity  # the responder it is sealed to
     cert_der: bytes  # the responder's certificate we verified
     mac1: bytes  # the INIT's mac1: a COOKIE answering it is sealed with this as AD
+    message: bytes  # the INIT as sent
+    message_id: int  # its fragments' id: every copy uses it, so fragments combine
+    created: float
+    full: bool  # it carries our certificate (only such an INIT is worth resending)
+    cookie: bytes | None  # the cookie its mac2 was made with
+    sent_at: float  # its last transmission
+    sends: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,7 @@ class CertRequestInFlight:
 
     index: int  # its request id, claimed in the table
     check: bytes  # its check: a COOKIE answering it is sealed with this as AD
+    sent_at: float  # a COOKIE answering it times the round trip
 
 
 class Attempt:
@@ -87,11 +97,16 @@ class Attempt:
     __slots__ = (
         "attempts",
         "backoff",
-        "cert_request",
+        "cert_fetched",
+        "cert_requests",
         "deadline",
+        "deferred_at",
+        "earlier_init",
+        "heard_at",
         "init",
         "last_sent",
         "rekey",
+        "silent",
         "started",
         "used_cookie",
     )
@@ -100,12 +115,38 @@ class Attempt:
         self.started = started  # the give-up clock (connect restarts it)
         self.rekey = rekey  # a session existed when it began
         self.attempts = 0  # messages sent in this attempt
-        self.backoff = 0  # messages sent since the last (re)start: drives the retry delay
+        self.backoff = 0  # messages sent since the last (re)start
         self.deadline = started  # of the next retry
         self.last_sent = started
+        self.deferred_at = started  # a retry was last put off (an answer was arriving)
         self.used_cookie = False  # the last message carried a mac2
         self.init: InitInFlight | None = None
-        self.cert_request: CertRequestInFlight | None = None
+        # The INIT the current one replaced, still answerable: on a lossy path its RESP
+        # may be arriving (being repaired) when a retry makes a new INIT.
+        self.earlier_init: InitInFlight | None = None
+        # Our CERT_REQUESTs in flight, newest last: a retry does not void the earlier
+        # ones, so a CERT still being repaired for one of them is taken when it completes.
+        self.cert_requests: list[CertRequestInFlight] = []
+        self.cert_fetched = False  # the peer's certificate came in this attempt
+        self.heard_at = -math.inf  # the peer last answered us (a COOKIE, a CERT)
+        self.silent = 0  # our messages in a row since which the peer said nothing
+
+    def init_for(self, index: int) -> InitInFlight | None:
+        for init in (self.init, self.earlier_init):
+            if init is not None and init.index == index:
+                return init
+        return None
+
+    @property
+    def cert_request(self) -> CertRequestInFlight | None:
+        """The newest CERT_REQUEST in flight."""
+        return self.cert_requests[-1] if self.cert_requests else None
+
+    def cert_request_for(self, index: int) -> CertRequestInFlight | None:
+        for req in self.cert_requests:
+            if req.index == index:
+                return req
+        return None
 
     @property
     def phase(self) -> AttemptPhase:
@@ -125,10 +166,15 @@ class Peer:
         "identity",
         "knows_our_cert",
         "last_received",
+        "last_sent",
+        "nack_heard_at",
+        "no_session_at",
         "origin",
         "previous",
         "queue",
         "rekeys",
+        "rtt",
+        "unanswered_since",
     )
 
     def __init__(self, addr: Addr, origin: PeerOrigin) -> None:
@@ -147,6 +193,19 @@ class Peer:
         self.failures = 0
         self.last_received: float | None = None
         self.acks_sent = 0  # CONFIRMs resent on the current, unanswered session
+        self.last_sent = -math.inf  # our last DATA to it
+        # Our first payload since the peer's last authenticated packet: data that long
+        # unanswered means the peer may have lost the session (REPLY_TIMEOUT).
+        self.unanswered_since: float | None = None
+        self.no_session_at = -math.inf  # a NO_SESSION from it last started a handshake
+        self.nack_heard_at = -math.inf  # it last NACKed a message of ours (and got a resend)
+        self.rtt: float | None = None  # smoothed round trip, from handshake exchanges
+
+    def observe_rtt(self, sample: float) -> None:
+        if sample < 0:
+            return
+        rtt = self.rtt
+        self.rtt = sample if rtt is None else rtt + C.RTT_SMOOTHING * (sample - rtt)
 
     @property
     def name(self) -> str | None:
@@ -292,8 +351,7 @@ class PeerTable:
         att = peer.attempt
         if att is None:
             return None
-        init, req = att.init, att.cert_request
-        if (init is None or init.index != index) and (req is None or req.index != index):
+        if att.init_for(index) is None and att.cert_request_for(index) is None:
             return None
         return peer
 
@@ -302,14 +360,18 @@ class PeerTable:
         att = peer.attempt
         if att is None:
             return
-        if att.init is not None:
-            self.release(att.init.index)
-            att.init.initiator.abandon()
-            att.init = None
-        if att.cert_request is not None:
-            self.release(att.cert_request.index)
-            att.cert_request = None
+        for init in (att.init, att.earlier_init):
+            if init is not None:
+                self.release(init.index)
+                init.initiator.abandon()
+        att.init = att.earlier_init = None
+        self.release_cert_requests(att)
         peer.attempt = None
+
+    def release_cert_requests(self, att: Attempt) -> None:
+        for req in att.cert_requests:
+            self.release(req.index)
+        att.cert_requests.clear()
 
     # --- sessions -----------------------------------------------------------------
 

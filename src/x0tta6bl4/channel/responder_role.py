@@ -106,9 +106,13 @@ class ResponderRole:
 
     # --- INIT ---------------------------------------------------------------------------
 
-    def on_init(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+    def on_init(
+        self, now: float, addr: Addr, data: bytes, message_id: int | None = None
+    ) -> list[Action]:
         """Answer an INIT without keeping anything of it: the responder's half of the
-        handshake leaves in RESP's biscuit."""
+        handshake leaves in RESP's biscuit. The RESP is kept a while, as the answer to the
+        INIT's fragments ``message_id``, so that a retry of the same INIT (our RESP was
+        lost) is answered again without any KEM work (bounded like every kept message)."""
         try:
             sender_index, mac1, mac2 = decode_init_envelope(data)
         except DecodeError:
@@ -201,7 +205,7 @@ class ResponderRole:
         self._answered.move_to_end(addr)
         while len(self._answered) > C.MAX_COOKIE_JAR:
             self._answered.popitem(last=False)
-        return out + self._data.emit(addr, resp)
+        return out + self._data.emit(now, addr, resp, answer=True, request_id=message_id)
 
     # --- CONFIRM ------------------------------------------------------------------------
 
@@ -214,7 +218,7 @@ class ResponderRole:
             return self._stats.drop(DropReason.MALFORMED, addr)
         index = msg.receiver_index
         if index in self._table.sessions:  # a later CONFIRM on a session we already made
-            return self._data.on_data(now, addr, msg.data)
+            return self._data.on_data(now, addr, msg.data, ack=True)
         try:
             state = self._biscuits.open(now, msg.biscuit)
         except HandshakeError:
@@ -261,6 +265,7 @@ class ResponderRole:
         self._table.register(peer, session)
         peer.last_received = now
         self._answered.pop(addr, None)
+        self._data.forget_answers(addr)  # it has our RESP: a replay of its INIT gets nothing
         self._table.cancel(peer)  # an authenticated session exists: our own initiation is moot
         out = self._data.establish(
             now, peer, session, ident, der, Role.RESPONDER, now - state.created

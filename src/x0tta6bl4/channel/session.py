@@ -15,6 +15,7 @@ from x0tta6bl4.channel.constants import (
     DEFAULT_MAX_DATAGRAM,
     REJECT_AFTER_MESSAGES,
     REPLAY_WINDOW,
+    SENT_TAG_WINDOW,
 )
 from x0tta6bl4.channel.replay import ReplayWindow
 from x0tta6bl4.channel.wire import data_prefix
@@ -32,7 +33,6 @@ class Session:
         "_recv",
         "_rx_prefix",
         "_send",
-        "_send_counter",
         "_tx_prefix",
         "_window",
         "biscuit",
@@ -41,6 +41,8 @@ class Session:
         "initiator",
         "local_index",
         "remote_index",
+        "send_count",
+        "sent_tags",
     )
 
     def __init__(
@@ -66,22 +68,23 @@ class Session:
         self.biscuit: bytes | None = None
         self._send = Aead(send_key)
         self._recv = Aead(recv_key)
-        self._send_counter = 0
+        self.send_count = 0  # packets sealed so far (read-only outside seal)
         self._window = ReplayWindow(window)
         self._tx_prefix = data_prefix(remote_index)
         self._rx_prefix = data_prefix(local_index)
         self._max_payload = max_datagram - DATA_OVERHEAD
+        # The AEAD tags of the last SENT_TAG_WINDOW packets sent, packet n at n + 1 (mod the
+        # window): a peer that lost this session echoes one in NO_SESSION. Filled in by the
+        # endpoint's send path (``send_count`` indexes it), so seal stays as lean as the raw
+        # AEAD.
+        self.sent_tags: list[bytes] = [b""] * SENT_TAG_WINDOW
 
     def __repr__(self) -> str:
         role = "initiator" if self.initiator else "responder"
         return (
             f"Session({role}, local={self.local_index:#010x}, remote={self.remote_index:#010x}, "
-            f"sent={self._send_counter}, keys hidden)"
+            f"sent={self.send_count}, keys hidden)"
         )
-
-    @property
-    def send_count(self) -> int:
-        return self._send_counter
 
     @property
     def max_payload(self) -> int:
@@ -96,10 +99,10 @@ class Session:
         would exceed ``max_datagram`` and :class:`SessionExpired` when the counter is spent."""
         if len(payload) > self._max_payload:
             raise MessageTooLarge(len(payload), self._max_payload)
-        counter = self._send_counter
+        counter = self.send_count
         if counter >= REJECT_AFTER_MESSAGES:
             raise SessionExpired("send counter exhausted")
-        self._send_counter = counter + 1
+        self.send_count = counter + 1
         ctr = counter.to_bytes(8, "little")
         hdr = self._tx_prefix + ctr
         return hdr + self._send.seal(_ZERO4 + ctr, payload, hdr)
@@ -123,6 +126,13 @@ class Session:
             raise ReplayError(f"counter {counter} replayed")
         return plaintext
 
+    def sent_tag(self, counter: int) -> bytes | None:
+        """The tag of our packet ``counter`` if it is among the last ``SENT_TAG_WINDOW``."""
+        sent = self.send_count
+        if not sent - SENT_TAG_WINDOW <= counter < sent:
+            return None
+        return self.sent_tags[(counter + 1) % SENT_TAG_WINDOW]
+
     def wipe(self) -> None:
         """Drop both keys; every later seal or open fails."""
         self._send.wipe()
@@ -130,4 +140,4 @@ class Session:
 
     def _set_send_counter(self, value: int) -> None:
         """For tests of counter exhaustion only."""
-        self._send_counter = value
+        self.send_count = value

@@ -4,7 +4,7 @@ Every ``SetTimer`` a ``SecureEndpoint`` emits is keyed by a :class:`ChannelTimer
 the endpoint's ``timer_namespace``, so two endpoints in one node never collide and a
 wrapping layer routes a firing by the key's type and namespace (``sansio.py``). A later
 ``SetTimer`` with an equal key replaces the earlier one: one timer per kind and peer
-(per message for reassemblies).
+(per message for reassemblies and their NACKs).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ class ChannelTimerKind(StrEnum):
     CONFIRM = "confirm"  # we answered the peer's INIT: its CONFIRM should have come
     EXPIRE = "expire"  # the peer's oldest session reaches REJECT_AFTER_TIME
     REASSEMBLY = "reasm"  # a partial message from ``addr`` reaches REASSEMBLY_TIMEOUT
+    NACK = "nack"  # a partial message from ``addr``: ask for what is missing?
     ACK = "ack"  # our new session's CONFIRM is unanswered: resend it
 
 
@@ -27,4 +28,4 @@ class ChannelTimer:
     namespace: str
     kind: ChannelTimerKind
     addr: Hashable
-    message_id: int = 0  # which reassembly (REASSEMBLY only)
+    message_id: int = 0  # which reassembly (REASSEMBLY and NACK only)

@@ -28,6 +28,7 @@ from x0tta6bl4.channel.constants import (
     EPHEMERAL_SIZE,
     FINGERPRINT_SIZE,
     FRAGMENT_HEADER_SIZE,
+    FRAGMENT_NACK_SIZE,
     HEADER_SIZE,
     INDEX_SIZE,
     KEM_CIPHERTEXT_SIZE,
@@ -41,8 +42,12 @@ from x0tta6bl4.channel.constants import (
     MSG_COOKIE,
     MSG_DATA,
     MSG_FRAGMENT,
+    MSG_FRAGMENT_NACK,
     MSG_INIT,
+    MSG_LAST,
+    MSG_NO_SESSION,
     MSG_RESP,
+    NO_SESSION_SIZE,
     PROTOCOL_VERSION,
     TIMESTAMP_SIZE,
 )
@@ -62,11 +67,14 @@ HDR_CERT_REQUEST: Final = header(MSG_CERT_REQUEST)
 HDR_CERT: Final = header(MSG_CERT)
 HDR_FRAGMENT: Final = header(MSG_FRAGMENT)
 HDR_CONFIRM: Final = header(MSG_CONFIRM)
+HDR_NO_SESSION: Final = header(MSG_NO_SESSION)
+HDR_FRAGMENT_NACK: Final = header(MSG_FRAGMENT_NACK)
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _FRAG = struct.Struct("<IBBH")
 _DATA = struct.Struct("<IQ")
+_NACK = struct.Struct("<IQ")  # message_id u32 | missing u64
 _TS = struct.Struct(">QI")
 _BISCUIT = struct.Struct("<IId")
 
@@ -191,7 +199,50 @@ class Confirm:
         return int(DATA_INDEX.unpack_from(self.data)[0])
 
 
-Message: TypeAlias = Init | Resp | CookieReply | Data | CertRequest | Cert | Fragment | Confirm
+@dataclass(frozen=True, slots=True)
+class NoSession:
+    """Type 9: "I hold no session with this index", in answer to a DATA (or a CONFIRM's
+    DATA) that the sender cannot open. Unauthenticated: it echoes the DATA's receiver
+    index, counter and AEAD tag, so only someone who saw that packet can make one, and
+    the addressee acts on it only if it matches a packet it recently sent."""
+
+    receiver_index: int
+    counter: int
+    tag: bytes  # the DATA's last 16 bytes
+
+    @staticmethod
+    def echo(data: bytes) -> NoSession:
+        """The NO_SESSION answering ``data``, a DATA datagram (length checked by the caller)."""
+        index, counter = _DATA.unpack_from(data, HEADER_SIZE)
+        return NoSession(index, counter, data[-AEAD_TAG_SIZE:])
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentNack:
+    """Type 10: fragments of message ``message_id`` that have not arrived, as a bitmap
+    (bit i = fragment i; at most ``MAX_FRAGMENTS`` = 64). The sender resends those from
+    the messages it keeps; a NACK for anything else is dropped."""
+
+    message_id: int
+    missing: int
+
+    def indices(self) -> list[int]:
+        m = self.missing
+        return [i for i in range(m.bit_length()) if m >> i & 1]
+
+
+Message: TypeAlias = (
+    Init
+    | Resp
+    | CookieReply
+    | Data
+    | CertRequest
+    | Cert
+    | Fragment
+    | Confirm
+    | NoSession
+    | FragmentNack
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +305,7 @@ def check_header(data: bytes) -> int:
     if data[2] or data[3]:
         raise DecodeError("reserved header bytes must be zero")
     msg_type = data[1]
-    if not MSG_INIT <= msg_type <= MSG_CONFIRM:
+    if not MSG_INIT <= msg_type <= MSG_LAST:
         raise UnknownType(f"message type {msg_type}")
     return msg_type
 
@@ -303,6 +354,18 @@ def encode(msg: Message) -> bytes:
         if len(msg.data) < DATA_OVERHEAD or msg.data[:HEADER_SIZE] != HDR_DATA:
             raise BadLength("CONFIRM must carry a whole DATA datagram")
         return HDR_CONFIRM + _field(msg.biscuit, BISCUIT_SIZE, "biscuit") + msg.data
+    if isinstance(msg, NoSession):
+        if not 0 <= msg.counter < 2**64:
+            raise BadLength(f"counter out of range: {msg.counter}")
+        return (
+            HDR_NO_SESSION
+            + _DATA.pack(_check_u32(msg.receiver_index), msg.counter)
+            + _field(msg.tag, AEAD_TAG_SIZE, "tag")
+        )
+    if isinstance(msg, FragmentNack):
+        return HDR_FRAGMENT_NACK + _NACK.pack(
+            _check_u32(msg.message_id), _check_missing(msg.missing)
+        )
     return encode_fragment(msg)
 
 
@@ -401,6 +464,12 @@ def encode_fragment(msg: Fragment) -> bytes:
         + _FRAG.pack(_check_u32(msg.message_id), msg.index, msg.count, msg.total_length)
         + msg.chunk
     )
+
+
+def _check_missing(missing: int) -> int:
+    if not 0 < missing < 2**MAX_FRAGMENTS:
+        raise BadLength(f"NACK bitmap {missing:#x}: must name 1 to {MAX_FRAGMENTS} fragments")
+    return missing
 
 
 def _check_fragment(index: int, count: int, total_length: int, chunk_size: int) -> None:
@@ -533,6 +602,20 @@ def decode_confirm(data: bytes) -> Confirm:
     return Confirm(biscuit=data[HEADER_SIZE : HEADER_SIZE + BISCUIT_SIZE], data=inner)
 
 
+def decode_no_session(data: bytes) -> NoSession:
+    _exact(data, NO_SESSION_SIZE, "NO_SESSION")
+    index, counter = _DATA.unpack_from(data, HEADER_SIZE)
+    return NoSession(index, counter, data[DATA_HEADER_SIZE:])
+
+
+def decode_fragment_nack(data: bytes) -> FragmentNack:
+    _exact(data, FRAGMENT_NACK_SIZE, "FRAGMENT_NACK")
+    message_id, missing = _NACK.unpack_from(data, HEADER_SIZE)
+    if not missing:
+        raise DecodeError("FRAGMENT_NACK names no fragment")
+    return FragmentNack(message_id, missing)
+
+
 _DECODERS: dict[int, Callable[[bytes], Message]] = {
     MSG_INIT: decode_init,
     MSG_RESP: decode_resp,
@@ -542,6 +625,8 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     MSG_CERT: decode_cert,
     MSG_FRAGMENT: decode_fragment,
     MSG_CONFIRM: decode_confirm,
+    MSG_NO_SESSION: decode_no_session,
+    MSG_FRAGMENT_NACK: decode_fragment_nack,
 }
 
 
