@@ -4,8 +4,8 @@ as it was before the fix (findings 1-7 of the secure-channel hardening)."""
 from __future__ import annotations
 
 import pytest
-from pipe import Net, World, make_world
 
+from tests.channel.helpers import Net, World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import mac1_key
 from x0tta6bl4.channel.endpoint import SecureEndpoint

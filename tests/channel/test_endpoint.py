@@ -8,8 +8,8 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipe import WALL, Net, World, make_world
 
+from tests.channel.helpers import WALL, Net, World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import CookieJar, LoadMeter
 from x0tta6bl4.channel.endpoint import SecureEndpoint, handshake_wire_cost

@@ -7,8 +7,8 @@ import random
 from collections.abc import Hashable
 
 import pytest
-from pipe import World, make_world
 
+from tests.channel.helpers import World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import add_macs, mac1_key
 from x0tta6bl4.channel.endpoint import SecureEndpoint

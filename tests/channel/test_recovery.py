@@ -7,8 +7,8 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from pipe import Net, World, make_world
 
+from tests.channel.helpers import Net, World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.sansio import Action, Datagram, Send, SetTimer, Timer
 

@@ -7,8 +7,8 @@ from collections import deque
 from collections.abc import Callable
 
 import pytest
-from pipe import World, make_world
 
+from tests.channel.helpers import World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.drops import DropReason, Tally
 from x0tta6bl4.channel.endpoint import SecureEndpoint

@@ -1,4 +1,4 @@
-"""Real CAs and real keys for identity tests (helpers live in identity_helpers.py)."""
+"""Real CAs and real keys for identity tests (helpers live in helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from identity_helpers import NOW, TD, forge_cert
 
+from tests.identity.helpers import NOW, TD, forge_cert
 from x0tta6bl4.crypto.keys import load_signing_key
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials

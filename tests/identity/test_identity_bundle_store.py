@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from identity_helpers import NOW, TD, ed25519_key, self_signed_ca
 
+from tests.identity.helpers import NOW, TD, ed25519_key, self_signed_ca
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import IdentityError

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from identity_helpers import NOW, TD
 
+from tests.identity.helpers import NOW, TD
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import IdentityError
@@ -113,7 +113,7 @@ def test_load_errors(ca: CertificateAuthority, tmp_path: Path) -> None:
 
 def test_load_needs_a_trust_domain(ca: CertificateAuthority) -> None:
     from cryptography.hazmat.primitives import serialization
-    from identity_helpers import self_signed_ca
+    from tests.identity.helpers import self_signed_ca
 
     from x0tta6bl4.crypto.keys import load_signing_key
 

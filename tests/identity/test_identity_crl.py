@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from identity_helpers import NOW, TD, ed25519_key
 
+from tests.identity.helpers import NOW, TD, ed25519_key
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import IdentityError, RevocationListError
 from x0tta6bl4.identity import (

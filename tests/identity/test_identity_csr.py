@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AttributeOID, NameOID
-from identity_helpers import NOW, ed25519_key
 
+from tests.identity.helpers import NOW, ed25519_key
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import CertificateRequestError, IdentityError, KeyAlreadyCertified

@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from identity_helpers import NOW, TD
 
+from tests.identity.helpers import NOW, TD
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import (

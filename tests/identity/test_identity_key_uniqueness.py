@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from identity_helpers import NOW
 
+from tests.identity.helpers import NOW
 from x0tta6bl4 import errors
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.kdf import sha256

@@ -8,8 +8,8 @@ import datetime
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from identity_helpers import NOW, crl_without_next_update
 
+from tests.identity.helpers import NOW, crl_without_next_update
 from x0tta6bl4 import identity
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import (

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from identity_helpers import KU_LEAF, NOW, TD, ed25519_key, forge_cert, self_signed_ca
 
+from tests.identity.helpers import KU_LEAF, NOW, TD, ed25519_key, forge_cert, self_signed_ca
 from x0tta6bl4.crypto.kdf import sha256
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import CertificateRejected, RejectReason

@@ -15,10 +15,10 @@ import random
 from collections.abc import Callable, Sequence
 
 import pytest
-from helpers import RouterCore, SentLog, TimerSlot, messages, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.routing.helpers import RouterCore, SentLog, TimerSlot, messages, split
 from x0tta6bl4.errors import BadLength, DecodeError, Truncated, UnknownType
 from x0tta6bl4.routing import babel as rt
 from x0tta6bl4.routing import linkquality as lq

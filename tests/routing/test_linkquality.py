@@ -6,10 +6,10 @@ import random
 from collections.abc import Callable
 
 import pytest
-from helpers import HelloCore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.routing.helpers import HelloCore
 from x0tta6bl4.errors import BadLength, BadVersion, DecodeError, Truncated
 from x0tta6bl4.routing import linkquality as lq
 from x0tta6bl4.routing.linkquality import (
