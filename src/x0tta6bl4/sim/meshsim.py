@@ -163,30 +163,19 @@ def path(nodes: dict[str, MeshNode], src: str, dst: str) -> list[str] | None:
     """Follow next hops from ``src`` toward ``dst``; None if it ends without arriving.
 
     A cycle would be a protocol bug; it raises, so every caller checks loop freedom."""
-    dst_id = node_id(dst)
-    hops = [src]
-    cur = src
-    seen = {src}
-    while cur != dst:
-        node = nodes.get(cur)
-        if node is None:
-            return None
-        nxt = node.router.next_hop(dst_id)
-        if nxt is None:
-            return None
-        if nxt in seen:
-            raise AssertionError(f"routing loop toward {dst}: {[*hops, nxt]}")
-        seen.add(nxt)
-        hops.append(nxt)
-        cur = nxt
-    return hops
+    result = route_path(nodes, src, dst)
+    if result.kind == "loop":
+        raise AssertionError(f"routing loop toward {dst}: {list(result.hops)}")
+    return list(result.hops) if result.kind == "ok" else None
 
 
-def route_path(nodes: Mapping[str, MeshNode], src: str, dst: str) -> PathResult:
-    """The routing view: follow next hops from ``src`` toward ``dst`` through the running
-    ``nodes``, whatever the links underneath are doing (see :func:`trace_path` for the
-    packet's view). Ends ``ok``, ``no_route``, ``loop`` or ``dead_node`` (a next hop
-    not in ``nodes``; ``hops`` ends with it)."""
+def _walk(
+    nodes: Mapping[str, MeshNode],
+    src: str,
+    dst: str,
+    step_ok: Callable[[str, str], bool] | None = None,
+) -> PathResult:
+    # One walk for both views: ``step_ok(a, b)`` says whether a packet can cross a -> b.
     if src not in nodes:
         return PathResult("dead_node", (src,))
     dst_id = node_id(dst)
@@ -196,18 +185,27 @@ def route_path(nodes: Mapping[str, MeshNode], src: str, dst: str) -> PathResult:
     for _ in range(len(nodes) + 1):  # a walk longer than the node count has looped
         if cur == dst:
             return PathResult("ok", tuple(hops))
-        node = nodes.get(cur)
-        if node is None:
-            return PathResult("dead_node", tuple(hops))
-        nxt = node.router.next_hop(dst_id)
+        nxt = nodes[cur].router.next_hop(dst_id)
         if nxt is None:
             return PathResult("no_route", tuple(hops))
         hops.append(nxt)
         if nxt in seen:
             return PathResult("loop", tuple(hops))
+        if step_ok is not None and not step_ok(cur, nxt):
+            return PathResult("dead_link", tuple(hops))
+        if nxt not in nodes:
+            return PathResult("dead_node", tuple(hops))
         seen.add(nxt)
         cur = nxt
     raise AssertionError("unreachable: a walk this long revisits a node")  # pragma: no cover
+
+
+def route_path(nodes: Mapping[str, MeshNode], src: str, dst: str) -> PathResult:
+    """The routing view: follow next hops from ``src`` toward ``dst`` through the running
+    ``nodes``, whatever the links underneath are doing (see :func:`trace_path` for the
+    packet's view). Ends ``ok``, ``no_route``, ``loop`` or ``dead_node`` (a next hop
+    not in ``nodes``; ``hops`` ends with it)."""
+    return _walk(nodes, src, dst)
 
 
 def trace_path(
@@ -219,30 +217,12 @@ def trace_path(
     not reach) to a running node (else ``dead_node``). A routing loop is a result
     (``loop``), not an exception. Pass ``nodes`` (:func:`meshes`) when tracing many
     paths at one instant."""
-    live = meshes(sim) if nodes is None else nodes
-    if src not in live:
-        return PathResult("dead_node", (src,))
     net = sim.net
-    dst_id = node_id(dst)
-    hops = [src]
-    seen = {src}
-    cur = src
-    for _ in range(len(live) + 1):  # a walk longer than the node count has looped
-        if cur == dst:
-            return PathResult("ok", tuple(hops))
-        nxt = live[cur].router.next_hop(dst_id)
-        if nxt is None:
-            return PathResult("no_route", tuple(hops))
-        hops.append(nxt)
-        if nxt in seen:
-            return PathResult("loop", tuple(hops))
-        if not (net.has_link(cur, nxt) and net.is_up(cur, nxt)) or net.partitioned(cur, nxt):
-            return PathResult("dead_link", tuple(hops))
-        if nxt not in live:
-            return PathResult("dead_node", tuple(hops))
-        seen.add(nxt)
-        cur = nxt
-    raise AssertionError("unreachable: a walk this long revisits a node")  # pragma: no cover
+
+    def crossable(a: str, b: str) -> bool:
+        return net.has_link(a, b) and net.is_up(a, b) and not net.partitioned(a, b)
+
+    return _walk(meshes(sim) if nodes is None else nodes, src, dst, crossable)
 
 
 def sample_pairs(names: list[str], k: int, seed: int) -> list[tuple[str, str]]:
