@@ -37,6 +37,7 @@ def obs(
     *,
     not_after: float = 1e9,
     wall: float = 1e6,
+    verified: dict[str, float] | None = None,
 ) -> NodeObservation:
     return NodeObservation(
         now=now,
@@ -45,6 +46,7 @@ def obs(
         routes={r.dst: r for r in routes or []},
         cert_not_after=not_after,
         wall_now=wall + now,
+        verified=dict(verified or {}),
     )
 
 
@@ -71,7 +73,13 @@ class HelloLoss:
 
 class RecordingNode:
     """A scripted HealableNode (and sans-IO core): the test sets what ``observe``
-    returns and reads back every call the loop made."""
+    returns and reads back every call the loop made.
+
+    Probes are answered ``echo_delay`` seconds after they were sent if the destination
+    has a route then and is not in ``black_holes`` (a route that leads nowhere, as a
+    stale one across a partition does); ``echo_delay = None`` answers none. Answers show
+    in ``observe().verified`` as on a MeshNode (the latest answer per destination).
+    """
 
     def __init__(self, name: str = "A") -> None:
         self.name = name
@@ -82,6 +90,10 @@ class RecordingNode:
         self.calls: list[tuple[Any, ...]] = []
         self.inputs: list[Input] = []
         self.refuse: dict[str, Exception] = {}
+        self.echo_delay: float | None = 0.01
+        self.black_holes: set[str] = set()
+        self.verified: dict[str, float] = {}
+        self._echoes: list[tuple[float, str]] = []
 
     def set(self, links: list[LinkObservation], routes: list[RouteObservation]) -> None:
         # damping the node was told about stays visible, as on a real node
@@ -93,8 +105,18 @@ class RecordingNode:
         self.routes = {r.dst: r for r in routes}
 
     def observe(self, now: float) -> NodeObservation:
+        due = [(t, dst) for t, dst in self._echoes if t <= now]
+        self._echoes = [(t, dst) for t, dst in self._echoes if t > now]
+        for t, dst in sorted(due):
+            self.verified[dst] = t
         return NodeObservation(
-            now, self.name, dict(self.links), dict(self.routes), self.not_after, now + 1e6
+            now,
+            self.name,
+            dict(self.links),
+            dict(self.routes),
+            self.not_after,
+            now + 1e6,
+            verified=dict(self.verified),
         )
 
     def _record(self, *call: object) -> list[Action]:
@@ -117,6 +139,20 @@ class RecordingNode:
         if peer in self.links:
             self.links[peer] = dataclasses.replace(self.links[peer], damped_until=until)
         return self._record("damp_link", now, peer, until)
+
+    def probe(self, now: float, dst: str) -> list[Action]:
+        out = self._record("probe", now, dst)
+        route = self.routes.get(dst)
+        if (
+            self.echo_delay is not None
+            and route is not None
+            and route.next_hop is not None
+            and dst not in self.black_holes
+        ):
+            # a later probe replaces the nonce: an earlier one's answer would be stale
+            self._echoes = [(t, d) for t, d in self._echoes if d != dst]
+            self._echoes.append((now + self.echo_delay, dst))
+        return out
 
     def request_renewal(self, now: float) -> list[Action]:
         return [*self._record("request_renewal", now), Event("renewal_requested", {})]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import pytest
 from healing_fixtures import link, obs, route
 
 from x0tta6bl4.healing import (
+    ActionKind,
     FaultKind,
     Finding,
     HealingConfig,
@@ -15,6 +19,7 @@ from x0tta6bl4.healing import (
     Outcome,
     RuntimeStats,
     analyse,
+    plan,
     track_incidents,
 )
 from x0tta6bl4.mesh.observe import LinkObservation, RouteObservation
@@ -28,12 +33,15 @@ HANDSHAKE = FaultKind.HANDSHAKE_FAILING
 
 
 class Harness:
-    """Monitor + Analyse + incident tracking, one observation at a time."""
+    """Monitor + Analyse + incident tracking, one observation at a time; the probes Plan
+    asks for are taken as sent (no other action is), and ``verified`` is what the node
+    reports answered."""
 
     def __init__(self, **cfg: object) -> None:
         self.k = Knowledge(HealingConfig(**cfg))  # type: ignore[arg-type]
         self.m = Monitor(self.k)
         self.events: list[HealingEvent] = []
+        self.probes: list[tuple[float, str]] = []
 
     def step(
         self,
@@ -44,17 +52,26 @@ class Harness:
         not_after: float = 1e12,
         wall: float = 1e6,
         stats: RuntimeStats | None = None,
+        verified: dict[str, float] | None = None,
     ) -> dict[tuple[FaultKind, str], Finding]:
-        o = obs(now, links, routes, not_after=not_after, wall=wall)
+        o = obs(now, links, routes, not_after=not_after, wall=wall, verified=verified)
         snap = self.m.update(o, stats)
         findings = analyse(snap, self.k)
         self.events += track_incidents(snap, findings, self.k)
+        for action in plan(snap, findings, self.k, random.Random(0)):
+            if action.kind is ActionKind.VERIFY:
+                self.k.note_executed(now, action)
+                self.probes.append((now, action.subject))
         return {f.key: f for f in findings}
 
 
 TABLE = [route("B", "B"), route("C", "B"), route("D", "E"), route("E", "E")]
 AFTER_B_DIES = [route("C", None, 1), route("D", "E"), route("E", "E")]
 HEALED = [route("C", "E", 2), route("D", "E"), route("E", "E")]
+# B carries C and D; after its death E carries both
+VIA_B = [route("B", "B"), route("C", "B"), route("D", "B"), route("E", "E")]
+B_DEAD = [route("E", "E")]
+AROUND_B = [route("C", "E", 1), route("D", "E", 1), route("E", "E")]
 
 
 def test_dead_neighbour_needs_alive_then_dead() -> None:
@@ -64,36 +81,89 @@ def test_dead_neighbour_needs_alive_then_dead() -> None:
     found = h.step(2.0, [link("B", alive=False, last_heard=1.4), link("E")], AFTER_B_DIES)
     f = found[(DEAD, "B")]
     assert f.fault_started_at == 1.4
-    assert f.destinations == {"C", "D", "E"}  # reachable while B was alive, minus B
+    assert f.destinations == {"C"}  # routed through B while it was alive (D, E go via E)
     assert (DEAD, "B") in h.k.incidents
 
 
-def test_dead_neighbour_repaired_only_in_a_later_observation() -> None:
-    h = Harness()
-    h.step(1.0, [link("B"), link("E")], TABLE)
-    # Routing already healed in the very observation that shows B dead: still not a
-    # repair, since it must be measured after the detection.
-    h.step(2.0, [link("B", alive=False, last_heard=1.5), link("E")], HEALED)
+def test_dead_neighbour_repaired_only_when_probes_answer_after_the_detection() -> None:
+    h = Harness(verify_delay=0.0)
+    h.step(1.0, [link("B"), link("E")], VIA_B)
+    # Routing already healed in the very observation that shows B dead: probes go out at
+    # once through E, but a route is no repair.
+    h.step(2.0, [link("B", alive=False, last_heard=1.5), link("E")], AROUND_B)
+    assert sorted(h.probes) == [(2.0, "C"), (2.0, "D")]
+    h.step(2.1, [link("B", alive=False), link("E")], AROUND_B, verified={"C": 2.02})
+    assert h.events == []  # one answer of the two needed
+    # an answer to a probe sent before the detection proves nothing about the detour
+    h.step(2.2, [link("B", alive=False), link("E")], AROUND_B, verified={"C": 2.02, "D": 1.9})
     assert h.events == []
-    h.step(2.1, [link("B", alive=False), link("E")], HEALED)
+    h.step(2.3, [link("B", alive=False), link("E")], AROUND_B, verified={"C": 2.02, "D": 2.25})
     [event] = h.events
     assert event.outcome == Outcome.REPAIRED and event.kind == "dead_neighbour"
-    assert event.mttr == pytest.approx(0.1) and event.mttd == pytest.approx(0.5)
+    assert event.repaired_at == 2.25 and event.verified == ("C", "D")  # the answer's time
+    # MTTR from the fault's start (B's last hello) to traffic verified flowing again
+    assert event.mttr == pytest.approx(0.75) and event.mttd == pytest.approx(0.5)
     assert event.action == "wait"
     # the neighbour is still dead: the same fault does not open a second incident
-    h.step(2.2, [link("B", alive=False), link("E")], HEALED)
+    h.step(2.4, [link("B", alive=False), link("E")], AROUND_B)
     assert h.k.incidents == {}
 
 
-def test_dead_neighbour_waits_for_every_destination() -> None:
+def test_dead_neighbour_waits_for_every_destination_routed_and_enough_answers() -> None:
     h = Harness()
-    h.step(1.0, [link("B"), link("E")], TABLE)
-    h.step(2.0, [link("B", alive=False), link("E")], AFTER_B_DIES)
-    h.step(2.1, [link("B", alive=False), link("E")], AFTER_B_DIES)
-    assert h.events == []
-    h.step(2.5, [link("B", alive=False), link("E")], HEALED)
+    h.step(1.0, [link("B"), link("E")], VIA_B)
+    h.step(2.0, [link("B", alive=False), link("E")], B_DEAD)
+    assert h.probes == []  # nothing routed: a probe would be dropped at once
+    half = [route("C", "E", 1), route("E", "E")]
+    h.step(2.1, [link("B", alive=False), link("E")], half)
+    h.step(2.2, [link("B", alive=False), link("E")], half, verified={"C": 2.15})
+    assert h.events == [] and h.probes == [(2.1, "C")]
+    h.step(2.5, [link("B", alive=False), link("E")], AROUND_B, verified={"C": 2.15})
+    assert h.probes[-1] == (2.5, "D") and h.events == []
+    h.step(2.6, [link("B", alive=False), link("E")], AROUND_B, verified={"C": 2.15, "D": 2.55})
     [event] = h.events
-    assert event.repaired_at == 2.5 and event.mttr == pytest.approx(0.5)
+    assert event.repaired_at == 2.55 and event.outcome == Outcome.REPAIRED
+
+
+def test_stale_routes_never_make_a_repair() -> None:
+    # Across a partition the other neighbours' stale routes survive a dead neighbour:
+    # routed, but no probe comes back. The incident stays open, then clears when B is
+    # heard again (the fault went away), never "repaired".
+    h = Harness(incident_timeout=60.0, verify_delay=0.0)
+    h.step(1.0, [link("B"), link("E")], VIA_B)
+    for i in range(100):
+        h.step(2.0 + i * 0.1, [link("B", alive=False, last_heard=1.6), link("E")], AROUND_B)
+    assert h.events == [] and (DEAD, "B") in h.k.incidents
+    sent = [t for t, dst in h.probes if dst == "C"]
+    assert sent[0] == 2.0 and 5 <= len(sent) <= 16  # repeated, backing off to 1 s
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(sent)]
+    assert gaps[:3] == [0.2, 0.3, 0.6] and max(gaps) == 1.1  # (on the 0.1 s cycle)
+    h.step(12.0, [link("B", last_heard=11.95), link("E")], VIA_B)
+    [event] = h.events
+    assert event.outcome == Outcome.CLEARED and event.repaired_at is None
+    assert event.cleared_at == 12.0 and event.mttr is None
+    assert event.time_to_clear == pytest.approx(12.0 - 1.6)
+
+
+def test_dead_neighbour_without_transit_is_verified_through_itself() -> None:
+    # Nothing but B itself went through B: reaching B around the dead link proves a cut
+    # link repaired; a dead node never answers, and its incident clears when it is back.
+    cut = Harness(verify_delay=0.0)
+    cut.step(1.0, [link("B"), link("E")], [route("B", "B"), route("E", "E")])
+    around = [route("B", "E", 1), route("E", "E")]
+    cut.step(2.0, [link("B", alive=False, last_heard=1.6), link("E")], around)
+    assert cut.probes == [(2.0, "B")]
+    cut.step(2.1, [link("B", alive=False), link("E")], around, verified={"B": 2.03})
+    [event] = cut.events
+    assert event.outcome == Outcome.REPAIRED and event.verified == ("B",)
+    dead = Harness()
+    dead.step(1.0, [link("B"), link("E")], [route("B", "B"), route("E", "E")])
+    for i in range(20):
+        dead.step(2.0 + i * 0.1, [link("B", alive=False, last_heard=1.6), link("E")], B_DEAD)
+    assert dead.events == [] and dead.probes == []
+    dead.step(5.0, [link("B"), link("E")], [route("B", "B"), route("E", "E")])
+    [event] = dead.events
+    assert event.outcome == Outcome.CLEARED
 
 
 def test_loop_lag_suppresses_new_blame_but_keeps_raised_conditions() -> None:
@@ -147,7 +217,7 @@ def degrade(h: Harness, start: float, loss: float, limit: float = 5.0) -> float:
     raise AssertionError(f"{loss:.0%} loss not found degraded within {limit} s")
 
 
-def test_degraded_hysteresis_and_repair_on_recovery() -> None:
+def test_degraded_hysteresis_and_cleared_on_recovery() -> None:
     h = Harness()
     creep(h, 0.0, 30, 0.0, 0.0)
     found_at = degrade(h, 3.0, 0.5)
@@ -162,8 +232,10 @@ def test_degraded_hysteresis_and_repair_on_recovery() -> None:
     for i in range(60):
         found = h.step(t + 1.0 + i * 0.1, [link("B", loss=0.0), link("E")], TABLE)
     assert (DEGRADED, "B") not in found
+    # recovered while still carrying C: the fault went away, no repair of ours
     [event] = h.events
-    assert event.kind == "degraded_link" and event.outcome == Outcome.REPAIRED
+    assert event.kind == "degraded_link" and event.outcome == Outcome.CLEARED
+    assert event.time_to_clear is not None and event.mttr is None
 
 
 def test_degraded_link_repaired_once_no_transit_route_uses_it() -> None:
@@ -173,7 +245,10 @@ def test_degraded_link_repaired_once_no_transit_route_uses_it() -> None:
     moved = [route("B", "B"), route("C", "E", 1), route("D", "E"), route("E", "E")]
     h.step(t + 0.1, [link("B", loss=0.5), link("E")], moved)
     [event] = h.events
-    assert event.outcome == Outcome.REPAIRED and event.mttr == pytest.approx(0.1)
+    assert event.outcome == Outcome.REPAIRED and event.repaired_at == t + 0.1
+    # from when the loss began to rise (the first lossy report, 16 lossy hellos back)
+    assert event.fault_started_at == pytest.approx(-1.6)
+    assert event.mttr == pytest.approx(t + 0.1 + 1.6)
     # still degraded, so no new incident for the same condition
     h.step(t + 0.2, [link("B", loss=0.5), link("E")], moved)
     assert (DEGRADED, "B") not in h.k.incidents
@@ -221,7 +296,7 @@ def test_route_flap_without_a_local_culprit_damps_nothing() -> None:
     assert found == {}
 
 
-def test_flapping_repaired_when_route_changes_fall_under_the_bound() -> None:
+def test_flapping_ends_when_route_changes_fall_under_the_bound() -> None:
     h = Harness(damp_suppress=3.0, route_flap_threshold=3, flap_window=4.0)
     for i in range(6):
         alive = i % 2 == 0
@@ -231,11 +306,13 @@ def test_flapping_repaired_when_route_changes_fall_under_the_bound() -> None:
     assert (FLAPPING, "B") in h.k.incidents
     for t in (6.0, 7.0, 8.0, 9.0, 10.0):
         h.step(t, [link("B", alive=False), link("E")], [route("B", "E", 5)])
+    # nobody damped it here (the harness executes no damping): calm on its own is a
+    # fault gone away; a damped one is repaired (test_damping)
     flap = [e for e in h.events if e.kind == "flapping_link"]
-    assert flap and flap[0].outcome == Outcome.REPAIRED
+    assert flap and flap[0].outcome == Outcome.CLEARED
 
 
-def test_partition_after_grace_and_repair() -> None:
+def test_partition_after_grace_clears_and_is_never_repaired() -> None:
     h = Harness(partition_grace=1.0)
     table = [route("E", "E"), route("X", "E"), route("Y", "E")]
     h.step(0.0, [link("E")], table)
@@ -247,9 +324,12 @@ def test_partition_after_grace_and_repair() -> None:
     h.step(2.0, [link("E")], [route("E", "E"), route("X", "E")])
     assert h.events == []
     h.step(2.5, [link("E")], table)
+    # Routing had the grace to route around it and could not: its end is the network's.
     [event] = h.events
-    assert event.kind == "partition" and event.mttr == pytest.approx(0.9)
+    assert event.kind == "partition" and event.outcome == Outcome.CLEARED
+    assert event.mttr is None and event.time_to_clear == pytest.approx(2.0)
     assert event.mttd == pytest.approx(1.1)
+    assert h.probes == []  # a partition's end is not probed (every node would at once)
 
 
 def test_partition_ignores_dead_neighbours_and_reopens_for_new_losses() -> None:
@@ -304,7 +384,7 @@ def test_cert_near_expiry_with_learned_validity() -> None:
     assert f.fault_started_at == pytest.approx(200.0) and f.severity == pytest.approx(1.01)
     h.step(202.0, not_after=wall + 1000.0, wall=wall)  # renewed
     [event] = h.events
-    assert event.kind == "cert_near_expiry" and event.mttr == pytest.approx(1.0)
+    assert event.kind == "cert_near_expiry" and event.mttr == pytest.approx(2.0)
 
 
 def test_cert_configured_validity_and_fault_start_clamped() -> None:

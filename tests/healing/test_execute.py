@@ -49,6 +49,9 @@ class RecordingNode:
     def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
         return self._record("damp_link", now, peer, until)
 
+    def probe(self, now: float, dst: str) -> list[Action]:
+        return self._record("probe", now, dst)
+
     def request_renewal(self, now: float) -> list[Action]:
         return self._record("request_renewal", now)
 
@@ -108,6 +111,20 @@ def test_rate_limit_per_action_kind() -> None:
     assert len(ex.execute(0.5, five).executed) == 0
     assert len(ex.execute(1.0, five).executed) == 1
     assert len(ex.execute(10.0, five).executed) == 3  # refilled up to the burst only
+
+
+def test_probes_call_the_node_through_their_own_bucket() -> None:
+    node, ex = executor(
+        rate_limit_per_second=1.0, rate_limit_burst=1.0, probe_rate_per_second=2.0, probe_burst=3.0
+    )
+    five = [pa(ActionKind.VERIFY, f"D{i}", via="E") for i in range(5)]
+    result = ex.execute(0.0, [*five, pa(ActionKind.REROUTE)])
+    probed = [("probe", 0.0, f"D{i}") for i in range(3)]  # the burst
+    assert node.calls == [*probed, ("drop_neighbour", 0.0, "B")]
+    assert [r for _, r in result.skipped] == ["rate_limited", "rate_limited"]
+    first = result.actions[0]
+    assert isinstance(first, Event) and first.fields["via"] == "E"
+    assert len(ex.execute(1.0, five).executed) == 2  # two per second
 
 
 def test_token_bucket_ignores_time_going_backwards() -> None:

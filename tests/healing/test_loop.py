@@ -64,20 +64,26 @@ def test_dead_neighbour_reroute_rehandshake_and_measured_repair() -> None:
     assert node.called("drop_neighbour") == [("drop_neighbour", 1.0, "B")]
     assert node.called("reconnect") == [("reconnect", 1.0, "B")]
     assert [i.kind for i in loop.open_incidents] == [FaultKind.DEAD_NEIGHBOUR]
-    # C comes back through E, D does not: still open
+    # C comes back through E and answers its probe; D has no route yet: still open
     node.set([link("B", alive=False), link("E")], [route("C", "E", 1), route("E", "E")])
     run(node, loop, 1.1, 1.5)
+    assert node.called("probe") == [("probe", 1.1, "C")]
     assert events == []
     node.set(
         [link("B", alive=False), link("E")],
         [route("C", "E", 1), route("D", "E", 1), route("E", "E")],
     )
     loop.cycle(1.5)
+    assert node.called("probe")[-1] == ("probe", 1.5, "D") and events == []  # routes: no
+    loop.cycle(1.55)
     [event] = events
     assert event.kind == "dead_neighbour" and event.subject == "B"
     assert event.outcome == "repaired" and event.action == "reroute+rehandshake"
-    assert event.detected_at == 1.0 and event.repaired_at == 1.5
-    assert event.mttr == pytest.approx(0.5) and event.mttd == pytest.approx(0.3)
+    # repaired when D's answer arrived (sent 1.5, answered 10 ms later); the MTTR runs
+    # from B's last hello, as a user's outage does
+    assert event.detected_at == 1.0 and event.repaired_at == pytest.approx(1.51)
+    assert event.mttr == pytest.approx(0.81) and event.mttd == pytest.approx(0.3)
+    assert event.verified == ("C", "D")
     assert loop.events == (event,) and loop.last_finished == (event,)
     assert loop.knowledge.repair_stats[("dead_neighbour", "reroute+rehandshake")].repaired == 1
     # B stays dead: reconnects continue on the backoff, the incident does not reopen
@@ -142,7 +148,7 @@ def test_flapping_link_damped_and_held_while_it_flaps() -> None:
     assert flaps
 
 
-def test_partition_detected_rehandshakes_and_repairs() -> None:
+def test_partition_detected_rehandshakes_and_clears() -> None:
     node, loop, events = make(partition_grace=1.0, reconnect_jitter=0.0)
     full = [route("E", "E"), route("X", "E"), route("Y", "E")]
     node.set([link("B", alive=False, handshake_failures=1), link("E")], full)
@@ -158,10 +164,14 @@ def test_partition_detected_rehandshakes_and_repairs() -> None:
     run(node, loop, 2.1, 4.0)
     node.set([link("B", alive=False), link("E")], full)
     loop.cycle(4.0)
+    # the lost destinations are back: the partition went away (no repair of ours)
     [event] = events
-    assert event.kind == "partition" and event.outcome == "repaired"
-    assert event.action == "rehandshake" and event.mttr == pytest.approx(2.0)
-    assert event.mttd == pytest.approx(1.0)
+    assert event.kind == "partition" and event.outcome == "cleared"
+    assert event.action == "rehandshake" and event.mttr is None
+    assert event.time_to_clear == pytest.approx(3.0) and event.mttd == pytest.approx(1.0)
+    assert node.called("probe") == []
+    # a cleared incident says nothing about its actions: no breaker hears of it
+    assert loop.executor.breakers[ActionKind.REHANDSHAKE].failures == 0
 
 
 def test_certificate_renewal_requested_once_not_every_cycle() -> None:
@@ -233,10 +243,14 @@ def test_healing_node_drives_the_loop_on_its_timer() -> None:
         "subject": "B",
         "action": "rehandshake",
         "outcome": "repaired",
+        "fault_started_at": None,
         "detected_at": 0.5,
         "repaired_at": 1.0,
+        "cleared_at": None,
+        "verified": "",
         "mttr": 0.5,
         "mttd": None,
+        "time_to_clear": None,
     }
     assert core.events == loop.events and core.open_incidents == ()
 
@@ -314,8 +328,11 @@ def test_any_observation_sequence_keeps_thresholds_in_bounds(
             assert math.isfinite(lk.anomaly) and lk.anomaly >= 0
             assert 1.0 <= lk.penalty <= config.penalty_max
     for event in loop.events:
-        assert event.outcome in ("repaired", "failed", "superseded")
+        assert event.outcome in ("repaired", "cleared", "failed", "superseded")
         assert event.mttr is None or event.mttr >= 0
+        assert event.time_to_clear is None or event.time_to_clear >= 0
+        assert (event.repaired_at is None) == (event.outcome != "repaired")
+        assert (event.cleared_at is None) == (event.outcome != "cleared")
 
 
 class _DyingLinkNode(RecordingNode):

@@ -28,6 +28,7 @@ def test_every_declared_metric_is_on_our_registry() -> None:
         "x0tta6bl4_self_healing_events",
         "x0tta6bl4_self_healing_mttr_seconds",
         "x0tta6bl4_self_healing_mttd_seconds",
+        "x0tta6bl4_self_healing_time_to_clear_seconds",
         "x0tta6bl4_mapek_cycle_seconds",
         "x0tta6bl4_link_rtt_seconds",
         "x0tta6bl4_link_loss_ratio",
@@ -51,13 +52,14 @@ def test_recording_an_event_increments_counter_and_histograms() -> None:
         "B",
         10.0,
         (ActionKind.REROUTE, ActionKind.REHANDSHAKE),
-        10.75,
+        10.45,
         "repaired",
-        9.5,
+        9.7,
     )
     m.record_self_healing_event(event)
     assert value("x0tta6bl4_self_healing_events_total", labels) == before + 1
     assert value("x0tta6bl4_self_healing_mttr_seconds_count") == mttr_n + 1
+    # MTTR runs from the fault's start (9.7) to the verified repair (10.45)
     assert value("x0tta6bl4_self_healing_mttr_seconds_sum") == pytest.approx(mttr_sum + 0.75)
     assert value("x0tta6bl4_self_healing_mttr_seconds_bucket", {"le": "1.0"}) == le_1 + 1
     assert value("x0tta6bl4_self_healing_mttd_seconds_count") == mttd_n + 1
@@ -72,6 +74,24 @@ def test_failed_event_has_no_mttr_observation() -> None:
     assert value("x0tta6bl4_self_healing_events_total", labels) == before + 1
     assert value("x0tta6bl4_self_healing_mttr_seconds_count") == mttr_n
     assert value("x0tta6bl4_self_healing_mttd_seconds_count") == mttd_n
+
+
+def test_cleared_event_observes_time_to_clear_not_mttr() -> None:
+    labels = {"kind": "dead_neighbour", "action": "reroute", "outcome": "cleared"}
+    before = value("x0tta6bl4_self_healing_events_total", labels)
+    mttr_n = value("x0tta6bl4_self_healing_mttr_seconds_count")
+    clear_n = value("x0tta6bl4_self_healing_time_to_clear_seconds_count")
+    clear_sum = value("x0tta6bl4_self_healing_time_to_clear_seconds_sum")
+    event = HealingEvent(
+        "dead_neighbour", "B", 10.0, (ActionKind.REROUTE,), None, "cleared", 9.6, cleared_at=15.6
+    )
+    m.record_self_healing_event(event)
+    assert value("x0tta6bl4_self_healing_events_total", labels) == before + 1
+    assert value("x0tta6bl4_self_healing_mttr_seconds_count") == mttr_n
+    assert value("x0tta6bl4_self_healing_time_to_clear_seconds_count") == clear_n + 1
+    assert value("x0tta6bl4_self_healing_time_to_clear_seconds_sum") == pytest.approx(
+        clear_sum + 6.0
+    )
 
 
 def test_mapek_cycle_phases() -> None:
@@ -137,12 +157,17 @@ class _Node:
     def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
         return []
 
+    def probe(self, now: float, dst: str) -> list[Action]:
+        return []
+
     def request_renewal(self, now: float) -> list[Action]:
         return []
 
 
 def test_wired_as_the_loops_callbacks() -> None:
-    labels = {"kind": "dead_neighbour", "action": "reroute+rehandshake", "outcome": "repaired"}
+    # B dies and comes back: nothing was routed through it, so nothing could be verified
+    # repaired; the incident clears (the fault went away)
+    labels = {"kind": "dead_neighbour", "action": "reroute+rehandshake", "outcome": "cleared"}
     before = value("x0tta6bl4_self_healing_events_total", labels)
     cycles = value("x0tta6bl4_mapek_cycle_seconds_count", {"phase": "monitor"})
     node = _Node()
@@ -155,6 +180,7 @@ def test_wired_as_the_loops_callbacks() -> None:
     loop.cycle(0.0)
     node.alive = False
     loop.cycle(0.1)
+    node.alive = True
     loop.cycle(0.2)
     assert value("x0tta6bl4_self_healing_events_total", labels) == before + 1
     assert value("x0tta6bl4_mapek_cycle_seconds_count", {"phase": "monitor"}) == cycles + 3

@@ -122,19 +122,27 @@ def test_partition_and_heal_restores_reachability_and_says_so(partitioned: SimSu
     assert s.details["sampled_pairs"] == 12 * 11
     assert s.reachability[-1][1] == 1.0
     assert s.drops["partition"] > 0
-    repaired = [
-        e
-        for _, e in s.healing_events
-        if e.kind in ("partition", "dead_neighbour") and e.outcome == "repaired"
-    ]
-    assert {e.kind for e in repaired} == {"partition", "dead_neighbour"}
-    for e in repaired:
-        assert e.mttr is not None and math.isfinite(e.mttr) and e.mttr >= 0
-    # The incidents the partition itself opened close soon after the heal.
-    caused = [e for e in repaired if e.detected_at < healed]
-    assert caused
-    for e in caused:
-        assert e.repaired_at is not None and s.fault_at <= e.repaired_at <= healed + 5.0
+    events = [e for _, e in s.healing_events if e.kind in ("partition", "dead_neighbour")]
+    # A partition cannot be repaired from inside: it ends only when it heals, and says
+    # so (cleared, not repaired), soon after the heal.
+    partitions = [e for e in events if e.kind == "partition" and e.detected_at < healed]
+    assert partitions
+    for e in partitions:
+        assert e.outcome == "cleared" and e.repaired_at is None and e.mttr is None
+        assert e.cleared_at is not None and healed <= e.cleared_at <= healed + 5.0
+    # A dead neighbour is repaired only with proof that traffic flows around it (probes
+    # answered end to end); otherwise it clears when the cut heals, or the partition
+    # incident supersedes it.
+    for e in events:
+        if e.kind == "dead_neighbour" and e.detected_at < healed:
+            if e.outcome == "superseded":
+                continue
+            if e.outcome == "repaired":
+                assert e.verified and e.repaired_at is not None
+                assert e.mttr is not None and math.isfinite(e.mttr) and e.mttr >= 0
+            else:
+                assert e.outcome == "cleared" and e.cleared_at is not None
+                assert healed <= e.cleared_at <= healed + 5.0
     assert not [e for _, e in s.healing_events if e.outcome == "failed"]
 
 

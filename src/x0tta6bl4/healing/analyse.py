@@ -3,8 +3,23 @@
 :func:`analyse` turns a :class:`~x0tta6bl4.healing.monitor.Snapshot` into level
 :class:`~x0tta6bl4.healing.events.Finding`s (a condition that holds in this observation).
 :func:`track_incidents` opens an incident on a condition's rising edge, and closes it
-when its repair condition is *measured* in a later observation, when a broader incident
-supersedes it, or when it times out.
+when its repair condition is *measured* in a later observation (``repaired``), when the
+fault is seen gone by itself (``cleared``), when a broader incident supersedes it, or
+when it times out (``failed``).
+
+A dead neighbour is repaired when traffic that went through it verifiably flows again:
+end-to-end probes (Plan's ``verify``) to a sample of the destinations routed through it
+were answered after the detection, while it is still dead. A route in the table is not
+enough: other neighbours' stale routes survive its death, and across a partition they
+survive until those neighbours notice too. Heard again first, it is ``cleared``.
+
+A partition only ever clears: by the time one is declared, routing has had
+``partition_grace`` to route around the loss and could not, so its end is the network's
+doing (a healed cut, a restarted node), never a repair. It clears when every lost
+destination has a route again. It is not probed: a partition ends for every node on its
+side at once, and a probe from each (a first-contact handshake each) toward whatever
+came back would be a storm; stale routes are no worry here, since the lost destinations
+were unrouted for the whole grace.
 """
 
 from __future__ import annotations
@@ -12,8 +27,18 @@ from __future__ import annotations
 from collections import deque
 
 from x0tta6bl4.healing.events import FaultKind, Finding, HealingEvent, IncidentKey, Outcome
-from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge
+from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge, LinkKnowledge
 from x0tta6bl4.healing.monitor import LinkFeatures, Snapshot
+
+_LINK_KINDS = frozenset(
+    {
+        FaultKind.DEAD_NEIGHBOUR,
+        FaultKind.DEGRADED_LINK,
+        FaultKind.FLAPPING_LINK,
+        FaultKind.HANDSHAKE_FAILING,
+    }
+)
+"""Faults whose subject is a neighbour link."""
 
 
 def _first_since(stamps: deque[float], since: float) -> float | None:
@@ -78,6 +103,27 @@ def _dead(lf: LinkFeatures) -> bool:
     return lf.ever_alive and not lf.alive
 
 
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def _death_started(lf: LinkFeatures, lk: LinkKnowledge) -> float | None:
+    """When a dead neighbour's fault began: when it fell silent, not when we noticed;
+    or, if its loss had been rising markedly since it last came up, unnoticed, when that
+    began (a link dying by degrees fails users before its last hello). A rise that some
+    incident already caught was detected then; the death is a fault of its own."""
+    started = lf.last_heard if lf.last_heard is not None else lk.last_alive_at
+    onset = lf.loss_onset
+    if (
+        onset is not None
+        and (lf.revived_at is None or onset >= lf.revived_at)
+        and (lk.incident_at is None or lk.incident_at < onset)
+    ):
+        return onset if started is None else min(started, onset)
+    return started
+
+
 def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
     """The fault conditions that hold in this snapshot, in a deterministic order."""
     config = knowledge.config
@@ -97,14 +143,12 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
         if held:
             pass  # neither dead nor failing handshakes count while held down
         elif _dead(lf) and (blame or dead_key in active):
-            # The fault began when the neighbour fell silent, not when we noticed.
-            started = lf.last_heard if lf.last_heard is not None else lk.last_alive_at
             findings.append(
                 Finding(
                     FaultKind.DEAD_NEIGHBOUR,
                     peer,
-                    fault_started_at=started,
-                    destinations=lk.reachable_when_alive - {peer},
+                    fault_started_at=_death_started(lf, lk),
+                    destinations=lk.via_when_alive - {peer},
                 )
             )
         elif not lf.alive and lf.handshake_failures >= config.handshake_fail_threshold:
@@ -131,7 +175,7 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
                         # pressure decides (loss only on enough evidence), severity says
                         # how bad (the smoothed loss level, RTT) and sizes the penalty
                         severity=max(1.0, lf.severity),
-                        fault_started_at=lf.degrading_since,
+                        fault_started_at=_earliest(lf.degrading_since, lf.loss_onset),
                     )
                 )
 
@@ -178,28 +222,65 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
 # --- incidents --------------------------------------------------------------------------
 
 
-def _repaired(
+Verdict = tuple[Outcome, float, tuple[str, ...]]
+"""How an incident ends now: outcome, when (the answer that proved a repair, or the
+observation), and the destinations whose answers proved it."""
+
+
+def _verified(
+    incident: Incident, snap: Snapshot, config: HealingConfig
+) -> tuple[float, tuple[str, ...]] | None:
+    """When traffic through a dead neighbour was verified flowing again: every
+    destination routed around it, and enough answered a probe sent after the detection
+    (the answer that made it enough is the time)."""
+    if not incident.destinations <= snap.reachable:
+        return None
+    answers = incident.answers(snap.verified)
+    need = incident.needed(config)
+    if len(answers) < need:
+        return None
+    return answers[need - 1][0], tuple(dst for _, dst in answers)
+
+
+def _verdict(
     incident: Incident,
     snap: Snapshot,
     current: dict[IncidentKey, Finding],
     config: HealingConfig,
-) -> bool:
+) -> Verdict | None:
     kind = incident.kind
-    if kind in (FaultKind.DEAD_NEIGHBOUR, FaultKind.PARTITION):
-        return incident.destinations <= snap.reachable
+    now = snap.now
     lf = snap.links.get(incident.subject)
+    if kind is FaultKind.DEAD_NEIGHBOUR:
+        if lf is not None and lf.alive:
+            return Outcome.CLEARED, now, ()  # heard again before a repair was verified
+        done = _verified(incident, snap, config)
+        return None if done is None else (Outcome.REPAIRED, *done)
+    if kind is FaultKind.PARTITION:
+        back = incident.destinations <= snap.reachable
+        return (Outcome.CLEARED, now, ()) if back else None
     if kind is FaultKind.DEGRADED_LINK:
-        # Recovered (hysteresis applied by analyse), or carrying no transit traffic.
-        return incident.key not in current or lf is None or lf.routes_via == 0
+        if lf is None or lf.routes_via == 0:
+            return Outcome.REPAIRED, now, ()  # no transit traffic uses it any more
+        if incident.key not in current:
+            # Recovered (hysteresis applied by analyse) while still carrying traffic:
+            # a raised cost does not lower a link's loss, the fault went away.
+            return Outcome.CLEARED, now, ()
+        return None
     if kind is FaultKind.FLAPPING_LINK:
-        return all(
+        calm = all(
             flap.changes < config.route_flap_threshold
             for flap in snap.route_flaps.values()
             if incident.subject in flap.hops
         )
+        if not calm:
+            return None
+        # Held down by us, or calm on its own.
+        return (Outcome.REPAIRED if incident.actions else Outcome.CLEARED), now, ()
     if kind is FaultKind.HANDSHAKE_FAILING:
-        return lf is not None and (lf.alive or lf.handshake_failures == 0)
-    return incident.key not in current  # certificate renewed
+        ok = lf is not None and (lf.alive or lf.handshake_failures == 0)
+        return (Outcome.REPAIRED, now, ()) if ok else None
+    return (Outcome.REPAIRED, now, ()) if incident.key not in current else None  # renewed
 
 
 def track_incidents(
@@ -220,8 +301,9 @@ def track_incidents(
             # Not "recovered": the link died, and that is now the dead neighbour's incident.
             closed.append(knowledge.close(incident, Outcome.SUPERSEDED, now))
             continue
-        if _repaired(incident, snap, current, config):
-            closed.append(knowledge.close(incident, Outcome.REPAIRED, now))
+        verdict = _verdict(incident, snap, current, config)
+        if verdict is not None:
+            closed.append(knowledge.close(incident, *verdict))
             continue
         timeout = (
             config.renewal_timeout
@@ -248,6 +330,8 @@ def track_incidents(
             destinations = destinations - previous.destinations
             if not destinations:
                 continue
+        if finding.kind in _LINK_KINDS and (lk := knowledge.links.get(finding.subject)):
+            lk.incident_at = now
         knowledge.incidents[key] = Incident(
             kind=finding.kind,
             subject=finding.subject,

@@ -4,6 +4,8 @@ circuit breaker (stop repeating an action kind that keeps not working).
 
 "Unsuccessful" is reported two ways: the node refusing the call (a typed error), and
 the loop reporting the outcome of the incident the action was for (``report``).
+Probes (``verify``) have their own bucket (``probe_rate_per_second``,
+``probe_burst``): one per destination, and they bound the node's total probe rate.
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class Executor:
             kind: TokenBucket(config.rate_limit_per_second, config.rate_limit_burst)
             for kind in ActionKind
         }
+        self.buckets[ActionKind.VERIFY] = TokenBucket(
+            config.probe_rate_per_second, config.probe_burst
+        )
         self.breakers = {
             kind: CircuitBreaker(config.breaker_failures, config.breaker_cooldown)
             for kind in ActionKind
@@ -134,6 +139,8 @@ class Executor:
                 return node.damp_link(now, peer, action.until)
             case ActionKind.REQUEST_RENEWAL:
                 return node.request_renewal(now)
+            case ActionKind.VERIFY:
+                return node.probe(now, peer)
 
     def report(self, now: float, kind: ActionKind, ok: bool) -> None:
         """Feed back whether an action of ``kind`` worked (its incident's outcome)."""
@@ -190,6 +197,8 @@ class Executor:
                 fields["factor"] = action.factor
             if action.until is not None:
                 fields["until"] = action.until
+            if action.via is not None:
+                fields["via"] = action.via
             actions.append(Event("healing.action", fields))
             actions.extend(out)
             executed.append(action)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -118,9 +119,27 @@ class HealingConfig:
     # -- incidents
     incident_timeout: float = 30.0
     renewal_timeout: float = 600.0  # certificate incidents wait on the control plane
+    # -- verified repair: a dead neighbour is repaired only once end-to-end probes to
+    # destinations that were routed through it were answered after the detection; a
+    # route in the table is not traffic flowing. Each probe to a destination without an
+    # end-to-end session costs a handshake, whose lost message waits out a retry timer.
+    verify_sample: int = 2  # answered destinations a repair needs (fewer if fewer affected)
+    # Destinations an incident probes in all: one more than it needs at first, and one
+    # more every verify_interval while too few have answered, so one or two slow
+    # handshakes cannot hold the verdict.
+    verify_max: int = 4
+    # Seconds from the detection to the first probes: the dead neighbour's other
+    # neighbours notice it within about a hello interval of us, and until they do, the
+    # answer's way back may still lead through it (a lost first-contact handshake
+    # message then waits out the channel's retry timer, a quarter of a second).
+    verify_delay: float = 0.1
+    verify_interval: float = 0.15  # seconds before an unanswered probe is repeated...
+    verify_interval_max: float = 1.0  # ...doubling up to this many seconds
     # -- execute
     rate_limit_per_second: float = 5.0  # token bucket per action kind
     rate_limit_burst: float = 10.0
+    probe_rate_per_second: float = 10.0  # probes per second, all incidents of the node
+    probe_burst: float = 10.0  # probes that may go at once (a few incidents' samples)
     breaker_failures: int = 3  # consecutive unsuccessful actions that open a breaker
     breaker_cooldown: float = 10.0  # open -> half-open
 
@@ -168,6 +187,14 @@ class HealingConfig:
             raise ValueError("HealingConfig needs 0 < damp_reuse < damp_suppress")
         if self.reconnect_jitter >= 1:
             raise ValueError("HealingConfig.reconnect_jitter must be < 1")
+        if not isinstance(self.verify_sample, int) or self.verify_sample < 1:
+            raise ValueError("HealingConfig.verify_sample must be an int >= 1")
+        if not isinstance(self.verify_max, int) or self.verify_max < self.verify_sample:
+            raise ValueError("HealingConfig needs an int verify_max >= verify_sample")
+        if not 0 < self.verify_interval <= self.verify_interval_max:
+            raise ValueError("HealingConfig needs 0 < verify_interval <= verify_interval_max")
+        if self.probe_rate_per_second <= 0 or self.probe_burst < 1:
+            raise ValueError("HealingConfig needs probe_rate_per_second > 0, probe_burst >= 1")
 
 
 def clamp(x: float, lo: float, hi: float) -> float:
@@ -222,6 +249,49 @@ class LinkSample(NamedTuple):
     jitter: float | None
 
 
+class LossRise:
+    """One excursion of a link's onset statistic above zero: where its loss began to rise.
+
+    The onset statistic is a second CUSUM beside the verdict's, of "loss = p1" against
+    "loss = the link's own normal loss" (its baseline, not its threshold), so it leaves
+    zero at the first excess rather than once the excess passes the threshold. Page's
+    CUSUM puts a change point at the statistic's last zero: here within the chunk (the
+    hellos between two loss reports) in which it left zero, ``lost / p`` hellos before
+    the chunk's end, ``p`` the loss rate after the change: ``p1``, or the rate later
+    chunks measured if lower. With ``p`` no higher than the true rate the start is placed
+    no later than the truth (but for the luck of one chunk's count), so a time to detect
+    is not flattered.
+    """
+
+    __slots__ = (
+        "chunk_end",
+        "chunk_start",
+        "later_hellos",
+        "later_lost",
+        "lost",
+        "p1",
+        "significant",
+    )
+
+    def __init__(self, chunk_start: float, chunk_end: float, lost: float, p1: float) -> None:
+        self.chunk_start = chunk_start
+        self.chunk_end = chunk_end
+        self.lost = lost  # hellos lost within the chunk where the excursion began
+        self.p1 = p1
+        self.later_lost = 0.0  # hellos lost / heard in the chunks after it
+        self.later_hellos = 0.0
+        # it reached 1.5 x loss_evidence nats itself, or the verdict's evidence reached
+        # onset_ratio of loss_evidence: a rise worth dating a fault from, not bad luck
+        self.significant = False
+
+    def onset(self, config: HealingConfig) -> float:
+        rate = self.p1
+        if self.later_hellos >= config.loss_window:
+            rate = max(min(rate, self.later_lost / self.later_hellos), 1e-3)
+        span = self.chunk_end - self.chunk_start
+        return self.chunk_end - min(span, self.lost * config.hello_interval / rate)
+
+
 class LinkKnowledge:
     """Everything remembered about one neighbour link."""
 
@@ -243,6 +313,9 @@ class LinkKnowledge:
         self.session_age: float | None = None
         self.handshake_failures = 0
         self.reachable_when_alive: frozenset[str] = frozenset()
+        # destinations (other than the peer) routed through the peer when last alive:
+        # the traffic a dead neighbour's repair must get flowing again
+        self.via_when_alive: frozenset[str] = frozenset()
         self.loss_base = EwmaBaseline()
         self.rtt_base = EwmaBaseline()
         self.rtt_score = 0.0
@@ -252,6 +325,10 @@ class LinkKnowledge:
         self.loss_degraded = False
         self.loss_level: float | None = None
         self.loss_at: float | None = None  # when the evidence last took in hellos
+        self.loss_prev: float | None = None  # the loss report the evidence last took in
+        self.onset_llr = 0.0  # the onset statistic (nats), see LossRise
+        self.incident_at: float | None = None  # last incident about this link opened
+        self.loss_rise: LossRise | None = None  # its current excursion above zero
         self.degrading_since: float | None = None
         self.pressure = 0.0  # of the latest sample; 0 while the link is dead
         self.severity = 0.0  # how far past its thresholds the link is (1.0 = at one)
@@ -300,6 +377,15 @@ class LinkKnowledge:
     @property
     def anomaly(self) -> float:
         return self.rtt_score
+
+    def loss_onset(self, config: HealingConfig) -> float | None:
+        """When the link's loss began to rise, if it rose enough to mean something (see
+        ``LossRise.significant``); None otherwise. Kept while the link is dead or
+        settling, like the evidence itself."""
+        rise = self.loss_rise
+        if rise is None or not rise.significant:
+            return None
+        return rise.onset(config)
 
     def adapt_thresholds(
         self, config: HealingConfig, rate: float, *, loss: bool, rtt: bool
@@ -368,6 +454,17 @@ class CertKnowledge:
 
 
 @dataclass(slots=True)
+class Probe:
+    """The probes an incident sent to one destination."""
+
+    first_at: float  # an answer counts only if it arrived after this
+    last_at: float
+    via: str | None  # the next hop of the last probe
+    next_at: float  # when an unanswered probe may be repeated
+    sent: int = 1
+
+
+@dataclass(slots=True)
 class Incident:
     """An open fault: detected, maybe acted on, not yet measured repaired."""
 
@@ -380,10 +477,30 @@ class Incident:
     destinations: frozenset[str] = frozenset()
     actions: list[ActionKind] = field(default_factory=list)
     done: set[tuple[ActionKind, str]] = field(default_factory=set)  # one-shot actions
+    sample: list[str] = field(default_factory=list)  # destinations probed, in order chosen
+    sample_grown_at: float | None = None  # when the sample last took a destination
+    probes: dict[str, Probe] = field(default_factory=dict)
 
     @property
     def key(self) -> IncidentKey:
         return (self.kind, self.subject)
+
+    def needed(self, config: HealingConfig) -> int:
+        """Answered probes a dead neighbour's verified repair takes: one per destination
+        routed through it, up to ``verify_sample``; at least one, so a neighbour that
+        carried no transit traffic is verified through the neighbour itself (reachable
+        around a cut link, never around a dead node)."""
+        return min(config.verify_sample, max(1, len(self.destinations)))
+
+    def answers(self, verified: Mapping[str, float]) -> list[tuple[float, str]]:
+        """``(arrival time, destination)`` of answers to this incident's probes, in
+        order (an answer to a probe sent before them would not match the node's latest
+        nonce anyway)."""
+        return sorted(
+            (t, dst)
+            for dst, p in self.probes.items()
+            if (t := verified.get(dst)) is not None and t > p.first_at
+        )
 
 
 @dataclass(slots=True)
@@ -391,14 +508,20 @@ class RepairStats:
     """Outcomes of one (fault kind, action) pair and how fast the repairs were."""
 
     repaired: int = 0
+    cleared: int = 0  # the fault went away by itself: neither a success nor a failure
     failed: int = 0
     superseded: int = 0
-    mttr_total: float = 0.0
+    mttr_total: float = 0.0  # seconds, fault start to verified repair, summed
     mttr_max: float = 0.0
+    clear_total: float = 0.0  # seconds, fault start to clearing, summed
 
     @property
     def mean_mttr(self) -> float | None:
         return self.mttr_total / self.repaired if self.repaired else None
+
+    @property
+    def mean_time_to_clear(self) -> float | None:
+        return self.clear_total / self.cleared if self.cleared else None
 
     @property
     def success_rate(self) -> float | None:
@@ -435,6 +558,9 @@ class Knowledge:
 
     def note_executed(self, now: float, action: PlannedAction) -> None:
         """Remember an action the node accepted, and credit it to its incident."""
+        if action.kind is ActionKind.VERIFY:
+            self._probed(now, action)
+            return
         for key in action.incidents:
             incident = self.incidents.get(key)
             if incident is not None:
@@ -462,6 +588,25 @@ class Knowledge:
                 )
                 lk.merit_at = now
 
+    def _probed(self, now: float, action: PlannedAction) -> None:
+        # A probe measures; it is no repair action of the incidents it serves.
+        config = self.config
+        for key in action.incidents:
+            incident = self.incidents.get(key)
+            if incident is None:
+                continue
+            probe = incident.probes.get(action.subject)
+            if probe is None:
+                incident.probes[action.subject] = Probe(
+                    now, now, action.via, now + config.verify_interval
+                )
+                continue
+            probe.sent += 1
+            probe.last_at = now
+            probe.via = action.via
+            backoff = config.verify_interval * 2.0 ** (probe.sent - 1)
+            probe.next_at = now + min(config.verify_interval_max, backoff)
+
     def _cost_changed(self, now: float, lk: LinkKnowledge, action: PlannedAction) -> None:
         config = self.config
         factor = action.factor if action.factor is not None else 1.0
@@ -480,8 +625,18 @@ class Knowledge:
         lk.penalty = factor
         lk.cost_changed_at = now
 
-    def close(self, incident: Incident, outcome: Outcome, at: float) -> HealingEvent:
-        """Turn an open incident into a finished HealingEvent and learn from it."""
+    def close(
+        self,
+        incident: Incident,
+        outcome: Outcome,
+        at: float,
+        verified: tuple[str, ...] = (),
+    ) -> HealingEvent:
+        """Turn an open incident into a finished HealingEvent and learn from it.
+
+        ``at`` is when the repair was measured (the answer that completed it) for
+        ``repaired``, when the fault was seen gone for ``cleared``; ``verified`` are the
+        destinations whose answers proved it."""
         del self.incidents[incident.key]
         event = HealingEvent(
             kind=str(incident.kind),
@@ -491,14 +646,19 @@ class Knowledge:
             repaired_at=at if outcome is Outcome.REPAIRED else None,
             outcome=str(outcome),
             fault_started_at=incident.fault_started_at,
+            cleared_at=at if outcome is Outcome.CLEARED else None,
+            verified=verified,
         )
         self.events.append(event)
         stats = self.repair_stats.setdefault((event.kind, event.action), RepairStats())
         if outcome is Outcome.REPAIRED:
             stats.repaired += 1
-            mttr = at - incident.detected_at
+            mttr = event.mttr or 0.0
             stats.mttr_total += mttr
             stats.mttr_max = max(stats.mttr_max, mttr)
+        elif outcome is Outcome.CLEARED:
+            stats.cleared += 1
+            stats.clear_total += event.time_to_clear or 0.0
         elif outcome is Outcome.FAILED:
             stats.failed += 1
         else:

@@ -107,8 +107,9 @@ class HealingLoop:
 
     def _feedback(self, now: float, event: HealingEvent) -> None:
         # An incident's outcome is the measured verdict on the actions taken for it;
-        # superseded incidents say nothing either way.
-        if event.outcome == Outcome.SUPERSEDED:
+        # superseded incidents say nothing either way, nor do cleared ones (the fault
+        # went away whatever the actions did).
+        if event.outcome in (Outcome.SUPERSEDED, Outcome.CLEARED):
             return
         ok = event.outcome == Outcome.REPAIRED
         for kind in event.actions:
@@ -126,10 +127,14 @@ def event_fields(event: HealingEvent) -> dict[str, Any]:
         "subject": event.subject,
         "action": event.action,
         "outcome": event.outcome,
+        "fault_started_at": event.fault_started_at,
         "detected_at": event.detected_at,
         "repaired_at": event.repaired_at,
+        "cleared_at": event.cleared_at,
+        "verified": "+".join(event.verified),  # flat, like the action label
         "mttr": event.mttr,
         "mttd": event.mttd,
+        "time_to_clear": event.time_to_clear,
     }
 
 

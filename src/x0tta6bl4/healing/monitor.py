@@ -13,6 +13,7 @@ a node in a 1,000-node simulation sees 1,000 routes every 0.1 s cycle.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from x0tta6bl4.healing.knowledge import (
     Knowledge,
     LinkKnowledge,
     LinkSample,
+    LossRise,
     RouteKnowledge,
     clamp,
     count_since,
@@ -32,6 +34,13 @@ from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObserv
 from x0tta6bl4.routing.metric import INFINITY
 
 _SESSION_AGE_SLACK = 1e-3  # seconds of float noise tolerated before "age went backwards"
+# The least normal loss the onset statistic assumes: a link that never lost a hello
+# would otherwise make every first loss a change point worth ln(p1 / 0).
+_ONSET_FLOOR = 0.01
+# The onset statistic marks a rise worth dating a fault from at this many times the
+# verdict's evidence (it weighs each lost hello against the link's normal loss, not
+# against its threshold, so it needs the larger margin).
+_ONSET_ODDS = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +68,12 @@ class LinkFeatures:
     pressure: float  # progress toward a degraded verdict (1.0 = degraded, see monitor)
     severity: float  # how bad: max of loss level, RTT and anomaly over their thresholds
     loss_evidence: float  # nats of evidence that loss exceeds its threshold (CUSUM)
+    loss_onset: float | None  # when that evidence began to rise, if it rose markedly
     flap_merit: float  # RFC 2439 figure of merit (decayed alive transitions)
     loss_threshold: float
     rtt_threshold: float
     degrading_since: float | None
+    revived_at: float | None  # last dead -> alive transition
     routes_via: int  # routes to other destinations that use this link as next hop
 
 
@@ -92,6 +103,8 @@ class Snapshot:
     loop_lag: float | None
     memory_bytes: int | None
     counters: Mapping[str, int]
+    # destination -> when the node last had an end-to-end probe to it answered
+    verified: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _finite(x: float | None) -> float | None:
@@ -130,6 +143,9 @@ class Monitor:
         self._reachable_frozen: frozenset[str] = frozenset()
         self._reachable_dirty = False  # rebuild the frozenset once per cycle, not per route
         self._via: dict[str, set[str]] = {}  # next hop -> destinations (other than itself)
+        # frozen copies of _via entries, made when a live link's record asks for one and
+        # dropped when the entry changes: copies in proportion to route changes only
+        self._via_frozen: dict[str, frozenset[str]] = {}
         self._unreachable_since: dict[str, float] = {}
 
     # -- routes ------------------------------------------------------------------------
@@ -163,6 +179,7 @@ class Monitor:
                 via = self._via.get(old)
                 if via is not None:
                     via.discard(dst)
+                    self._via_frozen.pop(old, None)
                     if not via:
                         del self._via[old]
             if new is None:
@@ -172,7 +189,14 @@ class Monitor:
             self._unreachable_since.pop(dst, None)
             if new != dst:
                 self._via.setdefault(new, set()).add(dst)
+                self._via_frozen.pop(new, None)
         self._reachable_dirty = True
+
+    def _via_of(self, hop: str) -> frozenset[str]:
+        frozen = self._via_frozen.get(hop)
+        if frozen is None:
+            frozen = self._via_frozen[hop] = frozenset(self._via.get(hop, ()))
+        return frozen
 
     def _update_routes(self, now: float, routes: Mapping[str, RouteObservation]) -> None:
         prev = self._prev_routes
@@ -220,6 +244,8 @@ class Monitor:
             lk.add_merit(now, 1.0, config)  # a flap, down or up, for damping
             if alive:
                 lk.revived_at = now
+            elif lo is not None and lk.alive:
+                _onset_at_death(lk, lo, now, config)
         lk.alive = alive
         if lo is None:
             _quiet(lk)
@@ -231,6 +257,7 @@ class Monitor:
             lk.ever_alive = True
             lk.last_alive_at = now
             lk.reachable_when_alive = self._reachable_frozen
+            lk.via_when_alive = self._via_of(lk.peer)
             if lk.handshake_failures == 0:
                 lk.reconnect_attempts = 0
                 lk.reconnect_next_at = None
@@ -330,10 +357,12 @@ class Monitor:
             pressure=lk.pressure,
             severity=lk.severity,
             loss_evidence=lk.loss_llr,
+            loss_onset=lk.loss_onset(self.config),
             flap_merit=lk.merit(now, self.config),
             loss_threshold=lk.loss_threshold,
             rtt_threshold=lk.rtt_threshold,
             degrading_since=lk.degrading_since,
+            revived_at=lk.revived_at,
             routes_via=len(self._via.get(lk.peer, ())),
         )
 
@@ -416,6 +445,7 @@ class Monitor:
             loop_lag=lag,
             memory_bytes=memory_bytes,
             counters=obs.counters,
+            verified=obs.verified,
         )
 
 
@@ -445,9 +475,14 @@ def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingCo
     window = config.loss_window
     if lk.loss_at is None:
         hellos = float(window)
+        chunk_start = now - window * config.hello_interval
+        prev_loss = 0.0  # the whole window is new
     else:
         hellos = min(float(window), (now - lk.loss_at) / config.hello_interval)
+        chunk_start = lk.loss_at
+        prev_loss = lk.loss_prev if lk.loss_prev is not None else 0.0
     lk.loss_at = now
+    lk.loss_prev = loss
     if lk.loss_level is None:
         lk.loss_level = loss
     else:
@@ -459,12 +494,84 @@ def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingCo
     llr = lost * math.log(p1 / p0) + (hellos - lost) * math.log((1.0 - p1) / (1.0 - p0))
     evidence = clamp(lk.loss_llr + llr, 0.0, config.loss_evidence_max)
     lk.loss_llr = evidence
+    # Where the rise began, for an honest time to detect (see LossRise): hellos lost
+    # among the new ones are the window's count less what remains of the previous one's.
+    fresh = clamp(loss * window - prev_loss * max(0.0, window - hellos), 0.0, hellos)
+    rise = _onset(lk, fresh, hellos, chunk_start, now, config)
+    if rise is not None and evidence >= config.onset_ratio * config.loss_evidence:
+        rise.significant = True
     if evidence >= config.loss_evidence:
         lk.loss_degraded = True
     elif evidence <= 0.0:
         lk.loss_degraded = False
     pressure = evidence / config.loss_evidence
     return max(1.0, pressure) if lk.loss_degraded else pressure
+
+
+def _onset(
+    lk: LinkKnowledge,
+    fresh: float,
+    hellos: float,
+    chunk_start: float,
+    chunk_end: float,
+    config: HealingConfig,
+) -> LossRise | None:
+    """Fold ``fresh`` lost of ``hellos`` new hellos into the onset statistic; return its
+    current excursion (see LossRise)."""
+    p0 = lk.loss_threshold
+    p1 = p0 + config.loss_shift
+    normal = clamp(lk.loss_base.mean, _ONSET_FLOOR, p0)
+    llr = fresh * math.log(p1 / normal) + (hellos - fresh) * math.log((1.0 - p1) / (1.0 - normal))
+    began = lk.onset_llr <= 0.0
+    lk.onset_llr = clamp(lk.onset_llr + llr, 0.0, config.loss_evidence_max)
+    rise = lk.loss_rise
+    if lk.onset_llr <= 0.0:
+        lk.loss_rise = rise = None
+    elif began or rise is None:
+        lk.loss_rise = rise = LossRise(chunk_start, chunk_end, fresh, p1)
+    else:
+        rise.later_lost += fresh
+        rise.later_hellos += hellos
+    if rise is not None and lk.onset_llr >= _ONSET_ODDS * config.loss_evidence:
+        # Far above normal (odds of ~1,000 to 1 at the default: ordinary loss of a few
+        # per cent gets there about once a quarter of an hour, and soon falls back):
+        # a rise, not bad luck.
+        rise.significant = True
+    return rise
+
+
+def _onset_at_death(
+    lk: LinkKnowledge, lo: LinkObservation, now: float, config: HealingConfig
+) -> None:
+    """A link seen dead: its last report still counts the hellos lost before it fell
+    silent. Those (not the silence, which every death has) go into the onset statistic
+    only, so a link that was dying by degrees before its last hello, unseen between two
+    observations, has its fault dated from the loss rather than the silence. The
+    verdict's evidence stays frozen (see ``_quiet``)."""
+    heard = _finite(lo.last_heard)
+    raw = _finite(lo.loss)
+    if heard is None or raw is None or lk.loss_at is None or heard <= lk.loss_at:
+        return  # nothing heard since the last report: that one has been counted
+    window, hi = config.loss_window, config.hello_interval
+    # the estimator counts overdue hellos as lost (half an interval of slack)
+    missed = max(0, min(window, int((now - heard) / hi - 0.5)))
+    before = window - missed  # hellos of the window up to the last one heard
+    hellos = min(float(before), (heard - lk.loss_at) / hi)
+    if hellos <= 0.0:
+        return
+    lost = clamp(raw * window - missed, 0.0, float(before))
+    prev = lk.loss_prev if lk.loss_prev is not None else 0.0
+    fresh = clamp(lost - prev * max(0.0, before - hellos), 0.0, hellos)
+    rise = _onset(lk, fresh, hellos, lk.loss_at, heard, config)
+    if rise is None:
+        return
+    # Significant by the verdict's own standard, had it seen these hellos before the
+    # silence (its evidence itself is left as it was).
+    p0 = lk.loss_threshold
+    p1 = p0 + config.loss_shift
+    llr = fresh * math.log(p1 / p0) + (hellos - fresh) * math.log((1.0 - p1) / (1.0 - p0))
+    if lk.loss_llr + llr >= config.onset_ratio * config.loss_evidence:
+        rise.significant = True
 
 
 def _significant(old: int, new: int, config: HealingConfig) -> bool:

@@ -1,6 +1,6 @@
 """Plan: findings and open incidents in, the node calls to make out.
 
-Two kinds of rule:
+Three kinds of rule:
 
 * one-shot, per incident: a dead neighbour is dropped (``reroute``) once; a new
   partition retries every dead neighbour's handshake once;
@@ -9,7 +9,16 @@ Two kinds of rule:
   factor follows its severity up and is lifted when it recovers, at most once per link
   per dwell time (which grows while the link keeps oscillating); a flapping link is held
   down until its figure of merit has decayed (route-flap damping, RFC 2439), extended
-  by every flap while held; a certificate near expiry asks for renewal, on a backoff.
+  by every flap while held; a certificate near expiry asks for renewal, on a backoff;
+* measurement, every cycle: an open dead-neighbour incident probes a few of the
+  destinations that were routed through the neighbour, end to end (``verify``), until
+  enough have answered, so its repair is measured rather than read off the routing
+  table. A destination is probed once it has a route, again at once when its route
+  changes, and otherwise after a doubling delay. One destination more than needed is
+  probed, and one more every ``verify_interval`` while too few have answered (up to
+  ``verify_max``), so a slow first-contact handshake (a lost message waits out the
+  channel's retry timer) cannot hold the verdict.
+  Probes are deduplicated across incidents and rate limited by Execute.
 
 An action is recorded in Knowledge only once Execute has run it, so one that was rate
 limited or refused by a circuit breaker is planned again next cycle.
@@ -17,11 +26,12 @@ limited or refused by a circuit breaker is planned again next cycle.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 
 from x0tta6bl4.healing.events import ActionKind, FaultKind, Finding, IncidentKey, PlannedAction
-from x0tta6bl4.healing.knowledge import HealingConfig, Knowledge, LinkKnowledge, clamp
+from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge, LinkKnowledge, clamp
 from x0tta6bl4.healing.monitor import Snapshot
 
 
@@ -145,7 +155,92 @@ def plan(
                 retry_at=now + renewal_delay(cert.renewal_attempts + 1, config),
             )
         )
+    actions.extend(_probes(snap, knowledge))
     return actions
+
+
+def _route_hop(snap: Snapshot, dst: str, avoid: str | None) -> str | None:
+    """The next hop toward ``dst`` if a probe could take it now (not via ``avoid``)."""
+    route = snap.routes.get(dst)
+    hop = route.next_hop if route is not None else None
+    return None if hop is None or hop == avoid else hop
+
+
+def _fill_sample(incident: Incident, snap: Snapshot, config: HealingConfig) -> None:
+    """Choose a dead neighbour's probe destinations, once each: routable ones only (a
+    probe without a route is dropped at once, and a first one starts a handshake that
+    would then wait out its retry timer); those probed before first (their end-to-end
+    session exists, so a probe costs a few hundred bytes rather than a handshake), then
+    the nearest (fewer hops, fewer bytes). The neighbour's own name comes last: only
+    when it carried little transit traffic is reaching it around the dead link the
+    proof (it is, around a cut link; never around a dead node)."""
+    now = snap.now
+    want = incident.needed(config) + 1
+    grown = incident.sample_grown_at
+    if grown is not None and len(incident.sample) >= want:
+        # Stalled: one more destination per interval, up to the bound.
+        want = len(incident.sample) + (1 if now - grown >= config.verify_interval else 0)
+    want = min(want, config.verify_max, len(incident.destinations) + 1)
+    if len(incident.sample) >= want:
+        return
+    dead = incident.subject
+    chosen = set(incident.sample)
+    ranked: list[tuple[int, int, int, str]] = []
+    for dst in incident.destinations:
+        if dst in chosen or _route_hop(snap, dst, dead) is None:
+            continue
+        route = snap.routes[dst]
+        ranked.append((0, 0 if dst in snap.verified else 1, route.metric, dst))
+    if dead not in chosen and _route_hop(snap, dead, dead) is not None:
+        ranked.append((1, 0, 0, dead))
+    picked = heapq.nsmallest(want - len(incident.sample), ranked)
+    if picked:
+        incident.sample.extend(dst for *_, dst in picked)
+        incident.sample_grown_at = now
+
+
+def _probes(snap: Snapshot, knowledge: Knowledge) -> list[PlannedAction]:
+    config = knowledge.config
+    now = snap.now
+    due: dict[str, list[IncidentKey]] = {}
+    hops: dict[str, str] = {}
+    reasons: dict[str, FaultKind] = {}
+    for key in sorted(knowledge.incidents):
+        incident = knowledge.incidents[key]
+        if incident.kind is not FaultKind.DEAD_NEIGHBOUR:
+            continue
+        dead = incident.subject
+        lf = snap.links.get(dead)
+        if lf is not None and lf.alive:
+            continue  # back: the incident clears without a measurement
+        if len(incident.answers(snap.verified)) >= incident.needed(config):
+            continue  # measured; closes when every destination is routed again
+        if now < incident.detected_at + config.verify_delay:
+            continue  # the way back may still lead through it
+        _fill_sample(incident, snap, config)
+        for dst in incident.sample:
+            hop = _route_hop(snap, dst, dead)
+            if hop is None:
+                continue
+            probe = incident.probes.get(dst)
+            if probe is not None:
+                answered = snap.verified.get(dst)
+                if answered is not None and answered > probe.first_at:
+                    continue
+                # An unanswered probe is repeated after its delay, or at once when the
+                # route moved (a new path is a new chance, the old one may be a black
+                # hole); a repeat replaces the node's nonce, so not faster than that.
+                if now < probe.next_at and hop == probe.via:
+                    continue
+            due.setdefault(dst, []).append(key)
+            hops[dst] = hop
+            reasons.setdefault(dst, incident.kind)
+    return [
+        PlannedAction(
+            ActionKind.VERIFY, dst, reasons[dst], incidents=tuple(due[dst]), via=hops[dst]
+        )
+        for dst in sorted(due)
+    ]
 
 
 def _recovered(snap: Snapshot, peer: str) -> bool:

@@ -87,6 +87,8 @@ _ECHO = struct.Struct(">HBI")  # port 0, kind, nonce
 _ECHO_REQUEST: Final = 1
 _ECHO_REPLY: Final = 2
 ECHO_PORT: Final = 0
+ECHO_NONCES: Final = 4
+"""Outstanding probes per destination whose answers still count."""
 MAX_VERIFIED: Final = 1024
 """Destinations whose last verified delivery time a node remembers (oldest forgotten)."""
 FORWARD_OVERHEAD: Final = _FWD.size  # 19
@@ -228,7 +230,9 @@ class MeshNode:
         self.boot_id = rng.getrandbits(32)  # public in every hello, not secret: may be seeded
         self._hello_prefix = bytes((FRAME_HELLO,)) + _BOOT.pack(self.boot_id)
         self._routes_cache: dict[str, RouteObservation] | None = None
-        self._echo_pending: dict[str, int] = {}  # destination -> nonce of the last probe
+        # destination -> nonces of its last few probes: a repeat probe must not make the
+        # answer to the one before it stale (that answer may be the first to get through)
+        self._echo_pending: dict[str, tuple[int, ...]] = {}
         self._verified: dict[str, float] = {}  # destination -> when an echo came back
 
     # -- helpers --------------------------------------------------------------------
@@ -338,7 +342,7 @@ class MeshNode:
         if kind == _ECHO_REQUEST:
             reply = _ECHO.pack(ECHO_PORT, _ECHO_REPLY, nonce)
             self._wrap(now, _E2E, self.e2e.send(now, node_id(src), reply), out)
-        elif kind == _ECHO_REPLY and self._echo_pending.get(src) == nonce:
+        elif kind == _ECHO_REPLY and nonce in self._echo_pending.get(src, ()):
             del self._echo_pending[src]
             self._verified.pop(src, None)
             self._verified[src] = now
@@ -681,7 +685,7 @@ class MeshNode:
         if dst == self.name:
             return out
         nonce = self._rng.getrandbits(32)  # matches the echo to this probe; not secret
-        self._echo_pending[dst] = nonce
+        self._echo_pending[dst] = (*self._echo_pending.pop(dst, ())[-(ECHO_NONCES - 1) :], nonce)
         if len(self._echo_pending) > MAX_VERIFIED:
             del self._echo_pending[next(iter(self._echo_pending))]
         dst_id = node_id(dst)

@@ -34,13 +34,20 @@ SELF_HEALING_EVENTS: Final = Counter(
 )
 SELF_HEALING_MTTR: Final = Histogram(
     "x0tta6bl4_self_healing_mttr_seconds",
-    "Detection to measured repair, for repaired incidents.",
+    "Fault start to verified repair (traffic flowing again, end to end), for repaired "
+    "incidents: the outage a user of an affected destination saw, detection included.",
     buckets=REPAIR_BUCKETS,
     registry=REGISTRY,
 )
 SELF_HEALING_MTTD: Final = Histogram(
     "x0tta6bl4_self_healing_mttd_seconds",
-    "Fault start to detection, where the start is known.",
+    "Fault start (as the node estimates it) to detection, where the start is known.",
+    buckets=REPAIR_BUCKETS,
+    registry=REGISTRY,
+)
+SELF_HEALING_TIME_TO_CLEAR: Final = Histogram(
+    "x0tta6bl4_self_healing_time_to_clear_seconds",
+    "Fault start to the fault going away by itself, for cleared incidents (not repairs).",
     buckets=REPAIR_BUCKETS,
     registry=REGISTRY,
 )
@@ -97,6 +104,8 @@ class HealingEventLike(Protocol):
     def mttr(self) -> float | None: ...
     @property
     def mttd(self) -> float | None: ...
+    @property
+    def time_to_clear(self) -> float | None: ...
 
 
 class LinkLike(Protocol):
@@ -116,7 +125,8 @@ class RouteLike(Protocol):
 
 
 def record_self_healing_event(event: HealingEventLike) -> None:
-    """Count a finished incident; observe its MTTR (if repaired) and MTTD (if known).
+    """Count a finished incident; observe its MTTR (if repaired), time to clear (if
+    cleared) and MTTD (if known).
 
     Passed as ``on_event`` to the healing loop by the runtime.
     """
@@ -126,6 +136,9 @@ def record_self_healing_event(event: HealingEventLike) -> None:
     mttr = event.mttr
     if mttr is not None:
         SELF_HEALING_MTTR.observe(max(0.0, mttr))
+    cleared = event.time_to_clear
+    if cleared is not None:
+        SELF_HEALING_TIME_TO_CLEAR.observe(max(0.0, cleared))
     mttd = event.mttd
     if mttd is not None:
         SELF_HEALING_MTTD.observe(max(0.0, mttd))
