@@ -113,8 +113,8 @@ def test_load_errors(ca: CertificateAuthority, tmp_path: Path) -> None:
 
 def test_load_needs_a_trust_domain(ca: CertificateAuthority) -> None:
     from cryptography.hazmat.primitives import serialization
-    from tests.identity.helpers import self_signed_ca
 
+    from tests.identity.helpers import self_signed_ca
     from x0tta6bl4.crypto.keys import load_signing_key
 
     key = load_signing_key(ca.directory / CA_KEY_FILE).cryptography_key
