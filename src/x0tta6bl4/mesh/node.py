@@ -96,8 +96,9 @@ PORT_OVERHEAD: Final = 2
 MAX_ROUTE_HOPS: Final = (rt.INFINITY - 1) // lq.BASE_COST
 """The longest path routing can accept: each hop costs at least BASE_COST (682)."""
 DEFAULT_TTL: Final = MAX_ROUTE_HOPS + 1
-MTU_PROBE_INTERVAL: Final = 5.0
-"""Seconds between path-MTU probes on a live link (a full-size frame each way)."""
+MTU_PROBE_INTERVAL: Final = 10.0
+"""Seconds between path-MTU probes on a live link (a full-size frame each way: at the
+default 1,280-byte datagram about 130 B/s per link direction)."""
 MTU_PROBE_MISSES: Final = 3
 """Fewest unanswered probes in a row, with hellos still heard, that mark a link's MTU
 low; more on a lossy link (see ``_probe_misses_needed``)."""
