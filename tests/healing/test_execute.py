@@ -13,9 +13,9 @@ from x0tta6bl4.healing import (
     FaultKind,
     HealingConfig,
     PlannedAction,
-    TokenBucket,
 )
 from x0tta6bl4.mesh.observe import NodeObservation
+from x0tta6bl4.ratelimit import TokenBucket
 from x0tta6bl4.sansio import Action, Event
 
 

@@ -33,6 +33,7 @@ from x0tta6bl4.channel.wire import CookieReply, encode
 from x0tta6bl4.crypto.aead import Aead
 from x0tta6bl4.crypto.entropy import SecretSource
 from x0tta6bl4.crypto.kdf import mac16, sha256
+from x0tta6bl4.ratelimit import TokenBucket
 from x0tta6bl4.sansio import Addr
 
 ZERO_MAC = bytes(MAC_SIZE)
@@ -163,32 +164,6 @@ class CookieJar:
             del self._cookies[addr]
             return None
         return cookie
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; ``take`` spends one if there is one."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._last: float | None = None
-
-    def take(self, now: float) -> bool:
-        if self._last is not None and now > self._last:
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now if self._last is None else max(self._last, now)
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-    def full(self, now: float) -> bool:
-        """Whether the bucket would be full at ``now`` (an idle entry one may forget)."""
-        last = self._last if self._last is not None else now
-        return self._tokens + max(0.0, now - last) * self._rate >= self._burst
 
 
 class LoadMeter:

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from enum import StrEnum
 
 from x0tta6bl4.channel import constants as C
-from x0tta6bl4.channel.cookie import TokenBucket
 from x0tta6bl4.channel.drops import DropReason, Stats, Tally, addr_label
 from x0tta6bl4.channel.fragment import Reassembler, SentMessages, split
 from x0tta6bl4.channel.peers import Peer, PeerOrigin, PeerState, PeerTable
@@ -38,6 +37,7 @@ from x0tta6bl4.channel.wire import (
 from x0tta6bl4.crypto.entropy import SecretSource, random_u32
 from x0tta6bl4.errors import CryptoError, DecodeError, ReplayError
 from x0tta6bl4.identity.types import VerifiedIdentity
+from x0tta6bl4.ratelimit import TokenBucket
 from x0tta6bl4.sansio import Action, Addr, Deliver, Event, Send, SessionUp, SetTimer
 
 # Module globals for the per-packet path (a global load beats an attribute chain).

@@ -19,7 +19,6 @@ from x0tta6bl4.healing.execute import (
     CircuitBreaker,
     ExecutionResult,
     Executor,
-    TokenBucket,
 )
 from x0tta6bl4.healing.knowledge import (
     HealingConfig,
@@ -69,7 +68,6 @@ __all__ = [
     "RouteFlap",
     "RuntimeStats",
     "Snapshot",
-    "TokenBucket",
     "analyse",
     "damp_hold",
     "event_fields",

@@ -17,33 +17,8 @@ from x0tta6bl4.errors import X0tError
 from x0tta6bl4.healing.events import ActionKind, PlannedAction
 from x0tta6bl4.healing.knowledge import HealingConfig
 from x0tta6bl4.mesh.observe import HealableNode
+from x0tta6bl4.ratelimit import TokenBucket
 from x0tta6bl4.sansio import Action, Event
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; starts full."""
-
-    __slots__ = ("_last", "burst", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self._last: float | None = None
-
-    def ready(self, now: float) -> bool:
-        """Refill up to ``now``; is there a token to take?"""
-        if self._last is not None and now > self._last:
-            self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
-        if self._last is None or now > self._last:
-            self._last = now
-        return self.tokens >= 1.0
-
-    def take(self, now: float) -> bool:
-        if self.ready(now):
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class BreakerState(enum.StrEnum):
