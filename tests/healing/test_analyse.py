@@ -6,8 +6,8 @@ import itertools
 import random
 
 import pytest
-from healing_fixtures import link, obs, route
 
+from tests.healing.helpers import link, obs, route
 from x0tta6bl4.healing import (
     ActionKind,
     FaultKind,

@@ -15,8 +15,8 @@ import random
 from collections.abc import Callable
 
 import pytest
-from healing_fixtures import RecordingNode, link, route
 
+from tests.healing.helpers import RecordingNode, link, route
 from x0tta6bl4.healing import (
     ActionKind,
     FaultKind,

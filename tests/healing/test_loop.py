@@ -7,10 +7,10 @@ import math
 import random
 
 import pytest
-from healing_fixtures import RecordingNode, link, route
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.healing.helpers import RecordingNode, link, route
 from x0tta6bl4.healing import (
     TIMER_KEY,
     ActionKind,

@@ -16,8 +16,8 @@ import itertools
 import random
 
 import pytest
-from healing_fixtures import HelloLoss, RecordingNode, link, route
 
+from tests.healing.helpers import HelloLoss, RecordingNode, link, route
 from x0tta6bl4.healing import ActionKind, FaultKind, HealingConfig, HealingLoop
 
 TABLE = [route("B", "B"), route("C", "B"), route("E", "E")]

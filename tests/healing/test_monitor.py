@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from healing_fixtures import link, obs, route
 
+from tests.healing.helpers import link, obs, route
 from x0tta6bl4.healing import HealingConfig, Knowledge, Monitor, RuntimeStats
 from x0tta6bl4.healing.knowledge import EwmaBaseline, count_since
 

@@ -7,8 +7,8 @@ import math
 import random
 
 import pytest
-from healing_fixtures import link, route
 
+from tests.healing.helpers import link, route
 from x0tta6bl4.healing import (
     ActionKind,
     FaultKind,

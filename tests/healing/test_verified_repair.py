@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from healing_fixtures import HelloLoss, RecordingNode, link, route
 
+from tests.healing.helpers import HelloLoss, RecordingNode, link, route
 from x0tta6bl4.healing import (
     ActionKind,
     BreakerState,
