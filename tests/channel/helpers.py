@@ -45,6 +45,11 @@ def make_world(directory: Path, names: Iterable[str]) -> World:
     return World(ca, creds, make_verifier(ca.bundle(), lambda: crl))
 
 
+def sends(actions: list[Action]) -> list[bytes]:
+    """The datagrams among ``actions``."""
+    return [a.data for a in actions if isinstance(a, Send)]
+
+
 Tap = Callable[[Hashable, Hashable, bytes], bytes | None]
 
 # No MTU on the pipe: the endpoints enforce their own datagram size (tests check it).

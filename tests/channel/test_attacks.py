@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.channel.helpers import Net, World, make_world
+from tests.channel.helpers import Net, World, make_world, sends
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import mac1_key
 from x0tta6bl4.channel.endpoint import SecureEndpoint
@@ -13,16 +13,12 @@ from x0tta6bl4.channel.fragment import Reassembler
 from x0tta6bl4.channel.handshake import Initiator
 from x0tta6bl4.channel.wire import HDR_CERT_REQUEST, CertRequest, decode_cookie, encode
 from x0tta6bl4.crypto.kdf import mac16
-from x0tta6bl4.sansio import Action, Datagram, Deliver, Send
+from x0tta6bl4.sansio import Action, Datagram, Deliver
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return make_world(tmp_path_factory.mktemp("attacks"), ["alpha", "beta", "gamma", "mallory"])
-
-
-def sends(actions: list[Action]) -> list[bytes]:
-    return [a.data for a in actions if isinstance(a, Send)]
 
 
 def delivered(actions: list[Action]) -> list[bytes]:

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from tests.channel.helpers import World, make_world
+from tests.channel.helpers import World, make_world, sends
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.cookie import add_macs, mac1_key
 from x0tta6bl4.channel.endpoint import SecureEndpoint
@@ -180,10 +180,6 @@ def flip(data: bytes, bit: int) -> bytes:
     b = bytearray(data)
     b[bit // 8] ^= 1 << (bit % 8)
     return bytes(b)
-
-
-def sends(actions: list[Action]) -> list[bytes]:
-    return [a.data for a in actions if isinstance(a, Send)]
 
 
 class Campaign:
@@ -375,7 +371,7 @@ def test_simultaneous_open_tie_break_is_deterministic(world: World) -> None:
     assert not any(isinstance(x, Event) and x.kind == "handshake_abandoned" for x in loser_out)
     assert loser.peer("B" if loser is a else "A").handshaking  # type: ignore[union-attr]
     # the lower static public key wins
-    keys = {ep: ep._static_pub for ep in (a, b)}
+    keys = {ep: world.creds[ep.name].cert.static_key.to_bytes() for ep in (a, b)}
     assert keys[winner] < keys[b if winner is a else a]
 
 

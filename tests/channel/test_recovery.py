@@ -8,9 +8,9 @@ import statistics
 
 import pytest
 
-from tests.channel.helpers import Net, World, make_world
+from tests.channel.helpers import Net, World, make_world, sends
 from x0tta6bl4.channel import constants as C
-from x0tta6bl4.sansio import Action, Datagram, Send, SetTimer, Timer
+from x0tta6bl4.sansio import Action, Datagram, SetTimer, Timer
 
 # Only names that predate this module are imported here, so that on the code before it
 # every test runs and fails on its own assertion (the new ones on their new imports).
@@ -19,10 +19,6 @@ from x0tta6bl4.sansio import Action, Datagram, Send, SetTimer, Timer
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return make_world(tmp_path_factory.mktemp("recovery"), ["alpha", "beta"])
-
-
-def sends(actions: list[Action]) -> list[bytes]:
-    return [a.data for a in actions if isinstance(a, Send)]
 
 
 def one_way(n: Net, src: str, dst: str, start: float, until: float, every: float) -> list[float]:

@@ -158,13 +158,20 @@ class CertExchange:
         mac2 = (
             mac16(cookie, cert_request_mac2_scope(request_id)) if cookie is not None else ZERO_MAC
         )
-        check = mac16(self._certreq_key, cert_request_check_scope(request_id, mac2))
+        check = self._request_check(request_id, mac2)
         return encode(CertRequest(request_id, mac2, check)), check
 
     def authentic(self, msg: Cert) -> bool:
         """Whether a CERT carries our trust domain's check."""
-        expected = mac16(self._cert_key, cert_check_scope(msg.request_id, msg.cert_der))
-        return _hmac.compare_digest(expected, msg.check)
+        return _hmac.compare_digest(self._cert_check(msg.request_id, msg.cert_der), msg.check)
+
+    # --- the checks, made and verified here only ---------------------------------------
+
+    def _request_check(self, request_id: int, mac2: bytes) -> bytes:
+        return mac16(self._certreq_key, cert_request_check_scope(request_id, mac2))
+
+    def _cert_check(self, request_id: int, cert_der: bytes) -> bytes:
+        return mac16(self._cert_key, cert_check_scope(request_id, cert_der))
 
     # --- responder: answering a CERT_REQUEST --------------------------------------------
 
@@ -174,8 +181,7 @@ class CertExchange:
             req = decode_cert_request(data)
         except DecodeError:
             return self._stats.drop(DropReason.MALFORMED, addr)
-        check = mac16(self._certreq_key, cert_request_check_scope(req.request_id, req.mac2))
-        if not _hmac.compare_digest(check, req.check):
+        if not _hmac.compare_digest(self._request_check(req.request_id, req.mac2), req.check):
             return self._stats.drop(DropReason.BAD_CHECK, addr)
         if req.mac2 == ZERO_MAC:
             self._stats.count(Tally.COOKIE_SENT)
@@ -187,7 +193,7 @@ class CertExchange:
         if not self._cookie_gen.mac2_valid(now, addr, scope, req.mac2):
             return self._stats.drop(DropReason.BAD_MAC2, addr)
         self._stats.count(Tally.CERT_SENT)
-        check = mac16(self._cert_key, cert_check_scope(req.request_id, self._cert_der))
+        check = self._cert_check(req.request_id, self._cert_der)
         return self._emit(
             now, addr, encode(Cert(req.request_id, self._cert_der, check)), answer=True
         )

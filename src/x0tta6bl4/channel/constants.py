@@ -11,6 +11,8 @@ from typing import Final
 
 from x0tta6bl4.crypto import hybrid
 
+TIMER_EPSILON: Final = 1e-9  # a timer firing at its deadline counts as due despite float rounding
+
 # --- wire -----------------------------------------------------------------------
 
 PROTOCOL_VERSION: Final = 1

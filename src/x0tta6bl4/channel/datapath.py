@@ -47,7 +47,6 @@ _KEEPALIVE_TIMEOUT = C.KEEPALIVE_TIMEOUT
 _TAG = C.AEAD_TAG_SIZE
 _TAG_MASK = C.SENT_TAG_WINDOW - 1  # a power of two
 _receiver_index = DATA_INDEX.unpack_from
-_EPS = 1e-9  # a timer firing at its deadline counts as due despite float rounding
 
 
 class Role(StrEnum):
@@ -297,7 +296,7 @@ class DataPath:
         that has nothing left."""
 
         def dead(s: Session) -> bool:
-            return now + _EPS >= s.created + C.REJECT_AFTER_TIME
+            return now + C.TIMER_EPSILON >= s.created + C.REJECT_AFTER_TIME
 
         if peer.previous is not None and dead(peer.previous):
             self._table.discard(peer.previous)

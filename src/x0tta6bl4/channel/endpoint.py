@@ -85,7 +85,6 @@ class SecureEndpoint:
             raise IdentityError("static private key does not match the certificate")
         self.name = own.name
         self._fingerprint = sha256(cert_der)
-        self._static_pub = static_private.public_key().to_bytes()
         self._max_datagram = max_datagram
         self._ns = timer_namespace
         self._now = 0.0

@@ -69,6 +69,7 @@ from x0tta6bl4.channel.constants import (
     REASSEMBLY_TIMEOUT,
     REPEAT_HOLDOFF,
     SENT_MESSAGE_TTL,
+    TIMER_EPSILON,
 )
 from x0tta6bl4.channel.wire import Fragment, decode_fragment, encode_fragment
 from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge
@@ -278,7 +279,7 @@ class Reassembler:
             due = p.last + NACK_QUIET  # fragments came lately: wait until they stop
         else:  # nothing came since our NACK: ask again after a round trip or two
             due = p.nack_at + self._nack_backoff(p, rtt)
-        if now + 1e-9 < due:
+        if now + TIMER_EPSILON < due:
             return Tick(next=min(due, p.deadline))
         if p.nacks >= MAX_NACKS_PER_MESSAGE or (p.nacks + 1) * FRAGMENT_NACK_SIZE > p.size:
             return Tick()  # asked enough (or it brought too little to answer): let it expire
@@ -314,13 +315,6 @@ class Reassembler:
             return None
         times = [p.last for (a, _), p in self._pending.items() if a == src and not p.echo]
         return max(times, default=None)
-
-    def missing(self, src: Addr, message_id: int) -> int | None:
-        """The bitmap of fragments the partial ``(src, message_id)`` lacks, or None."""
-        p = self._pending.get((src, message_id))
-        if p is None:
-            return None
-        return sum(1 << i for i, c in enumerate(p.chunks) if c is None)
 
     def expire(self, now: float, src: Addr, message_id: int) -> bool:
         """Drop the reassembly ``(src, message_id)`` if it is past its deadline."""

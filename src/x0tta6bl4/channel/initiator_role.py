@@ -55,8 +55,6 @@ from x0tta6bl4.errors import CertificateRejected, CryptoError, DecodeError, Hand
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.sansio import Action, Addr, Event, SetTimer
 
-_EPS = 1e-9  # a timer firing at its deadline counts as due despite float rounding
-
 
 def retry_delay(
     sent: int, jitter: float, rtt: float | None = None, *, answering: bool = False
@@ -255,7 +253,7 @@ class InitiatorRole:
 
     def on_handshake_timer(self, now: float, peer: Peer) -> list[Action]:
         att = peer.attempt
-        if att is None or now + _EPS < att.deadline:
+        if att is None or now + C.TIMER_EPSILON < att.deadline:
             return []
         if now - att.started >= C.REKEY_ATTEMPT_TIME:
             self._table.cancel(peer)

@@ -137,11 +137,6 @@ class Attempt:
                 return init
         return None
 
-    @property
-    def cert_request(self) -> CertRequestInFlight | None:
-        """The newest CERT_REQUEST in flight."""
-        return self.cert_requests[-1] if self.cert_requests else None
-
     def cert_request_for(self, index: int) -> CertRequestInFlight | None:
         for req in self.cert_requests:
             if req.index == index:

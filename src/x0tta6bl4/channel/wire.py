@@ -291,10 +291,20 @@ def _field(value: bytes, size: int, what: str) -> bytes:
     return value
 
 
-def _u32(value: int, what: str) -> bytes:
+def _check_u32(value: int, what: str = "index") -> int:
     if not 0 <= value <= 0xFFFFFFFF:
         raise BadLength(f"{what} out of range: {value}")
-    return _U32.pack(value)
+    return value
+
+
+def _u32(value: int, what: str) -> bytes:
+    return _U32.pack(_check_u32(value, what))
+
+
+def _check_cert_size(size: int) -> int:
+    if not 1 <= size <= MAX_CERT_SIZE:
+        raise BadLength(f"certificate of {size} bytes")
+    return size
 
 
 def check_header(data: bytes) -> int:
@@ -367,12 +377,6 @@ def encode(msg: Message) -> bytes:
             _check_u32(msg.message_id), _check_missing(msg.missing)
         )
     return encode_fragment(msg)
-
-
-def _check_u32(value: int) -> int:
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise BadLength(f"index out of range: {value}")
-    return value
 
 
 # --- the parts a MAC covers, and the parts the handshake hashes ----------------------
@@ -452,9 +456,8 @@ def cert_request_check_scope(request_id: int, mac2: bytes) -> bytes:
 
 def cert_check_scope(request_id: int, cert_der: bytes) -> bytes:
     """What a CERT's check covers: ``header | request_id | length u16 | certificate``."""
-    if not 1 <= len(cert_der) <= MAX_CERT_SIZE:
-        raise BadLength(f"certificate of {len(cert_der)} bytes")
-    return b"".join((HDR_CERT, _u32(request_id, "request_id"), _U16.pack(len(cert_der)), cert_der))
+    size = _check_cert_size(len(cert_der))
+    return b"".join((HDR_CERT, _u32(request_id, "request_id"), _U16.pack(size), cert_der))
 
 
 def encode_fragment(msg: Fragment) -> bytes:
@@ -574,9 +577,7 @@ def decode_cert_request(data: bytes) -> CertRequest:
 
 def decode_cert(data: bytes) -> Cert:
     _need(data, CERT_FIXED + 1, "CERT")
-    size = _U16.unpack_from(data, HEADER_SIZE + INDEX_SIZE)[0]
-    if not 1 <= size <= MAX_CERT_SIZE:
-        raise BadLength(f"certificate of {size} bytes")
+    size = _check_cert_size(_U16.unpack_from(data, HEADER_SIZE + INDEX_SIZE)[0])
     _exact(data, CERT_FIXED + size, "CERT")
     start = HEADER_SIZE + INDEX_SIZE + 2
     return Cert(
@@ -686,9 +687,8 @@ def encode_init_payload(p: InitPayload) -> bytes:
     if p.fingerprint is not None:
         return bytes((IDENTITY_FINGERPRINT,)) + _field(p.fingerprint, 32, "fingerprint") + ts
     assert p.cert_der is not None
-    if not 1 <= len(p.cert_der) <= MAX_CERT_SIZE:
-        raise BadLength(f"certificate of {len(p.cert_der)} bytes")
-    return bytes((IDENTITY_CERT,)) + _U16.pack(len(p.cert_der)) + p.cert_der + ts
+    size = _check_cert_size(len(p.cert_der))
+    return bytes((IDENTITY_CERT,)) + _U16.pack(size) + p.cert_der + ts
 
 
 def decode_init_payload(data: bytes) -> InitPayload:
@@ -701,9 +701,7 @@ def decode_init_payload(data: bytes) -> InitPayload:
             fingerprint=data[1 : 1 + FINGERPRINT_SIZE],
         )
     if flag == IDENTITY_CERT:
-        size = _U16.unpack_from(data, 1)[0]
-        if not 1 <= size <= MAX_CERT_SIZE:
-            raise BadLength(f"certificate of {size} bytes")
+        size = _check_cert_size(_U16.unpack_from(data, 1)[0])
         _exact(data, 3 + size + TIMESTAMP_SIZE, "INIT payload")
         return InitPayload(
             timestamp=decode_timestamp(data[3 + size :]), cert_der=data[3 : 3 + size]
