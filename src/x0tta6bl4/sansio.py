@@ -133,7 +133,7 @@ class LinkDown:
 Control: TypeAlias = SessionUp | LinkUp | LinkDown
 CONTROL_TYPES: tuple[type, ...] = (SessionUp, LinkUp, LinkDown)
 
-Action: TypeAlias = Send | Deliver | SetTimer | Event | SessionUp | LinkUp | LinkDown
+Action: TypeAlias = Send | Deliver | SetTimer | Event | Control
 
 
 class Core(Protocol):

@@ -488,6 +488,15 @@ class MeshNode:
         p = min(0.5, max(0.01, 2.0 * nb.est.loss))
         return max(MTU_PROBE_MISSES, min(12, math.ceil(math.log(1e-6) / math.log(p))))
 
+    def _on_probe(self, now: float, nb: _Neighbour | None, frame: bytes, out: list[Action]) -> None:
+        if len(frame) < _PROBE.size:
+            self._count("bad_probe")
+            return
+        if nb is not None:  # answer with the size that arrived
+            _, probe_id = _PROBE.unpack_from(frame)
+            ack = _PROBE_ACK.pack(FRAME_PROBE_ACK, probe_id, min(len(frame), 0xFFFF))
+            self._link_send(now, nb.addr, ack, out)
+
     def _on_probe_ack(self, now: float, nb: _Neighbour, frame: bytes, out: list[Action]) -> None:
         if len(frame) != _PROBE_ACK.size:
             self._count("bad_probe")
@@ -525,13 +534,7 @@ class MeshNode:
         elif kind == FRAME_FORWARD:
             self._on_forward(now, frame, out)
         elif kind == FRAME_PROBE:
-            if len(frame) < _PROBE.size:
-                self._count("bad_probe")
-                return
-            _, probe_id = _PROBE.unpack_from(frame)
-            ack = _PROBE_ACK.pack(FRAME_PROBE_ACK, probe_id, min(len(frame), 0xFFFF))
-            if nb is not None:
-                self._link_send(now, nb.addr, ack, out)
+            self._on_probe(now, nb, frame, out)
         elif kind == FRAME_PROBE_ACK:
             if nb is not None:
                 self._on_probe_ack(now, nb, frame, out)

@@ -928,11 +928,7 @@ class Router:
         if now >= self._next_sweep:
             self._sweep(now, out)
             self._next_sweep = now + interval / 2
-        q = self._repeat_q
-        while q and q[0][0] <= now:
-            due, dst = q.popleft()
-            if self._repeats.get(dst, (0, None))[1] == due:
-                out.rep[dst] = None
+        self._due_copies(now, out.rep)
         for nbr, (_left, due) in self._dump_repeats.items():
             if due <= now:
                 out.rep_dump[nbr] = None
@@ -1125,16 +1121,12 @@ class Router:
         when something goes to everyone anyway, those due within half a REPEAT_DELAY (they
         ride along instead of costing a packet of their own a moment later)."""
         rep = out.rep
-        repeats = self._repeats
-        q = self._repeat_q
-        if q and (everyone or out.all or None in out.reqs):
-            horizon = now + REPEAT_DELAY / 2
-            while q and q[0][0] <= horizon:
-                due, dst = q.popleft()
-                if repeats.get(dst, (0, None))[1] == due:
-                    rep[dst] = None
+        if self._repeat_q and (everyone or out.all or None in out.reqs):
+            self._due_copies(now + REPEAT_DELAY / 2, rep)
         if not rep:
             return []
+        repeats = self._repeats
+        q = self._repeat_q
         sent: list[NodeId] = []
         for dst in rep:
             left, _ = repeats.pop(dst, (0, 0.0))
@@ -1148,6 +1140,16 @@ class Router:
                 repeats[dst] = (left - 1, due)
                 q.append((due, dst))
         return sent
+
+    def _due_copies(self, horizon: float, rep: dict[NodeId, None]) -> None:
+        """Move the owed copies due by ``horizon`` off the queue into ``rep``, skipping
+        entries a newer change superseded."""
+        q = self._repeat_q
+        repeats = self._repeats
+        while q and q[0][0] <= horizon:
+            due, dst = q.popleft()
+            if repeats.get(dst, (0, None))[1] == due:
+                rep[dst] = None
 
     def _owe_copies(self, now: float, fresh: Iterable[NodeId]) -> None:
         """Triggered updates for ``fresh`` went out now: owe each ``update_repeats`` copies
