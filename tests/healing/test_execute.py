@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.healing import helpers
 from x0tta6bl4.errors import NoSession
 from x0tta6bl4.healing import (
     ActionKind,
@@ -14,46 +15,17 @@ from x0tta6bl4.healing import (
     HealingConfig,
     PlannedAction,
 )
-from x0tta6bl4.mesh.observe import NodeObservation
 from x0tta6bl4.ratelimit import TokenBucket
 from x0tta6bl4.sansio import Action, Event
 
 
-class RecordingNode:
-    """A HealableNode test driver: records every call, can be told to refuse some."""
-
-    def __init__(self) -> None:
-        self.name = "A"
-        self.calls: list[tuple[object, ...]] = []
-        self.refuse: dict[str, Exception] = {}
+class RecordingNode(helpers.RecordingNode):
+    """The shared recording node, whose every call also answers with an
+    ``Event("node.<method>")``, so the tests see the node's actions passed through."""
 
     def _record(self, *call: object) -> list[Action]:
-        self.calls.append(call)
-        exc = self.refuse.get(str(call[0]))
-        if exc is not None:
-            raise exc
+        super()._record(*call)
         return [Event("node." + str(call[0]), {})]
-
-    def observe(self, now: float) -> NodeObservation:
-        return NodeObservation(now, self.name, {}, {}, 1e12, 1e6 + now)
-
-    def set_link_penalty(self, now: float, peer: str, factor: float) -> list[Action]:
-        return self._record("set_link_penalty", now, peer, factor)
-
-    def drop_neighbour(self, now: float, peer: str) -> list[Action]:
-        return self._record("drop_neighbour", now, peer)
-
-    def reconnect(self, now: float, peer: str) -> list[Action]:
-        return self._record("reconnect", now, peer)
-
-    def damp_link(self, now: float, peer: str, until: float | None) -> list[Action]:
-        return self._record("damp_link", now, peer, until)
-
-    def probe(self, now: float, dst: str) -> list[Action]:
-        return self._record("probe", now, dst)
-
-    def request_renewal(self, now: float) -> list[Action]:
-        return self._record("request_renewal", now)
 
 
 def state(breaker: CircuitBreaker) -> BreakerState:

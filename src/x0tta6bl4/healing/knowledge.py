@@ -312,7 +312,6 @@ class LinkKnowledge:
         self.base_cost: int | None = None
         self.session_age: float | None = None
         self.handshake_failures = 0
-        self.reachable_when_alive: frozenset[str] = frozenset()
         # destinations (other than the peer) routed through the peer when last alive:
         # the traffic a dead neighbour's repair must get flowing again
         self.via_when_alive: frozenset[str] = frozenset()
@@ -458,7 +457,6 @@ class Probe:
     """The probes an incident sent to one destination."""
 
     first_at: float  # an answer counts only if it arrived after this
-    last_at: float
     via: str | None  # the next hop of the last probe
     next_at: float  # when an unanswered probe may be repeated
     sent: int = 1
@@ -598,11 +596,10 @@ class Knowledge:
             probe = incident.probes.get(action.subject)
             if probe is None:
                 incident.probes[action.subject] = Probe(
-                    now, now, action.via, now + config.verify_interval
+                    now, action.via, now + config.verify_interval
                 )
                 continue
             probe.sent += 1
-            probe.last_at = now
             probe.via = action.via
             backoff = config.verify_interval * 2.0 ** (probe.sent - 1)
             probe.next_at = now + min(config.verify_interval_max, backoff)

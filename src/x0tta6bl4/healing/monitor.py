@@ -256,7 +256,6 @@ class Monitor:
         if alive:
             lk.ever_alive = True
             lk.last_alive_at = now
-            lk.reachable_when_alive = self._reachable_frozen
             lk.via_when_alive = self._via_of(lk.peer)
             if lk.handshake_failures == 0:
                 lk.reconnect_attempts = 0
@@ -459,6 +458,12 @@ def _quiet(lk: LinkKnowledge) -> None:
     lk.degrading_since = None
 
 
+def _llr(lost: float, hellos: float, p1: float, p0: float) -> float:
+    """Log-likelihood ratio (nats) of ``lost`` of ``hellos`` hellos lost at rate ``p1``
+    against rate ``p0``."""
+    return lost * math.log(p1 / p0) + (hellos - lost) * math.log((1.0 - p1) / (1.0 - p0))
+
+
 def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingConfig) -> float:
     """Fold one loss report into the link's evidence; return the loss pressure.
 
@@ -490,8 +495,7 @@ def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingCo
         lk.loss_level += a * (loss - lk.loss_level)
     p0 = lk.loss_threshold
     p1 = p0 + config.loss_shift
-    lost = loss * hellos
-    llr = lost * math.log(p1 / p0) + (hellos - lost) * math.log((1.0 - p1) / (1.0 - p0))
+    llr = _llr(loss * hellos, hellos, p1, p0)
     evidence = clamp(lk.loss_llr + llr, 0.0, config.loss_evidence_max)
     lk.loss_llr = evidence
     # Where the rise began, for an honest time to detect (see LossRise): hellos lost
@@ -521,7 +525,7 @@ def _onset(
     p0 = lk.loss_threshold
     p1 = p0 + config.loss_shift
     normal = clamp(lk.loss_base.mean, _ONSET_FLOOR, p0)
-    llr = fresh * math.log(p1 / normal) + (hellos - fresh) * math.log((1.0 - p1) / (1.0 - normal))
+    llr = _llr(fresh, hellos, p1, normal)
     began = lk.onset_llr <= 0.0
     lk.onset_llr = clamp(lk.onset_llr + llr, 0.0, config.loss_evidence_max)
     rise = lk.loss_rise
@@ -569,8 +573,7 @@ def _onset_at_death(
     # silence (its evidence itself is left as it was).
     p0 = lk.loss_threshold
     p1 = p0 + config.loss_shift
-    llr = fresh * math.log(p1 / p0) + (hellos - fresh) * math.log((1.0 - p1) / (1.0 - p0))
-    if lk.loss_llr + llr >= config.onset_ratio * config.loss_evidence:
+    if lk.loss_llr + _llr(fresh, hellos, p1, p0) >= config.onset_ratio * config.loss_evidence:
         rise.significant = True
 
 

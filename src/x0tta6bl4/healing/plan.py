@@ -204,7 +204,6 @@ def _probes(snap: Snapshot, knowledge: Knowledge) -> list[PlannedAction]:
     now = snap.now
     due: dict[str, list[IncidentKey]] = {}
     hops: dict[str, str] = {}
-    reasons: dict[str, FaultKind] = {}
     for key in sorted(knowledge.incidents):
         incident = knowledge.incidents[key]
         if incident.kind is not FaultKind.DEAD_NEIGHBOUR:
@@ -234,10 +233,13 @@ def _probes(snap: Snapshot, knowledge: Knowledge) -> list[PlannedAction]:
                     continue
             due.setdefault(dst, []).append(key)
             hops[dst] = hop
-            reasons.setdefault(dst, incident.kind)
     return [
         PlannedAction(
-            ActionKind.VERIFY, dst, reasons[dst], incidents=tuple(due[dst]), via=hops[dst]
+            ActionKind.VERIFY,
+            dst,
+            FaultKind.DEAD_NEIGHBOUR,  # the only incidents that probe
+            incidents=tuple(due[dst]),
+            via=hops[dst],
         )
         for dst in sorted(due)
     ]
