@@ -23,20 +23,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.sim.helpers import delivered_payloads, healing_actions, two_paths
 from x0tta6bl4.healing import HealingConfig
-from x0tta6bl4.sansio import Action, Deliver, Event
-from x0tta6bl4.sim import Edge, LinkSpec, Simulator, Topology
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
+from x0tta6bl4.sim import LinkSpec, build_mesh
+from x0tta6bl4.sim.meshsim import meshes, path
 
 SEED = 3
 RATE = 0.05  # one packet a -> d every 50 ms
 AFTER = 45.0  # virtual s the run goes on after the flapping stopped
-
-
-def _two_paths() -> Topology:
-    spec = LinkSpec(latency=0.005)
-    pairs = (("a", "b"), ("b", "d"), ("a", "c"), ("c", "e"), ("e", "d"))
-    return Topology(("a", "b", "c", "d", "e"), tuple(Edge(x, y, spec) for x, y in pairs))
 
 
 @dataclass
@@ -49,10 +43,7 @@ class FlapRun:
 
 def _flap_run(healing: bool, period: float, flap_for: float) -> FlapRun:
     """a-b down 1 s every ``period`` s for ``flap_for`` s; times are from its start."""
-    topo = _two_paths()
-    mesh = MeshSim(build_world(topo.nodes, SEED), topo, healing=healing)
-    sim = Simulator(SEED, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
+    sim = build_mesh(two_paths(LinkSpec(latency=0.005)), seed=SEED, healing=healing).sim
     names = sim.nodes
     while not all(path(meshes(sim), x, y) for x in names for y in names if x != y):
         assert sim.now < 10.0, "no convergence"
@@ -62,20 +53,8 @@ def _flap_run(healing: bool, period: float, flap_for: float) -> FlapRun:
     sim.run(t0)
     assert meshes(sim)["a"].next_hop("d") == "b"
     out = FlapRun()
-    delivered: set[bytes] = set()
-
-    def observe(t: float, node: str, act: Action) -> None:
-        if type(act) is Deliver and act.port == 9:
-            delivered.add(act.payload)
-        elif (
-            type(act) is Event
-            and act.kind == "healing.action"
-            and act.fields["action"] == "damp"
-            and {node, act.fields["subject"]} == {"a", "b"}
-        ):
-            out.damps.append(t - t0)
-
-    sim.on_action.append(observe)
+    delivered = delivered_payloads(sim, 9)
+    actions = healing_actions(sim)
     end = t0 + flap_for + AFTER
     t = t0
     while t < end - 1.0:
@@ -87,6 +66,9 @@ def _flap_run(healing: bool, period: float, flap_for: float) -> FlapRun:
         sim.run(round(sim.now + 0.05, 6))
         out.hops.append((sim.now - t0, meshes(sim)["a"].next_hop("d")))
     out.lost = out.sent - len(delivered)
+    out.damps = [  # damp actions on a-b
+        at - t0 for at, node, peer, kind in actions if kind == "damp" and {node, peer} == {"a", "b"}
+    ]
     return out
 
 

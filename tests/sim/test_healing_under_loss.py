@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from x0tta6bl4.sansio import Action, Deliver, Event
-from x0tta6bl4.sim import Edge, LinkSpec, Simulator, Topology, random_geometric
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path, sample_pairs
+from tests.sim.helpers import converge, delivered_payloads, healing_actions, two_paths
+from x0tta6bl4.sim import LinkSpec, Simulator, build_mesh, random_geometric
+from x0tta6bl4.sim.meshsim import meshes, sample_pairs
 
 SEED = 3
 NODES = 24
@@ -48,36 +48,13 @@ def _sent_bytes(sim: Simulator) -> int:
     return sum(s.sent_bytes for s in sim.stats.values())
 
 
-def _converge(sim: Simulator, limit: float = 15.0) -> None:
-    names = sim.nodes
-    while sim.now < limit:
-        sim.run(round(sim.now + 0.5, 6))
-        nodes = meshes(sim)
-        if all(path(nodes, a, b) for a in names for b in names if a != b):
-            return
-    raise AssertionError(f"no convergence within {limit} s")
-
-
 def _lossy_run(healing: bool) -> LossyRun:
     topo = random_geometric(NODES, SEED, mean_degree=5.0, spec=LinkSpec(loss=LOSS))
-    mesh = MeshSim(build_world(topo.nodes, SEED), topo, healing=healing)
-    sim = Simulator(SEED, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
+    sim = build_mesh(topo, seed=SEED, healing=healing).sim
     out = LossyRun()
-    delivered: set[bytes] = set()
-
-    def observe(t: float, node: str, act: Action) -> None:
-        if type(act) is Deliver and act.port == 9:
-            delivered.add(act.payload)
-        elif (
-            type(act) is Event
-            and act.kind == "healing.action"
-            and act.fields["action"] in ("raise_cost", "lift_cost")
-        ):
-            out.cost_actions.append((t, node, str(act.fields["subject"])))
-
-    sim.on_action.append(observe)
-    _converge(sim)
+    delivered = delivered_payloads(sim, 9)
+    actions = healing_actions(sim)
+    converge(sim, limit=15.0, step=0.5)
     pairs = sample_pairs(sim.nodes, PAIRS, SEED)
     for a, b in pairs:  # end-to-end sessions up before the traffic is counted
         sim.send_app(sim.now, a, b, 8, b"warm")
@@ -95,6 +72,9 @@ def _lossy_run(healing: bool) -> LossyRun:
             k += 1
     sim.run(t1 + TRAFFIC + 1.0)
     out.delivery = len(delivered) / k
+    out.cost_actions = [
+        (t, node, peer) for t, node, peer, kind in actions if kind in ("raise_cost", "lift_cost")
+    ]
     return out
 
 
@@ -127,27 +107,16 @@ def test_gray_failure_on_a_lossy_mesh_is_still_penalised_promptly() -> None:
     # starts to lose half its packets. At 50 % four hellos in a row go missing every
     # second or so, so the link also dies and revives: healing penalises it within a
     # few seconds, by a raised cost or by damping, and only it.
-    spec = LinkSpec(latency=0.005, loss=LOSS)
-    pairs = (("a", "b"), ("b", "d"), ("a", "c"), ("c", "e"), ("e", "d"))
-    topo = Topology(("a", "b", "c", "d", "e"), tuple(Edge(x, y, spec) for x, y in pairs))
-    mesh = MeshSim(build_world(topo.nodes, SEED), topo, healing=True)
-    sim = Simulator(SEED, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
-    penalised: list[tuple[float, str, str, str]] = []
-
-    def observe(t: float, node: str, act: Action) -> None:
-        if type(act) is Event and act.kind == "healing.action":
-            kind = str(act.fields["action"])
-            if kind in ("raise_cost", "damp"):
-                penalised.append((t, node, str(act.fields["subject"]), kind))
-
-    sim.on_action.append(observe)
-    _converge(sim)
+    sim = build_mesh(two_paths(LinkSpec(latency=0.005, loss=LOSS)), seed=SEED).sim
+    actions = healing_actions(sim)
+    converge(sim, limit=15.0, step=0.5)
     t0 = sim.now + WARMUP
     sim.run(t0)
-    assert penalised == []  # a minute of ordinary loss: nothing
+    # a minute of ordinary loss: nothing
+    assert [a for a in actions if a[3] in ("raise_cost", "damp")] == []
     sim.net.degrade("a", "b", loss=0.5)
     sim.run(t0 + 10.0)
+    penalised = [a for a in actions if a[3] in ("raise_cost", "damp")]
     assert penalised, "a 50 % loss link was not penalised within 10 s"
     assert min(t for t, *_ in penalised) - t0 <= 5.0, penalised
     assert all({node, peer} == {"a", "b"} for _, node, peer, _ in penalised), penalised

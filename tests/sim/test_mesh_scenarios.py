@@ -12,19 +12,19 @@ from itertools import pairwise
 
 import pytest
 
+from tests.sim.helpers import converge, two_paths
 from x0tta6bl4.sansio import Action, Deliver
 from x0tta6bl4.sim import (
-    Edge,
     LinkSpec,
     Simulator,
-    Topology,
+    build_mesh,
     cut,
     degrade,
     diamond,
     kill,
     schedule,
 )
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
+from x0tta6bl4.sim.meshsim import meshes, path
 from x0tta6bl4.sim.runner import (
     PARTITION_FOR,
     SCENARIOS,
@@ -39,30 +39,12 @@ from x0tta6bl4.sim.runner import (
 SEED = 3
 
 
-def _sim(topo: Topology, *, healing: bool = True, seed: int = SEED) -> tuple[Simulator, MeshSim]:
-    mesh = MeshSim(build_world(topo.nodes, seed), topo, healing=healing)
-    sim = Simulator(seed, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
-    return sim, mesh
-
-
-def _converge(sim: Simulator, limit: float = 10.0) -> float:
-    """Run until every node routes to every other; the time it took."""
-    names = sim.nodes
-    while sim.now < limit:
-        sim.run(round(sim.now + 0.1, 6))
-        nodes = meshes(sim)
-        if all(path(nodes, a, b) for a in names for b in names if a != b):
-            return sim.now
-    raise AssertionError(f"no convergence within {limit} s")
-
-
 # -- diamond failover -------------------------------------------------------------------
 
 
 def test_diamond_failover_keeps_app_traffic_flowing() -> None:
-    sim, _ = _sim(diamond())
-    t0 = _converge(sim) + 1.0
+    sim = build_mesh(diamond(), seed=SEED).sim
+    t0 = converge(sim, 10.0) + 1.0
     a = meshes(sim)["a"]
     relay = a.next_hop("d")
     assert relay in ("b", "c")
@@ -157,21 +139,9 @@ def test_partition_heal_does_not_relapse(partitioned: SimSummary) -> None:
 # -- degrading link -------------------------------------------------------------------------
 
 
-def _two_paths() -> Topology:
-    """a-b-d (2 hops) and a-c-e-d (3 hops): a prefers b until a-b gets bad enough."""
-    spec = LinkSpec(latency=0.005)
-    return Topology(
-        ("a", "b", "c", "d", "e"),
-        tuple(
-            Edge(x, y, spec)
-            for x, y in (("a", "b"), ("b", "d"), ("a", "c"), ("c", "e"), ("e", "d"))
-        ),
-    )
-
-
 def test_slowly_degrading_link_is_routed_around_before_it_dies() -> None:
-    sim, _ = _sim(_two_paths())
-    t0 = _converge(sim) + 2.0
+    sim = build_mesh(two_paths(LinkSpec(latency=0.005)), seed=SEED).sim
+    t0 = converge(sim, 10.0) + 2.0
     sim.run(t0)
     assert meshes(sim)["a"].next_hop("d") == "b"
     steps = 12
@@ -208,8 +178,8 @@ def _route_changes(sim: Simulator) -> int:
 def _flap_changes(healing: bool) -> tuple[int, float]:
     """Route changes (all nodes) in the minute a-b flaps (down 1 s every 2 s), and the
     reachability 5 s after."""
-    sim, _ = _sim(diamond(), healing=healing)
-    t0 = _converge(sim) + 2.0
+    sim = build_mesh(diamond(), seed=SEED, healing=healing).sim
+    t0 = converge(sim, 10.0) + 2.0
     sim.run(t0)
     before = _route_changes(sim)
     sim.net.flap("a", "b", period=2.0, until=t0 + 60.0)
@@ -246,8 +216,8 @@ def test_flapping_link_is_damped() -> None:
     ],
 )
 def test_restarted_node_is_reachable_again(seed: int) -> None:
-    sim, _ = _sim(diamond(), seed=seed)
-    t0 = _converge(sim) + 1.0
+    sim = build_mesh(diamond(), seed=seed).sim
+    t0 = converge(sim, 10.0) + 1.0
     sim.run(t0)
     sim.crash("b")
     sim.run(t0 + 3.0)

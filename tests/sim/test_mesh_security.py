@@ -14,8 +14,8 @@ import pytest
 from x0tta6bl4.errors import MessageTooLarge
 from x0tta6bl4.mesh.node import FORWARD_OVERHEAD, FRAME_FORWARD, MeshNode
 from x0tta6bl4.sansio import Action, AppSend, Deliver, Event, Send
-from x0tta6bl4.sim import Simulator, line
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, mesh_of, meshes, path
+from x0tta6bl4.sim import Simulator, build_mesh, line
+from x0tta6bl4.sim.meshsim import mesh_of, meshes, path
 
 SEED = 5
 SRC, RELAY, DST = "n0000", "n0001", "n0002"
@@ -43,11 +43,7 @@ class HostileRelay(MeshNode):
 
 def _line() -> tuple[Simulator, dict[str, MeshNode]]:
     topo = line(3)
-    mesh = MeshSim(
-        build_world(topo.nodes, SEED), topo, healing=True, node_types={RELAY: HostileRelay}
-    )
-    sim = Simulator(SEED, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
+    sim = build_mesh(topo, seed=SEED, node_types={RELAY: HostileRelay}).sim
     # Cores exist from add_node on, so hooks can be set before anything runs.
     nodes: dict[str, MeshNode] = {}
     for n in topo.nodes:

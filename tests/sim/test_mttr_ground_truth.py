@@ -32,12 +32,11 @@ from itertools import pairwise
 
 import pytest
 
+from tests.sim.helpers import two_paths
 from x0tta6bl4.healing import HealingEvent
 from x0tta6bl4.sim import (
-    Edge,
     LinkSpec,
     MeshRun,
-    Topology,
     build_mesh,
     cut,
     degrade,
@@ -227,10 +226,7 @@ def test_a_dead_neighbour_that_cannot_be_routed_around_clears_when_it_is_back() 
 def test_a_gray_failure_is_detected_as_late_as_it_really_was() -> None:
     # a-b-d (2 hops) and a-c-e-d (3 hops), 2 % loss everywhere; a-b loses half its
     # packets for 15 s. The link dies and revives now and then, and is found degraded.
-    spec = LinkSpec(latency=0.005, loss=0.02)
-    pairs = (("a", "b"), ("b", "d"), ("a", "c"), ("c", "e"), ("e", "d"))
-    topo = Topology(("a", "b", "c", "d", "e"), tuple(Edge(x, y, spec) for x, y in pairs))
-    run = build_mesh(topo, seed=3)
+    run = build_mesh(two_paths(LinkSpec(latency=0.005, loss=0.02)), seed=3)
     assert run.wait_converged(limit=10.0) is not None
     run.add_flow("a", "d", RATE)
     run.add_flow("d", "a", RATE)

@@ -11,28 +11,12 @@ from __future__ import annotations
 
 import random
 
+from tests.sim.helpers import converge
 from x0tta6bl4.sansio import Action, Deliver
-from x0tta6bl4.sim import Simulator, line, random_geometric
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
-from x0tta6bl4.sim.topology import Topology
+from x0tta6bl4.sim import Simulator, build_mesh, line, random_geometric
 
 PORT = 9
 PERIOD = 0.05  # one packet every 50 ms, one way
-
-
-def _sim(topo: Topology, seed: int) -> Simulator:
-    sim = Simulator(seed, trace_drops=False)
-    sim.add_topology(topo, MeshSim(build_world(topo.nodes, seed), topo).factory())
-    return sim
-
-
-def _converge(sim: Simulator, names: list[str], limit: float = 20.0) -> float:
-    while sim.now < limit:
-        sim.run(round(sim.now + 0.1, 6))
-        nodes = meshes(sim)
-        if all(path(nodes, a, b) for a in names for b in names if a != b):
-            return sim.now
-    raise AssertionError(f"no convergence within {limit} s")
 
 
 def _record(sim: Simulator) -> dict[tuple[str, str], list[float]]:
@@ -56,9 +40,9 @@ def _stream(sim: Simulator, src: str, dst: str, start: float, end: float) -> Non
 
 def test_one_way_traffic_reaches_a_restarted_node_within_a_second() -> None:
     topo = line(4)
-    sim = _sim(topo, seed=5)
+    sim = build_mesh(topo, seed=5).sim
     src, dst = "n0000", "n0003"
-    t0 = round(_converge(sim, list(topo.nodes)) + 0.5, 6)
+    t0 = round(converge(sim, 20.0) + 0.5, 6)
     got = _record(sim)
     crash_at, restart_at = t0 + 2.0, t0 + 3.0
     end = restart_at + 6.0
@@ -83,8 +67,8 @@ def test_mass_restart_survivors_reach_every_restarted_node_again() -> None:
     seed = 3
     topo = random_geometric(40, seed)
     names = list(topo.nodes)
-    sim = _sim(topo, seed)
-    t0 = round(_converge(sim, names) + 1.0, 6)
+    sim = build_mesh(topo, seed=seed).sim
+    t0 = round(converge(sim, 20.0) + 1.0, 6)
     rng = random.Random(seed)
     victims = rng.sample(names, 10)
     survivors = [n for n in names if n not in victims]

@@ -9,18 +9,11 @@ file runs against older trees for before/after comparisons.
 from __future__ import annotations
 
 from x0tta6bl4.mesh.node import MeshNode, node_id
-from x0tta6bl4.sim import LinkSpec, Simulator, Topology, partition, random_geometric
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes
+from x0tta6bl4.sim import LinkSpec, Simulator, build_mesh, partition, random_geometric
+from x0tta6bl4.sim.meshsim import meshes
 
 LOSS = 0.02
 STEP = 0.05
-
-
-def _sim(topo: Topology, seed: int) -> Simulator:
-    mesh = MeshSim(build_world(topo.nodes, seed), topo)
-    sim = Simulator(seed, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
-    return sim
 
 
 def _converged(nodes: dict[str, MeshNode], n: int) -> bool:
@@ -56,7 +49,7 @@ def test_a_partition_under_loss_leaves_no_ghost_routes() -> None:
     # the other half were still held 50 s after the cut.
     n, seed = 60, 1
     topo = random_geometric(n, seed, spec=LinkSpec(loss=LOSS))
-    sim = _sim(topo, seed)
+    sim = build_mesh(topo, seed=seed).sim
     conv = _converge(sim, n, limit=30.0)
     assert conv is not None, "no convergence before the partition"
     pos = topo.positions
@@ -82,6 +75,6 @@ def test_a_100_node_mesh_under_loss_converges_in_seconds() -> None:
     # remains with loss is mostly handshake retries of links that come up late.
     n, seed = 100, 1
     topo = random_geometric(n, seed, spec=LinkSpec(loss=LOSS))
-    sim = _sim(topo, seed)
+    sim = build_mesh(topo, seed=seed).sim
     conv = _converge(sim, n, limit=3.0)
     assert conv is not None, "no convergence within 3 s"

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from x0tta6bl4.healing import HealingEvent
-from x0tta6bl4.sansio import Action, Deliver
-from x0tta6bl4.sim.engine import Simulator
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes, path
+from x0tta6bl4.sansio import Deliver
+from x0tta6bl4.sim.meshrun import build_mesh
+from x0tta6bl4.sim.meshsim import meshes, path
 from x0tta6bl4.sim.topology import diamond
 from x0tta6bl4.sim.types import SimError
 
@@ -39,18 +39,15 @@ class DiamondReport:
 
 
 def run_diamond(seed: int = SEED) -> DiamondReport:
-    topo = diamond()
-    world = build_world(topo.nodes, seed)
-    ms = MeshSim(world, topo)
-    sim = Simulator(seed)
-    sim.add_topology(topo, ms.factory())
+    run = build_mesh(diamond(), seed=seed, trace_drops=True)
+    sim = run.sim
     arrivals: list[float] = []
 
-    def on_action(t: float, node: str, a: Action) -> None:
-        if node == "d" and type(a) is Deliver and a.port == PORT:
+    def on_deliver(t: float, node: str, d: Deliver) -> None:
+        if node == "d" and d.port == PORT:
             arrivals.append(t)
 
-    sim.on_action.append(on_action)
+    sim.on_deliver.append(on_deliver)
     sent = 0
     t = TRAFFIC_FROM
     while t < TRAFFIC_UNTIL:
@@ -77,7 +74,7 @@ def run_diamond(seed: int = SEED) -> DiamondReport:
         delivered=len(arrivals),
         last_before_kill=max(prior) if prior else 0.0,
         first_after_kill=min(later) if later else None,
-        healing=list(ms.healing_events),
+        healing=list(run.healing_events),
         digest=sim.trace.digest(),
         wall_s=wall,
     )

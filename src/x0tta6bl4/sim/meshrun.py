@@ -26,7 +26,15 @@ from .engine import Simulator
 from .flows import Flow, FlowSet, FlowStats
 from .meshsim import MeshSim, build_world, mesh_of, meshes, route_path, trace_path
 from .outage import FaultOutage, OutageTracker
-from .scenario import FAULT_KINDS, FaultRecord, Scenario, ScenarioAction, every, schedule
+from .scenario import (
+    FAULT_KINDS,
+    FaultRecord,
+    Scenario,
+    ScenarioAction,
+    _records,
+    every,
+    schedule,
+)
 from .topology import Topology
 from .types import LinkSpec, PathResult, SimError
 
@@ -84,11 +92,7 @@ class MeshRun:
 
     def faults(self) -> list[FaultRecord]:
         """Every fault so far, from the trace (crashes, link downs, partitions, degrades)."""
-        return [
-            FaultRecord(t, FAULT_KINDS[k], node, f)
-            for t, node, k, f in self.sim.trace.records
-            if k in FAULT_KINDS
-        ]
+        return _records(self.sim.trace, FAULT_KINDS)
 
     # -- nodes and paths -------------------------------------------------------------------
 

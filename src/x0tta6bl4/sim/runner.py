@@ -48,6 +48,7 @@ from x0tta6bl4.sim.scenario import (
     ScenarioAction,
     cut,
     degrade,
+    every,
     flap,
     heal,
     kill,
@@ -212,7 +213,7 @@ class _Run(MeshRun):
         self._changes_mark: dict[MeshNode, int] = {}
         self.loops = 0
         if reach_every is not None:
-            self._every(reach_every, self._sample)
+            every(self.sim, reach_every, self._sample, start=0.0, until=self.end)
 
     def start_flows(self) -> None:
         """Start the scenario's flows now (at convergence), until the end of the run."""
@@ -222,10 +223,6 @@ class _Run(MeshRun):
             self.add_flow(a, b, FLOW_RATE, size=FLOW_SIZE, stop=self.end)
 
     # -- time -----------------------------------------------------------------------
-
-    @property
-    def now(self) -> float:
-        return self.sim.now
 
     @property
     def over(self) -> bool:
@@ -246,16 +243,6 @@ class _Run(MeshRun):
         if t <= now:
             self.sim.run(now)
         return self
-
-    def _every(self, period: float, fn: Callable[[Simulator], None]) -> None:
-        # k * period rather than a running sum: no float drift in the sample times.
-        def tick(sim: Simulator, k: int = 0) -> None:
-            fn(sim)
-            nxt = (k + 1) * period
-            if nxt <= self.end:
-                sim.schedule(nxt, lambda s: tick(s, k + 1))
-
-        self.sim.schedule(0.0, tick)
 
     # -- probes ---------------------------------------------------------------------
 
@@ -320,26 +307,15 @@ class _Run(MeshRun):
                     out.append(list(p.hops))
         return out
 
-    def relay_load(self) -> Counter[str]:
-        """How many sampled paths each node relays (ends excluded)."""
-        load: Counter[str] = Counter()
-        for p in self.sampled_paths():
-            load.update(p[1:-1])
-        return load
-
-    def link_load(self) -> Counter[tuple[str, str]]:
-        """How many sampled paths cross each link (as a sorted name pair)."""
-        load: Counter[tuple[str, str]] = Counter()
-        for p in self.sampled_paths():
-            load.update(_edge(x, y) for x, y in pairwise(p))
-        return load
-
-    def affected_by(self, relay: str) -> list[tuple[str, str]]:
+    def affected_by(
+        self, relay: str, paths: list[list[str]] | None = None
+    ) -> list[tuple[str, str]]:
         """Sampled pairs whose current path crosses ``relay`` and that stay connected in
-        the graph without it (a pair cut off by the kill can never recover)."""
+        the graph without it (a pair cut off by the kill can never recover); ``paths``
+        are :meth:`sampled_paths` already taken at this instant."""
         comp = _components_without(self.topology, node=relay)
         out = []
-        for p in self.sampled_paths():
+        for p in self.sampled_paths() if paths is None else paths:
             a, b = p[0], p[-1]
             if relay in p[1:-1] and comp[a] == comp[b]:
                 out.append((a, b))
@@ -406,6 +382,22 @@ class _Run(MeshRun):
 
 def _edge(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
+
+
+def _relay_load(paths: list[list[str]]) -> Counter[str]:
+    """How many of ``paths`` each node relays (ends excluded)."""
+    load: Counter[str] = Counter()
+    for p in paths:
+        load.update(p[1:-1])
+    return load
+
+
+def _link_load(paths: list[list[str]]) -> Counter[tuple[str, str]]:
+    """How many of ``paths`` cross each link (as a sorted name pair)."""
+    load: Counter[tuple[str, str]] = Counter()
+    for p in paths:
+        load.update(_edge(x, y) for x, y in pairwise(p))
+    return load
 
 
 def _components_without(
@@ -510,10 +502,11 @@ def _relay_kill(run: _Run) -> SimSummary:
     # The busiest relays of a random geometric mesh are often cut vertices, whose paths
     # can never come back; among the busiest few, take the one with the most paths that
     # can be rerouted, so there is a failover to measure.
-    load = run.relay_load()
+    paths = run.sampled_paths()
+    load = _relay_load(paths)
     best: tuple[int, int, str] | None = None
     for relay, total in sorted(load.items(), key=lambda kv: (-kv[1], kv[0]))[:RELAY_CANDIDATES]:
-        n = len(run.affected_by(relay))
+        n = len(run.affected_by(relay, paths))
         if best is None or (n, total) > best[:2]:
             best = (n, total, relay)
     if best is None or best[0] == 0:
@@ -577,14 +570,14 @@ def _busy_link(run: _Run) -> tuple[tuple[str, str], int] | None:
     A bridge's paths cannot move anywhere, so flapping or degrading it says nothing
     about damping or rerouting; among the :data:`RELAY_CANDIDATES` busiest links, the
     one carrying the most paths that stay connected without it is taken."""
-    load = run.link_load()
+    sampled = run.sampled_paths()
+    load = _link_load(sampled)
+    # Walked once for every candidate: each path's ends and the links it crosses.
+    paths = [(p[0], p[-1], {_edge(x, y) for x, y in pairwise(p)}) for p in sampled]
     best: tuple[int, int, tuple[str, str]] | None = None
     for link, total in sorted(load.items(), key=lambda kv: (-kv[1], kv[0]))[:RELAY_CANDIDATES]:
         comp = _components_without(run.topology, edge=link)
-        n = 0
-        for p in run.sampled_paths():
-            if comp[p[0]] == comp[p[-1]] and link in {_edge(x, y) for x, y in pairwise(p)}:
-                n += 1
+        n = sum(1 for a, b, links in paths if comp[a] == comp[b] and link in links)
         if n and (best is None or (n, total) > best[:2]):
             best = (n, total, link)
     return None if best is None else (best[2], best[1])
@@ -782,12 +775,13 @@ def failover_stats(
     reconverge: list[float | None] = []
     for _ in range(kills):
         run.run_to(run.now + settle)
-        candidates = sorted(run.relay_load())
+        paths = run.sampled_paths()
+        candidates = sorted(_relay_load(paths))
         rng.shuffle(candidates)
         relay: str | None = None
         affected: list[tuple[str, str]] = []
         for c in candidates:
-            affected = run.affected_by(c)
+            affected = run.affected_by(c, paths)
             if affected:
                 relay = c
                 break

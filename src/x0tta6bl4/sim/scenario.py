@@ -298,8 +298,7 @@ def every(
     One call is pending at a time, so an open-ended check costs one heap entry; times
     are ``start + k * interval``, so they do not drift.
     """
-    if not (interval > 0 and math.isfinite(interval)):
-        raise SimError(f"every: interval must be a finite number > 0, got {interval!r}")
+    _check_interval(interval)
     t0 = sim.now if start is None else start
     end = math.inf if until is None else until
 
@@ -311,6 +310,11 @@ def every(
 
     if t0 <= end:
         sim.schedule(t0, tick)
+
+
+def _check_interval(interval: float) -> None:
+    if not (interval > 0 and math.isfinite(interval)):
+        raise SimError(f"every: interval must be a finite number > 0, got {interval!r}")
 
 
 def _checked(action: ScenarioAction) -> ScenarioAction:
@@ -398,8 +402,7 @@ class Scenario:
     ) -> Scenario:
         """Call ``fn(sim)`` at ``start`` and every ``interval`` after (see :func:`every`):
         probes, invariant checks, samplers. Returns ``self`` for chaining."""
-        if not (interval > 0 and math.isfinite(interval)):
-            raise SimError(f"every: interval must be a finite number > 0, got {interval!r}")
+        _check_interval(interval)
         if not start >= 0:
             raise SimError(f"every: start must be >= 0, got {start!r}")
         self._checks.append((interval, fn, start, until))
