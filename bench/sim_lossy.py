@@ -78,19 +78,19 @@ TARGETS: Final = {
 }
 
 
+def _is_met(key: str, value: float) -> bool:
+    op, bound = TARGETS[key]
+    return value <= bound if op == "<=" else value >= bound
+
+
 def _target(key: str, value: float) -> str:
     op, bound = TARGETS[key]
-    met = value <= bound if op == "<=" else value >= bound
-    return f"target {op} {bound:g}: {'met' if met else 'NOT met'}"
+    return f"target {op} {bound:g}: {'met' if _is_met(key, value) else 'NOT met'}"
 
 
 def _met(key: str, value: float) -> dict[str, Any]:
     op, bound = TARGETS[key]
-    return {
-        "target": f"{op} {bound:g}",
-        "value": value,
-        "met": _target(key, value).endswith(" met"),
-    }
+    return {"target": f"{op} {bound:g}", "value": value, "met": _is_met(key, value)}
 
 
 # -- convergence and control traffic -----------------------------------------------------------
