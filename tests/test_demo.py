@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from x0tta6bl4.demo import PINGS, secure_channel
-from x0tta6bl4.sim.diamond import KILL_AT, run_diamond
+from x0tta6bl4.sim.failover_demo import KILL_AT, run_diamond
 
 
 def test_secure_channel_over_real_udp() -> None:

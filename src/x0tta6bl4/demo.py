@@ -213,6 +213,6 @@ def run(console: Console | None = None) -> None:
     console = console or Console()
     report = asyncio.run(secure_channel())
     print_channel(console, report)
-    from x0tta6bl4.sim.diamond import mesh_demo
+    from x0tta6bl4.sim.failover_demo import mesh_demo
 
     mesh_demo(console)

@@ -171,3 +171,11 @@ def test_a_topology_installs_into_a_simulator() -> None:
     assert sim.nodes == list(t.nodes)
     assert sim.net.links() == [(e.a, e.b) for e in t.edges]
     assert sim.net.link("n0004", "n0001").latency == 0.004
+
+
+def test_the_diamond_builder_is_not_shadowed_by_a_module() -> None:
+    # A submodule named like a package attribute replaces it once imported.
+    import x0tta6bl4.sim.failover_demo  # noqa: F401
+    from x0tta6bl4.sim import diamond
+
+    assert callable(diamond) and len(diamond().nodes) == 4
