@@ -17,6 +17,12 @@ Mesh frames (inside a link session)::
     FORWARD    type=3 | ttl u16 | src id 8 | dst id 8 | e2e datagram
     PROBE      type=4 | probe id u32 | zero padding to the size being probed
     PROBE_ACK  type=5 | probe id u32 | probed size u16
+    LEAVE      type=6 | incarnation u32
+
+A LEAVE says "this incarnation is shutting down": the neighbour takes the link out of
+routing at once instead of after the dead interval. It is only believed inside the link
+session and for the incarnation whose hellos the neighbour has seen, so neither a
+stranger nor a replayed LEAVE of an earlier run can take a live link down.
 
 The TTL is a u16 because routing accepts any path whose metric is below INFINITY and
 every link costs at least BASE_COST: no accepted path is longer than MAX_ROUTE_HOPS, so a
@@ -30,7 +36,9 @@ arrive is taken out of routing (``link_mtu_low``) until a probe gets through aga
 Application payloads travel as ``port u16 | payload`` inside an e2e session. Port 0 is
 the mesh's own reachability probe (``probe``): ``kind u8 (1 request, 2 reply) | nonce
 u32``, answered by the destination's mesh layer, so "traffic flows to X" is something a
-node can verify end to end rather than infer from its routing table.
+node can verify end to end rather than infer from its routing table. The reply appends
+``hops u16``: how many links the request crossed (from its FORWARD TTL), so ``x0t ping``
+can show the path length.
 """
 
 from __future__ import annotations
@@ -79,11 +87,13 @@ FRAME_ROUTING: Final = 2
 FRAME_FORWARD: Final = 3
 FRAME_PROBE: Final = 4
 FRAME_PROBE_ACK: Final = 5
+FRAME_LEAVE: Final = 6
 _FWD = struct.Struct(">BH8s8s")  # type, ttl, src, dst
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 _PROBE = struct.Struct(">BI")  # type, probe id
 _PROBE_ACK = struct.Struct(">BIH")  # type, probe id, probed size
 _ECHO = struct.Struct(">HBI")  # port 0, kind, nonce
+_ECHO_HOPS = struct.Struct(">H")  # appended to a reply: links the request crossed
 _ECHO_REQUEST: Final = 1
 _ECHO_REPLY: Final = 2
 ECHO_PORT: Final = 0
@@ -150,6 +160,7 @@ class _Neighbour:
         "cost_due",
         "damped_until",
         "est",
+        "left_boot",
         "mtu_low",
         "name",
         "next_hello",
@@ -168,6 +179,7 @@ class _Neighbour:
         self.next_hello = 0.0
         self.cost_due = 0.0  # next time a hello may refresh the router's cost
         self.peer_boot: int | None = None  # the neighbour's incarnation, from its hellos
+        self.left_boot: int | None = None  # an incarnation that said LEAVE: its hellos are stale
         self.next_probe = 0.0
         self.probe_id: int | None = None  # the unanswered probe, if any
         self.probe_misses = 0
@@ -192,6 +204,7 @@ class MeshNode:
         neighbours: Iterable[Addr] = (),
         directory: Iterable[str] = (),
         config: MeshConfig | None = None,
+        seqno: int | None = None,
     ) -> None:
         self.name = name
         self.id = node_id(name)
@@ -219,7 +232,7 @@ class MeshNode:
         )
         self.max_app_payload = self.e2e_max_datagram - DATA_OVERHEAD - PORT_OVERHEAD
         self._link_payload_max = cfg.max_datagram - DATA_OVERHEAD
-        self.router = rt.Router(self.id, rng, update_interval=cfg.update_interval)
+        self.router = rt.Router(self.id, rng, update_interval=cfg.update_interval, seqno=seqno)
         self._configured: list[Addr] = list(neighbours)
         self._nbrs: dict[str, _Neighbour] = {}
         self._names: dict[NodeId, str] = {self.id: name}
@@ -235,6 +248,9 @@ class MeshNode:
         # answer to the one before it stale (that answer may be the first to get through)
         self._echo_pending: dict[str, tuple[int, ...]] = {}
         self._verified: dict[str, float] = {}  # destination -> when an echo came back
+        self._echo_sent: dict[int, float] = {}  # nonce -> when its request went out
+        self.echo_results: dict[str, tuple[float, int]] = {}  # dst -> (rtt, hops) of the last
+        self._rx_ttl = 0  # TTL of the FORWARD frame being opened, for echo hop counts
 
     # -- helpers --------------------------------------------------------------------
 
@@ -336,20 +352,32 @@ class MeshNode:
         out.append(Deliver(d.src, port, d.payload[2:]))
 
     def _on_echo(self, now: float, src: str, payload: bytes, out: list[Action]) -> None:
-        if len(payload) != _ECHO.size:
+        size = len(payload)
+        if size < _ECHO.size:
             self._count("bad_echo")
             return
-        _, kind, nonce = _ECHO.unpack(payload)
-        if kind == _ECHO_REQUEST:
-            reply = _ECHO.pack(ECHO_PORT, _ECHO_REPLY, nonce)
+        _, kind, nonce = _ECHO.unpack_from(payload)
+        if kind == _ECHO_REQUEST and size == _ECHO.size:
+            hops = max(0, self.config.ttl - self._rx_ttl) + 1
+            reply = _ECHO.pack(ECHO_PORT, _ECHO_REPLY, nonce) + _ECHO_HOPS.pack(min(hops, 0xFFFF))
             self._wrap(now, _E2E, self.e2e.send(now, node_id(src), reply), out)
-        elif kind == _ECHO_REPLY and nonce in self._echo_pending.get(src, ()):
+        elif (
+            kind == _ECHO_REPLY
+            and size == _ECHO.size + _ECHO_HOPS.size
+            and nonce in self._echo_pending.get(src, ())
+        ):
             del self._echo_pending[src]
             self._verified.pop(src, None)
             self._verified[src] = now
             if len(self._verified) > MAX_VERIFIED:
                 del self._verified[next(iter(self._verified))]
-            out.append(Event("probe_ok", {"dst": src}))
+            sent = self._echo_sent.pop(nonce, None)
+            (hops,) = _ECHO_HOPS.unpack_from(payload, _ECHO.size)
+            fields: dict[str, object] = {"dst": src, "hops": hops}
+            if sent is not None:
+                self.echo_results[src] = (now - sent, hops)
+                fields["rtt"] = round(now - sent, 6)
+            out.append(Event("probe_ok", fields))
         else:
             self._count("stale_echo")
 
@@ -418,6 +446,9 @@ class MeshNode:
             self._count("bad_hello")
             return
         (boot,) = _BOOT.unpack_from(body)
+        if boot == nb.left_boot:
+            self._count("hello_after_leave")  # in flight when it left, or reordered
+            return
         if boot != nb.peer_boot and nb.peer_boot is not None:
             try:  # a malformed hello must not pass for a restart
                 lq.decode_hello(body[_BOOT.size :])
@@ -456,6 +487,38 @@ class MeshNode:
             out.append(LinkDown(nb.name, LinkDownReason.RESTARTED))
             out.append(Event("neighbour_dead", {"peer": nb.name, "reason": "restarted"}))
         self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+
+    def _on_leave(self, now: float, nb: _Neighbour, frame: bytes, out: list[Action]) -> None:
+        if len(frame) != 1 + _BOOT.size:
+            self._count("bad_leave")
+            return
+        (boot,) = _BOOT.unpack_from(frame, 1)
+        if boot == nb.left_boot:
+            return  # the second copy
+        if boot != nb.peer_boot:
+            self._count("stale_leave")  # an earlier incarnation's LEAVE, replayed or late
+            return
+        self._count("neighbour_left")
+        nb.left_boot = boot
+        out.append(Event("neighbour_left", {"peer": nb.name}))
+        # A fresh estimator: hellos of the leaving run still in flight must not bring the
+        # link back; the neighbour's next run is known by its hellos after a handshake.
+        nb.est = lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
+        if nb.alive:
+            nb.alive = False
+            out.append(LinkDown(nb.name, LinkDownReason.LEFT))
+        self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+
+    def leave(self, now: float) -> list[Action]:
+        """Tell every live neighbour this node is shutting down (sent twice: one lost
+        datagram should not cost them the dead interval). The caller stops afterwards."""
+        out: list[Action] = []
+        frame = bytes((FRAME_LEAVE,)) + _BOOT.pack(self.boot_id)
+        for nb in self._nbrs.values():
+            if nb.alive:
+                self._link_send(now, nb.addr, frame, out)
+                self._link_send(now, nb.addr, frame, out)
+        return out
 
     # -- path MTU ----------------------------------------------------------------------
 
@@ -538,6 +601,9 @@ class MeshNode:
         elif kind == FRAME_PROBE_ACK:
             if nb is not None:
                 self._on_probe_ack(now, nb, frame, out)
+        elif kind == FRAME_LEAVE:
+            if nb is not None:
+                self._on_leave(now, nb, frame, out)
         else:
             self._count("unknown_frame")
 
@@ -581,6 +647,7 @@ class MeshNode:
         _, ttl, src, dst = _FWD.unpack_from(frame)
         inner = frame[FORWARD_OVERHEAD:]
         if dst == self.id:
+            self._rx_ttl = ttl
             self._wrap(now, _E2E, self.e2e.handle(now, Datagram(src, inner)), out)
             return
         if ttl <= 1:
@@ -689,9 +756,14 @@ class MeshNode:
         if dst == self.name:
             return out
         nonce = self._rng.getrandbits(32)  # matches the echo to this probe; not secret
-        self._echo_pending[dst] = (*self._echo_pending.pop(dst, ())[-(ECHO_NONCES - 1) :], nonce)
+        old = self._echo_pending.pop(dst, ())
+        for stale in old[: -(ECHO_NONCES - 1)]:
+            self._echo_sent.pop(stale, None)
+        self._echo_pending[dst] = (*old[-(ECHO_NONCES - 1) :], nonce)
+        self._echo_sent[nonce] = now
         if len(self._echo_pending) > MAX_VERIFIED:
-            del self._echo_pending[next(iter(self._echo_pending))]
+            for stale in self._echo_pending.pop(next(iter(self._echo_pending))):
+                self._echo_sent.pop(stale, None)
         dst_id = node_id(dst)
         self._names[dst_id] = dst
         self.e2e.add_peer(dst_id)

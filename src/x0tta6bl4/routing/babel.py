@@ -446,6 +446,7 @@ class Router:
         *,
         update_interval: float = UPDATE_INTERVAL,
         update_repeats: int = UPDATE_REPEATS,
+        seqno: int | None = None,
     ) -> None:
         _check_id(node_id)
         if update_interval <= 0:
@@ -457,8 +458,12 @@ class Router:
         self.update_interval = update_interval
         self._rng = rng
         self._interval_cs = max(1, min(0xFFFF, round(update_interval * 100)))
-        # A random start makes a restarted node likely to be newer than its old seqno.
-        self.seqno: int = rng.randrange(_SEQNO_MOD)
+        # RFC 8966: a restarted node continues from its last seqno (the agent persists it
+        # and passes it here, already incremented). Without one (the simulator, a first
+        # start) a random start makes a restart likely to be newer than the old seqno.
+        if seqno is not None and not 0 <= seqno < _SEQNO_MOD:
+            raise ValueError(f"seqno must be in 0..{_SEQNO_MOD - 1}, got {seqno}")
+        self.seqno: int = rng.randrange(_SEQNO_MOD) if seqno is None else seqno
         # A source must outlive any route a neighbour may still hold from us.
         self._source_gc = max(SOURCE_GC_TIME, 2 * ROUTE_EXPIRY_FACTOR * update_interval)
         self._costs: dict[str, int] = {}
