@@ -120,6 +120,7 @@ class LinkDownReason(StrEnum):
     DEAD = "dead"  # hellos stopped arriving
     RESTARTED = "restarted"  # the neighbour came back with a new incarnation
     MTU_LOW = "mtu_low"  # alive, but full-size frames do not get through
+    LEFT = "left"  # the neighbour said it is shutting down (an authenticated LEAVE)
 
 
 @dataclass(frozen=True, slots=True)
