@@ -140,3 +140,27 @@ class NoRoute(ProtocolError):
 
 class PolicyDenied(X0tError):
     """The access policy denies this flow."""
+
+
+class PolicyError(X0tError):
+    """An access policy is malformed, unsigned, wrongly signed or older than the one held
+    (the subclasses in ``x0tta6bl4.policy`` say which)."""
+
+
+# --- node IO ------------------------------------------------------------------
+
+
+class NodeIOError(X0tError):
+    """A device or socket operation of the node agent failed."""
+
+
+class TunError(NodeIOError):
+    """Opening, configuring, reading or writing the TUN device failed."""
+
+
+class VnetHeaderError(DecodeError):
+    """A virtio-net header is malformed or does not fit the packet it comes with."""
+
+
+class DatagramTruncated(NodeIOError):
+    """A received datagram (or GRO batch) was larger than the receive buffer."""
