@@ -46,6 +46,17 @@ cert_app = typer.Typer(help="Node certificates.", no_args_is_help=True)
 app.add_typer(ca_app, name="ca")
 app.add_typer(cert_app, name="cert")
 
+
+def _register_groups() -> None:
+    from x0tta6bl4.cli_node import register
+    from x0tta6bl4.cli_policy import policy_app
+
+    register(app)
+    app.add_typer(policy_app, name="policy")
+
+
+_register_groups()
+
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -76,9 +76,10 @@ def test_a_genuine_leave_reports_the_reason() -> None:
     assert [x for x in out if isinstance(x, LinkDown)] == [LinkDown("b", LinkDownReason.LEFT)]
     # Hellos of the incarnation that left (late, reordered, or from a run that failed to
     # stop) do not bring the link back; only a new incarnation does.
-    sim.run(sim.now + 1.0)
+    sim.run(sim.now + 1.5 * rt.UPDATE_INTERVAL)  # b's periodic dumps reach a too
     assert a.neighbours()["b"] is False
     assert a.counters.get("hello_after_leave", 0) >= 5
+    assert a.counters.get("routing_after_leave", 0) >= 1
     assert a.next_hop("d") == "c"
 
 

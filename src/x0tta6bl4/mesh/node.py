@@ -499,11 +499,10 @@ class MeshNode:
             self._count("stale_leave")  # an earlier incarnation's LEAVE, replayed or late
             return
         self._count("neighbour_left")
+        # From now on this incarnation's hellos and routing (in flight, reordered, or sent
+        # by a run that failed to stop) are stale; its next run is known by a new one.
         nb.left_boot = boot
         out.append(Event("neighbour_left", {"peer": nb.name}))
-        # A fresh estimator: hellos of the leaving run still in flight must not bring the
-        # link back; the neighbour's next run is known by its hellos after a handshake.
-        nb.est = lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
         if nb.alive:
             nb.alive = False
             out.append(LinkDown(nb.name, LinkDownReason.LEFT))
@@ -588,6 +587,9 @@ class MeshNode:
             if nb is not None:
                 self._on_hello(now, nb, frame[1:], out)
         elif kind == FRAME_ROUTING:
+            if nb is not None and nb.left_boot is not None and nb.left_boot == nb.peer_boot:
+                self._count("routing_after_leave")
+                return
             try:
                 msgs = self.router.handle_packet(now, peer, frame[1:])
             except DecodeError:

@@ -85,6 +85,13 @@ PACKETS_DROPPED: Final = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+POLICY_DECISIONS: Final = Counter(
+    "x0tta6bl4_policy_decisions_total",
+    "Inbound packets judged by the access policy, by deciding rule (line:N or "
+    "default-deny) and decision.",
+    ["rule", "decision"],
+    registry=REGISTRY,
+)
 ROUTES: Final = Gauge(
     "x0tta6bl4_routes", "Routes in the table by state.", ["state"], registry=REGISTRY
 )
@@ -170,6 +177,10 @@ def record_routes(routes: Mapping[str, RouteLike]) -> None:
     reachable = sum(1 for r in routes.values() if r.next_hop is not None)
     ROUTES.labels(state="reachable").set(reachable)
     ROUTES.labels(state="unreachable").set(len(routes) - reachable)
+
+
+def record_policy_decision(rule: str, allowed: bool) -> None:
+    POLICY_DECISIONS.labels(rule=rule, decision="allow" if allowed else "deny").inc()
 
 
 def record_handshake(role: str, outcome: str) -> None:

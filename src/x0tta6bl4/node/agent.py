@@ -1,0 +1,522 @@
+"""The node agent: one process per host driving the sans-IO core over real UDP.
+
+The agent owns everything the core must not touch: sockets, the clock, the state
+directory, signals, the local API, /metrics. It feeds the core datagrams and timer
+expiries and carries out what it answers (``node/udp.py``); it never decides anything
+about links, routes or healing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import resource
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from x0tta6bl4.errors import MessageTooLarge, ProtocolError, X0tError
+from x0tta6bl4.healing.events import HealingEvent, RuntimeStats
+from x0tta6bl4.healing.loop import HealingLoop, HealingNode
+from x0tta6bl4.identity.bundle import TrustBundle
+from x0tta6bl4.identity.crl import NoRevocationList, RevocationList
+from x0tta6bl4.identity.store import NODE_KEY_FILE, NODE_STATIC_KEY_FILE, NodeCredentials
+from x0tta6bl4.identity.types import VerifiedIdentity
+from x0tta6bl4.identity.verify import make_verifier
+from x0tta6bl4.mesh.node import MeshConfig, MeshNode, node_id
+from x0tta6bl4.node.config import NodeSettings, format_host_port, parse_host_port
+from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, POLICY_FILE, StateDir, StateError
+from x0tta6bl4.node.udp import UdpRunner
+from x0tta6bl4.observability.metrics import record_policy_decision
+from x0tta6bl4.policy import Decision, Proto, SignedPolicy, Subject, accept_policy
+from x0tta6bl4.policy.types import DEFAULT_DENY
+from x0tta6bl4.sansio import Deliver, Event
+
+log = structlog.get_logger("x0tta6bl4.node")
+
+HOUSEKEEPING_INTERVAL: Final = 0.5
+"""Seconds between seqno lease checks, metric refreshes, peer-cache saves and runtime
+stats for healing."""
+LEAVE_FLUSH: Final = 0.05
+"""Seconds given to LEAVE datagrams to leave the host before the sockets close."""
+TRACE_KEEP: Final = 2000
+"""Trace events kept for ``x0t status`` and late trace subscribers."""
+SUBSCRIBER_QUEUE: Final = 4096
+ALGORITHMS: Final = "X25519+ML-KEM-768 (X-Wing) handshake, ChaCha20-Poly1305, ML-DSA-65 certs"
+
+
+@dataclass(slots=True)
+class Inbound:
+    src: str
+    port: int
+    payload: bytes
+
+
+class Agent:
+    """Build with :meth:`from_settings`, then ``await run()``."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        state: StateDir,
+        creds: NodeCredentials,
+        bundle: TrustBundle,
+        crl: RevocationList | None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.creds = creds
+        self.bundle = bundle
+        self.crl = crl
+        self.policy: SignedPolicy | None = None  # None: every application packet denied
+        self._policy_mtime: float | None = None
+        self._self_subject = Subject(creds.cert.spiffe_id, frozenset(creds.cert.tags))
+        self.name = creds.cert.name
+        self.trace: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=TRACE_KEEP)
+        self.healing_events: deque[HealingEvent] = deque(maxlen=256)
+        self.listeners: dict[int, set[asyncio.Queue[Inbound]]] = {}
+        self.trace_subscribers: set[asyncio.Queue[tuple[float, str, dict[str, Any]]]] = set()
+        self.probe_waiters: dict[str, list[asyncio.Future[tuple[float, int]]]] = {}
+        self.counters: dict[str, int] = {}
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._runner: UdpRunner | None = None
+        self._mesh: MeshNode | None = None
+        self._core: HealingNode | None = None
+        self._saved_peers: dict[str, str] = {}
+        self._last_tick: float | None = None
+        self.bound: list[tuple[str, int]] = []
+        self.on_ready: Callable[[Agent], None] | None = None
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: NodeSettings) -> Agent:
+        """Read the state directory; raises StateError naming the first bad file."""
+        state = StateDir(settings.state_dir)
+        if not state.path.is_dir():
+            raise StateError(f"{state.path}: state directory missing (run 'x0t node init')")
+        state.check_key_modes((NODE_KEY_FILE, NODE_STATIC_KEY_FILE))
+        try:
+            creds = NodeCredentials.load(state.path)
+        except X0tError as exc:
+            raise StateError(f"{state.path}: node credentials: {exc}") from None
+        if creds.cert.name != settings.name:
+            raise StateError(
+                f"{state.path}: certificate is for {creds.cert.name!r}, "
+                f"configuration says name = {settings.name!r}"
+            )
+        raw = state.read(BUNDLE_FILE)
+        assert raw is not None
+        try:
+            bundle = TrustBundle.from_pem(raw)
+        except X0tError as exc:
+            raise StateError(f"{state.file(BUNDLE_FILE)}: corrupt trust bundle: {exc}") from None
+        crl = None
+        raw_crl = state.read(CRL_FILE, required=False)
+        if raw_crl is None:
+            log.warning("no_revocation_list", file=str(state.file(CRL_FILE)))
+        else:
+            try:
+                crl = RevocationList.from_pem(raw_crl, bundle)
+            except X0tError as exc:
+                raise StateError(f"{state.file(CRL_FILE)}: rejected: {exc}") from None
+        return cls(settings, state, creds, bundle, crl)
+
+    def _crl(self) -> RevocationList | NoRevocationList:
+        # Read at every verification: a newer list dropped in takes effect at once.
+        return self.crl if self.crl is not None else NoRevocationList.NO_REVOCATION_LIST
+
+    @property
+    def mesh(self) -> MeshNode:
+        assert self._mesh is not None, "run() first"
+        return self._mesh
+
+    @property
+    def runner(self) -> UdpRunner:
+        assert self._runner is not None, "run() first"
+        return self._runner
+
+    def _build_core(self, loop: asyncio.AbstractEventLoop) -> HealingNode:
+        s = self.settings
+        peers = self.state.load_peers()
+        self._saved_peers = dict(peers)
+        neighbours: list[tuple[str, int]] = list(s.peer_addrs)
+        for addr_text in peers.values():  # neighbours met before, e.g. ones that dialled us
+            try:
+                addr = parse_host_port(addr_text)
+            except ValueError:
+                continue
+            if addr not in neighbours and addr not in self.bound:
+                neighbours.append(addr)
+        rng = random.Random()  # jitter and probe ids only: not secret (secrets use the OS)
+        mesh = MeshNode(
+            self.name,
+            self.creds.cert.der,
+            self.creds.static_private,
+            make_verifier(self.bundle, self._crl),
+            rng=rng,
+            wall_offset=time.time() - time.monotonic(),
+            trust_domain=self.bundle.trust_domain,
+            cert_not_after=self.creds.cert.not_after,
+            neighbours=neighbours,
+            directory=peers.keys(),
+            config=MeshConfig(hello_interval=s.hello_interval),
+            seqno=self.state.start_seqno(),
+        )
+        self._mesh = mesh
+        healing = HealingLoop(mesh, rng=rng, on_event=self._on_healing_event)
+        return HealingNode(mesh, healing)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self._build_core(loop)
+        self._core = core
+        runner = UdpRunner(core, on_deliver=self._on_deliver, on_event=self._on_event)
+        self._runner = runner
+        for host, port in self.settings.listen_addrs:
+            self.bound.append(await runner.bind(host, port, start=False))
+        runner.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        from x0tta6bl4.node.api import LocalApi
+
+        api = LocalApi(self)
+        await api.start(self.settings.api_socket)
+        metrics_server = self._start_metrics()
+        log.info(
+            "node_started",
+            node=self.name,
+            listen=[format_host_port(b) for b in self.bound],
+            api=str(self.settings.api_socket),
+        )
+        self._load_policy()
+        housekeeping = loop.create_task(self._housekeeping())
+        if self.on_ready is not None:
+            self.on_ready(self)
+        try:
+            await self._stop.wait()
+            # Tell neighbours first, so they reroute now rather than after the dead interval.
+            runner.apply(self.mesh.leave(runner.now))
+            runner.quiesce()  # nothing after the LEAVE: no hello or update may follow it
+            await asyncio.sleep(LEAVE_FLUSH)
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            self._save_state()
+            await api.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            runner.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("node_stopped", node=self.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _start_metrics(self) -> Any:
+        if not self.settings.api.metrics:
+            return None
+        from prometheus_client import start_http_server
+
+        from x0tta6bl4.observability.metrics import REGISTRY
+
+        host, port = parse_host_port(self.settings.api.metrics, 0)
+        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+        return server
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            lag = max(0.0, loop.time() - t0 - HOUSEKEEPING_INTERVAL)
+            try:
+                self._tick(lag)
+            except OSError as exc:  # a full disk must not stop the data plane
+                log.error("state_write_failed", error=str(exc))
+
+    def _tick(self, lag: float) -> None:
+        mesh = self.mesh
+        self.state.observe_seqno(mesh.router.seqno)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.runner.apply(
+            self._core.handle(self.runner.now, RuntimeStats(loop_lag=lag, memory_bytes=rss))
+            if self._core is not None
+            else []
+        )
+        self._record_metrics()
+        self._save_peers()
+        self._load_policy()
+
+    def _policy_path(self) -> Path:
+        p = self.settings.policy_file
+        return Path(p) if p else self.state.file(POLICY_FILE)
+
+    def _load_policy(self) -> None:
+        """(Re)read the policy file when it changed. A refused document (unsigned,
+        wrongly signed, older, malformed) leaves the last good policy in force."""
+        path = self._policy_path()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        if st.st_mtime == self._policy_mtime:
+            return
+        self._policy_mtime = st.st_mtime
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.error("policy_unreadable", file=str(path), error=exc.strerror)
+            return
+        result = accept_policy(self.policy, data, self.bundle, str(path))
+        if result.error is not None:
+            self._count("policy_refused")
+            log.error(
+                "policy_refused",
+                file=str(path),
+                error=str(result.error),
+                kept=None if self.policy is None else self.policy.version,
+            )
+            return
+        if result.policy is not self.policy:
+            self.policy = result.policy
+            log.info(
+                "policy_loaded",
+                file=str(path),
+                version=self.policy.version if self.policy else None,
+            )
+
+    def _record_metrics(self) -> None:
+        from x0tta6bl4.observability import metrics as m
+
+        obs = self.mesh.observe(self.runner.now)
+        for link in obs.links.values():
+            m.record_link(link)
+        m.record_routes(obs.routes)
+        m.record_drops(obs.counters, source=self.name)
+
+    def _save_peers(self) -> None:
+        current = dict(self._saved_peers)
+        for name in self.mesh.neighbours():
+            info = self._link_info(name)
+            if info is not None and isinstance(info.addr, tuple):
+                current[name] = format_host_port((str(info.addr[0]), int(info.addr[1])))
+        if current != self._saved_peers:
+            self.state.save_peers(current)
+            self._saved_peers = current
+
+    def _save_state(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._mesh is not None:
+                self.state.observe_seqno(self._mesh.router.seqno)
+                self._save_peers()
+
+    def _link_info(self, peer: str) -> Any:
+        mesh = self.mesh
+        for addr in mesh.links.peers():
+            info = mesh.links.peer(addr)
+            if info is not None and info.identity is not None and info.identity.name == peer:
+                return info
+        return None
+
+    # -- core outputs -------------------------------------------------------------------
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def _on_event(self, ev: Event) -> None:
+        item = (time.time(), ev.kind, dict(ev.fields))
+        self.trace.append(item)
+        for q in list(self.trace_subscribers):
+            if q.full():
+                self._count("trace_subscriber_overflow")
+                continue
+            q.put_nowait(item)
+        if ev.kind == "probe_ok":
+            dst = str(ev.fields.get("dst"))
+            result = self.mesh.echo_results.get(dst)
+            for fut in self.probe_waiters.pop(dst, []):
+                if not fut.done() and result is not None:
+                    fut.set_result(result)
+        elif ev.kind.endswith("handshake_complete"):
+            from x0tta6bl4.observability.metrics import record_handshake
+
+            record_handshake(str(ev.fields.get("role", "?")), "ok")
+        elif ev.kind.endswith("handshake_failed"):
+            from x0tta6bl4.observability.metrics import record_handshake
+
+            record_handshake(str(ev.fields.get("role", "?")), "failed")
+
+    def _on_healing_event(self, ev: HealingEvent) -> None:
+        from x0tta6bl4.observability.metrics import record_self_healing_event
+
+        self.healing_events.append(ev)
+        record_self_healing_event(ev)
+        log.info(
+            "self_healing",
+            kind=ev.kind,
+            subject=ev.subject,
+            action=ev.action,
+            outcome=ev.outcome,
+            mttd=ev.mttd,
+            mttr=ev.mttr,
+        )
+
+    def _on_deliver(self, d: Deliver) -> None:
+        decision = self.decide(self.peer_identity(d.src), Proto.MSG, d.port)
+        record_policy_decision(decision.rule_id, decision.allowed)
+        if not decision.allowed:
+            self._count(f"policy_denied:{decision.rule_id}")
+            return
+        queues = self.listeners.get(d.port)
+        if not queues:
+            self._count("no_listener")
+            return
+        item = Inbound(d.src, d.port, d.payload)
+        for q in queues:
+            if q.full():
+                self._count("listener_overflow")
+                continue
+            q.put_nowait(item)
+
+    def decide(self, src: VerifiedIdentity | None, proto: Proto, port: int | None) -> Decision:
+        """Inbound: ``src`` is the e2e session's verified identity, never packet data."""
+        if self.policy is None or src is None:
+            return DEFAULT_DENY
+        return self.policy.policy.decide(
+            Subject.from_identity(src), self._self_subject, proto, port
+        )
+
+    def peer_identity(self, name: str) -> VerifiedIdentity | None:
+        info = self.mesh.e2e.peer(node_id(name))
+        return info.identity if info is not None else None
+
+    # -- operations for the local API ---------------------------------------------------
+
+    def send(self, dst: str, port: int, payload: bytes) -> None:
+        """Raises MessageTooLarge / ValueError / ProtocolError with a clear message."""
+        runner = self.runner
+        try:
+            runner.apply(self.mesh.send_app(runner.now, dst, port, payload))
+        except (MessageTooLarge, ProtocolError, ValueError):
+            raise
+
+    async def ping(self, dst: str, timeout: float) -> tuple[float, int] | None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[float, int]] = loop.create_future()
+        self.probe_waiters.setdefault(dst, []).append(fut)
+        self.runner.apply(self.mesh.probe(self.runner.now, dst))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self.probe_waiters.get(dst)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+
+    def status(self) -> dict[str, Any]:
+        mesh = self.mesh
+        now = self.runner.now
+        obs = mesh.observe(now)
+        neighbours = []
+        for name, link in sorted(obs.links.items()):
+            info = self._link_info(name)
+            addr = info.addr if info is not None else None
+            neighbours.append(
+                {
+                    "name": name,
+                    "addr": format_host_port(addr) if isinstance(addr, tuple) else None,
+                    "alive": link.alive,
+                    "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),
+                    "loss": round(link.loss, 4),
+                    "cost": link.cost,
+                    "session_age_s": None
+                    if link.session_age is None
+                    else round(link.session_age, 1),
+                }
+            )
+        routes = [
+            {"dst": r.dst, "via": r.next_hop, "metric": r.metric}
+            for r in sorted(obs.routes.values(), key=lambda r: r.dst)
+        ]
+        sessions = []
+        for addr in mesh.e2e.peers():
+            info = mesh.e2e.peer(addr)
+            if info is None or info.identity is None:
+                continue
+            sessions.append(
+                {
+                    "peer": info.identity.name,
+                    "established": info.established,
+                    "age_s": None if info.session_age is None else round(info.session_age, 1),
+                    "rekeys": info.rekeys,
+                    "algorithms": ALGORITHMS,
+                }
+            )
+        events = [
+            {
+                "kind": ev.kind,
+                "subject": ev.subject,
+                "action": ev.action,
+                "outcome": ev.outcome,
+                "mttd_s": None if ev.mttd is None else round(ev.mttd, 3),
+                "mttr_s": None if ev.mttr is None else round(ev.mttr, 3),
+                "at": round(ev.detected_at - now + time.time(), 3),
+            }
+            for ev in self.healing_events
+        ]
+        cert = self.creds.cert
+        return {
+            "name": self.name,
+            "spiffe_id": cert.spiffe_id,
+            "tags": list(cert.tags),
+            "cert_not_after": cert.not_after,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "listen": [format_host_port(b) for b in self.bound],
+            "overlay": self.overlay_addresses(),
+            "seqno": mesh.router.seqno,
+            "neighbours": neighbours,
+            "routes": routes,
+            "sessions": sorted(sessions, key=lambda s: str(s["peer"])),
+            "healing_events": events,
+            "counters": {**obs.counters, **self.counters},
+            "policy": None if self.policy is None else self.policy.version,
+        }
+
+    def overlay_addresses(self) -> dict[str, str | None]:
+        from x0tta6bl4.node.tun import overlay_ipv6
+
+        return {
+            "ipv6": str(overlay_ipv6(self.creds.cert.spiffe_id)),
+            "ipv4": self.settings.tun.ipv4 or None,
+        }
+
+
+def run_agent(settings: NodeSettings) -> None:
+    """Foreground entry point for ``x0t node run``."""
+    agent = Agent.from_settings(settings)
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # uvloop where available; asyncio is the same, a little slower
+        runner = asyncio.run
+    runner(agent.run())
+
+
+__all__ = ["Agent", "run_agent"]

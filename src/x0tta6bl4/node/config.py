@@ -1,0 +1,240 @@
+"""The agent's configuration: one TOML file, overridden by ``X0T_*`` environment variables.
+
+``X0T_NAME=web-1`` overrides ``name``; nested tables use a double underscore
+(``X0T_API__METRICS=127.0.0.1:9470``). A wrong field stops the agent before it does
+anything, with one sentence naming the field and the file (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from x0tta6bl4.errors import X0tError
+
+DEFAULT_PORT = 7100
+
+
+class ConfigError(X0tError):
+    """The configuration file or environment is wrong; the message names the field."""
+
+
+HostPort = tuple[str, int]
+
+
+def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> HostPort:
+    """``"198.18.0.1:7100"``, ``"[fd00::1]:7100"``, ``"::1"`` or a bare host."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{text!r}: missing ']' after an IPv6 address")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"{text!r}: no host")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: port must be a number in 0..65535")
+        return host, int(port_text)
+    return host, default_port
+
+
+def format_host_port(addr: HostPort) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TunSettings(_Section):
+    enabled: bool = False
+    name: str = Field(default="x0t0", max_length=15)
+    mtu: int = Field(default=1280, ge=1280, le=65535)
+    ipv4: str = ""  # optional 100.64.0.0/10 overlay address
+
+    @field_validator("ipv4")
+    @classmethod
+    def _cgnat(cls, v: str) -> str:
+        if v and ipaddress.ip_address(v) not in ipaddress.ip_network("100.64.0.0/10"):
+            raise ValueError(f"{v} is not in 100.64.0.0/10")
+        return v
+
+
+class ApiSettings(_Section):
+    socket: str = ""  # the local API's Unix socket; "" = STATE_DIR/agent.sock
+    metrics: str = ""  # "HOST:PORT" for /metrics; "" = off
+
+    @field_validator("metrics")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        if v:
+            parse_host_port(v, 0)
+        return v
+
+
+class LogSettings(_Section):
+    format: str = Field(default="json", pattern="^(json|console)$")
+    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+
+class NodeSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="X0T_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    name: str = Field(min_length=1, max_length=63)
+    state_dir: Path
+    listen: list[str] = Field(default_factory=lambda: [f"127.0.0.1:{DEFAULT_PORT}"], min_length=1)
+    peers: list[str] = Field(default_factory=list)
+    hello_interval: float = Field(default=0.1, gt=0.01, le=10.0)
+    policy_file: str = ""  # "" = STATE_DIR/policy.signed if present, else default deny
+    tun: TunSettings = Field(default_factory=TunSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("listen", "peers")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_host_port(item)
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init values).
+        return env_settings, init_settings
+
+    @property
+    def listen_addrs(self) -> list[HostPort]:
+        return [parse_host_port(a) for a in self.listen]
+
+    @property
+    def peer_addrs(self) -> list[HostPort]:
+        return [parse_host_port(a) for a in self.peers]
+
+    @property
+    def api_socket(self) -> Path:
+        return Path(self.api.socket) if self.api.socket else self.state_dir / "agent.sock"
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_settings(path: Path | None, **overrides: Any) -> NodeSettings:
+    """Read ``path`` (TOML) and the environment. Raises ConfigError in one sentence."""
+    data: dict[str, Any] = {}
+    where = str(path) if path is not None else "the environment"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        # A relative state directory is relative to the file, not to the caller's cwd.
+        sd = data.get("state_dir")
+        if isinstance(sd, str) and not Path(sd).is_absolute():
+            data["state_dir"] = str((path.parent / sd).resolve())
+    data.update(overrides)
+    try:
+        return NodeSettings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(tuple(first["loc"]))
+        msg = first["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}: field '{field}': {msg}{more}") from None
+
+
+TEMPLATE = """\
+# x0tta6bl4 node configuration. Every field can be overridden by an environment
+# variable: X0T_<FIELD>, nested tables with a double underscore (X0T_API__METRICS).
+
+# The node's name: the certificate in the state directory must carry it.
+name = "{name}"
+
+# Keys (mode 0600), certificate, trust bundle, revocation list, policy, peer cache and
+# the routing sequence number. Relative paths are relative to this file.
+state_dir = "{state_dir}"
+
+# UDP addresses to listen on: IPv4 "HOST:PORT", IPv6 "[HOST]:PORT".
+listen = [{listen}]
+
+# Neighbours to connect to (their listen addresses). Others may connect to us.
+peers = [{peers}]
+
+# Seconds between hellos to each neighbour (failure detection takes about 4 of them).
+hello_interval = 0.1
+
+# A CA-signed policy (x0t policy sign). "" = STATE_DIR/policy.signed if present;
+# without any policy every inbound packet is denied.
+policy_file = ""
+
+[tun]
+# Carry IP packets through the mesh (Linux, root or CAP_NET_ADMIN).
+enabled = false
+name = "x0t0"
+mtu = 1280
+# Optional overlay IPv4 address from 100.64.0.0/10; the IPv6 one derives from the identity.
+ipv4 = ""
+
+[api]
+# The local API (x0t status, ping, send, listen): a Unix socket. "" = STATE_DIR/agent.sock
+socket = ""
+# Prometheus /metrics, "HOST:PORT"; "" = off.
+metrics = ""
+
+[log]
+format = "json"   # json | console
+level = "info"    # debug | info | warning | error
+"""
+
+
+def render_template(
+    name: str, state_dir: str, listen: list[str], peers: list[str], metrics: str = ""
+) -> str:
+    def q(items: list[str]) -> str:
+        return ", ".join(f'"{i}"' for i in items)
+
+    text = TEMPLATE.format(name=name, state_dir=state_dir, listen=q(listen), peers=q(peers))
+    if metrics:
+        text = text.replace('metrics = ""', f'metrics = "{metrics}"')
+    return text
+
+
+__all__ = [
+    "ConfigError",
+    "NodeSettings",
+    "format_host_port",
+    "load_settings",
+    "parse_host_port",
+    "render_template",
+]

@@ -1,0 +1,259 @@
+"""A mesh of real agent processes on one machine (127.0.0.x UDP): for ``make demo``, the
+real-process tests and benchmarks.
+
+Each node is a separate ``x0t node run`` process with its own state directory, issued by
+a CA made for the occasion. Nothing here is simulated: the processes speak real UDP, and
+kill -9 is a real kill. ``LocalMesh`` is a context manager that stops every process it
+started, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from x0tta6bl4.node.client import NodeApiError, NodeClient
+from x0tta6bl4.node.config import render_template
+
+BASE_PORT: Final = 17100
+TRUST_DOMAIN: Final = "demo.x0t"
+
+
+@dataclass
+class LocalNode:
+    name: str
+    host: str
+    port: int
+    state_dir: Path
+    config: Path
+    tags: tuple[str, ...]
+    peers: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def client(self) -> NodeClient:
+        return NodeClient(self.state_dir / "agent.sock", timeout=5.0)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalMesh:
+    """``edges``: pairs of node names; node i listens on 127.0.0.(i+1):BASE_PORT+i."""
+
+    def __init__(
+        self,
+        root: Path,
+        names: Iterable[str],
+        edges: Iterable[tuple[str, str]],
+        *,
+        tags: Mapping[str, Iterable[str]] | None = None,
+        policy: str | None = None,
+        hello_interval: float = 0.1,
+        base_port: int = BASE_PORT,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.names = list(names)
+        self.edges = list(edges)
+        self.tags = {n: tuple((tags or {}).get(n, ())) for n in self.names}
+        self.policy = policy
+        self.hello_interval = hello_interval
+        self.base_port = base_port
+        self.python = python
+        self.env = dict(os.environ if env is None else env)
+        self.nodes: dict[str, LocalNode] = {}
+        self.ca_dir = root / "ca"
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def create(self) -> LocalMesh:
+        from x0tta6bl4.identity.ca import CertificateAuthority
+        from x0tta6bl4.identity.store import NodeCredentials
+        from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, POLICY_FILE, StateDir
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        ca = CertificateAuthority.init(self.ca_dir, TRUST_DOMAIN)
+        now = time.time()
+        for i, name in enumerate(self.names):
+            host = f"127.0.0.{i + 1}"
+            node = LocalNode(
+                name,
+                host,
+                self.base_port + i,
+                self.root / name,
+                self.root / name / "node.toml",
+                self.tags[name],
+            )
+            self.nodes[name] = node
+        for a, b in self.edges:  # the lower-numbered side dials; the other accepts
+            lo, hi = sorted((a, b), key=self.names.index)
+            self.nodes[hi].peers.append(self.nodes[lo].addr)
+        signed = self._signed_policy(ca) if self.policy is not None else None
+        for node in self.nodes.values():
+            state = StateDir(node.state_dir)
+            state.create()
+            creds = NodeCredentials.generate_and_issue(
+                ca, node.name, node.tags, now, validity=datetime.timedelta(hours=2)
+            )
+            creds.save(state.path)
+            ca.bundle().save(state.file(BUNDLE_FILE))
+            state.write(CRL_FILE, ca.revocation_list().to_pem(), 0o644)
+            if signed is not None:
+                state.write(POLICY_FILE, signed, 0o644)
+            text = render_template(node.name, str(state.path), [node.addr], node.peers)
+            text = text.replace("hello_interval = 0.1", f"hello_interval = {self.hello_interval}")
+            node.config.write_text(text)
+        return self
+
+    def _signed_policy(self, ca: Any) -> bytes:
+        from x0tta6bl4.crypto.keys import load_signing_key
+        from x0tta6bl4.identity.ca import CA_KEY_FILE
+        from x0tta6bl4.policy import SignedPolicy
+
+        assert self.policy is not None
+        key = load_signing_key(self.ca_dir / CA_KEY_FILE)
+        return SignedPolicy.sign(self.policy, key, "demo policy").to_bytes()
+
+    def publish_policy(self, text: str) -> None:
+        """Sign ``text`` with the mesh CA and drop it into every node's state directory
+        (the agents pick it up within a housekeeping period)."""
+        from x0tta6bl4.identity.ca import CertificateAuthority
+        from x0tta6bl4.node.state import POLICY_FILE, StateDir
+
+        self.policy = text
+        signed = self._signed_policy(CertificateAuthority.load(self.ca_dir))
+        for node in self.nodes.values():
+            StateDir(node.state_dir).write(POLICY_FILE, signed, 0o644)
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start(self, name: str) -> LocalNode:
+        node = self.nodes[name]
+        if node.running:
+            return node
+        node.log_path = node.state_dir / "agent.log"
+        log = open(node.log_path, "ab")  # noqa: SIM115 (the child owns it)
+        try:
+            node.proc = subprocess.Popen(
+                [self.python, "-m", "x0tta6bl4.cli", "node", "run", "--config", str(node.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the agents
+            )
+        finally:
+            log.close()
+        return node
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self.start(name)
+
+    def kill(self, name: str) -> float:
+        """kill -9; returns when it was sent (time.monotonic())."""
+        node = self.nodes[name]
+        assert node.proc is not None
+        t = time.monotonic()
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait(5)
+        return t
+
+    def terminate(self, name: str, timeout: float = 5.0) -> float:
+        """SIGTERM and wait; returns the seconds the agent took to exit."""
+        node = self.nodes[name]
+        assert node.proc is not None
+        t = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        node.proc.wait(timeout)
+        return time.monotonic() - t
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.running:
+                assert node.proc is not None
+                node.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        for node in self.nodes.values():
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait(5)
+
+    def __enter__(self) -> LocalMesh:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    # -- observation ----------------------------------------------------------------------
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        with contextlib.suppress(NodeApiError, OSError, ValueError):
+            return self.nodes[name].client.status()
+        return None
+
+    def wait(
+        self, cond: Callable[[], bool], timeout: float, what: str, step: float = 0.05
+    ) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if cond():
+                return time.monotonic() - t0
+            for n in self.nodes.values():
+                if n.proc is not None and n.proc.poll() not in (None, -9, -15, 0):
+                    raise RuntimeError(
+                        f"{n.name} exited with {n.proc.returncode}: {self.tail(n.name)}"
+                    )
+            time.sleep(step)
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+    def routes_complete(self, names: Iterable[str] | None = None) -> bool:
+        """Every node in ``names`` has a route to every other one."""
+        want = list(names or self.names)
+        for n in want:
+            st = self.status(n)
+            if st is None:
+                return False
+            have = {r["dst"] for r in st["routes"] if r["via"]}
+            from x0tta6bl4.mesh.node import node_id
+
+            others = {m for m in want if m != n}
+            known = {m for m in others if m in have or node_id(m).hex() in have}
+            if known != others:
+                return False
+        return True
+
+    def tail(self, name: str, lines: int = 5) -> str:
+        p = self.nodes[name].log_path
+        if p is None or not p.exists():
+            return ""
+        return " | ".join(p.read_text(errors="replace").splitlines()[-lines:])
+
+
+__all__ = ["LocalMesh", "LocalNode"]
