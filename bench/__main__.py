@@ -2,7 +2,8 @@
 ``bench/results/summary.json``, and print the figures.
 
 ``python -m bench [suite ...] [--quick]``; suites: channel, sim, sim_lossy (the mesh
-under loss and jitter: ``python -m bench sim_lossy`` runs just that).
+under loss and jitter: ``python -m bench sim_lossy`` runs just that), netns (raw veth and
+TUN baselines and the agent in network namespaces; needs root).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 from bench.report import RESULTS, Suite, update_readme, update_summary, write_suite
 
-SUITES = ("channel", "sim", "sim_lossy")
+SUITES = ("channel", "sim", "sim_lossy", "netns")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,13 @@ Mesh frames (inside a link session)::
     PROBE      type=4 | probe id u32 | zero padding to the size being probed
     PROBE_ACK  type=5 | probe id u32 | probed size u16
     LEAVE      type=6 | incarnation u32
+    NAMES      type=7 | { length u8 | node name }*
+
+Routes carry 8-byte ids; ids are a hash of the node's name, so a name is self-certifying:
+a NAMES frame can teach a node the name behind an id, never a wrong one. Each node sends
+every name it knows to a new neighbour when the link comes up (before any route, so a
+route is named from its first appearance) and floods names it learns for the first time;
+each name crosses each link about once. Names are capped (MAX_NAMES).
 
 A LEAVE says "this incarnation is shutting down": the neighbour takes the link out of
 routing at once instead of after the dead interval. It is only believed inside the link
@@ -58,7 +65,8 @@ from x0tta6bl4.channel.endpoint import SecureEndpoint
 from x0tta6bl4.channel.timers import ChannelTimer
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
-from x0tta6bl4.errors import DecodeError, MessageTooLarge, ProtocolError
+from x0tta6bl4.errors import DecodeError, IdentityError, MessageTooLarge, ProtocolError
+from x0tta6bl4.identity.cert import validate_name
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
 from x0tta6bl4.routing import babel as rt
@@ -88,6 +96,9 @@ FRAME_FORWARD: Final = 3
 FRAME_PROBE: Final = 4
 FRAME_PROBE_ACK: Final = 5
 FRAME_LEAVE: Final = 6
+FRAME_NAMES: Final = 7
+MAX_NAMES: Final = 1 << 16
+"""Names a node learns; more are ignored (ids still route, shown as ``#`` + hex)."""
 _FWD = struct.Struct(">BH8s8s")  # type, ttl, src, dst
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 _PROBE = struct.Struct(">BI")  # type, probe id
@@ -99,6 +110,7 @@ _ECHO_REPLY: Final = 2
 ECHO_PORT: Final = 0
 ECHO_NONCES: Final = 4
 """Outstanding probes per destination whose answers still count."""
+UNNAMED_PREFIX: Final = "#"
 MAX_VERIFIED: Final = 1024
 """Destinations whose last verified delivery time a node remembers (oldest forgotten)."""
 FORWARD_OVERHEAD: Final = _FWD.size  # 19
@@ -238,6 +250,9 @@ class MeshNode:
         self._names: dict[NodeId, str] = {self.id: name}
         for n in directory:
             self._names[node_id(n)] = n
+        # A configured directory is shared knowledge (the simulator's): its names, ours
+        # included, need no NAMES frames.
+        self._directory = frozenset(self._names) if len(self._names) > 1 else frozenset()
         self.counters: dict[str, int] = {}
         # A fresh random incarnation per start lets neighbours tell a restart from a
         # link that merely went quiet.
@@ -246,11 +261,12 @@ class MeshNode:
         self._routes_cache: dict[str, RouteObservation] | None = None
         # destination -> nonces of its last few probes: a repeat probe must not make the
         # answer to the one before it stale (that answer may be the first to get through)
-        self._echo_pending: dict[str, tuple[int, ...]] = {}
-        self._verified: dict[str, float] = {}  # destination -> when an echo came back
+        self._echo_pending: dict[NodeId, tuple[int, ...]] = {}
+        self._verified: dict[NodeId, float] = {}  # destination -> when an echo came back
         self._echo_sent: dict[int, float] = {}  # nonce -> when its request went out
         self.echo_results: dict[str, tuple[float, int]] = {}  # dst -> (rtt, hops) of the last
         self._rx_ttl = 0  # TTL of the FORWARD frame being opened, for echo hop counts
+        self._names_news: list[str] = []  # names learned since the last flood
 
     # -- helpers --------------------------------------------------------------------
 
@@ -258,7 +274,64 @@ class MeshNode:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
     def name_of(self, nid: NodeId) -> str:
-        return self._names.get(nid) or nid.hex()
+        """The node's name, or ``#`` and its id in hex while the name is unknown (routes
+        carry ids; a name is learned from a certificate). ``#`` is never in a name."""
+        return self._names.get(nid) or UNNAMED_PREFIX + nid.hex()
+
+    def id_of(self, dst: str) -> NodeId:
+        """The routing id of a node name or of a ``#``-prefixed id from ``name_of``."""
+        if dst.startswith(UNNAMED_PREFIX):
+            try:
+                nid = bytes.fromhex(dst[1:])
+            except ValueError:
+                nid = b""
+            if len(nid) != len(self.id):
+                raise ValueError(f"{dst!r} is not '#' and a {2 * len(self.id)}-digit node id")
+            return nid
+        return node_id(dst)
+
+    def _learn_name(self, nid: NodeId, name: str) -> None:
+        if self._names.get(nid) != name and len(self._names) < MAX_NAMES:
+            self._names[nid] = name
+            self._routes_cache = None  # the route view names it from now on
+            self._names_news.append(name)
+
+    def _names_frames(self, names: Iterable[str]) -> list[bytes]:
+        frames: list[bytes] = []
+        frame = bytearray((FRAME_NAMES,))
+        for n in names:
+            raw = n.encode()
+            if len(frame) + 1 + len(raw) > self._link_payload_max:
+                frames.append(bytes(frame))
+                frame = bytearray((FRAME_NAMES,))
+            frame += bytes((len(raw),)) + raw
+        if len(frame) > 1:
+            frames.append(bytes(frame))
+        return frames
+
+    def _send_names(
+        self, now: float, nb: _Neighbour, names: Iterable[str], out: list[Action]
+    ) -> None:
+        for frame in self._names_frames(names):
+            self._link_send(now, nb.addr, frame, out)
+
+    def _on_names(self, frame: bytes) -> None:
+        pos, end = 1, len(frame)
+        while pos < end:
+            ln = frame[pos]
+            raw = frame[pos + 1 : pos + 1 + ln]
+            pos += 1 + ln
+            if len(raw) != ln or not raw:
+                self._count("bad_names")
+                return
+            try:
+                name = validate_name(raw.decode("ascii"))
+            except (UnicodeDecodeError, IdentityError):
+                self._count("bad_names")
+                return
+            nid = node_id(name)
+            if nid not in self._names:  # a name, once known, is never replaced
+                self._learn_name(nid, name)
 
     def _e2e_identity_ok(self, addr: Hashable, identity: VerifiedIdentity) -> bool:
         # Whoever answers for node id X must hold X's certificate, or a relay could
@@ -310,8 +383,9 @@ class MeshNode:
             raise MessageTooLarge(len(payload), self.max_app_payload)
         if not 1 <= port <= 0xFFFF:
             raise ValueError(f"port {port} out of range 1..65535 (0 is the mesh's probe)")
-        dst_id = node_id(dst)
-        self._names[dst_id] = dst
+        dst_id = self.id_of(dst)
+        if not dst.startswith(UNNAMED_PREFIX):
+            self._learn_name(dst_id, dst)
         if dst_id == self.id:
             out.append(Deliver(self.name, port, payload))
             return
@@ -342,6 +416,9 @@ class MeshNode:
                 self._on_link_up(now, a.peer, a.addr, out)
 
     def _on_e2e_deliver(self, now: float, d: Deliver, out: list[Action]) -> None:
+        # d.src is the verified certificate's name, and the e2e endpoint checked that
+        # node_id(name) is the address it answers for.
+        self._learn_name(node_id(d.src), d.src)
         if len(d.payload) < PORT_OVERHEAD:
             self._count("e2e_short_payload")
             return
@@ -364,11 +441,11 @@ class MeshNode:
         elif (
             kind == _ECHO_REPLY
             and size == _ECHO.size + _ECHO_HOPS.size
-            and nonce in self._echo_pending.get(src, ())
+            and nonce in self._echo_pending.get(sid := node_id(src), ())
         ):
-            del self._echo_pending[src]
-            self._verified.pop(src, None)
-            self._verified[src] = now
+            del self._echo_pending[sid]
+            self._verified.pop(sid, None)
+            self._verified[sid] = now
             if len(self._verified) > MAX_VERIFIED:
                 del self._verified[next(iter(self._verified))]
             sent = self._echo_sent.pop(nonce, None)
@@ -390,8 +467,11 @@ class MeshNode:
                 peer, addr, lq.LinkEstimator(self._rng, hello_interval=self.config.hello_interval)
             )
             self._nbrs[peer] = nb
-            self._names[node_id(peer)] = peer
+            self._learn_name(node_id(peer), peer)
         nb.addr = addr
+        # Every name we know, before any route can reach the neighbour.
+        names = self._names
+        self._send_names(now, nb, [names[i] for i in names if i not in self._directory], out)
         # Hello at once: the link's cost is known after one exchange each way.
         self._send_hello(now, nb, out)
         nb.next_probe = now + self.config.hello_interval * 2  # once hellos flow
@@ -413,6 +493,11 @@ class MeshNode:
         self._wrap(now, _LINK, acts, out)
 
     def _hello_tick(self, now: float, out: list[Action]) -> None:
+        if self._names_news:
+            news, self._names_news = self._names_news, []
+            for nb in self._nbrs.values():
+                if nb.alive:
+                    self._send_names(now, nb, news, out)
         for nb in list(self._nbrs.values()):
             dead = nb.est.is_dead(now)
             if nb.alive and dead:
@@ -606,6 +691,8 @@ class MeshNode:
         elif kind == FRAME_LEAVE:
             if nb is not None:
                 self._on_leave(now, nb, frame, out)
+        elif kind == FRAME_NAMES:
+            self._on_names(frame)
         else:
             self._count("unknown_frame")
 
@@ -688,7 +775,7 @@ class MeshNode:
             cert_not_after=self._cert_not_after,
             wall_now=now + self._wall_offset,
             counters=dict(self.counters),
-            verified=dict(self._verified),
+            verified={self.name_of(k): t for k, t in self._verified.items()},
         )
 
     def _route_view(self) -> dict[str, RouteObservation]:
@@ -755,19 +842,20 @@ class MeshNode:
     def probe(self, now: float, dst: str) -> list[Action]:
         """Send a reachability probe to ``dst``; its echo shows in ``observe().verified``."""
         out: list[Action] = []
-        if dst == self.name:
+        dst_id = self.id_of(dst)
+        if dst_id == self.id:
             return out
         nonce = self._rng.getrandbits(32)  # matches the echo to this probe; not secret
-        old = self._echo_pending.pop(dst, ())
+        old = self._echo_pending.pop(dst_id, ())
         for stale in old[: -(ECHO_NONCES - 1)]:
             self._echo_sent.pop(stale, None)
-        self._echo_pending[dst] = (*old[-(ECHO_NONCES - 1) :], nonce)
+        self._echo_pending[dst_id] = (*old[-(ECHO_NONCES - 1) :], nonce)
         self._echo_sent[nonce] = now
         if len(self._echo_pending) > MAX_VERIFIED:
             for stale in self._echo_pending.pop(next(iter(self._echo_pending))):
                 self._echo_sent.pop(stale, None)
-        dst_id = node_id(dst)
-        self._names[dst_id] = dst
+        if not dst.startswith(UNNAMED_PREFIX):
+            self._learn_name(dst_id, dst)
         self.e2e.add_peer(dst_id)
         request = _ECHO.pack(ECHO_PORT, _ECHO_REQUEST, nonce)
         self._wrap(now, _E2E, self.e2e.send(now, dst_id, request), out)
@@ -783,7 +871,7 @@ class MeshNode:
         return {n: nb.alive for n, nb in self._nbrs.items()}
 
     def next_hop(self, dst: str) -> str | None:
-        return self.router.next_hop(node_id(dst))
+        return self.router.next_hop(self.id_of(dst))
 
 
 __all__ = ["MeshConfig", "MeshNode", "node_id"]

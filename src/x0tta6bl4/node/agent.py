@@ -348,7 +348,7 @@ class Agent:
         if ev.kind == "probe_ok":
             dst = str(ev.fields.get("dst"))
             result = self.mesh.echo_results.get(dst)
-            for fut in self.probe_waiters.pop(dst, []):
+            for fut in self.probe_waiters.pop(self.mesh.id_of(dst).hex(), []):
                 if not fut.done() and result is not None:
                     fut.set_result(result)
         elif ev.kind.endswith("handshake_complete"):
@@ -417,14 +417,15 @@ class Agent:
     async def ping(self, dst: str, timeout: float) -> tuple[float, int] | None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[float, int]] = loop.create_future()
-        self.probe_waiters.setdefault(dst, []).append(fut)
+        key = self.mesh.id_of(dst).hex()  # the answer names the node; a ping may use its id
+        self.probe_waiters.setdefault(key, []).append(fut)
         self.runner.apply(self.mesh.probe(self.runner.now, dst))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             return None
         finally:
-            waiters = self.probe_waiters.get(dst)
+            waiters = self.probe_waiters.get(key)
             if waiters and fut in waiters:
                 waiters.remove(fut)
 

@@ -99,10 +99,13 @@ class MeshSim:
     # A node built from another MeshNode class, by name: a compromised or instrumented
     # node in an otherwise honest mesh (a hostile relay in the security tests).
     node_types: Mapping[str, type[MeshNode]] = field(default_factory=dict)
+    # Nodes start knowing every name (the simulator's convenience); False is what a real
+    # agent knows: neighbours' names from their certificates, others' ids from routing.
+    directory: bool = True
 
     def factory(self) -> NodeFactory:
         neighbours = {n: sorted(self.topology.neighbours(n)) for n in self.topology.nodes}
-        directory = list(self.topology.nodes)
+        directory = list(self.topology.nodes) if self.directory else []
         world = self.world
 
         def make(name: str, rng: random.Random, now: float) -> Core:
