@@ -9,8 +9,8 @@ Timer keys are typed: each layer keys its timers with its own frozen dataclass o
 routes a firing by the key's type and never decodes tuples by position.
 
 Layers above a core learn what happened through *control actions* (``SessionUp``,
-``LinkUp``, ``LinkDown``); ``Event`` is the structured trace only and nothing decides on
-an event's kind string. A runtime ignores control actions that reach it.
+``PeerMoved``, ``LinkUp``, ``LinkDown``); ``Event`` is the structured trace only and
+nothing decides on an event's kind string. A runtime ignores control actions that reach it.
 
 Addresses are opaque hashable values: ``(host, port)`` tuples on real UDP, node names
 in the simulator, node names again for end-to-end sessions routed through the mesh.
@@ -110,6 +110,18 @@ class SessionUp:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerMoved:
+    """An authenticated packet from ``peer_name`` (its certificate name) came from
+    ``new_addr``: its session now lives there, not at ``old_addr`` (NAT rebinding, a new
+    uplink). The channel already sends there; the layer above re-keys what it holds by
+    address."""
+
+    old_addr: Addr
+    new_addr: Addr
+    peer_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class LinkUp:
     """The mesh hears neighbour ``peer`` again (or for the first time)."""
 
@@ -131,8 +143,8 @@ class LinkDown:
     reason: LinkDownReason
 
 
-Control: TypeAlias = SessionUp | LinkUp | LinkDown
-CONTROL_TYPES: tuple[type, ...] = (SessionUp, LinkUp, LinkDown)
+Control: TypeAlias = SessionUp | PeerMoved | LinkUp | LinkDown
+CONTROL_TYPES: tuple[type, ...] = (SessionUp, PeerMoved, LinkUp, LinkDown)
 
 Action: TypeAlias = Send | Deliver | SetTimer | Event | Control
 

@@ -13,7 +13,7 @@ from typing import Any
 from x0tta6bl4.channel.endpoint import SecureEndpoint
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
 from x0tta6bl4.identity.types import CertVerifier
-from x0tta6bl4.sansio import Action, Addr, Deliver, Event, Input, Send
+from x0tta6bl4.sansio import CONTROL_TYPES, Action, Addr, Control, Deliver, Event, Input, Send
 from x0tta6bl4.sim import LinkSpec, Simulator
 from x0tta6bl4.sim.types import LOSS
 
@@ -57,14 +57,35 @@ _NO_MTU = 1 << 16
 
 
 class _Driven:
-    """A SecureEndpoint as the simulator drives it: it needs no start-up."""
+    """A SecureEndpoint as the simulator drives it: it needs no start-up. The control
+    actions it returns (which the simulator ignores) are recorded in ``controls``."""
 
-    __slots__ = ("handle",)
+    __slots__ = ("_handle", "_name", "_record")
 
-    def __init__(self, endpoint: SecureEndpoint) -> None:
-        self.handle: Callable[[float, Input], list[Action]] = endpoint.handle
+    def __init__(
+        self, endpoint: SecureEndpoint, name: str, record: Callable[[str, list[Action]], None]
+    ) -> None:
+        self._handle: Callable[[float, Input], list[Action]] = endpoint.handle
+        self._name = name
+        self._record = record
+
+    def handle(self, now: float, inp: Input) -> list[Action]:
+        actions = self._handle(now, inp)
+        self._record(self._name, actions)
+        return actions
 
     def start(self, now: float) -> list[Action]:
+        return []
+
+
+class _Placeholder:
+    """The simulator node that stands for a public address of a host behind a NAT (see
+    ``Net.rebind``): the intercept forwards whatever is sent to it, so it gets nothing."""
+
+    def start(self, now: float) -> list[Action]:
+        return []
+
+    def handle(self, now: float, inp: Input) -> list[Action]:  # pragma: no cover
         return []
 
 
@@ -97,6 +118,11 @@ class Net:
         self.sent: list[tuple[float, Hashable, Hashable, bytes]] = []
         self.lost: list[tuple[float, Hashable, Hashable, bytes]] = []
         self.tap: Tap | None = None  # (src, dst, data) -> data to deliver, or None to drop
+        self.controls: list[tuple[float, Hashable, Control]] = []  # SessionUp, PeerMoved, ...
+        # NAT rebinding (``rebind``): host -> the address it is seen at, and back.
+        self._public: dict[str, str] = {}
+        self._private: dict[str, str] = {}
+        self._forwarded: list[bytes] = []  # datagrams on their way from a public address
         self.sim = Simulator(seed, trace_drops=False)
         self._spec = LinkSpec(latency=latency, jitter=jitter, loss=loss, dup=dup, mtu=_NO_MTU)
         self.sim.on_action.append(self._observe)
@@ -118,15 +144,35 @@ class Net:
         self.delivered[addr] = []
         if self.sim.has_node(name):
             self.sim.crash(name)
-            self.sim.restart(name, lambda _n, _rng, _now: _Driven(endpoint))
+            self.sim.restart(name, lambda _n, _rng, _now: _Driven(endpoint, name, self._record))
             return endpoint
-        self.sim.add_node(name, lambda _n, _rng, _now: _Driven(endpoint))
+        self._add_node(name, lambda _n, _rng, _now: _Driven(endpoint, name, self._record))
+        return endpoint
+
+    def _add_node(self, name: str, factory: Callable[[str, Any, float], Any]) -> None:
+        self.sim.add_node(name, factory)
         for other in self.sim.nodes:
             if other != name:
                 self.sim.add_link(other, name, self._spec)
-        return endpoint
+
+    def rebind(self, host: Hashable, public: Hashable) -> None:
+        """NAT rebinding: from now on what ``host`` sends arrives from ``public`` (its
+        endpoint does not know), what is sent to ``public`` reaches ``host``, and what is
+        sent to the address it had before is lost (the old mapping is gone)."""
+        h, p = self._name(host), self._name(public)
+        if p == h or p in self.nodes:
+            raise ValueError(f"{p!r} cannot stand for {h!r}: it is an endpoint's own address")
+        if not self.sim.has_node(p):
+            self._add_node(p, lambda _n, _rng, _now: _Placeholder())
+        old = self._public.get(h)
+        if old is not None:
+            del self._private[old]
+        self._public[h] = p
+        self._private[p] = h
 
     def apply(self, addr: Hashable, actions: Iterable[Action]) -> None:
+        actions = list(actions)
+        self._record(self._name(addr), actions)
         self.sim.apply(self._name(addr), actions)
 
     def inject(self, src: Hashable, dst: Hashable, data: bytes, delay: float = 0.0) -> None:
@@ -167,5 +213,27 @@ class Net:
         if reason == LOSS:
             self.lost.append((t, src, dst, data))
 
+    def _record(self, node: str, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, CONTROL_TYPES):
+                self.controls.append((self.now, node, a))  # type: ignore[arg-type]
+
     def _intercept(self, src: Addr, dst: str, data: bytes) -> bytes | None:
+        if self._public:
+            pub = self._public.get(src)  # type: ignore[call-overload]
+            if pub is not None:  # from a host behind the NAT: seen from its public address
+                self.sim.post_arrival(self.now, dst, pub, data)
+                return None
+            host = self._private.get(dst)
+            if host is not None:  # to a public address: on to the host behind it
+                self._forwarded.append(data)
+                self.sim.post_arrival(self.now, host, src, data)
+                return None
+            if dst in self._public:  # to a host behind the NAT
+                for i, d in enumerate(self._forwarded):
+                    if d is data:
+                        del self._forwarded[i]
+                        break
+                else:
+                    return None  # sent to its old address: that mapping is gone
         return data if self.tap is None else self.tap(src, dst, data)

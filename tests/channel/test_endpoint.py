@@ -298,12 +298,13 @@ def test_sessions_expire_and_are_wiped(world: World) -> None:
 
 def test_message_too_large_is_raised_not_truncated(world: World) -> None:
     n, a, _b = pair(world, seed=12)
-    assert a.max_payload == 1280 - C.DATA_OVERHEAD
+    assert a.max_unfragmented_payload == 1280 - C.DATA_OVERHEAD
+    assert a.max_payload == C.MAX_DATA_PAYLOAD  # larger ones go in fragments
     with pytest.raises(MessageTooLarge):
         a.send(0.0, "B", bytes(a.max_payload + 1))
-    n.send("A", "B", bytes(a.max_payload))
+    n.send("A", "B", bytes(a.max_unfragmented_payload))
     n.run(1.0)
-    assert payloads(n, "B") == [bytes(a.max_payload)]
+    assert payloads(n, "B") == [bytes(a.max_unfragmented_payload)]
     assert max(len(d) for _, _, _, d in n.sent) <= 1280
 
 

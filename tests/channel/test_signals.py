@@ -165,6 +165,7 @@ def test_timer_kinds_keep_their_names() -> None:
         "reasm",
         "nack",
         "ack",
+        "dreasm",
     ]
     key = ChannelTimer("ns", ChannelTimerKind.REASSEMBLY, ("10.0.0.1", 4500), 7)
     assert key == ChannelTimer("ns", ChannelTimerKind.REASSEMBLY, ("10.0.0.1", 4500), 7)
@@ -181,6 +182,7 @@ def test_drop_reasons_keep_their_strings() -> None:
         "bad_fragment",
         "reassembly_full",
         "reassembly_timeout",
+        "data_incomplete",
         "unknown_message",
         "resend_budget",
         "unknown_index",
@@ -225,6 +227,8 @@ def test_drop_reasons_keep_their_strings() -> None:
         "nack_sent",
         "fragments_resent",
         "answer_resent",
+        "peer_moved",
+        "move_refused",
     }
 
 

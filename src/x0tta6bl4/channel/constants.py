@@ -28,7 +28,8 @@ MSG_FRAGMENT: Final = 7
 MSG_CONFIRM: Final = 8  # the initiator's first packets: biscuit + DATA
 MSG_NO_SESSION: Final = 9  # "no session has this index": answers DATA the receiver cannot open
 MSG_FRAGMENT_NACK: Final = 10  # "these fragments of your message did not arrive"
-MSG_LAST: Final = MSG_FRAGMENT_NACK  # the highest type a decoder accepts
+MSG_DATA_FRAGMENT: Final = 11  # a piece of one DATA message too large for a datagram
+MSG_LAST: Final = MSG_DATA_FRAGMENT  # the highest type a decoder accepts
 
 HEADER_SIZE: Final = 4  # version u8 | type u8 | reserved u16
 INDEX_SIZE: Final = 4
@@ -53,6 +54,8 @@ FRAGMENT_HEADER_SIZE: Final = HEADER_SIZE + 4 + 1 + 1 + 2  # id u32 | index | co
 # as the smallest DATA (a keepalive), so answering never amplifies.
 NO_SESSION_SIZE: Final = HEADER_SIZE + INDEX_SIZE + 8 + AEAD_TAG_SIZE  # 32
 FRAGMENT_NACK_SIZE: Final = HEADER_SIZE + 4 + 8  # message_id u32 | missing u64 (a bitmap): 16
+# receiver u32 | counter u64 (the DATA header's fields) | index u8 | count u8 | length u16
+DATA_FRAGMENT_HEADER_SIZE: Final = HEADER_SIZE + INDEX_SIZE + 8 + 1 + 1 + 2  # 20
 
 CERT_REQUEST_SIZE: Final = 128  # fixed, zero padded: at least as large as a COOKIE reply
 MAX_CERT_SIZE: Final = 16384  # an ML-DSA-65 signed SVID is about 7 KB
@@ -71,6 +74,21 @@ MAX_REASSEMBLIES_UNKNOWN: Final = 64  # from sources without a session or attemp
 MAX_REASSEMBLIES_KNOWN: Final = 256  # from peers with a session or our attempt
 REASSEMBLY_TIMEOUT: Final = 5.0
 REASSEMBLY_MIN_EVICT_AGE: Final = 0.5  # a younger partial is never evicted for a new one
+
+# --- payloads larger than one datagram ----------------------------------------------
+# A payload up to MAX_DATA_PAYLOAD is sealed as ONE DATA message (one AEAD seal, one
+# counter) and, if that does not fit a datagram, sent as DATA_FRAGMENTs, which name the
+# session (receiver index) and the counter. They are reassembled apart from handshake
+# fragments (their own bounds; no stranger's fragment and no handshake competes with
+# them for room) and never repaired: an IP packet is best effort, a lost fragment loses
+# the payload (counted as data_incomplete), and the next one is not held up.
+MAX_DATA_PAYLOAD: Final = 65535  # an IPv4 packet of the largest size; a length field is u16
+MAX_DATA_FRAGMENTS: Final = 255  # count u8; MIN_DATAGRAM gives 118 for the largest payload
+DATA_REASSEMBLY_TIMEOUT: Final = 1.0  # fragments go out back to back: later, one was lost
+DATA_REASSEMBLY_MIN_EVICT_AGE: Final = 0.25  # a partial heard from this recently stays
+MAX_DATA_REASSEMBLIES_PER_SESSION: Final = 8
+MAX_DATA_REASSEMBLIES: Final = 256  # partial payloads of every session together
+MAX_DATA_REASSEMBLY_BYTES: Final = 4 * 1024 * 1024  # their declared sizes together
 
 # --- fragment repair (selective repeat) --------------------------------------------
 # One lost fragment used to lose its message, and the retry resent every fragment under a

@@ -1,7 +1,14 @@
 """Sessions and what travels on them: receiving DATA (the per-packet path), sealing and
-queueing payloads, installing a freshly made session, session expiry, and the glue
-between FRAGMENT datagrams and the reassembler (with its repair: NACKs out, resends for
-NACKs in, repeated requests answered from the kept answer).
+queueing payloads, installing a freshly made session, session expiry, roaming (an
+authenticated packet from a new address moves its peer there), and the glue between
+FRAGMENT datagrams and the reassembler (with its repair: NACKs out, resends for NACKs in,
+repeated requests answered from the kept answer).
+
+A payload too large for one datagram (up to ``MAX_DATA_PAYLOAD``) is sealed as ONE DATA
+message and sent as DATA_FRAGMENTs (:func:`~.fragment.split_data`); they are reassembled
+apart from handshake messages (:class:`~.fragment.DataReassembler`), only for a session
+we hold and a counter its replay window accepts, then opened like any DATA. They are
+never repaired: a lost fragment loses its payload (``data_incomplete``).
 
 The per-packet path is :meth:`DataPath.on_data`; ``SecureEndpoint.handle`` calls it
 directly for any datagram that starts with DATA's header, and it stays lean: one dict
@@ -21,7 +28,7 @@ from enum import StrEnum
 
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.drops import DropReason, Stats, Tally, addr_label
-from x0tta6bl4.channel.fragment import Reassembler, SentMessages, split
+from x0tta6bl4.channel.fragment import DataReassembler, Reassembler, SentMessages, split, split_data
 from x0tta6bl4.channel.peers import Peer, PeerOrigin, PeerState, PeerTable
 from x0tta6bl4.channel.session import Session
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
@@ -31,6 +38,7 @@ from x0tta6bl4.channel.wire import (
     Confirm,
     FragmentNack,
     NoSession,
+    decode_data_fragment,
     decode_fragment_nack,
     encode,
 )
@@ -38,7 +46,7 @@ from x0tta6bl4.crypto.entropy import SecretSource, random_u32
 from x0tta6bl4.errors import CryptoError, DecodeError, ReplayError
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.ratelimit import TokenBucket
-from x0tta6bl4.sansio import Action, Addr, Deliver, Event, Send, SessionUp, SetTimer
+from x0tta6bl4.sansio import Action, Addr, Deliver, Event, PeerMoved, Send, SessionUp, SetTimer
 
 # Module globals for the per-packet path (a global load beats an attribute chain).
 _DATA_OVERHEAD = C.DATA_OVERHEAD
@@ -102,9 +110,11 @@ class NoSessionGate:
 
 class DataPath:
     __slots__ = (
+        "_data_reasm",
         "_max_datagram",
         "_no_session",
         "_ns",
+        "_one_datagram",
         "_reasm",
         "_secrets",
         "_sent",
@@ -126,9 +136,11 @@ class DataPath:
         self._sessions = table.sessions  # the same dict: no hop through the table per packet
         self._stats = stats
         self._max_datagram = max_datagram
+        self._one_datagram = max_datagram - C.DATA_OVERHEAD  # the largest payload sent whole
         self._secrets = secrets
         self._ns = timer_namespace
         self._reasm = Reassembler()
+        self._data_reasm = DataReassembler()  # payloads in DATA_FRAGMENTs: their own bounds
         self._sent = SentMessages()  # what we sent fragmented, to resend for NACKs
         self._no_session = NoSessionGate()
 
@@ -149,8 +161,10 @@ class DataPath:
         peer, session = entry
         if now - session.created >= _REJECT_AFTER_TIME:
             return self._stats.drop(DropReason.EXPIRED_SESSION, addr)
+        roaming = addr != peer.addr
+        top = session.received_top if roaming else 0
         try:
-            payload = session.open(data)
+            payload = session.open(data)  # the replay check first, then the AEAD
         except ReplayError:
             return self._stats.drop(DropReason.REPLAY, addr)
         except CryptoError:
@@ -161,6 +175,7 @@ class DataPath:
             session.biscuit = None
             if peer.acks_sent == 0:  # CONFIRM sent once, at the session's making
                 peer.observe_rtt(now - session.created)
+        moved = self.roam(now, peer, session, addr, top) if roaming else None
         if payload:
             ident = peer.identity
             out: list[Action] = [
@@ -168,10 +183,69 @@ class DataPath:
             ]
             if now - peer.last_sent >= _KEEPALIVE_TIMEOUT:
                 out += self.keepalive(now, peer)  # one-way traffic: say we still hold it
-            return out
-        if ack:
-            return self.keepalive(now, peer)
-        return []
+        elif ack:
+            out = self.keepalive(now, peer)
+        else:
+            out = []
+        return moved + out if moved else out
+
+    # --- roaming ------------------------------------------------------------------------
+
+    def roam(self, now: float, peer: Peer, session: Session, addr: Addr, top: int) -> list[Action]:
+        """An authenticated packet of ``peer`` on ``session`` came from ``addr``, not from
+        its address: move the peer there (WireGuard's endpoint update), if the packet is
+        the newest the peer sent us. ``top`` is the session's highest received counter
+        before this packet. Only a packet that passed the replay window and the AEAD gets
+        here, so nothing unauthenticated or replayed moves a peer; an older packet (one
+        reordered behind a newer one, or a straggler on the previous session once the
+        current one is in use) does not move it back either."""
+        if session.received_top <= top:
+            return []  # not above the highest counter received: it is older news
+        cur = peer.current
+        if session is not cur and cur is not None and cur.received_top >= 0:
+            return []  # the peer already sends on the current session
+        old = peer.addr
+        moved, absorbed = self._table.move(peer, addr)
+        if not moved:
+            self._stats.count(Tally.MOVE_REFUSED)
+            return []
+        self._stats.count(Tally.PEER_MOVED)
+        name = peer.name or ""
+        out: list[Action] = [
+            PeerMoved(old, addr, name),
+            Event(
+                "peer_moved",
+                {
+                    "peer": name,
+                    "old_addr": addr_label(old),
+                    "new_addr": addr_label(addr),
+                    "absorbed": absorbed is not None,
+                },
+            ),
+        ]
+        return out + self._rearm(now, peer)
+
+    def _rearm(self, now: float, peer: Peer) -> list[Action]:
+        """Set again, under the peer's new address, the timers it had under its old one
+        (those still fire, find no peer there, and do nothing), and send what an absorbed
+        entry had queued."""
+        ns, addr = self._ns, peer.addr
+        out: list[Action] = []
+        att = peer.attempt
+        if att is not None:
+            out.append(SetTimer(att.deadline, ChannelTimer(ns, ChannelTimerKind.HANDSHAKE, addr)))
+        cur = peer.current
+        if cur is not None and cur.biscuit is not None:
+            out.append(SetTimer(peer.ack_at, ChannelTimer(ns, ChannelTimerKind.ACK, addr)))
+        if peer.queue:
+            while len(peer.queue) > C.MAX_QUEUED_PER_PEER:
+                peer.queue.popleft()
+                self._stats.count(Tally.QUEUE_OVERFLOW)
+            if cur is not None and can_send(cur, now):
+                out += self.flush(now, peer, cur)
+            else:
+                out.append(SetTimer(now, ChannelTimer(ns, ChannelTimerKind.CONFIRM, addr)))
+        return out + self.expiry_timer(peer)
 
     def answer_no_session(self, now: float, addr: Addr, data: bytes) -> list[Action]:
         """NO_SESSION for ``data``, a DATA datagram whose index no session of ours has, if
@@ -222,6 +296,29 @@ class DataPath:
             return [Send(peer.addr, data)]
         return self.emit(now, peer.addr, encode(Confirm(biscuit, data)))
 
+    def seal_large(self, now: float, peer: Peer, session: Session, payload: bytes) -> list[Action]:
+        """``payload``, too large for one datagram, as ONE DATA message in DATA_FRAGMENTs.
+        While the responder has not answered on ``session``, a CONFIRM with an empty
+        packet goes first (the responder makes the session from it; fragments for a
+        session it does not hold yet are dropped). Raises :class:`MessageTooLarge` past
+        ``MAX_DATA_PAYLOAD``."""
+        out = self.seal(now, peer, session, b"") if session.biscuit is not None else []
+        counter, ciphertext = session.seal_detached(payload)
+        session.sent_tags[session.send_count & _TAG_MASK] = ciphertext[-_TAG:]
+        peer.last_sent = now
+        if peer.unanswered_since is None:
+            peer.unanswered_since = now
+        addr = peer.addr
+        datagrams = split_data(session.remote_index, counter, ciphertext, self._max_datagram)
+        out += [Send(addr, d) for d in datagrams]
+        return out
+
+    def seal_any(self, now: float, peer: Peer, session: Session, payload: bytes) -> list[Action]:
+        """``payload`` of any size up to ``MAX_DATA_PAYLOAD`` on ``session``."""
+        if len(payload) > self._one_datagram:
+            return self.seal_large(now, peer, session, payload)
+        return self.seal(now, peer, session, payload)
+
     def keepalive(self, now: float, peer: Peer) -> list[Action]:
         cur = peer.current
         if cur is None or not can_send(cur, now):
@@ -239,7 +336,7 @@ class DataPath:
     def flush(self, now: float, peer: Peer, session: Session) -> list[Action]:
         out: list[Action] = []
         while peer.queue:
-            out += self.seal(now, peer, session, peer.queue.popleft())
+            out += self.seal_any(now, peer, session, peer.queue.popleft())
         return out
 
     # --- sessions -----------------------------------------------------------------------
@@ -279,8 +376,9 @@ class DataPath:
         out += self.flush(now, peer, session)
         if role is Role.INITIATOR:
             peer.acks_sent = 0
+            peer.ack_at = now + C.ACK_RETRY_BASE
             key = ChannelTimer(self._ns, ChannelTimerKind.ACK, peer.addr)
-            out.append(SetTimer(now + C.ACK_RETRY_BASE, key))
+            out.append(SetTimer(peer.ack_at, key))
         out += self.expiry_timer(peer)
         return out
 
@@ -318,7 +416,53 @@ class DataPath:
 
     @property
     def reassemblies_pending(self) -> int:
-        return len(self._reasm)
+        return len(self._reasm) + len(self._data_reasm)
+
+    def on_data_fragment(self, now: float, addr: Addr, data: bytes) -> list[Action]:
+        """A DATA_FRAGMENT: kept only for a session we hold (by its receiver index) and a
+        counter that session's replay window would accept, so a stranger keeps nothing
+        here and a replay costs nothing; once whole, the DATA is opened like any other
+        (authenticated there, and only there)."""
+        try:
+            frag = decode_data_fragment(data)
+        except DecodeError:
+            return self._stats.drop(DropReason.BAD_FRAGMENT, addr)
+        entry = self._sessions.get(frag.receiver_index)
+        if entry is None:
+            return self._stats.drop(DropReason.UNKNOWN_INDEX, addr)
+        session = entry[1]
+        if now - session.created >= _REJECT_AFTER_TIME:
+            return self._stats.drop(DropReason.EXPIRED_SESSION, addr)
+        if not session.fresh(frag.counter):
+            return self._stats.drop(DropReason.REPLAY, addr)
+        try:
+            added = self._data_reasm.add(now, addr, frag)
+        except DecodeError:
+            return self._stats.drop(DropReason.BAD_FRAGMENT, addr)
+        if added.refused:
+            return self._stats.drop(DropReason.REASSEMBLY_FULL, addr)
+        out: list[Action] = []
+        if added.evicted:
+            self._stats.count(Tally.REASSEMBLY_EVICTED, added.evicted)
+        if added.duplicate:
+            self._stats.count(Tally.DUPLICATE_FRAGMENT)
+        if added.arm is not None:
+            key = ChannelTimer(self._ns, ChannelTimerKind.DATA_REASSEMBLY, None)
+            out.append(SetTimer(added.arm, key))
+        if added.message is None:
+            return out
+        return out + self.on_data(now, addr, added.message)
+
+    def on_data_reassembly_timer(self, now: float) -> list[Action]:
+        """Drop the partial payloads that lost a fragment; set the timer for the next."""
+        gone, arm = self._data_reasm.expire(now)
+        out: list[Action] = []
+        for src in gone:
+            out += self._stats.drop(DropReason.DATA_INCOMPLETE, src)
+        if arm is not None:
+            key = ChannelTimer(self._ns, ChannelTimerKind.DATA_REASSEMBLY, None)
+            out.append(SetTimer(arm, key))
+        return out
 
     def reassemble(
         self, now: float, addr: Addr, data: bytes

@@ -22,6 +22,7 @@ class DropReason(StrEnum):
     BAD_FRAGMENT = "bad_fragment"  # a FRAGMENT that is malformed or contradicts its siblings
     REASSEMBLY_FULL = "reassembly_full"  # its pool is full of partials too young to evict
     REASSEMBLY_TIMEOUT = "reassembly_timeout"  # a partial message never completed
+    DATA_INCOMPLETE = "data_incomplete"  # a fragmented payload lost a fragment: dropped whole
     UNKNOWN_MESSAGE = "unknown_message"  # a NACK for a message we did not send, or no longer keep
     RESEND_BUDGET = "resend_budget"  # a NACK for a message that has been resent enough
     # --- DATA and sessions --------------------------------------------------------
@@ -90,6 +91,8 @@ class Tally(StrEnum):
     NACK_SENT = "nack_sent"  # fragments of a partial message asked for again
     FRAGMENTS_RESENT = "fragments_resent"  # fragments resent for a NACK or a repeated request
     ANSWER_RESENT = "answer_resent"  # a repeated request answered from the kept answer
+    PEER_MOVED = "peer_moved"  # an authenticated packet moved its peer to a new address
+    MOVE_REFUSED = "move_refused"  # ... but another peer's session holds that address
 
 
 def addr_label(addr: Addr | None) -> Any:

@@ -2,7 +2,8 @@
 
 It is driven like every core here::
 
-    endpoint.handle(now, Datagram(addr, data)) -> [Send, Deliver, SetTimer, Event, SessionUp]
+    endpoint.handle(now, Datagram(addr, data)) -> [Send, Deliver, SetTimer, Event, SessionUp,
+                                                   PeerMoved]
     endpoint.handle(now, Timer(key))           -> [...]
     endpoint.send(now, addr, payload)          -> [...]   (may raise MessageTooLarge)
     endpoint.connect(now, addr)                -> [...]
@@ -11,9 +12,14 @@ Addresses are opaque hashables: ``(host, port)`` for links between neighbours, a
 8-byte id for end-to-end sessions routed through the mesh. Timer keys are
 :class:`~.timers.ChannelTimer` values carrying ``timer_namespace``, so two endpoints in
 one node never collide. Each confirmed session is announced by ``SessionUp`` (for the
-layer above), then ``Event("handshake_complete")`` (the trace). Nothing raises out of
-``handle``: bad input is dropped, counted in :attr:`SecureEndpoint.counters` under a
-:class:`~.drops.DropReason` and reported as ``Event("dropped", reason=...)``.
+layer above), then ``Event("handshake_complete")`` (the trace); a peer whose newest
+authenticated packet came from a new address is moved there (roaming), announced by
+``PeerMoved`` then ``Event("peer_moved")``. A payload up to ``MAX_DATA_PAYLOAD`` (65,535
+bytes) is sealed as one DATA message and, if it does not fit one datagram, sent in
+DATA_FRAGMENTs (:attr:`SecureEndpoint.max_payload`, :attr:`max_unfragmented_payload`).
+Nothing raises out of ``handle``: bad input is dropped, counted in
+:attr:`SecureEndpoint.counters` under a :class:`~.drops.DropReason` and reported as
+``Event("dropped", reason=...)``.
 
 This class is the facade: it routes each input to the module that owns it.
 
@@ -135,6 +141,8 @@ class SecureEndpoint:
         self._on_data = data.on_data
         self._declare = table.declare
         self._seal = data.seal
+        self._seal_large = data.seal_large
+        self._one_datagram = max_datagram - C.DATA_OVERHEAD  # the largest payload sent whole
         self._message_handlers: dict[int, _MessageHandler] = {
             C.MSG_RESP: self._initiator.on_resp,
             C.MSG_COOKIE: self._initiator.on_cookie,
@@ -146,6 +154,7 @@ class SecureEndpoint:
         self._datagram_handlers: dict[int, _MessageHandler] = {
             C.MSG_NO_SESSION: self._initiator.on_no_session,
             C.MSG_FRAGMENT_NACK: data.on_nack,
+            C.MSG_DATA_FRAGMENT: data.on_data_fragment,
         }
         self._peer_timers: dict[str, _PeerTimerHandler] = {
             ChannelTimerKind.HANDSHAKE: self._initiator.on_handshake_timer,
@@ -163,8 +172,15 @@ class SecureEndpoint:
 
     @property
     def max_payload(self) -> int:
-        """The largest payload ``send`` accepts."""
-        return self._max_datagram - C.DATA_OVERHEAD
+        """The largest payload ``send`` accepts: ``MAX_DATA_PAYLOAD`` (65,535), whatever
+        the datagram size (a larger payload travels in fragments)."""
+        return C.MAX_DATA_PAYLOAD
+
+    @property
+    def max_unfragmented_payload(self) -> int:
+        """The largest payload that travels in one datagram (``max_datagram`` minus the 32
+        bytes of DATA's header and tag); anything larger costs fragments."""
+        return self._one_datagram
 
     @property
     def fingerprint(self) -> bytes:
@@ -238,17 +254,21 @@ class SecureEndpoint:
 
     def send(self, now: float, addr: Addr, payload: bytes) -> list[Action]:
         """Seal ``payload`` for ``addr`` on the current session, or queue it (bounded,
-        drop-oldest) and start a handshake. Raises ``MessageTooLarge`` (never truncates)."""
+        drop-oldest) and start a handshake. A payload larger than one datagram holds goes
+        as one DATA message in fragments; past ``MAX_DATA_PAYLOAD`` it raises
+        ``MessageTooLarge`` (never truncates)."""
         self._now = now
-        limit = self._max_datagram - C.DATA_OVERHEAD
-        if len(payload) > limit:
-            raise MessageTooLarge(len(payload), limit)
+        seal = self._seal
+        if len(payload) > self._one_datagram:
+            if len(payload) > C.MAX_DATA_PAYLOAD:
+                raise MessageTooLarge(len(payload), C.MAX_DATA_PAYLOAD)
+            seal = self._seal_large
         peer = self._declare(addr)
         if peer is None:
             return self._stats.drop(DropReason.PEER_LIMIT, addr)
         cur = peer.current
         if cur is not None and can_send(cur, now):
-            out = self._seal(now, peer, cur, payload)
+            out = seal(now, peer, cur, payload)
             if peer.attempt is None:
                 if wants_rekey(cur, now):
                     out += self._initiator.start(now, peer)
@@ -325,6 +345,8 @@ class SecureEndpoint:
             return self._data.on_reassembly_timer(now, key.addr, key.message_id)
         if key.kind == ChannelTimerKind.NACK:
             return self._data.on_nack_timer(now, key.addr, key.message_id)
+        if key.kind == ChannelTimerKind.DATA_REASSEMBLY:
+            return self._data.on_data_reassembly_timer(now)
         peer = self._peers.get(key.addr)
         if peer is None:  # forgotten since: nothing left to do
             return []

@@ -36,6 +36,17 @@ last, has brought as many bytes as our kept answer holds, the caller resends tha
 (the request was retried because the answer was lost) and reports it with
 :meth:`Reassembler.answered`. So a retry is answered at once, and never with more bytes
 than it brought.
+
+**Payloads larger than a datagram** travel as ONE DATA message (one AEAD seal) cut into
+``DATA_FRAGMENT``s (:func:`split_data`), which name the session (the DATA's receiver
+index) and the DATA's counter, and are reassembled by :class:`DataReassembler`, apart
+from the messages above: the caller lets a fragment in only for a session it holds and
+a counter its replay window would accept, so a stranger (who cannot see the random
+index) keeps nothing, and a replayed fragment costs nothing. Data partials have their
+own bounds (per session, in number, in declared bytes), evict only partials quiet for
+``DATA_REASSEMBLY_MIN_EVICT_AGE`` (a lost fragment leaves one for good; a live one hears
+every few milliseconds), and expire after ``DATA_REASSEMBLY_TIMEOUT`` on one timer for
+them all. They are never NACKed or resent: a payload, like an IP packet, is best effort.
 """
 
 from __future__ import annotations
@@ -44,11 +55,21 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from x0tta6bl4.channel.constants import (
+    AEAD_TAG_SIZE,
+    DATA_FRAGMENT_HEADER_SIZE,
+    DATA_REASSEMBLY_MIN_EVICT_AGE,
+    DATA_REASSEMBLY_TIMEOUT,
     FRAGMENT_HEADER_SIZE,
     FRAGMENT_NACK_SIZE,
     MAX_COMPLETED,
+    MAX_DATA_FRAGMENTS,
+    MAX_DATA_PAYLOAD,
+    MAX_DATA_REASSEMBLIES,
+    MAX_DATA_REASSEMBLIES_PER_SESSION,
+    MAX_DATA_REASSEMBLY_BYTES,
     MAX_FRAGMENTS,
     MAX_MESSAGE_SIZE,
     MAX_NACKS_PER_MESSAGE,
@@ -71,7 +92,15 @@ from x0tta6bl4.channel.constants import (
     SENT_MESSAGE_TTL,
     TIMER_EPSILON,
 )
-from x0tta6bl4.channel.wire import Fragment, decode_fragment, encode_fragment
+from x0tta6bl4.channel.wire import (
+    DATA_FRAGMENT_FIELDS,
+    HDR_DATA_FRAGMENT,
+    DataFragment,
+    Fragment,
+    data_prefix,
+    decode_fragment,
+    encode_fragment,
+)
 from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge
 from x0tta6bl4.sansio import Addr
 
@@ -505,3 +534,203 @@ class SentMessages:
             if now < first.expires:
                 break
             self._drop(answer, key)
+
+
+# --- payloads larger than one datagram ---------------------------------------------------
+
+
+def split_data(
+    receiver_index: int, counter: int, ciphertext: bytes, max_datagram: int
+) -> list[bytes]:
+    """The DATA_FRAGMENT datagrams of the DATA message ``data_prefix(receiver_index) |
+    counter | ciphertext`` (at least two: the caller sends a message that fits whole)."""
+    if max_datagram < MIN_DATAGRAM:
+        raise ValueError(f"max_datagram must be at least {MIN_DATAGRAM}")
+    size = len(ciphertext)
+    chunk = max_datagram - DATA_FRAGMENT_HEADER_SIZE
+    count = -(-size // chunk)
+    length = size - AEAD_TAG_SIZE
+    if length > MAX_DATA_PAYLOAD or count > MAX_DATA_FRAGMENTS:
+        raise MessageTooLarge(length, MAX_DATA_PAYLOAD)
+    if count < 2:
+        raise ValueError("a DATA message that fits one datagram is sent whole")
+    pack = DATA_FRAGMENT_FIELDS.pack
+    view = memoryview(ciphertext)  # each chunk is copied once, into its datagram
+    return [
+        b"".join(
+            (
+                HDR_DATA_FRAGMENT,
+                pack(receiver_index, counter, i, count, length),
+                view[i * chunk : (i + 1) * chunk],
+            )
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass(slots=True)
+class _DataPartial:
+    chunks: list[bytes | None]
+    size: int  # declared: the ciphertext's length
+    deadline: float
+    last: float  # when a fragment last arrived
+    src: Addr  # where it last came from
+    got: int = 0  # bytes received
+    received: int = 0  # fragments received
+
+
+@dataclass(frozen=True, slots=True)
+class DataAdded:
+    """What one DATA_FRAGMENT did: completed the DATA ``message`` (header rebuilt from the
+    fragment's fields, ready to open), was a duplicate, evicted quiet partials, or was
+    refused (no room but partials still arriving). ``arm``: set the reassembler's one
+    timer for then (none was pending)."""
+
+    message: bytes | None = None
+    duplicate: bool = False
+    evicted: int = 0
+    refused: bool = False
+    arm: float | None = None
+
+
+class DataReassembler:
+    """Partial DATA messages by (receiver index, counter), bounded per session, in number
+    and in declared bytes; see the module docstring. The caller checks that the session
+    exists and that its replay window accepts the counter before :meth:`add`, sets one
+    timer whenever ``DataAdded.arm`` or :meth:`expire` asks, and calls :meth:`expire`
+    when it fires."""
+
+    __slots__ = (
+        "_armed",
+        "_bytes",
+        "_max_bytes",
+        "_max_partials",
+        "_max_per_session",
+        "_min_evict_age",
+        "_pending",
+        "_per_session",
+        "_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        timeout: float = DATA_REASSEMBLY_TIMEOUT,
+        max_per_session: int = MAX_DATA_REASSEMBLIES_PER_SESSION,
+        max_partials: int = MAX_DATA_REASSEMBLIES,
+        max_bytes: int = MAX_DATA_REASSEMBLY_BYTES,
+        min_evict_age: float = DATA_REASSEMBLY_MIN_EVICT_AGE,
+    ) -> None:
+        self._timeout = timeout
+        self._max_per_session = max_per_session
+        self._max_partials = max_partials
+        self._max_bytes = max_bytes
+        self._min_evict_age = min_evict_age
+        # insertion order is deadline order (one timeout for all): the first ends first
+        self._pending: dict[tuple[int, int], _DataPartial] = {}
+        self._per_session: dict[int, int] = {}
+        self._bytes = 0  # declared sizes of the partials held
+        self._armed: float | None = None  # the timer pending, if any
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def declared_bytes(self) -> int:
+        """The declared sizes of the partials held (what they may grow to)."""
+        return self._bytes
+
+    def add(self, now: float, src: Addr, frag: DataFragment) -> DataAdded:
+        """Take one DATA_FRAGMENT from ``src``. Raises a ``DecodeError`` for one that
+        contradicts its siblings (the partial stays: the other copy may be the forgery)."""
+        index = frag.receiver_index
+        key = (index, frag.counter)
+        partial = self._pending.get(key)
+        size = frag.length + AEAD_TAG_SIZE
+        arm: float | None = None
+        evicted = 0
+        if partial is None:
+            room = self._make_room(now, index, size)
+            if room is None:
+                return DataAdded(refused=True)
+            evicted = room
+            partial = _DataPartial([None] * frag.count, size, now + self._timeout, now, src)
+            self._pending[key] = partial
+            self._per_session[index] = self._per_session.get(index, 0) + 1
+            self._bytes += size
+            if self._armed is None:
+                arm = self._armed = partial.deadline
+        elif len(partial.chunks) != frag.count or partial.size != size:
+            raise DecodeError("data fragment disagrees with its message's count or length")
+        chunk = frag.chunk
+        existing = partial.chunks[frag.index]
+        if existing is not None:
+            if existing != chunk:
+                raise DecodeError("data fragment conflicts with an earlier copy")
+            return DataAdded(duplicate=True, evicted=evicted, arm=arm)
+        if partial.got + len(chunk) > size:
+            raise BadLength("data fragments exceed the declared payload length")
+        partial.chunks[frag.index] = chunk
+        partial.got += len(chunk)
+        partial.received += 1
+        partial.last = now
+        partial.src = src
+        if partial.received < len(partial.chunks):
+            return DataAdded(evicted=evicted, arm=arm)
+        self._forget(key)
+        if partial.got != size:
+            raise BadLength("reassembled payload is shorter than declared")
+        head = data_prefix(index) + frag.counter.to_bytes(8, "little")
+        whole = b"".join((head, *cast("list[bytes]", partial.chunks)))  # all arrived
+        return DataAdded(message=whole, evicted=evicted, arm=arm)
+
+    def expire(self, now: float) -> tuple[list[Addr], float | None]:
+        """The timer fired: drop the partials past their deadline (returns where each
+        last came from) and say when to fire next (None: nothing is held)."""
+        gone: list[Addr] = []
+        pending = self._pending
+        while pending:
+            key, first = next(iter(pending.items()))
+            if now + TIMER_EPSILON < first.deadline:
+                break
+            self._forget(key)
+            gone.append(first.src)
+        self._armed = next(iter(pending.values())).deadline if pending else None
+        return gone, self._armed
+
+    def _make_room(self, now: float, index: int, size: int) -> int | None:
+        """Evict what a new partial of session ``index`` with ``size`` declared bytes
+        needs (returns how many), or None if that would take a partial still arriving."""
+        evicted = 0
+        if self._per_session.get(index, 0) >= self._max_per_session:
+            if not self._evict_quietest(now, index):
+                return None
+            evicted += 1
+        while len(self._pending) >= self._max_partials or self._bytes + size > self._max_bytes:
+            if not self._evict_quietest(now, None):
+                return None
+            evicted += 1
+        return evicted
+
+    def _evict_quietest(self, now: float, index: int | None) -> bool:
+        """Evict the partial (of session ``index``, or of any) that heard from its sender
+        least recently, if that was at least ``min_evict_age`` ago."""
+        quietest: tuple[int, int] | None = None
+        last = now
+        for k, p in self._pending.items():
+            if p.last < last and (index is None or k[0] == index):
+                quietest, last = k, p.last
+        if quietest is None or now - last < self._min_evict_age:
+            return False
+        self._forget(quietest)
+        return True
+
+    def _forget(self, key: tuple[int, int]) -> None:
+        partial = self._pending.pop(key)
+        self._bytes -= partial.size
+        index = key[0]
+        left = self._per_session[index] - 1
+        if left:
+            self._per_session[index] = left
+        else:
+            del self._per_session[index]

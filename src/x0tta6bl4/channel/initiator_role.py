@@ -482,6 +482,6 @@ class InitiatorRole:
             ]
             return out + (self.start(now, peer) if peer.attempt is None else [])
         peer.acks_sent += 1
-        delay = min(C.HANDSHAKE_RETRY_CAP, C.ACK_RETRY_BASE * 2**peer.acks_sent)
+        peer.ack_at = now + min(C.HANDSHAKE_RETRY_CAP, C.ACK_RETRY_BASE * 2**peer.acks_sent)
         key = ChannelTimer(self._ns, ChannelTimerKind.ACK, peer.addr)
-        return [*self._data.seal(now, peer, cur, b""), SetTimer(now + delay, key)]
+        return [*self._data.seal(now, peer, cur, b""), SetTimer(peer.ack_at, key)]

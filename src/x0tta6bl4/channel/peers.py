@@ -150,6 +150,7 @@ class Attempt:
 
 class Peer:
     __slots__ = (
+        "ack_at",
         "acks_sent",
         "addr",
         "attempt",
@@ -188,6 +189,7 @@ class Peer:
         self.failures = 0
         self.last_received: float | None = None
         self.acks_sent = 0  # CONFIRMs resent on the current, unanswered session
+        self.ack_at = 0.0  # when that CONFIRM is next resent (its ACK timer)
         self.last_sent = -math.inf  # our last DATA to it
         # Our first payload since the peer's last authenticated packet: data that long
         # unanswered means the peer may have lost the session (REPLY_TIMEOUT).
@@ -291,6 +293,50 @@ class PeerTable:
         if ident is not None and self.by_name.get(ident.name) == peer.addr:
             del self.by_name[ident.name]
         self._untrack_inbound(peer)
+
+    def move(self, peer: Peer, addr: Addr) -> tuple[bool, Peer | None]:
+        """Re-key ``peer`` (authenticated, with a session) under ``addr``, where an
+        authenticated packet of its own just came from (see ``DataPath.on_data``).
+
+        An entry already at ``addr`` is *absorbed* if it holds no session and ``addr`` may
+        be this identity's (its ``expect_name``, the ``accept_identity`` hook): our
+        initiation there is cancelled, its queue and its declaration are taken over. The
+        move is refused (nothing changes) if that entry holds a session (another
+        authenticated peer's session is never torn down, nor two merged) or if ``addr``
+        may not be this identity's. Returns whether it moved, and the absorbed entry."""
+        ident = peer.identity
+        if ident is None:  # pragma: no cover - a session always has a bound identity
+            return False, None
+        other = self.by_addr.get(addr)
+        if other is not None and (other.current is not None or other.previous is not None):
+            return False, None
+        if not self.acceptable(addr, other, ident):
+            return False, None
+        old = peer.addr
+        by_name = self.by_name
+        if other is not None:
+            self.cancel(other)  # the peer answers at that address now
+            oname = other.identity.name if other.identity is not None else None
+            if oname is not None and oname != ident.name and by_name.get(oname) == addr:
+                del by_name[oname]
+            self._untrack_inbound(other)
+            if other.origin is PeerOrigin.DECLARED and peer.origin is PeerOrigin.INBOUND:
+                self._untrack_inbound(peer)
+                peer.origin = PeerOrigin.DECLARED  # our own call declared that address
+            if peer.expect_name is None:
+                peer.expect_name = other.expect_name
+            peer.queue.extend(other.queue)  # the caller trims it to the queue's bound
+            other.queue.clear()
+        del self.by_addr[old]
+        self.by_addr[addr] = peer
+        if by_name.get(ident.name) == old:
+            by_name[ident.name] = addr
+        if peer.origin is PeerOrigin.INBOUND:
+            addrs = self._inbound.get(ident.fingerprint)
+            if addrs is not None and old in addrs:
+                addrs[addrs.index(old)] = addr
+        peer.addr = addr
+        return True, other
 
     def bind(self, peer: Peer, ident: VerifiedIdentity, cert_der: bytes) -> None:
         """``ident`` (with ``cert_der``) has just completed a handshake at ``peer``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from x0tta6bl4.channel.constants import (
     DATA_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,
+    MAX_DATA_PAYLOAD,
     REJECT_AFTER_MESSAGES,
     REPLAY_WINDOW,
     SENT_TAG_WINDOW,
@@ -107,6 +108,26 @@ class Session:
         hdr = self._tx_prefix + ctr
         return hdr + self._send.seal(_ZERO4 + ctr, payload, hdr)
 
+    def seal_detached(self, payload: bytes) -> tuple[int, bytes]:
+        """``payload`` (up to ``MAX_DATA_PAYLOAD``) as ONE DATA message whose header stays
+        apart, to be sent in DATA_FRAGMENTs: its counter and its ciphertext (tag
+        included). The header, ``data_prefix(remote_index) | counter``, is the AEAD's
+        associated data as in :meth:`seal`, so the receiver opens the reassembled whole
+        like any DATA. Raises :class:`MessageTooLarge` and :class:`SessionExpired`."""
+        if len(payload) > MAX_DATA_PAYLOAD:
+            raise MessageTooLarge(len(payload), MAX_DATA_PAYLOAD)
+        counter = self.send_count
+        if counter >= REJECT_AFTER_MESSAGES:
+            raise SessionExpired("send counter exhausted")
+        self.send_count = counter + 1
+        ctr = counter.to_bytes(8, "little")
+        return counter, self._send.seal(_ZERO4 + ctr, payload, self._tx_prefix + ctr)
+
+    def fresh(self, counter: int) -> bool:
+        """Whether a packet with ``counter`` would pass the replay window now (nothing
+        changes: a fragment of it is checked before anything is kept)."""
+        return self._window.check(counter)
+
     def open(self, datagram: bytes) -> bytes:
         """The payload of a DATA datagram addressed to this session. Raises
         :class:`ReplayError` (seen or too old), :class:`x0tta6bl4.errors.DecryptError`
@@ -125,6 +146,11 @@ class Session:
         if not window.update(counter):  # pragma: no cover - check() just said it was fresh
             raise ReplayError(f"counter {counter} replayed")
         return plaintext
+
+    @property
+    def received_top(self) -> int:
+        """The highest counter received on this session so far (-1 before the first)."""
+        return self._window.top
 
     def sent_tag(self, counter: int) -> bytes | None:
         """The tag of our packet ``counter`` if it is among the last ``SENT_TAG_WINDOW``."""

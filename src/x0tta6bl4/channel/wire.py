@@ -23,6 +23,7 @@ from x0tta6bl4.channel.constants import (
     CERT_REQUEST_SIZE,
     COOKIE_NONCE_SIZE,
     COOKIE_SIZE,
+    DATA_FRAGMENT_HEADER_SIZE,
     DATA_HEADER_SIZE,
     DATA_OVERHEAD,
     EPHEMERAL_SIZE,
@@ -34,6 +35,8 @@ from x0tta6bl4.channel.constants import (
     KEM_CIPHERTEXT_SIZE,
     MAC_SIZE,
     MAX_CERT_SIZE,
+    MAX_DATA_FRAGMENTS,
+    MAX_DATA_PAYLOAD,
     MAX_FRAGMENTS,
     MAX_MESSAGE_SIZE,
     MSG_CERT,
@@ -41,6 +44,7 @@ from x0tta6bl4.channel.constants import (
     MSG_CONFIRM,
     MSG_COOKIE,
     MSG_DATA,
+    MSG_DATA_FRAGMENT,
     MSG_FRAGMENT,
     MSG_FRAGMENT_NACK,
     MSG_INIT,
@@ -69,12 +73,15 @@ HDR_FRAGMENT: Final = header(MSG_FRAGMENT)
 HDR_CONFIRM: Final = header(MSG_CONFIRM)
 HDR_NO_SESSION: Final = header(MSG_NO_SESSION)
 HDR_FRAGMENT_NACK: Final = header(MSG_FRAGMENT_NACK)
+HDR_DATA_FRAGMENT: Final = header(MSG_DATA_FRAGMENT)
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _FRAG = struct.Struct("<IBBH")
 _DATA = struct.Struct("<IQ")
 _NACK = struct.Struct("<IQ")  # message_id u32 | missing u64
+# DATA_FRAGMENT after its header: receiver u32 | counter u64 | index u8 | count u8 | length u16
+DATA_FRAGMENT_FIELDS: Final = struct.Struct("<IQBBH")
 _TS = struct.Struct(">QI")
 _BISCUIT = struct.Struct("<IId")
 
@@ -231,6 +238,22 @@ class FragmentNack:
         return [i for i in range(m.bit_length()) if m >> i & 1]
 
 
+@dataclass(frozen=True, slots=True)
+class DataFragment:
+    """Type 11: chunk ``index`` of ``count`` of the ciphertext of ONE DATA message too large
+    for a datagram. ``receiver_index`` and ``counter`` are that DATA's header fields (so
+    the receiver finds the session, and refuses a replay, before it keeps anything; the
+    AEAD authenticates them when the whole opens); ``length`` is the payload's length:
+    the chunks together are ``length + 16`` bytes, the ciphertext and its tag."""
+
+    receiver_index: int
+    counter: int
+    index: int
+    count: int
+    length: int
+    chunk: bytes
+
+
 Message: TypeAlias = (
     Init
     | Resp
@@ -242,6 +265,7 @@ Message: TypeAlias = (
     | Confirm
     | NoSession
     | FragmentNack
+    | DataFragment
 )
 
 
@@ -376,6 +400,8 @@ def encode(msg: Message) -> bytes:
         return HDR_FRAGMENT_NACK + _NACK.pack(
             _check_u32(msg.message_id), _check_missing(msg.missing)
         )
+    if isinstance(msg, DataFragment):
+        return encode_data_fragment(msg)
     return encode_fragment(msg)
 
 
@@ -467,6 +493,27 @@ def encode_fragment(msg: Fragment) -> bytes:
         + _FRAG.pack(_check_u32(msg.message_id), msg.index, msg.count, msg.total_length)
         + msg.chunk
     )
+
+
+def encode_data_fragment(msg: DataFragment) -> bytes:
+    if not 0 <= msg.counter < 2**64:
+        raise BadLength(f"counter out of range: {msg.counter}")
+    _check_data_fragment(msg.index, msg.count, msg.length, len(msg.chunk))
+    fields = DATA_FRAGMENT_FIELDS.pack(
+        _check_u32(msg.receiver_index), msg.counter, msg.index, msg.count, msg.length
+    )
+    return HDR_DATA_FRAGMENT + fields + msg.chunk
+
+
+def _check_data_fragment(index: int, count: int, length: int, chunk_size: int) -> None:
+    if not 2 <= count <= MAX_DATA_FRAGMENTS:
+        raise BadLength(f"data fragment count {count} outside 2..{MAX_DATA_FRAGMENTS}")
+    if not 0 <= index < count:
+        raise BadLength(f"data fragment index {index} of {count}")
+    if not 0 <= length <= MAX_DATA_PAYLOAD:
+        raise BadLength(f"fragmented payload of {length} bytes")
+    if not 1 <= chunk_size <= length + AEAD_TAG_SIZE:
+        raise BadLength(f"data fragment chunk of {chunk_size} bytes for a {length}-byte payload")
 
 
 def _check_missing(missing: int) -> int:
@@ -595,6 +642,14 @@ def decode_fragment(data: bytes) -> Fragment:
     return Fragment(message_id, index, count, total, data[FRAGMENT_HEADER_SIZE:])
 
 
+def decode_data_fragment(data: bytes) -> DataFragment:
+    _need(data, DATA_FRAGMENT_HEADER_SIZE + 1, "DATA_FRAGMENT")
+    receiver, counter, index, count, length = DATA_FRAGMENT_FIELDS.unpack_from(data, HEADER_SIZE)
+    chunk = data[DATA_FRAGMENT_HEADER_SIZE:]
+    _check_data_fragment(index, count, length, len(chunk))
+    return DataFragment(receiver, counter, index, count, length, chunk)
+
+
 def decode_confirm(data: bytes) -> Confirm:
     _need(data, CONFIRM_MIN_SIZE, "CONFIRM")
     inner = data[HEADER_SIZE + BISCUIT_SIZE :]
@@ -628,6 +683,7 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     MSG_CONFIRM: decode_confirm,
     MSG_NO_SESSION: decode_no_session,
     MSG_FRAGMENT_NACK: decode_fragment_nack,
+    MSG_DATA_FRAGMENT: decode_data_fragment,
 }
 
 
