@@ -82,6 +82,7 @@ from x0tta6bl4.sansio import (
     LinkDown,
     LinkDownReason,
     LinkUp,
+    PeerMoved,
     Send,
     SessionUp,
     SetTimer,
@@ -242,7 +243,8 @@ class MeshNode:
             accept_identity=self._e2e_identity_ok,
             timer_namespace=_E2E,
         )
-        self.max_app_payload = self.e2e_max_datagram - DATA_OVERHEAD - PORT_OVERHEAD
+        # The e2e channel seals a payload once and splits it into datagrams itself.
+        self.max_app_payload = self.e2e.max_payload - PORT_OVERHEAD
         self._link_payload_max = cfg.max_datagram - DATA_OVERHEAD
         self.router = rt.Router(self.id, rng, update_interval=cfg.update_interval, seqno=seqno)
         self._configured: list[Addr] = list(neighbours)
@@ -414,6 +416,11 @@ class MeshNode:
                 out.append(Event(f"{_TRACE_PREFIX[layer]}.{a.kind}", a.fields))
             elif t is SessionUp and layer == _LINK:
                 self._on_link_up(now, a.peer, a.addr, out)
+            elif t is PeerMoved and layer == _LINK:
+                nb = self._nbrs.get(a.peer_name)
+                if nb is not None and nb.addr == a.old_addr:
+                    nb.addr = a.new_addr  # roaming: hellos and frames follow the session
+                out.append(a)
 
     def _on_e2e_deliver(self, now: float, d: Deliver, out: list[Action]) -> None:
         # d.src is the verified certificate's name, and the e2e endpoint checked that
@@ -869,6 +876,10 @@ class MeshNode:
     def neighbours(self) -> dict[str, bool]:
         """Neighbour name -> alive."""
         return {n: nb.alive for n, nb in self._nbrs.items()}
+
+    def known_names(self) -> list[str]:
+        """Every node name this node knows (itself, neighbours, NAMES frames, sessions)."""
+        return list(self._names.values())
 
     def next_hop(self, dst: str) -> str | None:
         return self.router.next_hop(self.id_of(dst))

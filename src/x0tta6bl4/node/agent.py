@@ -33,6 +33,7 @@ from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.identity.verify import make_verifier
 from x0tta6bl4.mesh.node import MeshConfig, MeshNode, node_id
 from x0tta6bl4.node.config import NodeSettings, format_host_port, parse_host_port
+from x0tta6bl4.node.dataplane import IP_PORT, TunPlane
 from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, POLICY_FILE, StateDir, StateError
 from x0tta6bl4.node.udp import UdpRunner
 from x0tta6bl4.observability.metrics import record_policy_decision
@@ -89,6 +90,7 @@ class Agent:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._runner: UdpRunner | None = None
+        self.tun: TunPlane | None = None
         self._mesh: MeshNode | None = None
         self._core: HealingNode | None = None
         self._saved_peers: dict[str, str] = {}
@@ -201,6 +203,9 @@ class Agent:
             api=str(self.settings.api_socket),
         )
         self._load_policy()
+        if self.settings.tun.enabled:
+            self.tun = TunPlane(self)
+            await self.tun.start(loop)
         housekeeping = loop.create_task(self._housekeeping())
         if self.on_ready is not None:
             self.on_ready(self)
@@ -215,6 +220,8 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
             self._save_state()
+            if self.tun is not None:
+                self.tun.close(loop)
             await api.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
@@ -283,7 +290,7 @@ class Agent:
             return
         result = accept_policy(self.policy, data, self.bundle, str(path))
         if result.error is not None:
-            self._count("policy_refused")
+            self.count("policy_refused")
             log.error(
                 "policy_refused",
                 file=str(path),
@@ -334,15 +341,12 @@ class Agent:
 
     # -- core outputs -------------------------------------------------------------------
 
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
-
     def _on_event(self, ev: Event) -> None:
         item = (time.time(), ev.kind, dict(ev.fields))
         self.trace.append(item)
         for q in list(self.trace_subscribers):
             if q.full():
-                self._count("trace_subscriber_overflow")
+                self.count("trace_subscriber_overflow")
                 continue
             q.put_nowait(item)
         if ev.kind == "probe_ok":
@@ -375,20 +379,29 @@ class Agent:
             mttr=ev.mttr,
         )
 
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
     def _on_deliver(self, d: Deliver) -> None:
+        if d.port == IP_PORT:
+            if self.tun is not None:
+                self.tun.inbound(d.src, self.peer_identity(d.src), d.payload)
+            else:
+                self.count("ip_without_tun")
+            return
         decision = self.decide(self.peer_identity(d.src), Proto.MSG, d.port)
         record_policy_decision(decision.rule_id, decision.allowed)
         if not decision.allowed:
-            self._count(f"policy_denied:{decision.rule_id}")
+            self.count(f"policy_denied:{decision.rule_id}")
             return
         queues = self.listeners.get(d.port)
         if not queues:
-            self._count("no_listener")
+            self.count("no_listener")
             return
         item = Inbound(d.src, d.port, d.payload)
         for q in queues:
             if q.full():
-                self._count("listener_overflow")
+                self.count("listener_overflow")
                 continue
             q.put_nowait(item)
 
@@ -398,6 +411,16 @@ class Agent:
             return DEFAULT_DENY
         return self.policy.policy.decide(
             Subject.from_identity(src), self._self_subject, proto, port
+        )
+
+    def decide_outbound(
+        self, dst: VerifiedIdentity, proto: Proto | None, port: int | None
+    ) -> Decision | None:
+        """The receiver's verdict as far as this node can tell (None: cannot tell)."""
+        if self.policy is None or proto is None:
+            return None
+        return self.policy.policy.decide(
+            self._self_subject, Subject.from_identity(dst), proto, port
         )
 
     def peer_identity(self, name: str) -> VerifiedIdentity | None:
@@ -500,10 +523,10 @@ class Agent:
         }
 
     def overlay_addresses(self) -> dict[str, str | None]:
-        from x0tta6bl4.node.tun import overlay_ipv6
+        from x0tta6bl4.node.dataplane import node_overlay_ipv6
 
         return {
-            "ipv6": str(overlay_ipv6(self.creds.cert.spiffe_id)),
+            "ipv6": str(node_overlay_ipv6(self.bundle.trust_domain, self.name)),
             "ipv4": self.settings.tun.ipv4 or None,
         }
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from x0tta6bl4.errors import X0tError
+from x0tta6bl4.node.dataplane import IP_PORT
 
 if TYPE_CHECKING:
     from x0tta6bl4.node.agent import Agent, Inbound
@@ -51,8 +52,8 @@ def _field(req: dict[str, Any], name: str, kind: type) -> Any:
 
 def _port(req: dict[str, Any]) -> int:
     port = _field(req, "port", int)
-    if not 1 <= port <= 0xFFFF:
-        raise ApiError(f"port {port} out of range 1..65535")
+    if not 1 <= port < IP_PORT:
+        raise ApiError(f"port {port} out of range 1..{IP_PORT - 1} ({IP_PORT} carries TUN traffic)")
     return int(port)
 
 

@@ -69,6 +69,7 @@ class TunSettings(_Section):
     name: str = Field(default="x0t0", max_length=15)
     mtu: int = Field(default=1280, ge=1280, le=65535)
     ipv4: str = ""  # optional 100.64.0.0/10 overlay address
+    deny_tcp: str = Field(default="drop", pattern="^(drop|reset)$")  # a denied TCP segment
 
     @field_validator("ipv4")
     @classmethod
@@ -205,6 +206,8 @@ name = "x0t0"
 mtu = 1280
 # Optional overlay IPv4 address from 100.64.0.0/10; the IPv6 one derives from the identity.
 ipv4 = ""
+# A TCP segment the policy denies: "drop" it, or answer with a "reset".
+deny_tcp = "drop"
 
 [api]
 # The local API (x0t status, ping, send, listen): a Unix socket. "" = STATE_DIR/agent.sock

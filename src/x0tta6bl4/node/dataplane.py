@@ -1,0 +1,219 @@
+"""TUN mode: IP packets between the host and the mesh, sealed end to end.
+
+Every node owns one overlay IPv6 address, a ULA derived from its SPIFFE ID inside a /48
+derived from the trust domain (``tun.overlay_ipv6``), so a node computes any peer's
+address from its name alone; names reach every node ahead of routes (the mesh's NAMES
+frames). A packet read from the TUN device goes to the node owning its destination
+address, on the mesh's reserved port ``IP_PORT``; packets larger than one datagram are
+split by the channel (one AEAD seal per packet) and never rely on IP fragmentation.
+
+Policy is enforced by the receiver on the decrypted packet against the end-to-end
+session's verified identity (and by the sender too when it already knows the peer, to
+fail fast). Replies are let in by connection tracking: a flow this node opened (or was
+allowed to receive) admits its reverse direction until it idles out, as stateful
+firewalls do, so a rule reads "web may connect to db:5432", not "and db to web:any".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from x0tta6bl4.identity.cert import node_spiffe_id
+from x0tta6bl4.identity.types import VerifiedIdentity
+from x0tta6bl4.node.ippacket import Flow, IPAddr, parse_flow, tcp_reset_for
+from x0tta6bl4.node.tun import TunDevice, open_tun, overlay_ipv6, overlay_prefix
+from x0tta6bl4.observability.metrics import record_policy_decision
+
+if TYPE_CHECKING:
+    from x0tta6bl4.node.agent import Agent
+
+log = structlog.get_logger("x0tta6bl4.node.tun")
+
+IP_PORT: Final = 0xFFFF
+"""The mesh port that carries overlay IP packets (message API ports are 1..65534)."""
+CONNTRACK_MAX: Final = 65536
+CONNTRACK_IDLE: Final = 180.0
+READ_BATCH: Final = 256
+"""Packets read per wake-up at most, so the socket side is not starved."""
+
+FlowKey = tuple[int, IPAddr, IPAddr, int | None, int | None]
+
+
+def node_overlay_ipv6(trust_domain: str, name: str) -> IPAddr:
+    return overlay_ipv6(node_spiffe_id(trust_domain, name), overlay_prefix(trust_domain))
+
+
+class ConnTrack:
+    """Flows allowed once, whose reverse direction is admitted until idle. Bounded: the
+    least recently used entry goes first."""
+
+    def __init__(self, max_entries: int = CONNTRACK_MAX, idle: float = CONNTRACK_IDLE) -> None:
+        self._flows: OrderedDict[FlowKey, float] = OrderedDict()
+        self.max_entries = max_entries
+        self.idle = idle
+
+    def note(self, flow: Flow, now: float) -> None:
+        key = flow.reverse_key()
+        self._flows[key] = now
+        self._flows.move_to_end(key)
+        if len(self._flows) > self.max_entries:
+            self._flows.popitem(last=False)
+
+    def admits(self, flow: Flow, now: float) -> bool:
+        key = flow.key()
+        seen = self._flows.get(key)
+        if seen is None or now - seen > self.idle:
+            return False
+        self._flows[key] = now
+        self._flows.move_to_end(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+
+class TunPlane:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.settings = agent.settings.tun
+        td = agent.bundle.trust_domain
+        self.trust_domain = td
+        self.address = node_overlay_ipv6(td, agent.name)
+        self.prefix = overlay_prefix(td)
+        self.conntrack = ConnTrack()
+        self.tun: TunDevice | None = None
+        self._table: dict[IPAddr, str] = {}
+        self._table_size = -1
+
+    def _count(self, what: str) -> None:
+        self.agent.count(what)
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # pyroute2's netlink client runs an event loop of its own: not in ours.
+        await asyncio.to_thread(self._open)
+        assert self.tun is not None
+        loop.add_reader(self.tun.fileno(), self._readable)
+
+    def _open(self) -> None:
+        s = self.settings
+        tun = open_tun(s.name, nonblocking=True)
+        try:
+            addresses = [f"{self.address}/{self.prefix.prefixlen}"]
+            if s.ipv4:
+                addresses.append(f"{s.ipv4}/10")
+            tun.configure(mtu=s.mtu, addresses=addresses, ipv6_link_local=False)
+        except BaseException:
+            tun.close()
+            raise
+        self.tun = tun
+        log.info("tun_up", device=tun.name, address=str(self.address), mtu=s.mtu)
+
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.tun is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self.tun.fileno())
+            self.tun.close()
+            self.tun = None
+
+    # -- addresses ------------------------------------------------------------------------
+
+    def _lookup(self, dst: IPAddr) -> str | None:
+        name = self._table.get(dst)
+        if name is None:
+            names = self.agent.mesh.known_names()
+            if len(names) != self._table_size:  # a new name: rebuild the table
+                self._table = {node_overlay_ipv6(self.trust_domain, n): n for n in names}
+                self._table_size = len(names)
+                name = self._table.get(dst)
+        return name
+
+    # -- host -> mesh -----------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        tun = self.tun
+        if tun is None:
+            return
+        for _ in range(READ_BATCH):
+            try:
+                pkt = tun.read()
+            except BlockingIOError:
+                return
+            self.outbound(pkt)
+
+    def outbound(self, pkt: bytes) -> None:
+        flow = parse_flow(pkt)
+        if flow is None:
+            self._count("tun_malformed")
+            return
+        name = self._lookup(flow.dst)
+        if name is None:
+            self._count("tun_no_node")  # not an overlay address we know
+            return
+        now = time.monotonic()
+        ident = self.agent.peer_identity(name)
+        if ident is not None and not self.conntrack.admits(flow, now):
+            # Fail fast: the receiver would refuse it too.
+            d = self.agent.decide_outbound(ident, flow.proto, flow.dport)
+            if d is not None and not d.allowed:
+                record_policy_decision(d.rule_id, False)
+                self._count(f"policy_denied_at_sender:{d.rule_id}")
+                return
+        self.conntrack.note(flow, now)
+        try:
+            self.agent.send(name, IP_PORT, pkt)
+        except (ValueError, OSError) as exc:
+            self._count("tun_send_failed")
+            log.debug("tun_send_failed", dst=name, error=str(exc))
+        except Exception as exc:  # ProtocolError and kin: one packet lost, counted
+            self._count("tun_send_failed")
+            log.debug("tun_send_failed", dst=name, error=str(exc))
+
+    # -- mesh -> host -----------------------------------------------------------------------
+
+    def inbound(self, src_name: str, ident: VerifiedIdentity | None, pkt: bytes) -> None:
+        tun = self.tun
+        if tun is None:
+            return
+        flow = parse_flow(pkt)
+        if flow is None:
+            self._count("tun_malformed")
+            return
+        if flow.dst != self.address and not (
+            self.settings.ipv4 and str(flow.dst) == self.settings.ipv4
+        ):
+            self._count("tun_not_for_us")
+            return
+        # The source address must be the sender's own: no node speaks for another.
+        if ident is None or (
+            flow.version == 6 and flow.src != node_overlay_ipv6(self.trust_domain, ident.name)
+        ):
+            self._count("tun_spoofed_source")
+            return
+        now = time.monotonic()
+        if not self.conntrack.admits(flow, now):
+            decision = self.agent.decide(ident, flow.proto, flow.dport) if flow.proto else None
+            rule = decision.rule_id if decision is not None else "unknown-protocol"
+            allowed = decision is not None and decision.allowed
+            record_policy_decision(rule, allowed)
+            if not allowed:
+                self.agent.count(f"policy_denied:{rule}")
+                if self.settings.deny_tcp == "reset":
+                    rst = tcp_reset_for(pkt, flow)
+                    if rst is not None:
+                        with contextlib.suppress(Exception):
+                            self.agent.send(src_name, IP_PORT, rst)
+                return
+            self.conntrack.note(flow, now)
+        try:
+            tun.write(pkt)
+        except Exception:  # the kernel refused the packet (malformed): count, go on
+            self._count("tun_write_failed")
+
+
+__all__ = ["IP_PORT", "ConnTrack", "TunPlane", "node_overlay_ipv6"]

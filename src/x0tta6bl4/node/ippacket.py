@@ -1,0 +1,137 @@
+"""Just enough IP parsing for the overlay: a packet's flow (addresses, protocol, ports)
+for routing and policy, and a TCP reset for a denied connection. Every read is
+bounds-checked; a packet too short or malformed for its header gives ``None``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from x0tta6bl4.policy import Proto
+
+IPPROTO_ICMP: Final = 1
+IPPROTO_TCP: Final = 6
+IPPROTO_UDP: Final = 17
+IPPROTO_ICMPV6: Final = 58
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_ACK: Final = 0x10
+
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    version: int
+    src: IPAddr
+    dst: IPAddr
+    proto: Proto | None  # None: a protocol the policy has no word for
+    ip_proto: int
+    sport: int | None  # TCP/UDP ports; the echo identifier for ICMP echo
+    dport: int | None
+    l4: int  # offset of the transport header
+
+    def reverse_key(self) -> tuple[int, IPAddr, IPAddr, int | None, int | None]:
+        """The key of the reply direction, as ``key()`` of a reply would give it."""
+        return (self.ip_proto, self.dst, self.src, self.dport, self.sport)
+
+    def key(self) -> tuple[int, IPAddr, IPAddr, int | None, int | None]:
+        return (self.ip_proto, self.src, self.dst, self.sport, self.dport)
+
+
+def _ports(pkt: bytes | memoryview, l4: int, ip_proto: int) -> tuple[int | None, int | None]:
+    if ip_proto in (IPPROTO_TCP, IPPROTO_UDP) and len(pkt) >= l4 + 4:
+        sport, dport = struct.unpack_from(">HH", pkt, l4)
+        return sport, dport
+    if ip_proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and len(pkt) >= l4 + 6:
+        # echo request/reply: the identifier stands in for both ports
+        icmp_type = pkt[l4]
+        if icmp_type in (0, 8, 128, 129):
+            (ident,) = struct.unpack_from(">H", pkt, l4 + 4)
+            return ident, ident
+    return None, None
+
+
+_PROTO: Final = {
+    IPPROTO_TCP: Proto.TCP,
+    IPPROTO_UDP: Proto.UDP,
+    IPPROTO_ICMP: Proto.ICMP,
+    IPPROTO_ICMPV6: Proto.ICMP,
+}
+
+
+def parse_flow(pkt: bytes | memoryview) -> Flow | None:
+    n = len(pkt)
+    if n < 1:
+        return None
+    version = pkt[0] >> 4
+    if version == 4:
+        if n < 20:
+            return None
+        ihl = (pkt[0] & 0x0F) * 4
+        if ihl < 20 or n < ihl:
+            return None
+        ip_proto = pkt[9]
+        src: IPAddr = ipaddress.IPv4Address(bytes(pkt[12:16]))
+        dst: IPAddr = ipaddress.IPv4Address(bytes(pkt[16:20]))
+        l4 = ihl
+        if struct.unpack_from(">H", pkt, 6)[0] & 0x1FFF:  # a later fragment: no ports
+            return Flow(4, src, dst, _PROTO.get(ip_proto), ip_proto, None, None, l4)
+    elif version == 6:
+        if n < 40:
+            return None
+        ip_proto = pkt[6]
+        src = ipaddress.IPv6Address(bytes(pkt[8:24]))
+        dst = ipaddress.IPv6Address(bytes(pkt[24:40]))
+        l4 = 40
+    else:
+        return None
+    sport, dport = _ports(pkt, l4, ip_proto)
+    return Flow(version, src, dst, _PROTO.get(ip_proto), ip_proto, sport, dport, l4)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp_reset_for(pkt: bytes | memoryview, flow: Flow) -> bytes | None:
+    """The RST a closed port would send back for ``pkt`` (RFC 9293 §3.10.7.1), or None
+    when ``pkt`` is no TCP segment or is itself a reset."""
+    l4 = flow.l4
+    if flow.ip_proto != IPPROTO_TCP or len(pkt) < l4 + 20:
+        return None
+    sport, dport, seq, ack, off_flags = struct.unpack_from(">HHIIH", pkt, l4)
+    flags = off_flags & 0x3F
+    if flags & TCP_RST:
+        return None
+    data_off = (off_flags >> 12) * 4
+    seg_len = max(0, len(pkt) - l4 - data_off) + (1 if flags & TCP_SYN else 0)
+    seg_len += 1 if flags & TCP_FIN else 0
+    if flags & TCP_ACK:
+        r_seq, r_ack, r_flags = ack, 0, TCP_RST
+    else:
+        r_seq, r_ack, r_flags = 0, (seq + seg_len) & 0xFFFFFFFF, TCP_RST | TCP_ACK
+    tcp = struct.pack(">HHIIHHHH", dport, sport, r_seq, r_ack, (5 << 12) | r_flags, 0, 0, 0)
+    src, dst = flow.dst.packed, flow.src.packed  # the reply goes back
+    if flow.version == 4:
+        pseudo = src + dst + struct.pack(">BBH", 0, IPPROTO_TCP, len(tcp))
+        tcp = tcp[:16] + struct.pack(">H", _checksum(pseudo + tcp)) + tcp[18:]
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
+        ip = ip[:10] + struct.pack(">H", _checksum(ip)) + ip[12:]
+        return ip + tcp
+    pseudo = src + dst + struct.pack(">IxxxB", len(tcp), IPPROTO_TCP)
+    tcp = tcp[:16] + struct.pack(">H", _checksum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack(">IHBB16s16s", 6 << 28, len(tcp), IPPROTO_TCP, 64, src, dst)
+    return ip + tcp
+
+
+__all__ = ["Flow", "parse_flow", "tcp_reset_for"]

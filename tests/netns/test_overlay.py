@@ -1,0 +1,102 @@
+"""The IP overlay between real agents in the namespace diamond (A-B, A-C, B-D, C-D, no IP
+forwarding in the underlay): TCP from A to D's overlay address crosses two hops; the
+relay in use is blackholed mid-transfer and the same connection carries on through the
+other; the policy denies A -> D tcp/5432 and counts it; A's underlay address changes and
+its sessions survive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netns.agents import Agents, flow_result, start_all
+from tests.netns.helpers import Diamond, wait_for_line
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+@pytest.fixture
+def agents(tun_ok: None, diamond_net: Diamond, tmp_path: Path) -> Iterator[Agents]:
+    ag = start_all(diamond_net, tmp_path)
+    try:
+        yield ag
+    finally:
+        ag.stop()
+
+
+def _tcp(ag: Agents, port: int, seconds: float, timeout: float = 40.0) -> tuple[dict, dict]:
+    dst = ag.overlay("d")
+    rx = ag.diamond.d.module_popen(
+        "tests.netns.flows", "tcp-recv", dst, str(port), "--timeout", str(timeout)
+    )
+    wait_for_line(rx, 10.0)  # listening
+    tx = ag.diamond.a.module_popen(
+        "tests.netns.flows", "tcp-send", dst, str(port), "--seconds", str(seconds)
+    )
+    return tx, rx  # type: ignore[return-value]
+
+
+def test_tcp_crosses_two_hops_and_a_denied_port_is_counted(agents: Agents) -> None:
+    assert agents.diamond.a.ping(agents.overlay("d"), count=2, timeout=3.0).ok
+    tx, rx = _tcp(agents, 5000, 1.0)
+    sent, got = flow_result(tx, 30.0), flow_result(rx, 30.0)
+    assert got["bytes"] == sent["bytes"] > 0
+    # Nothing allows tcp/5432: the connection attempt goes nowhere. A already holds D's
+    # verified identity (the session above), so A refuses it itself and counts it.
+    key = "policy_denied_at_sender:default-deny"
+    before = agents.client("a").status()["counters"].get(key, 0)
+    probe = agents.diamond.a.python(
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET6)\ns.settimeout(1.5)\n"
+        "try:\n    s.connect((sys.argv[1], 5432)); print('connected')\n"
+        "except OSError as e:\n    print('refused', type(e).__name__)\n",
+        agents.overlay("d"),
+        check=False,
+    )
+    assert "connected" not in probe.stdout
+    assert agents.client("a").status()["counters"].get(key, 0) > before
+
+
+def test_the_same_tcp_connection_survives_a_blackholed_relay(agents: Agents) -> None:
+    relay = agents.relay_in_use()
+    assert relay in ("b", "c")
+    tx, rx = _tcp(agents, 5001, 6.0)
+    time.sleep(2.0)
+    link = agents.diamond.links["".join(sorted("a" + relay))]
+    agents.diamond.a.lab.blackhole(link)  # A's link to the relay in use, both ways
+    t_cut = time.monotonic()
+    agents.wait(lambda: agents.relay_in_use() not in (relay, None), 5.0, "A to reroute")
+    reroute = time.monotonic() - t_cut
+    sent, got = flow_result(tx, 40.0), flow_result(rx, 40.0)
+    assert got["bytes"] == sent["bytes"] > 0  # one connection, every byte, no reset
+    assert sent["seconds"] >= 6.0
+    assert reroute < 2.0, f"rerouted after {reroute:.2f} s"
+
+
+def test_a_node_whose_address_changes_keeps_its_sessions(agents: Agents) -> None:
+    b = agents.client("b")
+    before = {n["name"]: n for n in b.status()["neighbours"]}["a"]
+    assert before["alive"]
+    # A's address on the A-B link changes (a new DHCP lease, NAT rebinding): B sees A's
+    # packets from a new source and moves the session there.
+    a = agents.diamond.a
+    old = agents.diamond.links["ab"].end("a")
+    # keep the new address when the old (primary) one goes, as a renumbering would
+    a.sysctl(f"net.ipv4.conf.{old.name}.promote_secondaries", 1)
+    a.ip("addr", "add", "198.18.1.9/24", "dev", old.name)
+    a.ip("addr", "del", f"{old.ip}/24", "dev", old.name)
+    agents.wait(
+        lambda: any(
+            n["name"] == "a" and n["addr"] and n["addr"].startswith("198.18.1.9:")
+            for n in (agents.status("b") or {"neighbours": []})["neighbours"]
+        ),
+        5.0,
+        "B to follow A to its new address",
+    )
+    after = {n["name"]: n for n in b.status()["neighbours"]}["a"]
+    assert after["alive"]
+    assert after["session_age_s"] >= before["session_age_s"]  # the same session, moved
+    assert agents.diamond.a.ping(agents.overlay("d"), count=2, timeout=3.0).ok
