@@ -93,7 +93,7 @@ def test_a_node_whose_address_changes_keeps_its_sessions(agents: Agents) -> None
             n["name"] == "a" and n["addr"] and n["addr"].startswith("198.18.1.9:")
             for n in (agents.status("b") or {"neighbours": []})["neighbours"]
         ),
-        5.0,
+        10.0,
         "B to follow A to its new address",
     )
     after = {n["name"]: n for n in b.status()["neighbours"]}["a"]

@@ -30,6 +30,10 @@ MSG_NO_SESSION: Final = 9  # "no session has this index": answers DATA the recei
 MSG_FRAGMENT_NACK: Final = 10  # "these fragments of your message did not arrive"
 MSG_DATA_FRAGMENT: Final = 11  # a piece of one DATA message too large for a datagram
 MSG_LAST: Final = MSG_DATA_FRAGMENT  # the highest type a decoder accepts
+# Not a channel message: the mesh's RELAY datagram (an end-to-end DATA or DATA_FRAGMENT
+# carried between neighbours without link sealing). Reserved so the two never collide;
+# the channel's decoder refuses it like any unknown type.
+MSG_RELAY: Final = 12
 
 HEADER_SIZE: Final = 4  # version u8 | type u8 | reserved u16
 INDEX_SIZE: Final = 4

@@ -31,6 +31,22 @@ routing at once instead of after the dead interval. It is only believed inside t
 session and for the incarnation whose hellos the neighbour has seen, so neither a
 stranger nor a replayed LEAVE of an earlier run can take a live link down.
 
+Bulk data does not ride inside link sessions: an end-to-end DATA or DATA_FRAGMENT (already
+sealed end to end, replay-protected by the destination) travels hop by hop as a RELAY
+datagram, outside any link session::
+
+    RELAY      version u8 | 12 u8 | 0 u16 | ttl u16 | src id 8 | dst id 8 | e2e datagram
+
+A relay forwards it only if it comes from the current address of a live neighbour (one
+whose link session is authenticated) and carries an end-to-end data message; it never
+decrypts or re-encrypts it. So per hop a packet costs a table lookup, not two AEAD passes
+(the link layer's seal and open), the figure that bounds a Python relay. What this gives
+up: an observer *on a link* sees the two end ids of bulk datagrams (relays always did),
+and a sender spoofing a neighbour's address can make relays carry garbage that the
+destination drops as undecryptable (bounded by the TTL, never delivered). Handshakes,
+routing, hellos and everything else stay inside link sessions. ``MeshConfig.relay_data``
+turns this off (every e2e datagram in link-sealed FORWARD frames).
+
 The TTL is a u16 because routing accepts any path whose metric is below INFINITY and
 every link costs at least BASE_COST: no accepted path is longer than MAX_ROUTE_HOPS, so a
 TTL of MAX_ROUTE_HOPS + 1 never kills a packet on a route routing offers.
@@ -60,7 +76,14 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from x0tta6bl4.channel.constants import DATA_OVERHEAD, DEFAULT_MAX_DATAGRAM
+from x0tta6bl4.channel.constants import (
+    DATA_OVERHEAD,
+    DEFAULT_MAX_DATAGRAM,
+    MSG_DATA,
+    MSG_DATA_FRAGMENT,
+    MSG_RELAY,
+    PROTOCOL_VERSION,
+)
 from x0tta6bl4.channel.endpoint import SecureEndpoint
 from x0tta6bl4.channel.timers import ChannelTimer
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
@@ -101,6 +124,11 @@ FRAME_NAMES: Final = 7
 MAX_NAMES: Final = 1 << 16
 """Names a node learns; more are ignored (ids still route, shown as ``#`` + hex)."""
 _FWD = struct.Struct(">BH8s8s")  # type, ttl, src, dst
+_RELAY = struct.Struct(">4sH8s8s")  # channel-style header, ttl, src, dst
+_RELAY_HDR: Final = bytes((PROTOCOL_VERSION, MSG_RELAY, 0, 0))
+_E2E_DATA_TYPES: Final = frozenset((MSG_DATA, MSG_DATA_FRAGMENT))
+RELAY_OVERHEAD: Final = _RELAY.size  # 22
+_U16 = struct.Struct(">H")
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 _PROBE = struct.Struct(">BI")  # type, probe id
 _PROBE_ACK = struct.Struct(">BIH")  # type, probe id, probed size
@@ -146,8 +174,10 @@ _TRACE_PREFIX: Final = {_LINK: "link", _E2E: "e2e"}  # trace kinds stay "link.*"
 _ROUTING_PREFIX: Final = bytes((FRAME_ROUTING,))
 
 
+@functools.lru_cache(maxsize=4096)
 def node_id(name: str) -> NodeId:
-    """A node's 8-byte routing id, derived from its certificate name."""
+    """A node's 8-byte routing id, derived from its certificate name (cached: it is on
+    the per-packet path)."""
     return hashlib.sha256(b"x0tta6bl4/node-id/v1\x00" + name.encode()).digest()[:8]
 
 
@@ -158,6 +188,7 @@ class MeshConfig:
     max_datagram: int = DEFAULT_MAX_DATAGRAM
     ttl: int = DEFAULT_TTL
     mtu_probe_interval: float = MTU_PROBE_INTERVAL
+    relay_data: bool = True  # e2e data in RELAY datagrams, not link-sealed FORWARD frames
 
     def __post_init__(self) -> None:
         if not 1 <= self.ttl <= 0xFFFF:
@@ -249,6 +280,8 @@ class MeshNode:
         self.router = rt.Router(self.id, rng, update_interval=cfg.update_interval, seqno=seqno)
         self._configured: list[Addr] = list(neighbours)
         self._nbrs: dict[str, _Neighbour] = {}
+        self._by_addr: dict[Addr, _Neighbour] = {}  # neighbours by their link address
+        self._relay_data = cfg.relay_data
         self._names: dict[NodeId, str] = {self.id: name}
         for n in directory:
             self._names[node_id(n)] = n
@@ -354,6 +387,10 @@ class MeshNode:
     def handle(self, now: float, inp: Input) -> list[Action]:
         out: list[Action] = []
         if type(inp) is Datagram:
+            data = inp.data
+            if data[:4] == _RELAY_HDR:
+                self._on_relay(now, inp.addr, data, out)
+                return out
             self._wrap(now, _LINK, self.links.handle(now, inp), out)
         elif type(inp) is Timer:
             key = inp.key
@@ -419,7 +456,7 @@ class MeshNode:
             elif t is PeerMoved and layer == _LINK:
                 nb = self._nbrs.get(a.peer_name)
                 if nb is not None and nb.addr == a.old_addr:
-                    nb.addr = a.new_addr  # roaming: hellos and frames follow the session
+                    self._set_addr(nb, a.new_addr)  # roaming: frames follow the session
                 out.append(a)
 
     def _on_e2e_deliver(self, now: float, d: Deliver, out: list[Action]) -> None:
@@ -475,13 +512,19 @@ class MeshNode:
             )
             self._nbrs[peer] = nb
             self._learn_name(node_id(peer), peer)
-        nb.addr = addr
+        self._set_addr(nb, addr)
         # Every name we know, before any route can reach the neighbour.
         names = self._names
         self._send_names(now, nb, [names[i] for i in names if i not in self._directory], out)
         # Hello at once: the link's cost is known after one exchange each way.
         self._send_hello(now, nb, out)
         nb.next_probe = now + self.config.hello_interval * 2  # once hellos flow
+
+    def _set_addr(self, nb: _Neighbour, addr: Addr) -> None:
+        if self._by_addr.get(nb.addr) is nb:
+            del self._by_addr[nb.addr]
+        nb.addr = addr
+        self._by_addr[addr] = nb
 
     def _hello_period(self) -> float:
         iv = self.config.hello_interval
@@ -725,6 +768,14 @@ class MeshNode:
     def _forward_own(self, now: float, dst: Hashable, data: bytes, out: list[Action]) -> None:
         if not isinstance(dst, bytes):
             return
+        if self._relay_data and data[1] in _E2E_DATA_TYPES and data[0] == PROTOCOL_VERSION:
+            hop = self.router.next_hop(dst)
+            nb = self._nbrs.get(hop) if hop is not None else None
+            if nb is None or not nb.alive:
+                self._count("no_route")
+                return
+            out.append(Send(nb.addr, _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst) + data))
+            return
         frame = _FWD.pack(FRAME_FORWARD, self.config.ttl, self.id, dst) + data
         self._relay(now, dst, frame, out)
 
@@ -735,6 +786,34 @@ class MeshNode:
             self._count("no_route")
             return
         self._link_send(now, nb.addr, frame, out)
+
+    def _on_relay(self, now: float, addr: Addr, data: bytes, out: list[Action]) -> None:
+        nb = self._by_addr.get(addr)
+        if nb is None or not nb.alive:
+            self._count("relay_from_stranger")  # not a live neighbour's address: dropped
+            return
+        if (
+            len(data) < RELAY_OVERHEAD + DATA_OVERHEAD
+            or data[RELAY_OVERHEAD + 1] not in _E2E_DATA_TYPES
+        ):
+            self._count("bad_relay")
+            return
+        _, ttl, src, dst = _RELAY.unpack_from(data)
+        if dst == self.id:
+            inner = data[RELAY_OVERHEAD:]
+            self._rx_ttl = ttl
+            self._wrap(now, _E2E, self.e2e.handle(now, Datagram(src, inner)), out)
+            return
+        if ttl <= 1:
+            self._count("ttl_expired")
+            return
+        hop = self.router.next_hop(dst)
+        nxt = self._nbrs.get(hop) if hop is not None else None
+        if nxt is None or not nxt.alive:
+            self._count("no_route")
+            return
+        self._count("relayed")
+        out.append(Send(nxt.addr, data[:4] + _U16.pack(ttl - 1) + data[6:]))
 
     def _on_forward(self, now: float, frame: bytes, out: list[Action]) -> None:
         if len(frame) < FORWARD_OVERHEAD:

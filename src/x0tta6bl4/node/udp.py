@@ -7,6 +7,7 @@ expiries with ``now = time.monotonic()`` and carries out the actions it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -14,6 +15,7 @@ from typing import Any, cast
 
 import structlog
 
+from x0tta6bl4.node.udpfast import set_buffers
 from x0tta6bl4.sansio import (
     Action,
     Core,
@@ -26,6 +28,8 @@ from x0tta6bl4.sansio import (
 )
 
 log = structlog.get_logger("x0tta6bl4.node.udp")
+
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -96,6 +100,12 @@ class UdpRunner:
         sock = _Socket(self)
         await loop.create_datagram_endpoint(lambda: sock, local_addr=(host, port), family=family)
         assert sock.transport is not None
+        raw = sock.transport.get_extra_info("socket")
+        if raw is not None:
+            # A TCP super-packet arrives as ~50 datagrams at once: room for bursts, or
+            # the kernel drops them while the loop is busy with the previous one.
+            with contextlib.suppress(OSError):
+                set_buffers(raw, SOCKET_BUFFER)
         self._sockets.append(sock)
         self._by_family.setdefault(family, sock.transport)
         sockname: tuple[str, int] = sock.transport.get_extra_info("sockname")[:2]
