@@ -93,7 +93,7 @@ def node_init(
 
     from x0tta6bl4.identity.cert import validate_name
     from x0tta6bl4.identity.store import NodeCredentials
-    from x0tta6bl4.node.config import load_settings, render_template
+    from x0tta6bl4.node.config import load_settings, render_template, settings_from_text
     from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, StateDir
 
     with _errors():
@@ -106,6 +106,7 @@ def node_init(
         text = render_template(
             name, str(state.path), listen or ["127.0.0.1:7100"], peer or [], metrics
         )
+        settings_from_text(text, cfg_path)  # a bad --listen/--peer/--metrics: write nothing
         state.create()
         if ca_dir is not None:
             from x0tta6bl4.identity.ca import CertificateAuthority

@@ -43,10 +43,13 @@ class ApiError(X0tError):
     """A request the API refuses; the message goes back to the client."""
 
 
+_KINDS: Final = {int: "an integer", str: "a string"}
+
+
 def _field(req: dict[str, Any], name: str, kind: type) -> Any:
     v = req.get(name)
     if not isinstance(v, kind) or isinstance(v, bool):
-        raise ApiError(f"field '{name}' must be a {kind.__name__}")
+        raise ApiError(f"field '{name}' must be {_KINDS.get(kind, kind.__name__)}")
     return v
 
 
@@ -101,7 +104,12 @@ class LocalApi:
             if not line:
                 return
             try:
-                req = json.loads(line)
+                try:
+                    req = json.loads(line)
+                except RecursionError:
+                    raise ApiError("not JSON: nested too deeply") from None
+                except UnicodeDecodeError:
+                    raise ApiError("not JSON: not UTF-8") from None
                 if not isinstance(req, dict):
                     raise ApiError("a request is a JSON object")
                 await self._dispatch(req, reader, writer)
@@ -140,7 +148,9 @@ class LocalApi:
             await self._reply(writer, {"ok": True, "bytes": len(data)})
         elif op == "ping":
             dst = _field(req, "dst", str)
-            timeout = float(req.get("timeout", 2.0))
+            timeout = req.get("timeout", 2.0)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+                raise ApiError("field 'timeout' must be a number of seconds")
             if not 0 < timeout <= MAX_PING_TIMEOUT:
                 raise ApiError(f"timeout must be in (0, {MAX_PING_TIMEOUT:g}] seconds")
             via = agent.mesh.next_hop(dst)

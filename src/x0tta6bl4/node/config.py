@@ -8,12 +8,18 @@ anything, with one sentence naming the field and the file (:class:`ConfigError`)
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from x0tta6bl4.errors import X0tError
 
@@ -49,7 +55,9 @@ def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> HostPort:
         if host != "localhost":
             raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
     if port_text:
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        # ASCII digits only: str.isdigit() is also true of other scripts' digits and of
+        # superscripts, which int() takes or chokes on
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
             raise ValueError(f"{text!r}: port must be a number in 0..65535")
         return host, int(port_text)
     return host, default_port
@@ -147,32 +155,61 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+def _env_source(loc: tuple[int | str, ...]) -> str | None:
+    """The X0T_* variable a bad field came from, if the environment set it."""
+    names = [str(p) for p in loc if isinstance(p, str)]
+    env = {k.upper() for k in os.environ}
+    for i in range(len(names), 0, -1):
+        var = "X0T_" + "__".join(names[:i]).upper()
+        if var in env:
+            return var
+    return None
+
+
 def load_settings(path: Path | None, **overrides: Any) -> NodeSettings:
     """Read ``path`` (TOML) and the environment. Raises ConfigError in one sentence."""
-    data: dict[str, Any] = {}
-    where = str(path) if path is not None else "the environment"
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        # A relative state directory is relative to the file, not to the caller's cwd.
-        sd = data.get("state_dir")
-        if isinstance(sd, str) and not Path(sd).is_absolute():
-            data["state_dir"] = str((path.parent / sd).resolve())
+    if path is None:
+        return _build(dict(overrides), "the environment")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return settings_from_text(text, path, **overrides)
+
+
+def settings_from_text(text: str, path: Path, **overrides: Any) -> NodeSettings:
+    """The settings ``text`` (TOML, to be written at ``path``) and the environment give:
+    check a configuration before writing it."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    # A relative state directory is relative to the file, not to the caller's cwd.
+    sd = data.get("state_dir")
+    if isinstance(sd, str) and not Path(sd).is_absolute():
+        data["state_dir"] = str((path.parent / sd).resolve())
     data.update(overrides)
+    return _build(data, str(path))
+
+
+def _build(data: dict[str, Any], where: str) -> NodeSettings:
     try:
         return NodeSettings(**data)
+    except SettingsError as exc:  # an X0T_* list or table that is not JSON
+        raise ConfigError(
+            f"the environment: {exc} (lists and tables are JSON, e.g. "
+            """X0T_LISTEN='["127.0.0.1:7100"]')"""
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = _field_path(tuple(first["loc"]))
+        loc = tuple(first["loc"])
+        var = _env_source(loc)
+        source = f"environment variable {var}" if var else where
         msg = first["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: field '{field}': {msg}{more}") from None
+        raise ConfigError(f"{source}: field '{_field_path(loc)}': {msg}{more}") from None
 
 
 TEMPLATE = """\
@@ -221,15 +258,30 @@ level = "info"    # debug | info | warning | error
 """
 
 
+def _toml_str(value: str) -> str:
+    """``value`` as the body of a TOML basic string (between the quotes)."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def render_template(
     name: str, state_dir: str, listen: list[str], peers: list[str], metrics: str = ""
 ) -> str:
     def q(items: list[str]) -> str:
-        return ", ".join(f'"{i}"' for i in items)
+        return ", ".join(f'"{_toml_str(i)}"' for i in items)
 
-    text = TEMPLATE.format(name=name, state_dir=state_dir, listen=q(listen), peers=q(peers))
+    text = TEMPLATE.format(
+        name=_toml_str(name), state_dir=_toml_str(state_dir), listen=q(listen), peers=q(peers)
+    )
     if metrics:
-        text = text.replace('metrics = ""', f'metrics = "{metrics}"')
+        text = text.replace('metrics = ""', f'metrics = "{_toml_str(metrics)}"')
     return text
 
 
@@ -240,4 +292,5 @@ __all__ = [
     "load_settings",
     "parse_host_port",
     "render_template",
+    "settings_from_text",
 ]

@@ -107,7 +107,8 @@ def tcp_reset_for(pkt: bytes | memoryview, flow: Flow) -> bytes | None:
     """The RST a closed port would send back for ``pkt`` (RFC 9293 §3.10.7.1), or None
     when ``pkt`` is no TCP segment or is itself a reset."""
     l4 = flow.l4
-    if flow.ip_proto != IPPROTO_TCP or len(pkt) < l4 + 20:
+    # no ports: a later IPv4 fragment, whose bytes at l4 are payload, not a TCP header
+    if flow.ip_proto != IPPROTO_TCP or flow.sport is None or len(pkt) < l4 + 20:
         return None
     sport, dport, seq, ack, off_flags = struct.unpack_from(">HHIIH", pkt, l4)
     flags = off_flags & 0x3F

@@ -84,9 +84,13 @@ class StateDir:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5,000-digit int,
+            # arrays nested 10,000 deep
             raise StateError(f"{self.file(name)}: corrupt ({exc}); fix or remove it") from None
+        if data is None:  # not "missing": the file is there and must not be replaced
+            raise StateError(f"{self.file(name)}: corrupt (null); fix or remove it")
+        return data
 
     def check_key_modes(self, names: tuple[str, ...]) -> None:
         for n in names:
@@ -122,7 +126,7 @@ class StateDir:
         if data is None:
             return None
         lease = data.get("lease") if isinstance(data, dict) else None
-        if not isinstance(lease, int) or not 0 <= lease < _SEQNO_MOD:
+        if not isinstance(lease, int) or isinstance(lease, bool) or not 0 <= lease < _SEQNO_MOD:
             raise StateError(f"{self.file(SEQNO_FILE)}: corrupt (expected {{'lease': 0..65535}})")
         start = (lease + 1) % _SEQNO_MOD
         self._write_lease((start + SEQNO_LEASE) % _SEQNO_MOD)
