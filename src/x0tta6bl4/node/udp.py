@@ -11,11 +11,11 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, cast
+from typing import Any, Final
 
 import structlog
 
-from x0tta6bl4.node.udpfast import set_buffers
+from x0tta6bl4.node import udpfast
 from x0tta6bl4.sansio import (
     Action,
     Core,
@@ -32,32 +32,30 @@ log = structlog.get_logger("x0tta6bl4.node.udp")
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
-class _Socket(asyncio.DatagramProtocol):
-    """One bound UDP socket feeding its runner."""
+RECV_BATCHES: Final = 64
+"""Receives per wake-up at most (each up to a GRO batch), so timers and the TUN get turns."""
 
-    def __init__(self, runner: UdpRunner) -> None:
-        self.runner = runner
-        self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+class _Socket:
+    """One bound non-blocking UDP socket: GRO batches in, GSO batches out where the
+    kernel offers them (``udpfast``), one datagram at a time where it does not."""
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.runner.datagram_received(data, addr)
+    __slots__ = ("family", "gso", "sock")
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP unreachable for an earlier send (a neighbour down): the core's timers
-        # notice the silence; nothing to do but count it.
-        self.runner.send_errors += 1
-        log.debug("udp_error", error=str(exc))
+    def __init__(self, sock: socket.socket, family: int) -> None:
+        self.sock = sock
+        self.family = family
+        self.gso = udpfast.kernel_supports_gso()
 
 
 class UdpRunner:
     """One core, one or more UDP sockets (one per address family, or more).
 
     Addresses the core sees are ``(host, port)`` tuples; a send goes out of the first
-    socket of the address's family.
+    socket of the address's family. Consecutive sends to one address (the datagrams of
+    one large payload) leave in one system call when the kernel segments (UDP GSO), and
+    the datagrams a receive returns together (UDP GRO) are handled one after the other
+    before their answers are sent, so those batch too.
     """
 
     def __init__(
@@ -73,21 +71,17 @@ class UdpRunner:
         self.on_event = on_event
         self.on_control = on_control
         self._sockets: list[_Socket] = []
-        self._by_family: dict[int, asyncio.DatagramTransport] = {}
+        self._by_family: dict[int, _Socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._started = False
         self._quiet = False
+        self._buf = bytearray(udpfast.MAX_DATAGRAM)
         self.sent_bytes = 0
         self.sent_datagrams = 0
         self.received_bytes = 0
         self.received_datagrams = 0
         self.send_errors = 0
-
-    @property
-    def transport(self) -> asyncio.DatagramTransport | None:
-        """The first socket's transport (None before bind or after close)."""
-        return self._sockets[0].transport if self._sockets else None
 
     async def bind(
         self, host: str = "127.0.0.1", port: int = 0, *, start: bool = True
@@ -97,18 +91,25 @@ class UdpRunner:
         loop = asyncio.get_running_loop()
         self._loop = loop
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = _Socket(self)
-        await loop.create_datagram_endpoint(lambda: sock, local_addr=(host, port), family=family)
-        assert sock.transport is not None
-        raw = sock.transport.get_extra_info("socket")
-        if raw is not None:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
             # A TCP super-packet arrives as ~50 datagrams at once: room for bursts, or
             # the kernel drops them while the loop is busy with the previous one.
             with contextlib.suppress(OSError):
-                set_buffers(raw, SOCKET_BUFFER)
-        self._sockets.append(sock)
-        self._by_family.setdefault(family, sock.transport)
-        sockname: tuple[str, int] = sock.transport.get_extra_info("sockname")[:2]
+                udpfast.set_buffers(sock, SOCKET_BUFFER)
+            udpfast.enable_gro(sock)
+        except BaseException:
+            sock.close()
+            raise
+        entry = _Socket(sock, family)
+        self._sockets.append(entry)
+        self._by_family.setdefault(family, entry)
+        loop.add_reader(sock.fileno(), self._readable, entry)
+        sockname: tuple[str, int] = sock.getsockname()[:2]
         if start and not self._started:
             self.start()
         return sockname
@@ -133,14 +134,41 @@ class UdpRunner:
 
     def close(self) -> None:
         self.quiesce()
-        for sock in self._sockets:
-            if sock.transport is not None:
-                sock.transport.close()
-                sock.transport = None
+        for entry in self._sockets:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(entry.sock.fileno())
+            entry.sock.close()
         self._sockets.clear()
         self._by_family.clear()
 
+    def _readable(self, entry: _Socket) -> None:
+        buf = self._buf
+        handle = self.core.handle
+        for _ in range(RECV_BATCHES):
+            if self._quiet:
+                return
+            try:
+                nbytes, seg, addr = udpfast.recv_batch(entry.sock, buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # a truncated batch, an ICMP error: one lost, counted
+                self.send_errors += 1
+                log.debug("udp_recv_error", error=str(exc))
+                continue
+            if not nbytes or addr is None:
+                continue
+            src = (addr[0], addr[1])
+            now = self.now
+            actions: list[Action] = []
+            for view in udpfast.iter_segments(buf, nbytes, seg):
+                self.received_bytes += len(view)
+                self.received_datagrams += 1
+                actions += handle(now, Datagram(src, bytes(view)))
+            self.apply(actions)
+
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Feed one datagram (tests, and runtimes that read sockets themselves)."""
         if self._quiet:
             return
         self.received_bytes += len(data)
@@ -155,27 +183,25 @@ class UdpRunner:
         self.apply(fn(self.now))
 
     def apply(self, actions: Iterable[Action]) -> None:
+        batch: list[bytes] = []
+        batch_addr: Any = None
         for a in actions:
-            if isinstance(a, Send):
+            if type(a) is Send:
                 addr = a.addr
+                if (
+                    addr == batch_addr
+                    and len(a.data) <= len(batch[0])
+                    and (len(batch) == 1 or len(batch[-1]) == len(batch[0]))
+                ):
+                    batch.append(a.data)  # same destination, fits the segment size
+                    continue
+                if batch:
+                    self._send(batch_addr, batch)
                 if not (isinstance(addr, tuple) and len(addr) == 2):
                     log.warning("unroutable_send", addr=repr(addr))
+                    batch, batch_addr = [], None
                     continue
-                family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-                transport = self._by_family.get(family)
-                if transport is None:
-                    self.send_errors += 1
-                    continue
-                try:
-                    transport.sendto(a.data, addr)
-                except OSError:
-                    # uvloop raises an earlier ICMP unreachable here (asyncio reports it
-                    # to error_received): either way one datagram is lost, and the rest
-                    # of the actions (the retry timer among them) must still happen.
-                    self.send_errors += 1
-                    continue
-                self.sent_bytes += len(a.data)
-                self.sent_datagrams += 1
+                batch, batch_addr = [a.data], addr
             elif isinstance(a, SetTimer):
                 self._set_timer(a.at, a.key)
             elif isinstance(a, Deliver):
@@ -184,8 +210,36 @@ class UdpRunner:
             elif isinstance(a, Event):
                 if self.on_event is not None:
                     self.on_event(a)
+            elif isinstance(a, Send):  # a Send subclass: never batched
+                if batch:
+                    self._send(batch_addr, batch)
+                    batch, batch_addr = [], None
+                self._send(a.addr, [a.data])
             elif self.on_control is not None:
                 self.on_control(a)
+        if batch:
+            self._send(batch_addr, batch)
+
+    def _send(self, addr: Any, datagrams: list[bytes]) -> None:
+        entry = self._by_family.get(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
+        if entry is None:
+            self.send_errors += len(datagrams)
+            return
+        try:
+            if len(datagrams) == 1:
+                entry.sock.sendto(datagrams[0], addr)
+            else:
+                # every datagram but the last is exactly the first one's size: the
+                # kernel cuts the concatenation back into the same datagrams
+                udpfast.send_segments(entry.sock, datagrams, len(datagrams[0]), addr)
+        except OSError:
+            # A full socket buffer or an ICMP error from an earlier send: these datagrams
+            # are lost like any on the wire, and the rest of the actions (the retry timer
+            # among them) must still happen.
+            self.send_errors += len(datagrams)
+            return
+        self.sent_datagrams += len(datagrams)
+        self.sent_bytes += sum(len(d) for d in datagrams)
 
     def _set_timer(self, at: float, key: Hashable) -> None:
         assert self._loop is not None
