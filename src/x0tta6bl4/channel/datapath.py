@@ -33,11 +33,14 @@ from x0tta6bl4.channel.peers import Peer, PeerOrigin, PeerState, PeerTable
 from x0tta6bl4.channel.session import Session
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
 from x0tta6bl4.channel.wire import (
+    DATA_FRAGMENT_FIELDS,
     DATA_INDEX,
     FRAGMENT_MESSAGE_ID,
+    HDR_DATA_FRAGMENT,
     Confirm,
     FragmentNack,
     NoSession,
+    data_prefix,
     decode_data_fragment,
     decode_fragment_nack,
     encode,
@@ -55,6 +58,8 @@ _KEEPALIVE_TIMEOUT = C.KEEPALIVE_TIMEOUT
 _TAG = C.AEAD_TAG_SIZE
 _TAG_MASK = C.SENT_TAG_WINDOW - 1  # a power of two
 _receiver_index = DATA_INDEX.unpack_from
+_HDR_DATA_FRAGMENT = HDR_DATA_FRAGMENT
+_DF_FIELDS = DATA_FRAGMENT_FIELDS
 
 
 class Role(StrEnum):
@@ -452,6 +457,42 @@ class DataPath:
         if added.message is None:
             return out
         return out + self.on_data(now, addr, added.message)
+
+    def whole_from_fragments(self, now: float, datagrams: list[bytes]) -> bytes | None:
+        """The DATA message that ``datagrams`` are, when they are every DATA_FRAGMENT of
+        one message, in order, for a session we hold at a counter its window accepts
+        (what a UDP GRO batch of one large payload usually is); None otherwise, and then
+        the caller feeds them one by one. Checks what ``on_data_fragment`` checks before
+        it keeps anything; the AEAD in ``on_data`` authenticates the whole."""
+        first = datagrams[0]
+        if len(first) <= C.DATA_FRAGMENT_HEADER_SIZE or first[:4] != _HDR_DATA_FRAGMENT:
+            return None
+        receiver, counter, _, count, length = _DF_FIELDS.unpack_from(first, 4)
+        if count != len(datagrams) or count < 2:
+            return None
+        # header 4 | receiver index 4 | counter 8 | index 1 | count 1 | length 2 | chunk
+        head, tail = first[4:16], first[17:20]  # the same in every fragment of the message
+        hsize = C.DATA_FRAGMENT_HEADER_SIZE
+        chunks = []
+        for i, d in enumerate(datagrams):
+            if (
+                d[:4] != _HDR_DATA_FRAGMENT
+                or d[4:16] != head
+                or d[16] != i
+                or d[17:20] != tail
+                or len(d) <= hsize
+            ):
+                return None
+            chunks.append(d[hsize:])
+        entry = self._sessions.get(receiver)
+        if entry is None or now - entry[1].created >= _REJECT_AFTER_TIME:
+            return None
+        if not entry[1].fresh(counter):
+            return None
+        cipher = b"".join(chunks)
+        if len(cipher) != length + C.AEAD_TAG_SIZE:
+            return None
+        return b"".join((data_prefix(receiver), counter.to_bytes(8, "little"), cipher))
 
     def on_data_reassembly_timer(self, now: float) -> list[Action]:
         """Drop the partial payloads that lost a fragment; set the timer for the next."""

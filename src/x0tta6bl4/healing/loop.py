@@ -28,7 +28,18 @@ from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge
 from x0tta6bl4.healing.monitor import Monitor, Snapshot
 from x0tta6bl4.healing.plan import plan
 from x0tta6bl4.mesh.observe import HealableNode
-from x0tta6bl4.sansio import Action, Core, Event, Input, LinkDown, LinkUp, SetTimer, Timer
+from x0tta6bl4.sansio import (
+    Action,
+    Addr,
+    Core,
+    Datagram,
+    Event,
+    Input,
+    LinkDown,
+    LinkUp,
+    SetTimer,
+    Timer,
+)
 
 PHASES: Final = ("monitor", "analyse", "plan", "execute")
 
@@ -200,6 +211,22 @@ class HealingNode:
         actions = out if type(out) is list else list(out)
         # A link going down or up is worth a cycle at once rather than at the next tick:
         # detection stays prompt while the periodic cycle can run at a lower rate.
+        for a in actions:
+            if type(a) in TRIGGERS:
+                actions.extend(self._cycle(now))
+                actions.append(self._next_timer(now))
+                break
+        return actions
+
+    def handle_batch(self, now: float, addr: Addr, datagrams: list[bytes]) -> list[Action]:
+        """Datagrams received together (see ``MeshNode.handle_batch``)."""
+        batch = getattr(self.node, "handle_batch", None)
+        if batch is None:
+            out: list[Action] = []
+            for d in datagrams:
+                out += self.handle(now, Datagram(addr, d))
+            return out
+        actions: list[Action] = batch(now, addr, datagrams)
         for a in actions:
             if type(a) in TRIGGERS:
                 actions.extend(self._cycle(now))
