@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ PORT = 7100
 TAGS = {"a": ["role:web"], "b": ["role:relay"], "c": ["role:relay"], "d": ["role:db"]}
 POLICY = (
     "version 1\n"
-    "allow from tag:role:web to tag:role:db port tcp/5000-5001, udp/5000\n"
+    "allow from tag:role:web to tag:role:db port tcp/5000-5001, tcp/5201, udp/5000\n"
     "allow from any to any proto icmp\n"
 )
 
@@ -80,6 +81,16 @@ class Agents:
             if r["dst"] == dst:
                 return str(r["via"])
         return None
+
+    def pid(self, name: str) -> int:
+        """The agent's process id (``ip netns exec`` execs it, so the child's own)."""
+        return int(self.procs[name].pid)
+
+    def neighbour_alive(self, node: str, peer: str) -> bool:
+        st = self.status(node)
+        if st is None:
+            return False
+        return any(n["name"] == peer and n["alive"] for n in st["neighbours"])
 
     def stop(self) -> None:
         for p in self.procs.values():
@@ -143,13 +154,48 @@ def start(agents: Agents, name: str) -> None:
     log.close()
 
 
-def start_all(d: Diamond, root: Path, **kw: Any) -> Agents:
+def launch_all(d: Diamond, root: Path, *, before: Callable[[], Any] | None = None,
+               **kw: Any) -> Agents:  # fmt: skip
+    """State for the four agents, then start them without waiting: ``before`` (if given)
+    is called between the two, right before the first process is launched."""
     agents = Agents(d, root)
     agents.ca_dir = make_state(root, d, **kw)
+    if before is not None:
+        before()
     for n in "abcd":
         start(agents, n)
+    return agents
+
+
+def start_all(d: Diamond, root: Path, **kw: Any) -> Agents:
+    agents = launch_all(d, root, **kw)
     agents.wait(agents.routes_complete, 30.0, "the overlay to converge")
     return agents
+
+
+def rss_kb(pid: int) -> int | None:
+    """Resident set size of ``pid`` in KiB (``VmRSS``), None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` (all its threads) in seconds, None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": fields 3, 4, ...
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (14, 15)
 
 
 def flow_result(proc: Any, timeout: float) -> dict[str, Any]:
