@@ -449,7 +449,7 @@ def _metric_name(line: str) -> str:
 @app.command()
 def demo() -> None:
     """The product on one laptop: a post-quantum secure channel over real UDP on
-    127.0.0.1, then a simulated mesh healing itself around a dead relay."""
+    127.0.0.1, then six real agent processes healing around a relay killed with -9."""
     from x0tta6bl4.demo import run
 
     with _errors():

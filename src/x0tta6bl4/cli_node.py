@@ -254,7 +254,9 @@ def ping(
 
 def send(
     node: Annotated[str, typer.Argument(help="Destination node name.")],
-    port: Annotated[int, typer.Argument(min=1, max=65535)],
+    port: Annotated[
+        int, typer.Argument(min=1, max=65534, help="1..65534 (65535 carries TUN traffic).")
+    ],
     message: Annotated[str, typer.Argument(help="Text to send ('-' reads stdin).")],
     config: ConfigOption = None,
     sock: SocketOption = None,
@@ -269,7 +271,9 @@ def send(
 
 
 def listen(
-    port: Annotated[int, typer.Argument(min=1, max=65535)],
+    port: Annotated[
+        int, typer.Argument(min=1, max=65534, help="1..65534 (65535 carries TUN traffic).")
+    ],
     config: ConfigOption = None,
     sock: SocketOption = None,
     count: Annotated[int, typer.Option(help="Exit after this many messages (0 = never).")] = 0,

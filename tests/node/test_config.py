@@ -188,7 +188,7 @@ def test_a_non_json_list_in_the_environment_is_a_config_error(
     ("body", "field", "says"),
     [
         ('hello_interval = "fast"', "hello_interval", "valid number"),
-        ("hello_interval = 0", "hello_interval", "greater than 0.01"),
+        ("hello_interval = 0", "hello_interval", "greater than or equal to 0.02"),
         ("name = 5", "name", "valid string"),
         ('name = ""', "name", "at least 1"),
         ("bogus = 1", "bogus", "Extra inputs"),

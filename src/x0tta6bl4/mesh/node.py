@@ -139,6 +139,30 @@ _ECHO_REPLY: Final = 2
 ECHO_PORT: Final = 0
 ECHO_NONCES: Final = 4
 """Outstanding probes per destination whose answers still count."""
+DROP_COUNTERS: Final = frozenset(
+    {
+        "app_send_refused",
+        "bad_echo",
+        "bad_forward",
+        "bad_hello",
+        "bad_leave",
+        "bad_names",
+        "bad_probe",
+        "bad_relay",
+        "bad_routing",
+        "e2e_short_payload",
+        "hello_after_leave",
+        "link_send_failed",
+        "no_route",
+        "relay_from_stranger",
+        "routing_after_leave",
+        "stale_echo",
+        "stale_leave",
+        "ttl_expired",
+        "unknown_frame",
+    }
+)
+"""The ``counters`` that count a dropped packet or frame (the others count events)."""
 UNNAMED_PREFIX: Final = "#"
 MAX_VERIFIED: Final = 1024
 """Destinations whose last verified delivery time a node remembers (oldest forgotten)."""

@@ -27,14 +27,21 @@ from x0tta6bl4.errors import MessageTooLarge, ProtocolError, X0tError
 from x0tta6bl4.healing.events import HealingEvent, RuntimeStats
 from x0tta6bl4.healing.loop import HealingLoop, HealingNode
 from x0tta6bl4.identity.bundle import TrustBundle
-from x0tta6bl4.identity.crl import NoRevocationList, RevocationList
+from x0tta6bl4.identity.crl import NoRevocationList, RevocationList, accept_newer
 from x0tta6bl4.identity.store import NODE_KEY_FILE, NODE_STATIC_KEY_FILE, NodeCredentials
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.identity.verify import make_verifier
-from x0tta6bl4.mesh.node import MeshConfig, MeshNode, node_id
+from x0tta6bl4.mesh.node import DROP_COUNTERS, MeshConfig, MeshNode, node_id
 from x0tta6bl4.node.config import NodeSettings, format_host_port, parse_host_port
 from x0tta6bl4.node.dataplane import IP_PORT, TunPlane
-from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, POLICY_FILE, StateDir, StateError
+from x0tta6bl4.node.state import (
+    BUNDLE_FILE,
+    CRL_FILE,
+    POLICY_ACCEPTED_FILE,
+    POLICY_FILE,
+    StateDir,
+    StateError,
+)
 from x0tta6bl4.node.udp import UdpRunner
 from x0tta6bl4.observability.metrics import record_policy_decision
 from x0tta6bl4.policy import Decision, Proto, SignedPolicy, Subject, accept_policy
@@ -79,6 +86,8 @@ class Agent:
         self.crl = crl
         self.policy: SignedPolicy | None = None  # None: every application packet denied
         self._policy_mtime: float | None = None
+        self._crl_mtime: float | None = None
+        self._verifier = make_verifier(bundle, self._crl)
         self._self_subject = Subject(creds.cert.spiffe_id, frozenset(creds.cert.tags))
         self.name = creds.cert.name
         self.trace: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=TRACE_KEEP)
@@ -164,13 +173,12 @@ class Agent:
             self.name,
             self.creds.cert.der,
             self.creds.static_private,
-            make_verifier(self.bundle, self._crl),
+            self._verifier,
             rng=rng,
             wall_offset=time.time() - time.monotonic(),
             trust_domain=self.bundle.trust_domain,
             cert_not_after=self.creds.cert.not_after,
             neighbours=neighbours,
-            directory=peers.keys(),
             config=MeshConfig(hello_interval=s.hello_interval),
             seqno=self.state.start_seqno(),
         )
@@ -202,7 +210,9 @@ class Agent:
             listen=[format_host_port(b) for b in self.bound],
             api=str(self.settings.api_socket),
         )
+        self._load_held_policy()
         self._load_policy()
+        self._load_crl()
         if self.settings.tun.enabled:
             self.tun = TunPlane(self)
             await self.tun.start(loop)
@@ -267,10 +277,48 @@ class Agent:
         self._record_metrics()
         self._save_peers()
         self._load_policy()
+        self._load_crl()
+
+    def _load_crl(self) -> None:
+        """Take a newer revocation list dropped into the state directory: new handshakes
+        with a revoked node fail from then on (cached verifications are forgotten). An
+        older or invalid list is refused and the held one stays."""
+        path = self.state.file(CRL_FILE)
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._crl_mtime:
+            return
+        self._crl_mtime = mtime
+        try:
+            candidate = RevocationList.from_pem(path.read_bytes(), self.bundle)
+            new = accept_newer(self.crl, candidate)
+        except (OSError, X0tError) as exc:
+            self.count("crl_refused")
+            log.error("crl_refused", file=str(path), error=str(exc))
+            return
+        if new is not self.crl:
+            self.crl = new
+            self._verifier.clear()
+            log.info("crl_loaded", file=str(path), version=new.version, revoked=len(new))
 
     def _policy_path(self) -> Path:
         p = self.settings.policy_file
         return Path(p) if p else self.state.file(POLICY_FILE)
+
+    def _load_held_policy(self) -> None:
+        """The policy accepted before the last restart (STATE/policy.accepted)."""
+        data = self.state.read(POLICY_ACCEPTED_FILE, required=False)
+        if data is None:
+            return
+        result = accept_policy(None, data, self.bundle, str(self.state.file(POLICY_ACCEPTED_FILE)))
+        if result.error is not None:
+            raise StateError(
+                f"{self.state.file(POLICY_ACCEPTED_FILE)}: not a valid signed policy "
+                f"({result.error}); fix or remove it"
+            )
+        self.policy = result.policy
 
     def _load_policy(self) -> None:
         """(Re)read the policy file when it changed. A refused document (unsigned,
@@ -300,6 +348,9 @@ class Agent:
             return
         if result.policy is not self.policy:
             self.policy = result.policy
+            # What we hold survives a restart: an older document dropped in later (or
+            # put back while we were down) is refused, not taken as the first.
+            self.state.write(POLICY_ACCEPTED_FILE, data, 0o644)
             log.info(
                 "policy_loaded",
                 file=str(path),
@@ -313,7 +364,9 @@ class Agent:
         for link in obs.links.values():
             m.record_link(link)
         m.record_routes(obs.routes)
-        m.record_drops(obs.counters, source=self.name)
+        m.record_drops(
+            {k: v for k, v in obs.counters.items() if k in DROP_COUNTERS}, source=self.name
+        )
 
     def _save_peers(self) -> None:
         current = dict(self._saved_peers)

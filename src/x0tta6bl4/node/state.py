@@ -5,7 +5,8 @@ Layout (every file written atomically; keys mode 0600)::
     node.crt, node.key, node-static.key   the node's credentials (identity.store)
     bundle.pem                            the trust bundle (the mesh CA)
     crl.pem                               the CA's revocation list (optional)
-    policy.signed                         the last good CA-signed policy (optional)
+    policy.signed                         a CA-signed policy to apply (optional; dropped in)
+    policy.accepted                       the last policy the agent accepted (written by it)
     peers.json                            neighbours last seen: name -> "host:port"
     seqno.json                            the routing seqno lease (see below)
 
@@ -34,6 +35,7 @@ from x0tta6bl4.errors import X0tError
 BUNDLE_FILE: Final = "bundle.pem"
 CRL_FILE: Final = "crl.pem"
 POLICY_FILE: Final = "policy.signed"
+POLICY_ACCEPTED_FILE: Final = "policy.accepted"
 PEERS_FILE: Final = "peers.json"
 SEQNO_FILE: Final = "seqno.json"
 SEQNO_LEASE: Final = 64
