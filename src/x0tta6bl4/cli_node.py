@@ -146,9 +146,20 @@ def node_run(
     with _errors():
         settings = load_settings(config)
         configure_logging(json=settings.log.format == "json", level=settings.log.level.upper())
-        from x0tta6bl4.node.agent import run_agent
+        if os.environ.get("X0T_NODE_IN_PROCESS") == "1":  # tests, debuggers
+            from x0tta6bl4.node.agent import run_agent
 
-        run_agent(settings)
+            run_agent(settings)
+            return
+        # The agent runs lean: this process (same pid, same signals) becomes
+        # ``python -m x0tta6bl4.node`` with the validated settings, and never loads
+        # pydantic or the CLI's libraries (see node/runsettings.py).
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        argv = [sys.executable, "-m", "x0tta6bl4.node", settings.runtime().to_json()]
+        os.execv(sys.executable, argv)
 
 
 def _client(config: Path | None, sock: Path | None) -> Any:

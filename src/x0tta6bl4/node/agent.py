@@ -32,8 +32,8 @@ from x0tta6bl4.identity.store import NODE_KEY_FILE, NODE_STATIC_KEY_FILE, NodeCr
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.identity.verify import make_verifier
 from x0tta6bl4.mesh.node import DROP_COUNTERS, MeshConfig, MeshNode, node_id
-from x0tta6bl4.node.config import NodeSettings, format_host_port, parse_host_port
 from x0tta6bl4.node.dataplane import IP_PORT, TunPlane
+from x0tta6bl4.node.runsettings import RunSettings, format_host_port, parse_host_port
 from x0tta6bl4.node.state import (
     BUNDLE_FILE,
     CRL_FILE,
@@ -73,7 +73,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: NodeSettings,
+        settings: RunSettings,
         state: StateDir,
         creds: NodeCredentials,
         bundle: TrustBundle,
@@ -110,8 +110,11 @@ class Agent:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: NodeSettings) -> Agent:
-        """Read the state directory; raises StateError naming the first bad file."""
+    def from_settings(cls, settings: RunSettings | Any) -> Agent:
+        """Read the state directory; raises StateError naming the first bad file.
+        ``settings``: RunSettings, or a validated ``config.NodeSettings``."""
+        if not isinstance(settings, RunSettings):
+            settings = settings.runtime()
         state = StateDir(settings.state_dir)
         if not state.path.is_dir():
             raise StateError(f"{state.path}: state directory missing (run 'x0t node init')")
@@ -194,41 +197,46 @@ class Agent:
         self._core = core
         runner = UdpRunner(core, on_deliver=self._on_deliver, on_event=self._on_event)
         self._runner = runner
-        for host, port in self.settings.listen_addrs:
-            self.bound.append(await runner.bind(host, port, start=False))
-        runner.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        from x0tta6bl4.node.api import LocalApi
-
-        api = LocalApi(self)
-        await api.start(self.settings.api_socket)
-        metrics_server = self._start_metrics()
-        log.info(
-            "node_started",
-            node=self.name,
-            listen=[format_host_port(b) for b in self.bound],
-            api=str(self.settings.api_socket),
-        )
         self._load_held_policy()
         self._load_policy()
         self._load_crl()
-        if self.settings.tun.enabled:
-            self.tun = TunPlane(self)
-            await self.tun.start(loop)
-        housekeeping = loop.create_task(self._housekeeping())
-        if self.on_ready is not None:
-            self.on_ready(self)
+        from x0tta6bl4.node.api import LocalApi
+
+        api = LocalApi(self)
+        metrics_server: Any = None
+        housekeeping: asyncio.Task[None] | None = None
+        signals = (signal.SIGTERM, signal.SIGINT)
         try:
+            if self.settings.tun.enabled:
+                # Before any link comes up: a route to a node means its overlay works.
+                self.tun = TunPlane(self)
+                await self.tun.start(loop)
+            for host, port in self.settings.listen_addrs:
+                self.bound.append(await runner.bind(host, port, start=False))
+            runner.start()
+            for sig in signals:
+                loop.add_signal_handler(sig, self.stop)
+            await api.start(self.settings.api_socket)
+            metrics_server = self._start_metrics()
+            log.info(
+                "node_started",
+                node=self.name,
+                listen=[format_host_port(b) for b in self.bound],
+                api=str(self.settings.api_socket),
+            )
+            housekeeping = loop.create_task(self._housekeeping())
+            if self.on_ready is not None:
+                self.on_ready(self)
             await self._stop.wait()
             # Tell neighbours first, so they reroute now rather than after the dead interval.
             runner.apply(self.mesh.leave(runner.now))
             runner.quiesce()  # nothing after the LEAVE: no hello or update may follow it
             await asyncio.sleep(LEAVE_FLUSH)
         finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
             self._save_state()
             if self.tun is not None:
                 self.tun.close(loop)
@@ -236,7 +244,7 @@ class Agent:
             if metrics_server is not None:
                 metrics_server.shutdown()
             runner.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             log.info("node_stopped", node=self.name)
 
@@ -584,7 +592,7 @@ class Agent:
         }
 
 
-def run_agent(settings: NodeSettings) -> None:
+def run_agent(settings: RunSettings | Any) -> None:
     """Foreground entry point for ``x0t node run``."""
     agent = Agent.from_settings(settings)
     try:

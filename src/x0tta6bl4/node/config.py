@@ -23,49 +23,19 @@ from pydantic_settings import (
 
 from x0tta6bl4.errors import X0tError
 
-DEFAULT_PORT = 7100
-
 
 class ConfigError(X0tError):
     """The configuration file or environment is wrong; the message names the field."""
 
 
-HostPort = tuple[str, int]
-
-
-def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> HostPort:
-    """``"198.18.0.1:7100"``, ``"[fd00::1]:7100"``, ``"::1"`` or a bare host."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"{text!r}: missing ']' after an IPv6 address")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    if not host:
-        raise ValueError(f"{text!r}: no host")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
-    if port_text:
-        # ASCII digits only: str.isdigit() is also true of other scripts' digits and of
-        # superscripts, which int() takes or chokes on
-        if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
-            raise ValueError(f"{text!r}: port must be a number in 0..65535")
-        return host, int(port_text)
-    return host, default_port
-
-
-def format_host_port(addr: HostPort) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# The address helpers live in the pydantic-free module the running agent imports.
+from x0tta6bl4.node.runsettings import (  # noqa: E402
+    DEFAULT_PORT,
+    HostPort,
+    RunSettings,
+    format_host_port,
+    parse_host_port,
+)
 
 
 class _Section(BaseModel):
@@ -138,6 +108,10 @@ class NodeSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file (passed as init values).
         return env_settings, init_settings
+
+    def runtime(self) -> RunSettings:
+        """The validated values as the running agent reads them (no pydantic)."""
+        return RunSettings.from_dict(self.model_dump(mode="json"))
 
     @property
     def listen_addrs(self) -> list[HostPort]:

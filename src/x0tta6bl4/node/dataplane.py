@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
+import sys
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from x0tta6bl4.errors import VnetHeaderError
+from x0tta6bl4.errors import TunError, VnetHeaderError
 from x0tta6bl4.identity.cert import node_spiffe_id
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.node.ippacket import Flow, IPAddr, parse_flow, tcp_reset_for
@@ -110,33 +112,41 @@ class TunPlane:
         self.agent.count(what)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # pyroute2's netlink client runs an event loop of its own: not in ours.
-        await asyncio.to_thread(self._open)
-        assert self.tun is not None
-        loop.add_reader(self.tun.fileno(), self._readable)
-
-    def _open(self) -> None:
         s = self.settings
+        tun = self._open()
+        addresses = [f"{self.address}/{self.prefix.prefixlen}"]
+        if s.ipv4:
+            addresses.append(f"{s.ipv4}/10")
+        options = {
+            "mtu": s.mtu,
+            "addresses": addresses,
+            "ipv6_link_local": False,
+            "gso_max_size": GSO_MAX_SIZE,
+        }
+        # Configured by a short-lived child: pyroute2 stays out of the agent's memory
+        # (and its own netlink event loop out of ours).
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "x0tta6bl4.node.tunconf",
+            tun.name,
+            json.dumps(options),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            tun.close()
+            raise TunError(f"configuring {tun.name}: {err.decode(errors='replace').strip()}")
+        self.tun = tun
+        loop.add_reader(tun.fileno(), self._readable)
+        log.info("tun_up", device=tun.name, address=str(self.address), mtu=s.mtu)
+
+    def _open(self) -> TunDevice:
         # With a virtio-net header and TSO the kernel hands over TCP super-packets of up
         # to GSO_MAX_SIZE: one read, one end-to-end seal and one write per ~60 KB instead
         # of per MTU. The header travels sealed and is written back unchanged at the far
         # end, where the kernel segments (and checksums) the packet.
-        tun = open_tun(s.name, nonblocking=True, vnet_hdr=True)
-        try:
-            addresses = [f"{self.address}/{self.prefix.prefixlen}"]
-            if s.ipv4:
-                addresses.append(f"{s.ipv4}/10")
-            tun.configure(
-                mtu=s.mtu,
-                addresses=addresses,
-                ipv6_link_local=False,
-                gso_max_size=GSO_MAX_SIZE,
-            )
-        except BaseException:
-            tun.close()
-            raise
-        self.tun = tun
-        log.info("tun_up", device=tun.name, address=str(self.address), mtu=s.mtu)
+        return open_tun(self.settings.name, nonblocking=True, vnet_hdr=True)
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.tun is not None:

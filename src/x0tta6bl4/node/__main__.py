@@ -1,0 +1,41 @@
+"""``python -m x0tta6bl4.node SETTINGS_JSON``: the running agent, lean.
+
+``x0t node run`` validates the configuration and replaces itself with this entry point
+(same process id), so the long-lived agent holds neither pydantic nor the CLI's
+libraries. Not meant to be started by hand: the JSON is ``RunSettings.to_json()``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: x0t node run --config FILE (this entry point is internal)\n")
+        return 2
+    # structlog formats exceptions with rich when it can import it; the agent's logs are
+    # JSON lines and rich would only cost memory for the agent's whole life.
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    from x0tta6bl4.errors import X0tError
+
+    try:
+        from x0tta6bl4.node.agent import run_agent
+        from x0tta6bl4.node.runsettings import RunSettings
+        from x0tta6bl4.observability.logging import configure_logging
+
+        settings = RunSettings.from_json(args[0])
+        configure_logging(json=settings.log.format == "json", level=settings.log.level.upper())
+        run_agent(settings)
+    except X0tError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
