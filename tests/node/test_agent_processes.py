@@ -161,3 +161,15 @@ def test_config_and_state_errors_are_one_sentence(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 1 and "state directory missing" in r.stderr
+
+
+def test_an_ipv6_underlay_carries_the_mesh(tmp_path: Path) -> None:
+    names = ["u", "v", "w"]
+    with LocalMesh(tmp_path, names, [("u", "v"), ("v", "w")], ipv6=True, base_port=27900) as m:
+        m.create()
+        m.start_all()
+        m.wait(m.routes_complete, 30.0, "the IPv6 mesh to converge")
+        r = m.nodes["u"].client.ping("w", timeout=2.0)
+        assert r.hops == 2 and r.via == "v"
+        st = m.nodes["v"].client.status()
+        assert {n["addr"] for n in st["neighbours"]} == {"[::1]:27900", "[::1]:27902"}

@@ -43,7 +43,7 @@ class LocalNode:
 
     @property
     def addr(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
     def client(self) -> NodeClient:
@@ -69,7 +69,9 @@ class LocalMesh:
         base_port: int = BASE_PORT,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        ipv6: bool = False,
     ) -> None:
+        self.ipv6 = ipv6  # every node on [::1], told apart by port
         self.root = root
         self.names = list(names)
         self.edges = list(edges)
@@ -93,7 +95,7 @@ class LocalMesh:
         ca = CertificateAuthority.init(self.ca_dir, TRUST_DOMAIN)
         now = time.time()
         for i, name in enumerate(self.names):
-            host = f"127.0.0.{i + 1}"
+            host = "::1" if self.ipv6 else f"127.0.0.{i + 1}"
             node = LocalNode(
                 name,
                 host,
