@@ -146,9 +146,12 @@ def node_run(
     with _errors():
         settings = load_settings(config)
         configure_logging(json=settings.log.format == "json", level=settings.log.level.upper())
-        if os.environ.get("X0T_NODE_IN_PROCESS") == "1":  # tests, debuggers
-            from x0tta6bl4.node.agent import run_agent
+        from x0tta6bl4.node.agent import Agent, run_agent
 
+        # The state directory is checked here, so a bad file is reported by this
+        # command (the lean process checks again: nothing changed in between is trusted).
+        Agent.from_settings(settings.runtime())
+        if os.environ.get("X0T_NODE_IN_PROCESS") == "1":  # tests, debuggers
             run_agent(settings)
             return
         # The agent runs lean: this process (same pid, same signals) becomes
