@@ -130,7 +130,7 @@ def make_state(root: Path, d: Diamond, *, tun_mtu: int = 1280, deny_tcp: str = "
         state.write(CRL_FILE, ca.revocation_list().to_pem(), 0o644)
         state.write(POLICY_FILE, signed, 0o644)
         text = render_template(n, str(state.path), [f"0.0.0.0:{PORT}"], peers[n])
-        text = text.replace("enabled = false", "enabled = true")
+        text = text.replace("enabled = false", "enabled = true", 1)  # [tun] comes first
         text = text.replace("mtu = 1280", f"mtu = {tun_mtu}")
         text = text.replace('deny_tcp = "drop"', f'deny_tcp = "{deny_tcp}"')
         (state.path / "node.toml").write_text(text)

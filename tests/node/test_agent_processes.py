@@ -173,3 +173,26 @@ def test_an_ipv6_underlay_carries_the_mesh(tmp_path: Path) -> None:
         assert r.hops == 2 and r.via == "v"
         st = m.nodes["v"].client.status()
         assert {n["addr"] for n in st["neighbours"]} == {"[::1]:27900", "[::1]:27902"}
+
+
+def test_metrics_and_the_trace_tap_of_a_running_agent(tmp_path: Path) -> None:
+    import itertools
+    import urllib.request
+
+    with LocalMesh(
+        tmp_path, ["m", "n"], [("m", "n")], base_port=27950, metrics_base_port=27960
+    ) as mesh:
+        mesh.create()
+        mesh.start("m")
+        trace = mesh.nodes["m"].client.trace(timeout=10.0)
+        mesh.wait(lambda: mesh.status("m") is not None, 15.0, "m to start")
+        mesh.start("n")
+        kinds = [ev["kind"] for ev in itertools.islice(trace, 40)]
+        assert "link.handshake_complete" in kinds  # the core's own trace, live
+        mesh.wait(mesh.routes_complete, 20.0, "m and n to link")
+        time.sleep(0.6)  # a housekeeping period: gauges refreshed
+        body = urllib.request.urlopen("http://127.0.0.1:27960/metrics", timeout=5).read()
+        text = body.decode()
+        assert 'x0tta6bl4_link_rtt_seconds{peer="n"}' in text
+        assert 'x0tta6bl4_routes{state="reachable"} 1.0' in text
+        assert "x0tta6bl4_handshakes_total" in text

@@ -1026,6 +1026,15 @@ class MeshNode:
         """Neighbour name -> alive."""
         return {n: nb.alive for n, nb in self._nbrs.items()}
 
+    def add_neighbour(self, now: float, addr: Addr) -> list[Action]:
+        """Dial ``addr`` as a neighbour from now on (LAN discovery, an operator)."""
+        out: list[Action] = []
+        if addr not in self._configured:
+            self._configured.append(addr)
+        self.links.add_peer(addr)
+        self._wrap(now, _LINK, self.links.connect(now, addr), out)
+        return out
+
     def known_names(self) -> list[str]:
         """Every node name this node knows (itself, neighbours, NAMES frames, sessions)."""
         return list(self._names.values())

@@ -205,6 +205,7 @@ class Agent:
         api = LocalApi(self)
         metrics_server: Any = None
         housekeeping: asyncio.Task[None] | None = None
+        discovery: Any = None
         signals = (signal.SIGTERM, signal.SIGINT)
         try:
             if self.settings.tun.enabled:
@@ -225,6 +226,17 @@ class Agent:
                 api=str(self.settings.api_socket),
             )
             housekeeping = loop.create_task(self._housekeeping())
+            d = self.settings.discovery
+            if d.enabled:
+                from x0tta6bl4.node.discovery import Discovery
+
+                v6 = [p for h, p in self.bound if ":" in h]
+                if not v6:
+                    raise StateError(
+                        "discovery.enabled needs an IPv6 listen address such as [::]:7100"
+                    )
+                discovery = Discovery(self, d.port, d.interval, list(d.interfaces))
+                discovery.start(loop, v6[0])
             if self.on_ready is not None:
                 self.on_ready(self)
             await self._stop.wait()
@@ -233,6 +245,8 @@ class Agent:
             runner.quiesce()  # nothing after the LEAVE: no hello or update may follow it
             await asyncio.sleep(LEAVE_FLUSH)
         finally:
+            if discovery is not None:
+                await discovery.close(loop)
             if housekeeping is not None:
                 housekeeping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -473,6 +487,20 @@ class Agent:
         return self.policy.policy.decide(
             Subject.from_identity(src), self._self_subject, proto, port
         )
+
+    def dial(self, addr: tuple[str, int]) -> None:
+        """Start a link to ``addr`` (a LAN discovery beacon's sender)."""
+        self.runner.apply(self.mesh.add_neighbour(self.runner.now, addr))
+
+    def has_live_link(self, fingerprint: bytes) -> bool:
+        """Whether a live neighbour holds the certificate with this fingerprint."""
+        alive = self.mesh.neighbours()
+        for addr in self.mesh.links.peers():
+            info = self.mesh.links.peer(addr)
+            ident = info.identity if info is not None else None
+            if ident is not None and ident.fingerprint == fingerprint:
+                return alive.get(ident.name, False)
+        return False
 
     def decide_outbound(
         self, dst: VerifiedIdentity, proto: Proto | None, port: int | None

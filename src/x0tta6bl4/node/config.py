@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +76,13 @@ class ApiSettings(_Section):
         return v
 
 
+class DiscoverySettings(_Section):
+    enabled: bool = False
+    port: int = Field(default=7099, ge=1, le=65535)
+    interval: float = Field(default=5.0, ge=0.5, le=300.0)
+    interfaces: list[str] = Field(default_factory=list)
+
+
 class LogSettings(_Section):
     format: str = Field(default="json", pattern="^(json|console)$")
     level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
@@ -89,6 +103,7 @@ class NodeSettings(BaseSettings):
     tun: TunSettings = Field(default_factory=TunSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
 
     @field_validator("listen", "peers")
     @classmethod
@@ -108,6 +123,12 @@ class NodeSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file (passed as init values).
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _discovery_needs_ipv6(self) -> NodeSettings:
+        if self.discovery.enabled and not any(":" in h for h, _ in self.listen_addrs):
+            raise ValueError('discovery.enabled needs an IPv6 listen address such as "[::]:7100"')
+        return self
 
     def runtime(self) -> RunSettings:
         """The validated values as the running agent reads them (no pydantic)."""
@@ -184,7 +205,8 @@ def _build(data: dict[str, Any], where: str) -> NodeSettings:
         source = f"environment variable {var}" if var else where
         msg = first["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{source}: field '{_field_path(loc)}': {msg}{more}") from None
+        where = f"field '{_field_path(loc)}': " if loc else ""  # a rule across fields
+        raise ConfigError(f"{source}: {where}{msg}{more}") from None
 
 
 TEMPLATE = """\
@@ -227,6 +249,15 @@ deny_tcp = "drop"
 socket = ""
 # Prometheus /metrics, "HOST:PORT"; "" = off.
 metrics = ""
+
+[discovery]
+# Find neighbours on the same link by IPv6 link-local multicast beacons (they carry only
+# a certificate fingerprint; a beacon starts a handshake, never trust). Needs an IPv6
+# listen address such as "[::]:7100".
+enabled = false
+port = 7099
+interval = 5.0
+interfaces = []   # [] = every interface with an IPv6 link-local address
 
 [log]
 format = "json"   # json | console

@@ -70,7 +70,10 @@ class LocalMesh:
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         ipv6: bool = False,
+        metrics_base_port: int | None = None,
     ) -> None:
+        # node i serves /metrics on its host at metrics_base_port + i (None: off)
+        self.metrics_base_port = metrics_base_port
         self.ipv6 = ipv6  # every node on [::1], told apart by port
         self.root = root
         self.names = list(names)
@@ -120,7 +123,11 @@ class LocalMesh:
             state.write(CRL_FILE, ca.revocation_list().to_pem(), 0o644)
             if signed is not None:
                 state.write(POLICY_FILE, signed, 0o644)
-            text = render_template(node.name, str(state.path), [node.addr], node.peers)
+            metrics = ""
+            if self.metrics_base_port is not None:
+                port = self.metrics_base_port + self.names.index(node.name)
+                metrics = f"[{node.host}]:{port}" if ":" in node.host else f"{node.host}:{port}"
+            text = render_template(node.name, str(state.path), [node.addr], node.peers, metrics)
             text = text.replace("hello_interval = 0.1", f"hello_interval = {self.hello_interval}")
             node.config.write_text(text)
         return self

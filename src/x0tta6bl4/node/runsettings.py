@@ -70,6 +70,14 @@ class RunApi:
 
 
 @dataclass(frozen=True, slots=True)
+class RunDiscovery:
+    enabled: bool = False
+    port: int = 7099
+    interval: float = 5.0
+    interfaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RunLog:
     format: str = "json"
     level: str = "info"
@@ -88,6 +96,7 @@ class RunSettings:
     tun: RunTun = field(default_factory=RunTun)
     api: RunApi = field(default_factory=RunApi)
     log: RunLog = field(default_factory=RunLog)
+    discovery: RunDiscovery = field(default_factory=RunDiscovery)
 
     @property
     def listen_addrs(self) -> list[HostPort]:
@@ -113,6 +122,12 @@ class RunSettings:
             tun=RunTun(**d.get("tun", {})),
             api=RunApi(**d.get("api", {})),
             log=RunLog(**d.get("log", {})),
+            discovery=RunDiscovery(
+                **{
+                    **d.get("discovery", {}),
+                    "interfaces": tuple(d.get("discovery", {}).get("interfaces", ())),
+                }
+            ),
         )
 
     def to_json(self) -> str:

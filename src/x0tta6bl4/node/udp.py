@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -30,6 +31,22 @@ from x0tta6bl4.sansio import (
 log = structlog.get_logger("x0tta6bl4.node.udp")
 
 SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _ifname(index: int) -> str:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+def peer_addr(addr: tuple[Any, ...]) -> tuple[str, int]:
+    """The ``(host, port)`` the core sees for a socket address: an IPv6 link-local
+    sender keeps its interface (``fe80::1%eth0``), or a reply could not be sent back."""
+    if len(addr) == 4 and addr[3]:
+        return (f"{addr[0]}%{_ifname(addr[3])}", addr[1])
+    return (addr[0], addr[1])
 
 
 RECV_BATCHES: Final = 64
@@ -160,7 +177,7 @@ class UdpRunner:
                 continue
             if not nbytes or addr is None:
                 continue
-            src = (addr[0], addr[1])
+            src = peer_addr(addr)
             now = self.now
             self.received_bytes += nbytes
             if seg < nbytes and batch is not None:
@@ -180,7 +197,7 @@ class UdpRunner:
             return
         self.received_bytes += len(data)
         self.received_datagrams += 1
-        self.apply(self.core.handle(self.now, Datagram((addr[0], addr[1]), data)))
+        self.apply(self.core.handle(self.now, Datagram(peer_addr(addr), data)))
 
     # -- driving the core -----------------------------------------------------------------
 

@@ -1,0 +1,71 @@
+"""LAN discovery between real agents: two hosts on one link, nothing configured, find each
+other by IPv6 link-local beacons and link after a real (certified) handshake."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.netns.helpers import PYTHON, Lab, pair
+from x0tta6bl4.node.client import NodeApiError, NodeClient
+from x0tta6bl4.node.config import render_template
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+def test_two_agents_on_one_link_find_each_other(netns_ok: None, tmp_path: Path) -> None:
+    from x0tta6bl4.identity.ca import CertificateAuthority
+    from x0tta6bl4.identity.store import NodeCredentials
+    from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, StateDir
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "lan.x0t")
+    with Lab() as lab:
+        a, b, _ = pair(lab)
+        procs = {}
+        for name, ns in (("p", a), ("q", b)):
+            state = StateDir(tmp_path / name)
+            state.create()
+            NodeCredentials.generate_and_issue(
+                ca, name, [], time.time(), validity=datetime.timedelta(hours=1)
+            ).save(state.path)
+            ca.bundle().save(state.file(BUNDLE_FILE))
+            state.write(CRL_FILE, ca.revocation_list().to_pem(), 0o644)
+            text = render_template(name, str(state.path), ["[::]:7100"], [])
+            text = text.replace(
+                "enabled = false\nport = 7099\ninterval = 5.0",
+                "enabled = true\nport = 7099\ninterval = 0.5",
+            )
+            assert "enabled = true\nport = 7099" in text
+            (state.path / "node.toml").write_text(text)
+            log = open(state.path / "agent.log", "w")  # noqa: SIM115
+            procs[name] = ns.popen(
+                PYTHON,
+                "-m",
+                "x0tta6bl4.cli",
+                "node",
+                "run",
+                "--config",
+                str(state.path / "node.toml"),
+                stdout=log,
+                stderr=log,
+            )
+            log.close()
+
+        def linked() -> bool:
+            try:
+                st = NodeClient(tmp_path / "p" / "agent.sock").status()
+            except (NodeApiError, OSError):
+                return False
+            return any(n["name"] == "q" and n["alive"] for n in st["neighbours"])
+
+        deadline = time.monotonic() + 20.0
+        while not linked():
+            assert time.monotonic() < deadline, (tmp_path / "p" / "agent.log").read_text()[-2000:]
+            time.sleep(0.1)
+        st = NodeClient(tmp_path / "q" / "agent.sock").status()
+        q_sees = {n["name"]: n for n in st["neighbours"]}
+        assert q_sees["p"]["alive"] and q_sees["p"]["addr"].startswith("[fe80:")
+        assert st["counters"].get("discovered", 0) >= 1
