@@ -208,7 +208,9 @@ class HealingNode:
             actions.append(self._next_timer(now))
             return actions
         out = self.node.handle(now, inp)  # type: ignore[arg-type]
-        actions = out if type(out) is list else list(out)
+        return self._after(now, out if type(out) is list else list(out))
+
+    def _after(self, now: float, actions: list[Action]) -> list[Action]:
         # A link going down or up is worth a cycle at once rather than at the next tick:
         # detection stays prompt while the periodic cycle can run at a lower rate.
         for a in actions:
@@ -226,13 +228,7 @@ class HealingNode:
             for d in datagrams:
                 out += self.handle(now, Datagram(addr, d))
             return out
-        actions: list[Action] = batch(now, addr, datagrams)
-        for a in actions:
-            if type(a) in TRIGGERS:
-                actions.extend(self._cycle(now))
-                actions.append(self._next_timer(now))
-                break
-        return actions
+        return self._after(now, batch(now, addr, datagrams))
 
     def _cycle(self, now: float) -> list[Action]:
         actions = self.loop.cycle(now, self._stats)

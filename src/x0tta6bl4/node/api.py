@@ -21,6 +21,7 @@ import binascii
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -177,6 +178,24 @@ class LocalApi:
         else:
             raise ApiError(f"unknown op {op!r} (status, send, ping, listen, trace)")
 
+    async def _stream(
+        self,
+        q: asyncio.Queue[Any],
+        render: Callable[[Any], dict[str, Any]],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Acknowledge, then write one line per queued item until the client hangs up."""
+        await self._reply(writer, {"ok": True})
+        hangup = asyncio.ensure_future(reader.read())
+        while True:
+            get = asyncio.ensure_future(q.get())
+            done, _ = await asyncio.wait({get, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                return
+            await self._reply(writer, render(get.result()))
+
     async def _listen(
         self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -184,24 +203,13 @@ class LocalApi:
 
         q: asyncio.Queue[Inbound] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self.agent.listeners.setdefault(port, set()).add(q)
+
+        def render(item: Inbound) -> dict[str, Any]:
+            data = base64.b64encode(item.payload).decode()
+            return {"src": item.src, "port": item.port, "data": data}
+
         try:
-            await self._reply(writer, {"ok": True})
-            hangup = asyncio.ensure_future(reader.read())
-            while True:
-                get = asyncio.ensure_future(q.get())
-                done, _ = await asyncio.wait({get, hangup}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    return
-                item = get.result()
-                await self._reply(
-                    writer,
-                    {
-                        "src": item.src,
-                        "port": item.port,
-                        "data": base64.b64encode(item.payload).decode(),
-                    },
-                )
+            await self._stream(q, render, reader, writer)
         finally:
             qs = self.agent.listeners.get(port)
             if qs is not None:
@@ -214,19 +222,12 @@ class LocalApi:
 
         q: asyncio.Queue[tuple[float, str, dict[str, Any]]] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self.agent.trace_subscribers.add(q)
+
+        def render(item: tuple[float, str, dict[str, Any]]) -> dict[str, Any]:
+            t, kind, fields = item
+            return {"t": t, "kind": kind, "fields": json.loads(json.dumps(fields, default=str))}
+
         try:
-            await self._reply(writer, {"ok": True})
-            hangup = asyncio.ensure_future(reader.read())
-            while True:
-                get = asyncio.ensure_future(q.get())
-                done, _ = await asyncio.wait({get, hangup}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    return
-                t, kind, fields = get.result()
-                await self._reply(
-                    writer,
-                    {"t": t, "kind": kind, "fields": json.loads(json.dumps(fields, default=str))},
-                )
+            await self._stream(q, render, reader, writer)
         finally:
             self.agent.trace_subscribers.discard(q)

@@ -136,15 +136,15 @@ class NodeSettings(BaseSettings):
 
     @property
     def listen_addrs(self) -> list[HostPort]:
-        return [parse_host_port(a) for a in self.listen]
+        return self.runtime().listen_addrs
 
     @property
     def peer_addrs(self) -> list[HostPort]:
-        return [parse_host_port(a) for a in self.peers]
+        return self.runtime().peer_addrs
 
     @property
     def api_socket(self) -> Path:
-        return Path(self.api.socket) if self.api.socket else self.state_dir / "agent.sock"
+        return self.runtime().api_socket
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
