@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import structlog
 
-from x0tta6bl4.errors import MessageTooLarge, ProtocolError, X0tError
+from x0tta6bl4.errors import X0tError
 from x0tta6bl4.healing.events import HealingEvent, RuntimeStats
 from x0tta6bl4.healing.loop import HealingLoop, HealingNode
 from x0tta6bl4.identity.bundle import TrustBundle
@@ -55,8 +55,6 @@ HOUSEKEEPING_INTERVAL: Final = 0.5
 stats for healing."""
 LEAVE_FLUSH: Final = 0.05
 """Seconds given to LEAVE datagrams to leave the host before the sockets close."""
-TRACE_KEEP: Final = 2000
-"""Trace events kept for ``x0t status`` and late trace subscribers."""
 SUBSCRIBER_QUEUE: Final = 4096
 ALGORITHMS: Final = "X25519+ML-KEM-768 (X-Wing) handshake, ChaCha20-Poly1305, ML-DSA-65 certs"
 
@@ -90,7 +88,6 @@ class Agent:
         self._verifier = make_verifier(bundle, self._crl)
         self._self_subject = Subject(creds.cert.spiffe_id, frozenset(creds.cert.tags))
         self.name = creds.cert.name
-        self.trace: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=TRACE_KEEP)
         self.healing_events: deque[HealingEvent] = deque(maxlen=256)
         self.listeners: dict[int, set[asyncio.Queue[Inbound]]] = {}
         self.trace_subscribers: set[asyncio.Queue[tuple[float, str, dict[str, Any]]]] = set()
@@ -103,7 +100,6 @@ class Agent:
         self._mesh: MeshNode | None = None
         self._core: HealingNode | None = None
         self._saved_peers: dict[str, str] = {}
-        self._last_tick: float | None = None
         self.bound: list[tuple[str, int]] = []
         self.on_ready: Callable[[Agent], None] | None = None
 
@@ -418,7 +414,6 @@ class Agent:
 
     def _on_event(self, ev: Event) -> None:
         item = (time.time(), ev.kind, dict(ev.fields))
-        self.trace.append(item)
         for q in list(self.trace_subscribers):
             if q.full():
                 self.count("trace_subscriber_overflow")
@@ -521,10 +516,7 @@ class Agent:
     def send(self, dst: str, port: int, payload: bytes) -> None:
         """Raises MessageTooLarge / ValueError / ProtocolError with a clear message."""
         runner = self.runner
-        try:
-            runner.apply(self.mesh.send_app(runner.now, dst, port, payload))
-        except (MessageTooLarge, ProtocolError, ValueError):
-            raise
+        runner.apply(self.mesh.send_app(runner.now, dst, port, payload))
 
     async def ping(self, dst: str, timeout: float) -> tuple[float, int] | None:
         loop = asyncio.get_running_loop()
