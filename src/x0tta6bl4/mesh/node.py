@@ -129,6 +129,17 @@ _RELAY_HDR: Final = bytes((PROTOCOL_VERSION, MSG_RELAY, 0, 0))
 _E2E_DATA_TYPES: Final = frozenset((MSG_DATA, MSG_DATA_FRAGMENT))
 RELAY_OVERHEAD: Final = _RELAY.size  # 22
 _U16 = struct.Struct(">H")
+
+
+def _relays_e2e_data(d: bytes) -> bool:
+    """A RELAY datagram carrying an end-to-end DATA or DATA_FRAGMENT, long enough for one."""
+    return (
+        len(d) >= RELAY_OVERHEAD + DATA_OVERHEAD
+        and d[:4] == _RELAY_HDR
+        and d[RELAY_OVERHEAD + 1] in _E2E_DATA_TYPES
+    )
+
+
 _BOOT = struct.Struct(">I")  # a hello frame carries the sender's incarnation first
 _PROBE = struct.Struct(">BI")  # type, probe id
 _PROBE_ACK = struct.Struct(">BIH")  # type, probe id, probed size
@@ -441,19 +452,13 @@ class MeshNode:
         (which opens a whole large payload at once); anything else, one by one. The
         outcome is what ``handle`` would give for each in turn."""
         first = datagrams[0]
-        if len(datagrams) > 1 and first[:4] == _RELAY_HDR and len(first) > RELAY_OVERHEAD + 1:
+        if len(datagrams) > 1 and _relays_e2e_data(first):
             ends = first[6:RELAY_OVERHEAD]  # src id | dst id
             nb = self._by_addr.get(addr)
             if (
                 nb is not None
                 and nb.alive
-                and all(
-                    d[:4] == _RELAY_HDR
-                    and d[6:RELAY_OVERHEAD] == ends
-                    and len(d) > RELAY_OVERHEAD + 1
-                    and d[RELAY_OVERHEAD + 1] in _E2E_DATA_TYPES
-                    for d in datagrams
-                )
+                and all(d[6:RELAY_OVERHEAD] == ends and _relays_e2e_data(d) for d in datagrams)
             ):
                 out: list[Action] = []
                 src, dst = ends[:8], ends[8:]
@@ -463,17 +468,15 @@ class MeshNode:
                     inner = [d[RELAY_OVERHEAD:] for d in datagrams]
                     self._wrap(now, _E2E, self.e2e.handle_batch(now, src, inner), out)
                     return out
-                hop = self.router.next_hop(dst)
-                nxt = self._nbrs.get(hop) if hop is not None else None
-                if nxt is not None and nxt.alive and ttl > 1:
-                    n = len(datagrams)
-                    self.counters["relayed"] = self.counters.get("relayed", 0) + n
+                nxt = self._live_next_hop(dst)
+                if nxt is not None and ttl > 1:
                     to = nxt.addr
                     for d in datagrams:
                         t = _U16.unpack_from(d, 4)[0]
                         if t <= 1:
                             self._count("ttl_expired")
                             continue
+                        self._count("relayed")
                         out.append(Send(to, d[:4] + _U16.pack(t - 1) + d[6:]))
                     return out
         out = []
@@ -839,9 +842,8 @@ class MeshNode:
         if not isinstance(dst, bytes):
             return
         if self._relay_data and data[1] in _E2E_DATA_TYPES and data[0] == PROTOCOL_VERSION:
-            hop = self.router.next_hop(dst)
-            nb = self._nbrs.get(hop) if hop is not None else None
-            if nb is None or not nb.alive:
+            nb = self._live_next_hop(dst)
+            if nb is None:
                 self._count("no_route")
                 return
             out.append(Send(nb.addr, _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst) + data))
@@ -857,15 +859,17 @@ class MeshNode:
             return
         self._link_send(now, nb.addr, frame, out)
 
+    def _live_next_hop(self, dst: NodeId) -> _Neighbour | None:
+        hop = self.router.next_hop(dst)
+        nb = self._nbrs.get(hop) if hop is not None else None
+        return nb if nb is not None and nb.alive else None
+
     def _on_relay(self, now: float, addr: Addr, data: bytes, out: list[Action]) -> None:
         nb = self._by_addr.get(addr)
         if nb is None or not nb.alive:
             self._count("relay_from_stranger")  # not a live neighbour's address: dropped
             return
-        if (
-            len(data) < RELAY_OVERHEAD + DATA_OVERHEAD
-            or data[RELAY_OVERHEAD + 1] not in _E2E_DATA_TYPES
-        ):
+        if not _relays_e2e_data(data):
             self._count("bad_relay")
             return
         _, ttl, src, dst = _RELAY.unpack_from(data)
@@ -877,9 +881,8 @@ class MeshNode:
         if ttl <= 1:
             self._count("ttl_expired")
             return
-        hop = self.router.next_hop(dst)
-        nxt = self._nbrs.get(hop) if hop is not None else None
-        if nxt is None or not nxt.alive:
+        nxt = self._live_next_hop(dst)
+        if nxt is None:
             self._count("no_route")
             return
         self._count("relayed")
