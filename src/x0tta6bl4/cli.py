@@ -48,10 +48,12 @@ app.add_typer(cert_app, name="cert")
 
 
 def _register_groups() -> None:
+    from x0tta6bl4.cli_control import register as register_control
     from x0tta6bl4.cli_node import register
     from x0tta6bl4.cli_policy import policy_app
 
     register(app)
+    register_control(app)
     app.add_typer(policy_app, name="policy")
 
 

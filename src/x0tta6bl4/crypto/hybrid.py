@@ -122,6 +122,10 @@ class HybridPublicKey:
     def __repr__(self) -> str:
         return f"HybridPublicKey(x25519={self._x_raw[:4].hex()}...)"
 
+    def components(self) -> tuple[x25519.X25519PublicKey, mlkem.MLKEM768PublicKey]:
+        """The two halves, for HPKE's MLKEM768-X25519 KEM (``crypto.hpke``)."""
+        return self._x, self._m
+
     def encapsulate(self, rng: RandomBytes | None = None) -> tuple[bytes, bytes]:
         """Return ``(ciphertext, shared_secret)``, the ciphertext being ``ct_M || ct_X``.
 
@@ -174,6 +178,10 @@ class HybridPrivateKey:
 
     def __repr__(self) -> str:
         return f"HybridPrivateKey(<hidden>, public={self._public!r})"
+
+    def components(self) -> tuple[x25519.X25519PrivateKey, mlkem.MLKEM768PrivateKey]:
+        """The two halves, for HPKE's MLKEM768-X25519 KEM (``crypto.hpke``)."""
+        return self._x, self._m
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
         if len(ciphertext) != CIPHERTEXT_SIZE:

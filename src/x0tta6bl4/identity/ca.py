@@ -271,6 +271,40 @@ class CertificateAuthority:
             self._inventory = inventory
         return cert
 
+    def sign(
+        self,
+        name: str,
+        tags: Iterable[str],
+        static_public: HybridPublicKey,
+        signing_public: VerifyKey,
+        *,
+        now: float,
+        validity: datetime.timedelta = NODE_CERT_VALIDITY,
+    ) -> NodeCertificate:
+        """Sign a node X.509-SVID without touching this directory's inventory: for a
+        caller that keeps the inventory itself (the control plane, in its database) and
+        checks key uniqueness there."""
+        spiffe_id = node_spiffe_id(self._trust_domain, validate_name(name))
+        tag_der = encode_tags(normalize_tags(tags))
+        if validity <= datetime.timedelta(0):
+            raise IdentityError("certificate validity must be positive")
+        t = to_datetime(now)
+        if not self._cert.not_valid_before_utc <= t < self._cert.not_valid_after_utc:
+            raise IdentityError("the CA certificate is not valid now; cannot issue")
+        return self._sign_node(name, spiffe_id, tag_der, static_public, signing_public, t, validity)
+
+    def sign_revocation_list(
+        self,
+        version: int,
+        entries: Iterable[RevokedEntry],
+        now: float,
+        validity: datetime.timedelta = CRL_NEXT_UPDATE,
+    ) -> RevocationList:
+        """A signed list for a caller that keeps the current version itself."""
+        return RevocationList.build(
+            self._key, self._cert, version, list(entries), now, validity=validity
+        )
+
     def issue_request(
         self,
         request: CertificateRequest,
