@@ -83,6 +83,16 @@ class DiscoverySettings(_Section):
     interfaces: list[str] = Field(default_factory=list)
 
 
+class ControlSettings(_Section):
+    # The control plane's URL ("http://HOST:PORT" or https); "" = run standalone on the
+    # state directory's certificate and policy.
+    url: str = Field(default="", pattern=r"^(|https?://[^\s/]+(/[^\s]*)?)$")
+    # Seconds between status reports.
+    report_interval: float = Field(default=5.0, ge=0.5, le=3600.0)
+    # While the push stream is down, check for policy and revocations this often.
+    poll_interval: float = Field(default=10.0, ge=1.0, le=3600.0)
+
+
 class LogSettings(_Section):
     format: str = Field(default="json", pattern="^(json|console)$")
     level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
@@ -104,6 +114,7 @@ class NodeSettings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
 
     @field_validator("listen", "peers")
     @classmethod
@@ -249,6 +260,14 @@ deny_tcp = "drop"
 socket = ""
 # Prometheus /metrics, "HOST:PORT"; "" = off.
 metrics = ""
+
+[control]
+# The control plane ("http://HOST:PORT"), set by `x0t node join`: renews the certificate,
+# takes policy and revocations as they are pushed, reports status and healing events.
+# "" = standalone on the state directory's certificate and policy.
+url = ""
+report_interval = 5.0
+poll_interval = 10.0
 
 [discovery]
 # Find neighbours on the same link by IPv6 link-local multicast beacons (they carry only
