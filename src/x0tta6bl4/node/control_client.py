@@ -127,18 +127,16 @@ class ControlClient:
                     f"GET {path}: HTTP {resp.status}: {data[:300].decode(errors='replace')}",
                     resp.status,
                 )
-            event, lines = "message", []
+            event, lines = "message", list[str]()
             while True:
                 raw = resp.readline(MAX_EVENT)
                 if not raw:
                     return
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 if line == "":
-                    if lines:
-                        try:
-                            yield event, json.loads("\n".join(lines))
-                        except ValueError:
-                            pass  # a malformed event is skipped, the stream goes on
+                    decoded = _decode(lines)
+                    if decoded is not None:  # a malformed event is skipped
+                        yield event, decoded[0]
                     event, lines = "message", []
                 elif line.startswith(":"):
                     continue  # keep-alive comment
@@ -150,3 +148,12 @@ class ControlClient:
             raise ControlError(f"event stream {path} from {self.url} broke: {exc}") from None
         finally:
             conn.close()
+
+
+def _decode(lines: list[str]) -> tuple[Any] | None:
+    if not lines:
+        return None
+    try:
+        return (json.loads("\n".join(lines)),)
+    except ValueError:
+        return None
