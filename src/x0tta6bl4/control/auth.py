@@ -57,7 +57,8 @@ def _hash(secret: str) -> bytes:
 
 
 def parse_api_key(text: str) -> tuple[str, str] | None:
-    parts = text.split("_")
+    # The secret is base64url and may itself contain "_": split off the two fields only.
+    parts = text.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 12 or len(parts[2]) > 64:
         return None
     return parts[1], parts[2]
