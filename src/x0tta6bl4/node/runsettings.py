@@ -78,6 +78,13 @@ class RunDiscovery:
 
 
 @dataclass(frozen=True, slots=True)
+class RunControl:
+    url: str = ""
+    report_interval: float = 5.0
+    poll_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class RunLog:
     format: str = "json"
     level: str = "info"
@@ -97,6 +104,7 @@ class RunSettings:
     api: RunApi = field(default_factory=RunApi)
     log: RunLog = field(default_factory=RunLog)
     discovery: RunDiscovery = field(default_factory=RunDiscovery)
+    control: RunControl = field(default_factory=RunControl)
 
     @property
     def listen_addrs(self) -> list[HostPort]:
@@ -128,6 +136,7 @@ class RunSettings:
                     "interfaces": tuple(d.get("discovery", {}).get("interfaces", ())),
                 }
             ),
+            control=RunControl(**d.get("control", {})),
         )
 
     def to_json(self) -> str:
