@@ -8,6 +8,9 @@ Timer keys are typed: each layer keys its timers with its own frozen dataclass o
 (``ChannelTimer``, ``RouteTimer``, ``MeshTimer``, ``HealingTimer``), so a wrapping layer
 routes a firing by the key's type and never decodes tuples by position.
 
+Besides packets and timers a core takes ``RevocationListUpdated``: the runtime's newer
+revocation list, which drops the revoked peers' sessions at once.
+
 Layers above a core learn what happened through *control actions* (``SessionUp``,
 ``PeerMoved``, ``LinkUp``, ``LinkDown``); ``Event`` is the structured trace only and
 nothing decides on an event's kind string. A runtime ignores control actions that reach it.
@@ -53,7 +56,27 @@ class AppSend:
     payload: bytes
 
 
-Input: TypeAlias = Datagram | Timer | AppSend
+class RevocationCheck(Protocol):
+    """What a core needs of a revocation list (``identity.crl.RevocationList`` is one;
+    named structurally here because this module imports nothing of the project)."""
+
+    @property
+    def version(self) -> int: ...
+
+    def is_revoked(self, serial: int) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationListUpdated:
+    """The runtime accepted a newer revocation list (signature and version checked by it,
+    ``identity.crl.accept_newer``). From now on the core refuses certificates on it, and it
+    drops at once the sessions, handshakes and queued payloads of peers whose certificate
+    serial it lists; a list older than the one the core holds changes nothing."""
+
+    crl: RevocationCheck
+
+
+Input: TypeAlias = Datagram | Timer | AppSend | RevocationListUpdated
 
 
 # --- actions ------------------------------------------------------------------
@@ -133,6 +156,7 @@ class LinkDownReason(StrEnum):
     RESTARTED = "restarted"  # the neighbour came back with a new incarnation
     MTU_LOW = "mtu_low"  # alive, but full-size frames do not get through
     LEFT = "left"  # the neighbour said it is shutting down (an authenticated LEAVE)
+    REVOKED = "revoked"  # a newer revocation list lists the neighbour's certificate
 
 
 @dataclass(frozen=True, slots=True)

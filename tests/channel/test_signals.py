@@ -202,6 +202,7 @@ def test_drop_reasons_keep_their_strings() -> None:
         "simultaneous_open_lost",
         "stale_biscuit",
         "bad_biscuit",
+        "peer_revoked",
         "peer_limit",
         "unknown_timer",
         "unsupported_input",
@@ -229,6 +230,7 @@ def test_drop_reasons_keep_their_strings() -> None:
         "answer_resent",
         "peer_moved",
         "move_refused",
+        "revoked_teardown",
     }
 
 

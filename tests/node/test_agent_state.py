@@ -1,6 +1,6 @@
 """What an agent keeps across restarts and takes while running: the last accepted policy
 (an older one is refused even after a restart) and a newer revocation list dropped into
-its state directory (a revoked node's next handshake fails)."""
+its state directory (the revoked node's link drops at once and its next handshake fails)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ def test_an_older_policy_is_refused_also_after_a_restart(pair: LocalMesh) -> Non
     assert (q.state_dir / POLICY_FILE).read_bytes() != signed_v2  # v1 is still there
 
 
+def _alive(m: LocalMesh, node: str, neighbour: str) -> bool:
+    st = m.status(node)
+    return st is not None and any(n["name"] == neighbour and n["alive"] for n in st["neighbours"])
+
+
 def test_a_newer_crl_is_taken_while_running(pair: LocalMesh) -> None:
     from x0tta6bl4.identity.ca import CertificateAuthority
     from x0tta6bl4.identity.store import NodeCredentials
@@ -65,7 +70,8 @@ def test_a_newer_crl_is_taken_while_running(pair: LocalMesh) -> None:
 
     crl = ca.revoke(serial, x509.ReasonFlags.key_compromise, time.time())
     StateDir(pair.nodes["q"].state_dir).write(CRL_FILE, crl.to_pem(), 0o644)
-    # q takes it within a housekeeping period; p, restarted, can no longer link to q
+    # q takes it within a housekeeping period and drops its link to p at once (no
+    # restart, rekey or expiry needed); p, restarted, can no longer link to q either
     pair.wait(
         lambda: any(
             True
@@ -75,6 +81,9 @@ def test_a_newer_crl_is_taken_while_running(pair: LocalMesh) -> None:
         5.0,
         "q to load the newer list",
     )
+    pair.wait(lambda: not _alive(pair, "q", "p"), 1.0, "q to drop its link to p")
+    st = pair.status("q")
+    assert st is not None and st["counters"].get("neighbour_revoked") == 1
     pair.kill("p")
     pair.start("p")
     time.sleep(3.0)

@@ -1,4 +1,5 @@
-"""Certificates: verifying the ones peers offer, caching them by fingerprint, and the
+"""Certificates: verifying the ones peers offer (with the verifier, and against the newest
+revocation list the runtime gave the endpoint), caching them by fingerprint, and the
 CERT_REQUEST / CERT exchange by which an initiator fetches a peer's certificate.
 
 ``CERT_REQUEST`` and ``CERT`` carry a *check*, a MAC keyed by the trust domain's name:
@@ -37,7 +38,7 @@ from x0tta6bl4.crypto.aead import Aead
 from x0tta6bl4.crypto.kdf import mac16, sha256
 from x0tta6bl4.errors import CertificateRejected, DecodeError, RejectReason
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
-from x0tta6bl4.sansio import Action, Addr, Event, Send
+from x0tta6bl4.sansio import Action, Addr, Event, RevocationCheck, Send
 
 
 class Emit(Protocol):
@@ -66,6 +67,7 @@ class CertExchange:
         "_emit",
         "_known",
         "_rejected",
+        "_revocations",
         "_stats",
         "_trust_domain",
         "_verifier",
@@ -98,17 +100,46 @@ class CertExchange:
         self._known: OrderedDict[bytes, bytes] = OrderedDict()  # fingerprint -> DER
         # Certificates that failed verification, by SHA-256 of their DER, until when.
         self._rejected: OrderedDict[bytes, tuple[RejectReason, float]] = OrderedDict()
+        # The newest revocation list the runtime gave us (RevocationListUpdated).
+        self._revocations: RevocationCheck | None = None
+
+    # --- revocation ---------------------------------------------------------------------
+
+    @property
+    def revocations(self) -> RevocationCheck | None:
+        return self._revocations
+
+    def take_revocations(self, crl: RevocationCheck) -> bool:
+        """Hold ``crl`` unless it is older than the list held (versions only go up, so a
+        late or replayed list cannot un-revoke anyone); whether it was taken."""
+        held = self._revocations
+        if held is not None and crl.version < held.version:
+            return False
+        self._revocations = crl
+        # A newer list may change a verdict cached under the old one (a stale or missing
+        # list refused everyone); a revocation it adds is caught by verify() itself.
+        self._rejected.clear()
+        return True
 
     # --- verification -----------------------------------------------------------------
 
     def verify(self, der: bytes, now: float) -> VerifiedIdentity:
-        """Verify ``der`` at wall-clock ``now + wall_offset``, in our trust domain only.
-        Raises :class:`CertificateRejected`."""
+        """Verify ``der`` at wall-clock ``now + wall_offset``, in our trust domain only,
+        and not on the revocation list we hold. Raises :class:`CertificateRejected`."""
         ident = self._verifier(der, now + self._wall_offset)
         if ident.trust_domain != self._trust_domain:
             raise CertificateRejected(
                 RejectReason.WRONG_TRUST_DOMAIN,
                 f"{ident.spiffe_id} is not in {self._trust_domain!r}",
+            )
+        # The verifier checks its own list (the runtime's); checking the one we were given
+        # as well makes RevocationListUpdated complete on its own: a peer whose session it
+        # dropped cannot come back, whatever list the verifier reads.
+        held = self._revocations
+        if held is not None and held.is_revoked(ident.serial):
+            raise CertificateRejected(
+                RejectReason.REVOKED,
+                f"serial {ident.serial:#x} revoked (revocation list version {held.version})",
             )
         return ident
 

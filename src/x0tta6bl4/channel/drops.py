@@ -57,6 +57,8 @@ class DropReason(StrEnum):
     CERT_REJECTED_MALFORMED = "cert_rejected:malformed"
     CERT_REJECTED_REVOCATION_LIST_STALE = "cert_rejected:revocation_list_stale"
     CERT_REJECTED_REVOCATION_LIST_MISSING = "cert_rejected:revocation_list_missing"
+    # A payload queued for a peer whose certificate a newer revocation list revoked.
+    PEER_REVOKED = "peer_revoked"
     # --- our own calls and inputs -----------------------------------------------------
     PEER_LIMIT = "peer_limit"  # the peer table is full
     UNKNOWN_TIMER = "unknown_timer"  # a timer key that is not one of ours
@@ -93,6 +95,9 @@ class Tally(StrEnum):
     ANSWER_RESENT = "answer_resent"  # a repeated request answered from the kept answer
     PEER_MOVED = "peer_moved"  # an authenticated packet moved its peer to a new address
     MOVE_REFUSED = "move_refused"  # ... but another peer's session holds that address
+    # A peer dropped (sessions, handshake, queue) because a newer revocation list
+    # revoked its certificate.
+    REVOKED_TEARDOWN = "revoked_teardown"
 
 
 def addr_label(addr: Addr | None) -> Any:

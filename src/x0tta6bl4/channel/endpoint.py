@@ -5,6 +5,7 @@ It is driven like every core here::
     endpoint.handle(now, Datagram(addr, data)) -> [Send, Deliver, SetTimer, Event, SessionUp,
                                                    PeerMoved]
     endpoint.handle(now, Timer(key))           -> [...]
+    endpoint.handle(now, RevocationListUpdated(crl)) -> [Event, ...]
     endpoint.send(now, addr, payload)          -> [...]   (may raise MessageTooLarge)
     endpoint.connect(now, addr)                -> [...]
 
@@ -20,6 +21,13 @@ DATA_FRAGMENTs (:attr:`SecureEndpoint.max_payload`, :attr:`max_unfragmented_payl
 Nothing raises out of ``handle``: bad input is dropped, counted in
 :attr:`SecureEndpoint.counters` under a :class:`~.drops.DropReason` and reported as
 ``Event("dropped", reason=...)``.
+
+A newer revocation list (``RevocationListUpdated``) is held and checked on every
+certificate from then on, and every peer whose certificate serial it lists (the one its
+sessions were made with, or the one an INIT in flight is sealed to) is dropped at once:
+sessions wiped, our handshake cancelled, queued payloads dropped (``peer_revoked``), the
+entry forgotten (``Event("peer_revoked")``). A responder keeps nothing of a handshake
+before CONFIRM, and re-verifies the certificate there, so it needs no sweep.
 
 This class is the facade: it routes each input to the module that owns it.
 
@@ -42,7 +50,7 @@ from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.certexchange import CertExchange
 from x0tta6bl4.channel.cookie import CookieGenerator
 from x0tta6bl4.channel.datapath import DataPath, can_send, wants_rekey
-from x0tta6bl4.channel.drops import DropReason, Stats, Tally
+from x0tta6bl4.channel.drops import DropReason, Stats, Tally, addr_label
 from x0tta6bl4.channel.initiator_role import InitiatorRole
 from x0tta6bl4.channel.peers import AcceptIdentity, Peer, PeerInfo, PeerTable
 from x0tta6bl4.channel.responder_role import ResponderRole
@@ -54,8 +62,18 @@ from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.kdf import sha256
 from x0tta6bl4.errors import DecodeError, IdentityError, MessageTooLarge, X0tError
 from x0tta6bl4.identity.cert import NodeCertificate
-from x0tta6bl4.identity.types import CertVerifier
-from x0tta6bl4.sansio import Action, Addr, Datagram, Input, SetTimer, Timer
+from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
+from x0tta6bl4.sansio import (
+    Action,
+    Addr,
+    Datagram,
+    Event,
+    Input,
+    RevocationCheck,
+    RevocationListUpdated,
+    SetTimer,
+    Timer,
+)
 
 __all__ = ["PeerInfo", "SecureEndpoint", "handshake_wire_cost"]
 
@@ -102,7 +120,7 @@ class SecureEndpoint:
             table, stats, max_datagram=max_datagram, secrets=secrets, timer_namespace=self._ns
         )
         cookie_gen = CookieGenerator(secrets)  # one cookie secret for INIT and CERT_REQUEST
-        certs = CertExchange(
+        certs = self._certs = CertExchange(
             cert_der,
             verifier,
             trust_domain=trust_domain,
@@ -195,6 +213,11 @@ class SecureEndpoint:
     def reassemblies_pending(self) -> int:
         """Partially received fragmented messages held now."""
         return self._data.reassemblies_pending
+
+    @property
+    def revocation_list(self) -> RevocationCheck | None:
+        """The newest revocation list given in ``RevocationListUpdated``, if any."""
+        return self._certs.revocations
 
     def set_under_load(self, value: bool | None) -> None:
         """Force (True/False) or let the token bucket decide (None) whether mac2 is required."""
@@ -300,6 +323,8 @@ class SecureEndpoint:
                 return self._on_message(now, inp.addr, data)
             if isinstance(inp, Timer):
                 return self._on_timer(now, inp.key)
+            if isinstance(inp, RevocationListUpdated):
+                return self._on_revocation_list(inp.crl)
             return self._stats.drop(DropReason.UNSUPPORTED_INPUT, None)
         except X0tError as exc:  # a typed error not mapped below: still only a drop
             return self._stats.drop_unmapped(exc)
@@ -326,6 +351,44 @@ class SecureEndpoint:
         out: list[Action] = []
         for d in datagrams:
             out += self.handle(now, Datagram(addr, d))
+        return out
+
+    # --- revocation -------------------------------------------------------------------
+
+    def _on_revocation_list(self, crl: RevocationCheck) -> list[Action]:
+        if not self._certs.take_revocations(crl):
+            held = self._certs.revocations
+            fields = {"version": crl.version, "held": None if held is None else held.version}
+            return [Event("revocation_list_ignored", fields)]
+        out: list[Action] = []
+        for peer in list(self._peers.values()):
+            for ident in peer.identities():
+                if crl.is_revoked(ident.serial):
+                    out += self._drop_revoked(peer, ident)
+                    break
+        return out
+
+    def _drop_revoked(self, peer: Peer, ident: VerifiedIdentity) -> list[Action]:
+        """Forget ``peer`` whole: its keys wiped and its handshake cancelled, so not even a
+        RESP already on its way can make a session; what was queued for it goes too."""
+        addr = addr_label(peer.addr)
+        queued = len(peer.queue)
+        fields = {
+            "peer": ident.name,
+            "addr": addr,
+            "session": peer.current is not None or peer.previous is not None,
+            "handshake": peer.attempt is not None,
+            "queued_dropped": queued,
+        }
+        peer.queue.clear()
+        self._table.forget(peer)
+        self._stats.count(Tally.REVOKED_TEARDOWN)
+        out: list[Action] = [Event("peer_revoked", fields)]
+        if queued:
+            self._stats.count(DropReason.PEER_REVOKED, queued)
+            out.append(
+                Event("dropped", {"reason": DropReason.PEER_REVOKED, "addr": addr, "count": queued})
+            )
         return out
 
     # --- routing inputs -------------------------------------------------------------

@@ -220,6 +220,15 @@ class Peer:
             return PeerState.IDLE
         return PeerState.CONFIRMING if cur.biscuit is not None else PeerState.ESTABLISHED
 
+    def identities(self) -> list[VerifiedIdentity]:
+        """Who we hold sessions with here and whom our INITs in flight are sealed to (a
+        RESP to one of those makes a session without verifying anything again)."""
+        out = [] if self.identity is None else [self.identity]
+        att = self.attempt
+        if att is not None:
+            out += [i.identity for i in (att.init, att.earlier_init) if i is not None]
+        return out
+
     def sessions(self) -> list[Session]:
         out: list[Session] = []
         if self.current is not None:

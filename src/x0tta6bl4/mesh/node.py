@@ -26,6 +26,11 @@ every name it knows to a new neighbour when the link comes up (before any route,
 route is named from its first appearance) and floods names it learns for the first time;
 each name crosses each link about once. Names are capped (MAX_NAMES).
 
+A newer revocation list (``RevocationListUpdated``) goes to both endpoints, which drop
+every session, handshake and queued payload of a peer it revokes; a neighbour whose link
+session went is taken down at once (``LinkDown(peer, REVOKED)``, routes through it
+retracted), and a revoked node cannot make a new session with either endpoint.
+
 A LEAVE says "this incarnation is shutting down": the neighbour takes the link out of
 routing at once instead of after the dead interval. It is only believed inside the link
 session and for the incarnation whose hellos the neighbour has seen, so neither a
@@ -106,6 +111,7 @@ from x0tta6bl4.sansio import (
     LinkDownReason,
     LinkUp,
     PeerMoved,
+    RevocationListUpdated,
     Send,
     SessionUp,
     SetTimer,
@@ -444,7 +450,33 @@ class MeshNode:
             except (ProtocolError, ValueError) as exc:
                 self._count("app_send_refused")
                 out.append(Event("app_send_refused", {"dst": inp.dst, "reason": str(exc)}))
+        elif type(inp) is RevocationListUpdated:
+            self._on_revocation_list(now, inp, out)
         return out
+
+    def _on_revocation_list(
+        self, now: float, inp: RevocationListUpdated, out: list[Action]
+    ) -> None:
+        """A newer revocation list: both endpoints drop the revoked peers' sessions, and a
+        neighbour whose link session went with them is taken down like any other link."""
+        crl = inp.crl
+        held = self.links.revocation_list
+        revoked: list[_Neighbour] = []
+        if held is None or crl.version >= held.version:
+            for nb in self._nbrs.values():
+                info = self.links.peer(nb.addr)  # asked before the endpoint forgets it
+                ident = info.identity if info is not None else None
+                if ident is not None and ident.name == nb.name and crl.is_revoked(ident.serial):
+                    revoked.append(nb)
+        self._wrap(now, _LINK, self.links.handle(now, inp), out)
+        self._wrap(now, _E2E, self.e2e.handle(now, inp), out)
+        for nb in revoked:
+            self._count("neighbour_revoked")
+            out.append(Event("neighbour_revoked", {"peer": nb.name}))
+            if nb.alive:
+                nb.alive = False
+                out.append(LinkDown(nb.name, LinkDownReason.REVOKED))
+            self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
 
     def handle_batch(self, now: float, addr: Addr, datagrams: list[bytes]) -> list[Action]:
         """Datagrams from ``addr`` received together (a UDP GRO batch). RELAY datagrams of

@@ -46,7 +46,7 @@ from x0tta6bl4.node.udp import UdpRunner
 from x0tta6bl4.observability.metrics import record_policy_decision
 from x0tta6bl4.policy import Decision, Proto, SignedPolicy, Subject, accept_policy
 from x0tta6bl4.policy.types import DEFAULT_DENY
-from x0tta6bl4.sansio import Deliver, Event
+from x0tta6bl4.sansio import Deliver, Event, RevocationListUpdated
 
 log = structlog.get_logger("x0tta6bl4.node")
 
@@ -193,6 +193,8 @@ class Agent:
         self._core = core
         runner = UdpRunner(core, on_deliver=self._on_deliver, on_event=self._on_event)
         self._runner = runner
+        if self.crl is not None:  # the core holds the agent's list from the start
+            runner.apply(core.handle(runner.now, RevocationListUpdated(self.crl)))
         self._load_held_policy()
         self._load_policy()
         self._load_crl()
@@ -298,9 +300,8 @@ class Agent:
         self._load_crl()
 
     def _load_crl(self) -> None:
-        """Take a newer revocation list dropped into the state directory: new handshakes
-        with a revoked node fail from then on (cached verifications are forgotten). An
-        older or invalid list is refused and the held one stays."""
+        """Take a newer revocation list dropped into the state directory, the way
+        :meth:`apply_revocation_list` takes a pushed one (the file is already in place)."""
         path = self.state.file(CRL_FILE)
         try:
             mtime = path.stat().st_mtime
@@ -310,16 +311,58 @@ class Agent:
             return
         self._crl_mtime = mtime
         try:
-            candidate = RevocationList.from_pem(path.read_bytes(), self.bundle)
-            new = accept_newer(self.crl, candidate)
-        except (OSError, X0tError) as exc:
+            data = path.read_bytes()
+        except OSError as exc:
             self.count("crl_refused")
-            log.error("crl_refused", file=str(path), error=str(exc))
+            log.error("crl_refused", source=str(path), error=str(exc))
             return
-        if new is not self.crl:
-            self.crl = new
-            self._verifier.clear()
-            log.info("crl_loaded", file=str(path), version=new.version, revoked=len(new))
+        self._take_crl(data, str(path), persist=False)
+
+    def apply_revocation_list(self, pem: bytes) -> bool:
+        """Take a revocation list pushed by the control plane (PEM). It must be signed by
+        a CA of the trust bundle and newer than the held list (``accept_newer``); then it
+        is written atomically to STATE/crl.pem (a restart keeps it), new handshakes with
+        a revoked node fail and its sessions, links and queued packets are dropped at
+        once. True if it became the held list; False if refused (older, foreign, broken:
+        counted ``crl_refused``, the held list stays) or it is the held list already."""
+        return self._take_crl(pem, "pushed", persist=True)
+
+    def _take_crl(self, pem: bytes, source: str, *, persist: bool) -> bool:
+        try:
+            candidate = RevocationList.from_pem(pem, self.bundle)
+            new = accept_newer(self.crl, candidate)
+        except X0tError as exc:
+            self.count("crl_refused")
+            log.error(
+                "crl_refused",
+                source=source,
+                error=str(exc),
+                kept=None if self.crl is None else self.crl.version,
+            )
+            return False
+        if new is self.crl:
+            return False
+        if persist:
+            self._persist_crl(new)
+        self.crl = new
+        self._verifier.clear()
+        if self._core is not None and self._runner is not None:
+            # Sessions of revoked nodes go now, not at their next rekey or expiry.
+            runner = self._runner
+            runner.apply(self._core.handle(runner.now, RevocationListUpdated(new)))
+        log.info("crl_loaded", source=source, version=new.version, revoked=len(new))
+        return True
+
+    def _persist_crl(self, crl: RevocationList) -> None:
+        try:
+            self.state.write(CRL_FILE, crl.to_pem(), 0o644)
+            # our own write: the file watch need not read it back
+            self._crl_mtime = self.state.file(CRL_FILE).stat().st_mtime
+        except OSError as exc:
+            # Applied all the same: a revocation in force now matters more than one that
+            # survives a restart (the node would restart on the older list it had).
+            self.count("crl_persist_failed")
+            log.error("crl_persist_failed", file=str(self.state.file(CRL_FILE)), error=str(exc))
 
     def _policy_path(self) -> Path:
         p = self.settings.policy_file

@@ -19,10 +19,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from cryptography import x509
+
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.healing import HealingConfig, HealingEvent, HealingLoop, HealingNode
 from x0tta6bl4.identity.ca import CertificateAuthority
+from x0tta6bl4.identity.cert import NodeCertificate
+from x0tta6bl4.identity.crl import RevocationList, RevokedEntry
 from x0tta6bl4.identity.types import CertVerifier
 from x0tta6bl4.identity.verify import make_verifier
 from x0tta6bl4.mesh.node import MeshConfig, MeshNode, node_id
@@ -53,6 +57,25 @@ class MeshWorld:
     verifier: CertVerifier
     epoch: float = EPOCH
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    ca: CertificateAuthority | None = field(default=None, repr=False)
+
+    def revocation_list(self, revoked: Iterable[str], *, version: int, at: float) -> RevocationList:
+        """A list signed by the world's CA, ``version``, revoking the certificates of the
+        nodes ``revoked``, issued at virtual time ``at``; for ``RevocationListUpdated``.
+        Nothing is persisted: the world is shared (cached), and its verifier keeps the
+        list it was built with, so each node holds only what it is given."""
+        if self.ca is None:
+            raise ValueError("this world has no CA to sign a revocation list")
+        now = self.epoch + at
+        entries = [
+            RevokedEntry(
+                NodeCertificate.from_der(self.credentials[n].cert_der).serial,
+                float(int(now)),
+                x509.ReasonFlags.key_compromise,
+            )
+            for n in revoked
+        ]
+        return self.ca.sign_revocation_list(version, entries, now)
 
 
 _WORLDS: dict[tuple[tuple[str, ...], int], MeshWorld] = {}
@@ -77,7 +100,7 @@ def build_world(names: Iterable[str], seed: int) -> MeshWorld:
     # One verification cache for the whole world: each certificate's signature is
     # checked once per process instead of once per neighbour; outcomes are identical.
     verifier = make_verifier(ca.bundle(), lambda: crl)
-    world = MeshWorld(TRUST_DOMAIN, creds, verifier, EPOCH, tmp)
+    world = MeshWorld(TRUST_DOMAIN, creds, verifier, EPOCH, tmp, ca)
     _WORLDS[key] = world
     return world
 
