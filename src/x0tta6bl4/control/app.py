@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 import structlog
@@ -36,9 +37,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         )
         c = ControlContext(settings, db, bus, ca, pusher)
         c_holder.append(c)
-        async with db.session() as s:
-            await ca.current_revocation_list(s)  # version 1 on first start
-            await s.commit()
+        await _first_revocation_list(db, ca)
         await pusher.start()
         app.state.ctl = c
         log.info(
@@ -62,7 +61,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # One readable sentence per bad field, plus the structured list.
         problems = [
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            _safe_text(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}")
             for e in exc.errors()
         ]
         return JSONResponse(
@@ -70,14 +69,99 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
             content={"detail": "; ".join(problems), "errors": jsonable(exc.errors())},
         )
 
+    _document_validation_errors(app)
     from x0tta6bl4.control.routers import health
 
     app.include_router(health.router)
     # Resource routers: each module defines ``router`` with its own /v1 prefix.
+    from x0tta6bl4.control.routers import apikeys, auditlog, events, nodes, reports, topology
+
+    app.include_router(nodes.router)
+    app.include_router(topology.router)
+    app.include_router(events.router)
+    app.include_router(reports.router)
+    app.include_router(apikeys.router)
+    app.include_router(auditlog.router)
+    from x0tta6bl4.control.routers import enroll as enroll_router
+    from x0tta6bl4.control.routers import tokens as tokens_router
+
+    app.include_router(tokens_router.router)
+    app.include_router(enroll_router.router)
+    from x0tta6bl4.control.routers import policies, revocations, stream
+
+    app.include_router(policies.router)
+    app.include_router(revocations.router)
+    app.include_router(stream.router)
     return app
+
+
+async def _first_revocation_list(db: Database, ca: ControlCA) -> None:
+    """Version 1 on first start. Replicas starting together on an empty database race
+    for that insert; the loser finds the winner's list."""
+    from sqlalchemy.exc import IntegrityError
+
+    for _ in range(3):
+        async with db.session() as s:
+            try:
+                await ca.current_revocation_list(s)
+                await s.commit()
+                return
+            except IntegrityError:
+                await s.rollback()
+
+
+def _safe_float(value: float) -> float | str:
+    # NaN and infinities are not JSON; a body that smuggled one in is echoed as text.
+    return value if math.isfinite(value) else str(value)
+
+
+def _safe_text(value: str) -> str:
+    # A JSON string may carry a lone surrogate ("\ud800"), which cannot be encoded back
+    # into the error body; show it escaped instead of failing with a 500.
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def jsonable(errors: object) -> object:
     from fastapi.encoders import jsonable_encoder
 
-    return jsonable_encoder(errors, custom_encoder={bytes: lambda b: b.decode("latin-1")})
+    return jsonable_encoder(
+        errors,
+        custom_encoder={
+            bytes: lambda b: b.decode("latin-1"),
+            str: _safe_text,
+            float: _safe_float,
+        },
+    )
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """The 422 body is ``{"detail": "<field>: <problem>; ...", "errors": [...]}`` (see
+    the handler above); say so in the OpenAPI document instead of FastAPI's default."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError",
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {
+                        "detail": {"type": "string", "description": "field: problem; ..."},
+                        "errors": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/ValidationError"},
+                        },
+                    },
+                }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -117,6 +117,11 @@ class NodeReport(Base):
     node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
     at: Mapped[float] = mapped_column(Float)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A summary beside the JSON, so reading one node does not decode the whole report.
+    neighbours: Mapped[int] = mapped_column(Integer, default=0)
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+    policy_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    crl_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Event(Base):

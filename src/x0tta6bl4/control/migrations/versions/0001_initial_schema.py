@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-30 20:33:12.659795
+Create Date: 2026-11-30 20:37:40.875237
 """
 
 from __future__ import annotations
@@ -146,6 +146,10 @@ def upgrade() -> None:
         sa.Column("node_name", sa.String(length=64), nullable=False),
         sa.Column("at", sa.Float(), nullable=False),
         sa.Column("report", sa.JSON(), nullable=False),
+        sa.Column("neighbours", sa.Integer(), nullable=False),
+        sa.Column("sessions", sa.Integer(), nullable=False),
+        sa.Column("policy_version", sa.Integer(), nullable=True),
+        sa.Column("crl_version", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["node_name"],
             ["nodes.name"],
