@@ -90,6 +90,9 @@ def serve(
             log_level="warning",
             access_log=False,
             lifespan="on",
+            # Node event streams never end on their own: without a bound, shutdown
+            # would wait for every connected node.
+            timeout_graceful_shutdown=2,
         )
 
 

@@ -165,6 +165,118 @@ def node_run(
         os.execv(sys.executable, argv)
 
 
+@node_app.command("join")
+def node_join(
+    url: Annotated[str, typer.Argument(help="The control plane: http(s)://HOST[:PORT].")],
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token",
+            envvar="X0T_JOIN_TOKEN",
+            help="The join token (x0tj1....) from an operator (POST /v1/tokens).",
+        ),
+    ],
+    config: ConfigOption = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            file_okay=False,
+            help="The node's state directory [the configuration's; STATE_DIR/node.toml is "
+            "used as --config when it exists].",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Node name [the configuration's].")
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag",
+            "--tags",
+            help="key:value to ask for; repeatable or comma-separated [the tags of node.csr "
+            "from 'x0t node init', else none]. A subset of what the token grants.",
+        ),
+    ] = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--listen", help="HOST:PORT, repeatable; only for a new node.toml [127.0.0.1:7100]"
+        ),
+    ] = None,
+) -> None:
+    """Enroll with a control plane: certificate, trust bundle, revocation list, policy and
+    bootstrap peers into the state directory; sets [control] url in the configuration
+    (writing STATE_DIR/node.toml if there is none). Keys made by 'x0t node init' are
+    used; otherwise new ones are made here. Private keys never leave this machine."""
+    import time
+
+    from rich.markup import escape
+
+    from x0tta6bl4.atomicfile import atomic_write
+    from x0tta6bl4.identity.cert import format_time, validate_name
+    from x0tta6bl4.node.config import load_settings, render_template, settings_from_text
+    from x0tta6bl4.node.join import join, set_control_url
+
+    with _errors():
+        if config is None and state_dir is not None and (state_dir / "node.toml").exists():
+            config = state_dir / "node.toml"
+        if config is not None:
+            config = config.resolve()
+            settings = load_settings(config)
+            if name is not None and name != settings.name:
+                err.print(
+                    f"[red]error:[/red] --name {name} but {config} says name = {settings.name}"
+                )
+                raise typer.Exit(EXIT_ERROR)
+            if state_dir is not None and state_dir.resolve() != settings.state_dir.resolve():
+                err.print(
+                    f"[red]error:[/red] --state-dir {state_dir} but {config} says "
+                    f"state_dir = {settings.state_dir}"
+                )
+                raise typer.Exit(EXIT_ERROR)
+            node_name, sdir = settings.name, settings.state_dir
+            text = config.read_text(encoding="utf-8")
+        elif state_dir is not None and name is not None:
+            node_name, sdir = validate_name(name), state_dir.resolve()
+            config = sdir / "node.toml"
+            text = render_template(node_name, str(sdir), listen or ["127.0.0.1:7100"], [])
+        else:
+            err.print(
+                "[red]error:[/red] say which node: --config FILE, or --state-dir DIR --name NAME"
+            )
+            raise typer.Exit(EXIT_ERROR)
+        # The new configuration is checked before enrolling: a join uses up the token.
+        new_text = set_control_url(text, url)
+        settings_from_text(new_text, config)
+        tags = None if not tag else [t.strip() for v in tag for t in v.split(",") if t.strip()]
+        result = join(url, token, sdir, node_name, tags)
+        atomic_write(config, new_text.encode(), mode=0o644)
+        load_settings(config)  # what we wrote must load
+    tags_text = ", ".join(result.tags) or "(none)"
+    out.print(
+        f"[green]joined[/green] {escape(result.control_url)} as {result.name} "
+        f"({result.spiffe_id}), serial {result.serial:#x}, tags {tags_text}"
+    )
+    left = result.not_after - time.time()
+    out.print(
+        f"certificate valid until {format_time(result.not_after)} ({left / 3600:.1f} h); "
+        f"the agent renews it after {format_time(result.renew_after)}"
+    )
+    policy = "none yet" if result.policy_version is None else f"version {result.policy_version}"
+    out.print(
+        f"state {escape(str(result.state_dir))}: {len(result.peers)} bootstrap peer(s), "
+        f"policy {policy}" + (", keys from 'x0t node init'" if result.reused_keys else ", new keys")
+    )
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    out.print(
+        escape(
+            f"config {config}: [control] url = {url}; start with: x0t node run --config {config}"
+        )
+    )
+
+
 def _client(config: Path | None, sock: Path | None) -> Any:
     from x0tta6bl4.node.client import NodeClient
 

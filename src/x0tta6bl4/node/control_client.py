@@ -80,15 +80,18 @@ class ControlClient:
         *,
         signer: Signer | None = None,
         timeout: float | None = None,
+        bearer: str | None = None,
     ) -> Any:
-        """Send JSON, return the decoded JSON answer; ControlError on any failure."""
+        """Send JSON, return the decoded JSON answer; ControlError on any failure.
+        ``bearer``: an operator's API key (the node itself signs instead)."""
         full = self._base + path
         body = b"" if payload is None else json.dumps(payload).encode()
+        headers = self._headers(method, full, body, signer)
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
         conn = self._connection(timeout)
         try:
-            conn.request(
-                method, full, body=body or None, headers=self._headers(method, full, body, signer)
-            )
+            conn.request(method, full, body=body or None, headers=headers)
             resp = conn.getresponse()
             data = resp.read(MAX_RESPONSE + 1)
         except (OSError, http.client.HTTPException) as exc:
