@@ -90,6 +90,37 @@ class CertificateRejected(IdentityError):
         self.detail = detail
 
 
+class RenewalRefusal(enum.StrEnum):
+    """Why a renewed certificate for this node was refused (the old one stays in use)."""
+
+    MALFORMED = "malformed"  # not a node certificate at all
+    OTHER_NAME = "other_name"  # for another node (or another trust domain)
+    OTHER_STATIC_KEY = "other_static_key"  # not for the static key the node holds
+    OTHER_SIGNING_KEY = "other_signing_key"  # not for the signing key the node holds
+    OLDER = "older"  # expires before the certificate in use (an old one replayed)
+    REJECTED = "rejected"  # failed verification (expired, unknown CA, revoked, ...)
+
+
+class RenewalRefused(IdentityError):
+    """A renewed certificate for this node was refused; ``reason`` says why and, for
+    ``REJECTED``, ``rejected`` which verification check failed."""
+
+    def __init__(
+        self, reason: RenewalRefusal, detail: str, rejected: RejectReason | None = None
+    ) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.rejected = rejected
+
+    @property
+    def label(self) -> str:
+        """``other_name``, ``rejected:expired``, ...: for counters and traces."""
+        if self.rejected is not None:
+            return f"{self.reason.value}:{self.rejected.value}"
+        return self.reason.value
+
+
 class RevocationListError(IdentityError):
     """A revocation list is malformed, unsigned, or older than the one we hold."""
 

@@ -9,7 +9,8 @@ Timer keys are typed: each layer keys its timers with its own frozen dataclass o
 routes a firing by the key's type and never decodes tuples by position.
 
 Besides packets and timers a core takes ``RevocationListUpdated``: the runtime's newer
-revocation list, which drops the revoked peers' sessions at once.
+revocation list, which drops the revoked peers' sessions at once; and
+``CertificateRenewed``: the node's own renewed certificate, presented from then on.
 
 Layers above a core learn what happened through *control actions* (``SessionUp``,
 ``PeerMoved``, ``LinkUp``, ``LinkDown``); ``Event`` is the structured trace only and
@@ -76,7 +77,19 @@ class RevocationListUpdated:
     crl: RevocationCheck
 
 
-Input: TypeAlias = Datagram | Timer | AppSend | RevocationListUpdated
+@dataclass(frozen=True, slots=True)
+class CertificateRenewed:
+    """The runtime holds a renewed certificate for this node (DER): same name, same static
+    key (renewal without key rotation). From now on every handshake and every certificate
+    answer presents it; sessions already made keep running (a valid certificate
+    authenticated them) and their next rekey uses it. A certificate for another name or
+    another static key, one that does not verify, or one expiring before the certificate
+    in use is refused (counted ``renewal_refused``) and the old one stays."""
+
+    cert_der: bytes
+
+
+Input: TypeAlias = Datagram | Timer | AppSend | RevocationListUpdated | CertificateRenewed
 
 
 # --- actions ------------------------------------------------------------------

@@ -4,13 +4,15 @@ cannot make a new session; other peers are untouched; an older list changes noth
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from cryptography import x509
 
-from tests.channel.helpers import WALL, Net, World, make_world
+from tests.channel.helpers import TD, WALL, Net, World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.endpoint import SecureEndpoint
-from x0tta6bl4.identity import make_verifier
+from x0tta6bl4.identity import NodeCredentials, make_verifier
 from x0tta6bl4.identity.crl import RevocationList, RevokedEntry
 from x0tta6bl4.sansio import RevocationListUpdated
 
@@ -151,3 +153,93 @@ def test_a_newer_list_forgets_certificates_refused_on_the_old_one(world: World) 
     # a replay) is accepted, well inside the minute a cached rejection would last
     n.run(n.now + C.INIT_REUSE_TIME + 2.0)
     assert established(a, "B")
+
+
+def _to(n: Net, src: str, dst: str, after: float) -> list[bytes]:
+    return [d for t, s, a, d in n.sent if s == src and a == dst and t >= after]
+
+
+def test_a_fetched_certificate_that_is_revoked_ends_the_attempt_and_holds_the_address(
+    world: World,
+) -> None:
+    """Alpha holds a list revoking gamma but never met it: its first handshake fetches
+    gamma's certificate (about 7 KB), which is refused; the attempt ends there (instead of
+    fetching and refusing it again about eight times a second for 30 s), what was queued
+    is dropped and counted, and alpha dials gamma's address no more until gamma handshakes
+    with a certificate that verifies: here gamma, re-enrolled with new keys, does."""
+    n = Net(seed=45)
+    a = n.add("A", world.endpoint("alpha", seed=10))
+    n.add("G", world.endpoint("gamma", seed=11))
+    n.apply("A", a.handle(n.now, RevocationListUpdated(revoking(world, "gamma"))))
+    for k in range(3):
+        n.send("A", "G", b"queued %d" % k)
+    n.run(1.0)
+    failed = [e for _, node, e in n.events if node == "A" and e.kind == "handshake_failed"]
+    assert [e.fields["reason"] for e in failed] == ["revoked"]
+    assert failed[0].fields["queued_dropped"] == 3
+    assert failed[0].fields["hold"] == C.REVOKED_HOLD
+    assert a.counters["cert_rejected:revoked"] == 1  # fetched and refused once
+    assert a.counters["revoked_attempt_ended"] == 1
+    assert a.counters["peer_revoked"] == 3
+    info = a.peer("G")
+    assert info is not None and not info.handshaking and not info.established
+    assert a.revoked_addr("G")
+    sent_first = _to(n, "A", "G", 0.0)
+    assert 1 <= len(sent_first) <= 3  # CERT_REQUEST, and again with the cookie's mac2
+
+    # nothing more goes there: sends, connects (healing's, the mesh's hellos) are refused
+    t = n.now
+    for k in range(20):
+        n.run(t + 0.5 * k)
+        n.send("A", "G", b"later %d" % k)
+        n.connect("A", "G")
+    n.run(t + 20.0)
+    assert _to(n, "A", "G", t) == []
+    assert a.counters["addr_revoked"] == 40
+    assert a.counters["cert_rejected:revoked"] == 1
+
+    # gamma re-enrolled: same name and address, new keys and certificate; it handshakes
+    fresh = NodeCredentials.generate_and_issue(world.ca, "gamma", ["role:test"], WALL)
+    n.add(
+        "G",
+        SecureEndpoint(
+            fresh.cert.der,
+            fresh.static_private,
+            world.verifier,
+            wall_offset=WALL,
+            trust_domain=TD,
+            jitter=random.Random(12),
+        ),
+    )
+    n.connect("G", "A")
+    n.run(n.now + 2.0)
+    assert not a.revoked_addr("G")
+    n.send("A", "G", b"welcome back")
+    n.run(n.now + 1.0)
+    assert ("alpha", b"welcome back") in n.delivered["G"]
+    info = a.peer("G")
+    assert info is not None and info.identity is not None
+    assert info.identity.serial == fresh.cert.serial
+
+
+def test_the_hold_runs_out_and_one_attempt_looks_again(world: World) -> None:
+    """A node re-enrolled at a held address that never dials us must not stay unreachable:
+    after the hold (60 s) one attempt looks again; the same revoked certificate there
+    doubles the hold."""
+    n = Net(seed=46)
+    a = n.add("A", world.endpoint("alpha", seed=13))
+    n.add("G", world.endpoint("gamma", seed=14))
+    n.apply("A", a.handle(n.now, RevocationListUpdated(revoking(world, "gamma"))))
+    n.connect("A", "G")
+    n.run(1.0)
+    assert a.revoked_addr("G", n.now) and a.counters["cert_rejected:revoked"] == 1
+    n.run(C.REVOKED_HOLD - 1.0)
+    n.connect("A", "G")
+    assert a.counters["addr_revoked"] == 1
+    n.run(C.REVOKED_HOLD + 1.0)
+    assert not a.revoked_addr("G", n.now)
+    n.connect("A", "G")
+    n.run(C.REVOKED_HOLD + 3.0)
+    assert a.counters["cert_rejected:revoked"] == 2
+    failed = [e for _, node, e in n.events if node == "A" and e.kind == "handshake_failed"]
+    assert [e.fields["hold"] for e in failed] == [C.REVOKED_HOLD, 2 * C.REVOKED_HOLD]

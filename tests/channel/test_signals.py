@@ -203,6 +203,8 @@ def test_drop_reasons_keep_their_strings() -> None:
         "stale_biscuit",
         "bad_biscuit",
         "peer_revoked",
+        "addr_revoked",
+        "renewal_refused",
         "peer_limit",
         "unknown_timer",
         "unsupported_input",
@@ -231,6 +233,8 @@ def test_drop_reasons_keep_their_strings() -> None:
         "peer_moved",
         "move_refused",
         "revoked_teardown",
+        "revoked_attempt_ended",
+        "cert_renewed",
     }
 
 

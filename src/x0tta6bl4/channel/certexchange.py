@@ -103,6 +103,17 @@ class CertExchange:
         # The newest revocation list the runtime gave us (RevocationListUpdated).
         self._revocations: RevocationCheck | None = None
 
+    # --- our own certificate --------------------------------------------------------------
+
+    @property
+    def own(self) -> bytes:
+        """Our certificate (DER), the one CERT answers carry."""
+        return self._cert_der
+
+    def set_own(self, cert_der: bytes) -> None:
+        """Answer CERT_REQUESTs with ``cert_der`` from now on (a renewed certificate)."""
+        self._cert_der = cert_der
+
     # --- revocation ---------------------------------------------------------------------
 
     @property

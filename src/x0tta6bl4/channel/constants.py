@@ -185,6 +185,14 @@ MAX_RATE_LIMITED_SOURCES: Final = 4096
 MAX_SEEN_INITS: Final = 8192  # recent INITs (by mac1) refused before decapsulation if seen
 REJECTED_CERT_TTL: Final = 60.0  # a certificate that failed verification is refused at once
 MAX_REJECTED_CERTS: Final = 1024
+# Addresses whose last certificate was revoked: no handshake of ours goes there until a
+# handshake the peer initiates with a certificate that verifies clears the entry, or the
+# hold runs out: REVOKED_HOLD, doubled each time the same revoked certificate is met there
+# again, up to REVOKED_HOLD_MAX (then one attempt looks again: a node re-enrolled at that
+# address that does not dial us is found within the hold). Oldest entries forgotten first.
+MAX_REVOKED_ADDRS: Final = 1024
+REVOKED_HOLD: Final = 60.0
+REVOKED_HOLD_MAX: Final = 600.0
 MAX_COOKIE_JAR: Final = 1024
 
 # --- peers and queues -------------------------------------------------------------

@@ -57,9 +57,16 @@ class DropReason(StrEnum):
     CERT_REJECTED_MALFORMED = "cert_rejected:malformed"
     CERT_REJECTED_REVOCATION_LIST_STALE = "cert_rejected:revocation_list_stale"
     CERT_REJECTED_REVOCATION_LIST_MISSING = "cert_rejected:revocation_list_missing"
-    # A payload queued for a peer whose certificate a newer revocation list revoked.
+    # A payload queued for a peer whose certificate a newer revocation list revoked (or
+    # whose certificate, fetched for our handshake, turned out revoked).
     PEER_REVOKED = "peer_revoked"
     # --- our own calls and inputs -----------------------------------------------------
+    # A payload for, or a handshake to, an address whose last certificate was revoked:
+    # not sent, no handshake started (until the peer handshakes with another certificate).
+    ADDR_REVOKED = "addr_revoked"
+    # CertificateRenewed with a certificate that may not replace ours (the event's
+    # ``why``: other_name, other_static_key, older, rejected:<reason>, malformed).
+    RENEWAL_REFUSED = "renewal_refused"
     PEER_LIMIT = "peer_limit"  # the peer table is full
     UNKNOWN_TIMER = "unknown_timer"  # a timer key that is not one of ours
     UNSUPPORTED_INPUT = "unsupported_input"  # an input type the endpoint does not take
@@ -98,6 +105,9 @@ class Tally(StrEnum):
     # A peer dropped (sessions, handshake, queue) because a newer revocation list
     # revoked its certificate.
     REVOKED_TEARDOWN = "revoked_teardown"
+    # Our handshake ended at once: the certificate the peer sent was revoked.
+    REVOKED_ATTEMPT_ENDED = "revoked_attempt_ended"
+    CERT_RENEWED = "cert_renewed"  # CertificateRenewed: our new certificate is in use
 
 
 def addr_label(addr: Addr | None) -> Any:

@@ -6,6 +6,7 @@ It is driven like every core here::
                                                    PeerMoved]
     endpoint.handle(now, Timer(key))           -> [...]
     endpoint.handle(now, RevocationListUpdated(crl)) -> [Event, ...]
+    endpoint.handle(now, CertificateRenewed(der))    -> [Event]
     endpoint.send(now, addr, payload)          -> [...]   (may raise MessageTooLarge)
     endpoint.connect(now, addr)                -> [...]
 
@@ -27,7 +28,17 @@ certificate from then on, and every peer whose certificate serial it lists (the 
 sessions were made with, or the one an INIT in flight is sealed to) is dropped at once:
 sessions wiped, our handshake cancelled, queued payloads dropped (``peer_revoked``), the
 entry forgotten (``Event("peer_revoked")``). A responder keeps nothing of a handshake
-before CONFIRM, and re-verifies the certificate there, so it needs no sweep.
+before CONFIRM, and re-verifies the certificate there, so it needs no sweep. The address
+of a revoked peer is held (bounded, ``MAX_REVOKED_ADDRS``), as is the address of a peer
+whose certificate, fetched for our handshake, turns out revoked (that attempt ends at
+once): ``connect`` and ``send`` start no handshake there (``addr_revoked``) until the peer
+completes a handshake of its own with a certificate that verifies.
+
+``CertificateRenewed(der)`` replaces our own certificate without a restart, if it is for
+our name and static key, verifies, and expires no earlier (else ``renewal_refused`` and
+the old one stays): INITs and CERT answers carry the new one from then on, every peer is
+sent it in full once, and an INIT sealed to the previous one (a peer that cached it) is
+still answered until that one expires. Sessions are kept; their next rekey uses it.
 
 This class is the facade: it routes each input to the module that owns it.
 
@@ -60,12 +71,20 @@ from x0tta6bl4.channel.wirecost import handshake_wire_cost
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.kdf import sha256
-from x0tta6bl4.errors import DecodeError, IdentityError, MessageTooLarge, X0tError
+from x0tta6bl4.errors import (
+    DecodeError,
+    IdentityError,
+    MessageTooLarge,
+    RenewalRefused,
+    X0tError,
+)
 from x0tta6bl4.identity.cert import NodeCertificate
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
+from x0tta6bl4.identity.verify import verify_renewal
 from x0tta6bl4.sansio import (
     Action,
     Addr,
+    CertificateRenewed,
     Datagram,
     Event,
     Input,
@@ -108,6 +127,9 @@ class SecureEndpoint:
         if own.static_key != static_private.public_key():
             raise IdentityError("static private key does not match the certificate")
         self.name = own.name
+        self._own = own
+        self._static_pub = static_private.public_key()
+        self._wall_offset = wall_offset
         self._fingerprint = sha256(cert_der)
         self._max_datagram = max_datagram
         self._ns = timer_namespace
@@ -116,6 +138,8 @@ class SecureEndpoint:
         self.counters: dict[str, int] = stats.counters
         table = self._table = PeerTable(secrets, accept_identity)
         self._peers = table.by_addr
+        self._revoked_addrs = table.revoked_addrs
+        self._revoked_hold = table.revoked_hold
         data = self._data = DataPath(
             table, stats, max_datagram=max_datagram, secrets=secrets, timer_namespace=self._ns
         )
@@ -202,7 +226,28 @@ class SecureEndpoint:
 
     @property
     def fingerprint(self) -> bytes:
+        """SHA-256 of our certificate (the renewed one after ``CertificateRenewed``)."""
         return self._fingerprint
+
+    @property
+    def cert_der(self) -> bytes:
+        """Our certificate, the one handshakes and CERT answers present."""
+        return self._certs.own
+
+    @property
+    def cert_not_after(self) -> float:
+        """When our certificate expires (wall-clock POSIX seconds)."""
+        return self._own.not_after
+
+    def revoked_addr(self, addr: Addr, now: float | None = None) -> bool:
+        """Whether ``addr`` is held because its last certificate was revoked: no handshake
+        of ours goes there (``connect`` and ``send`` refuse, ``addr_revoked``) until the
+        peer there completes one of its own with a certificate that verifies, or the hold
+        runs out (``REVOKED_HOLD``, growing to ``REVOKED_HOLD_MAX``; then one attempt
+        looks again)."""
+        return bool(self._revoked_addrs) and self._revoked_hold(
+            addr, self._now if now is None else now
+        )
 
     @property
     def sessions_in_use(self) -> int:
@@ -237,6 +282,9 @@ class SecureEndpoint:
             raise IdentityError(f"peer table full ({C.MAX_PEERS})")
         if cert_der is not None:
             peer.cert_der = cert_der
+            held = self._revoked_addrs.get(addr)
+            if held is not None and held.fingerprint != sha256(cert_der):
+                del self._revoked_addrs[addr]  # told of another certificate there
         if expect_name is not None:
             peer.expect_name = expect_name
 
@@ -270,6 +318,8 @@ class SecureEndpoint:
         """Start a handshake now. If one is already running, restart its give-up clock
         and send a fresh INIT unless one went out less than a retry base ago."""
         self._now = now
+        if self._revoked_addrs and self._revoked_hold(addr, now):
+            return self._stats.drop(DropReason.ADDR_REVOKED, addr)
         peer = self._table.declare(addr)
         if peer is None:
             return self._stats.drop(DropReason.PEER_LIMIT, addr)
@@ -302,6 +352,9 @@ class SecureEndpoint:
                     self._stats.count(Tally.NO_REPLY_HANDSHAKE)
                     out += self._initiator.start(now, peer)
             return out
+        if self._revoked_addrs and self._revoked_hold(addr, now):
+            # no session there (a session would have cleared the hold)
+            return self._stats.drop(DropReason.ADDR_REVOKED, addr)
         self._data.enqueue(peer, payload)
         if peer.attempt is not None:
             return []
@@ -325,6 +378,8 @@ class SecureEndpoint:
                 return self._on_timer(now, inp.key)
             if isinstance(inp, RevocationListUpdated):
                 return self._on_revocation_list(inp.crl)
+            if isinstance(inp, CertificateRenewed):
+                return self._on_certificate_renewed(now, inp.cert_der)
             return self._stats.drop(DropReason.UNSUPPORTED_INPUT, None)
         except X0tError as exc:  # a typed error not mapped below: still only a drop
             return self._stats.drop_unmapped(exc)
@@ -382,6 +437,8 @@ class SecureEndpoint:
         }
         peer.queue.clear()
         self._table.forget(peer)
+        # Dialling it again would only fetch the revoked certificate and refuse it.
+        self._table.hold_revoked(peer.addr, ident.fingerprint, self._now)
         self._stats.count(Tally.REVOKED_TEARDOWN)
         out: list[Action] = [Event("peer_revoked", fields)]
         if queued:
@@ -390,6 +447,33 @@ class SecureEndpoint:
                 Event("dropped", {"reason": DropReason.PEER_REVOKED, "addr": addr, "count": queued})
             )
         return out
+
+    # --- our own certificate, renewed -------------------------------------------------
+
+    def _on_certificate_renewed(self, now: float, der: bytes) -> list[Action]:
+        if der == self._certs.own:
+            return []
+        try:
+            new = verify_renewal(
+                self._own,
+                der,
+                lambda d: self._certs.verify(d, now),
+                static_key=self._static_pub,
+            )
+        except RenewalRefused as exc:
+            return self._stats.drop(DropReason.RENEWAL_REFUSED, None, why=exc.label)
+        old = self._own
+        self._own = new
+        self._fingerprint = new.fingerprint
+        self._certs.set_own(der)
+        self._initiator.renew(der, new.fingerprint)
+        # A peer that cached the old certificate seals its INITs to it until it expires.
+        self._responder.renew(new.fingerprint, old.not_after - self._wall_offset)
+        for peer in self._peers.values():
+            peer.knows_our_cert = False  # the next INIT carries the new one in full
+        self._stats.count(Tally.CERT_RENEWED)
+        fields = {"not_after": new.not_after, "previous_not_after": old.not_after}
+        return [Event("certificate_renewed", fields)]
 
     # --- routing inputs -------------------------------------------------------------
 

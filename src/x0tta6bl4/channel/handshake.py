@@ -56,7 +56,7 @@ from x0tta6bl4.crypto.aead import NONCE_SIZE, Aead
 from x0tta6bl4.crypto.entropy import SYSTEM_SECRETS, SecretSource
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.crypto.kdf import ChainingKey, Transcript
-from x0tta6bl4.errors import HandshakeError
+from x0tta6bl4.errors import DecryptError, HandshakeError
 
 _ZERO_NONCE = bytes(NONCE_SIZE)
 _SPLIT_INFO = b"x0tta6bl4 transport keys"
@@ -227,19 +227,39 @@ class Responder:
     def __repr__(self) -> str:
         return "Responder(static key hidden)"
 
-    def consume_init(self, message: bytes) -> ResponderHandshake:
-        """Decapsulate and open INIT. Raises ``DecodeError`` or ``CryptoError``."""
+    @property
+    def fingerprint(self) -> bytes:
+        return self._fingerprint
+
+    def set_fingerprint(self, fingerprint: bytes) -> None:
+        """Our certificate was renewed (same static key): INITs are sealed to the new
+        certificate's fingerprint from now on."""
+        self._fingerprint = fingerprint
+
+    def consume_init(self, message: bytes, *, also: bytes | None = None) -> ResponderHandshake:
+        """Decapsulate and open INIT. ``also`` is another fingerprint of ours the INIT may
+        be bound to (our previous certificate after a renewal, same static key): tried if
+        the current one fails, after the one decapsulation. Raises ``DecodeError`` or
+        ``CryptoError``."""
         init = decode_init(message)
         prefix = message[:INIT_PREFIX_SIZE]  # as received: a changed header changes h
-        h = Transcript(PROTOCOL_LABEL)
-        h.mix(self._static_pub)
-        h.mix(self._fingerprint)
-        h.mix(prefix)
-        h.mix(init.ephemeral)
-        h.mix(init.ct_static)
         ss_s = self._static.decapsulate(init.ct_static)
-        k1 = ChainingKey(PROTOCOL_LABEL).mix(ss_s)
-        plaintext = Aead(k1).open(_ZERO_NONCE, init.sealed, h.digest)
+        aead = Aead(ChainingKey(PROTOCOL_LABEL).mix(ss_s))
+        fingerprints = (self._fingerprint,) if also is None else (self._fingerprint, also)
+        for i, fp in enumerate(fingerprints):
+            h = Transcript(PROTOCOL_LABEL)
+            h.mix(self._static_pub)
+            h.mix(fp)
+            h.mix(prefix)
+            h.mix(init.ephemeral)
+            h.mix(init.ct_static)
+            try:
+                plaintext = aead.open(_ZERO_NONCE, init.sealed, h.digest)
+            except DecryptError:
+                if i + 1 == len(fingerprints):
+                    raise
+                continue
+            break
         h.mix(init.sealed)
         payload = decode_init_payload(plaintext)
         ephemeral = HybridPublicKey.from_bytes(init.ephemeral)

@@ -51,7 +51,14 @@ from x0tta6bl4.channel.wire import (
 from x0tta6bl4.crypto.aead import Aead
 from x0tta6bl4.crypto.entropy import SecretSource, random_u32
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
-from x0tta6bl4.errors import CertificateRejected, CryptoError, DecodeError, HandshakeError
+from x0tta6bl4.crypto.kdf import sha256
+from x0tta6bl4.errors import (
+    CertificateRejected,
+    CryptoError,
+    DecodeError,
+    HandshakeError,
+    RejectReason,
+)
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.sansio import Action, Addr, Event, SetTimer
 
@@ -85,6 +92,7 @@ class InitiatorRole:
         "_last_timestamp",
         "_max_datagram",
         "_ns",
+        "_previous_fingerprint",
         "_secrets",
         "_static",
         "_stats",
@@ -122,6 +130,15 @@ class InitiatorRole:
         self._stats = stats
         self._jar = CookieJar()  # cookies responders gave us, by address
         self._last_timestamp = 0
+        self._previous_fingerprint: bytes | None = None  # ours, before the last renewal
+
+    def renew(self, cert_der: bytes, fingerprint: bytes) -> None:
+        """Our certificate was renewed (same static key): new INITs carry (or name) it.
+        An INIT already in flight is still resent unchanged while young (the same
+        message, so its fragments combine), and its answer is still taken."""
+        self._previous_fingerprint = self._fingerprint
+        self._cert_der = cert_der
+        self._fingerprint = fingerprint
 
     # --- starting and retrying ----------------------------------------------------------
 
@@ -420,8 +437,11 @@ class InitiatorRole:
         try:
             ident = self._certs.verify(msg.cert_der, now)
         except CertificateRejected as exc:
-            return self._stats.drop(DropReason.cert_rejected(exc.reason), addr)
-        if ident.fingerprint == self._fingerprint:
+            out = self._stats.drop(DropReason.cert_rejected(exc.reason), addr)
+            if exc.reason is RejectReason.REVOKED:
+                out += self._end_revoked(now, peer, sha256(msg.cert_der))
+            return out
+        if ident.fingerprint in (self._fingerprint, self._previous_fingerprint):
             return self._stats.drop(DropReason.REFLECTED, addr)
         if not self._table.acceptable(addr, peer, ident):
             return self._stats.drop(DropReason.UNEXPECTED_IDENTITY, addr, peer=ident.name)
@@ -433,6 +453,37 @@ class InitiatorRole:
             return out  # a refresh that found the certificate unchanged: keep trying INIT
         peer.cert_der = msg.cert_der
         return out + self.resend(now, peer)
+
+    def _end_revoked(self, now: float, peer: Peer, fingerprint: bytes) -> list[Action]:
+        """The certificate the peer sent for our handshake is revoked: a retry would only
+        fetch it again (about 7 KB) and refuse it again, until the attempt gives up. End
+        the attempt now, drop what was queued, and dial that address no more until the
+        peer itself handshakes with a certificate that verifies, or the hold runs out
+        (``PeerTable.hold_revoked``)."""
+        att = peer.attempt
+        attempts = att.attempts if att is not None else 0
+        self._table.cancel(peer)
+        peer.cert_der = None
+        peer.failures += 1
+        hold = self._table.hold_revoked(peer.addr, fingerprint, now)
+        self._stats.count(Tally.REVOKED_ATTEMPT_ENDED)
+        dropped = len(peer.queue)
+        if dropped:
+            self._stats.count(DropReason.PEER_REVOKED, dropped)
+            peer.queue.clear()
+        return [
+            Event(
+                "handshake_failed",
+                {
+                    "peer": peer.name,
+                    "addr": addr_label(peer.addr),
+                    "attempts": attempts,
+                    "reason": "revoked",
+                    "queued_dropped": dropped,
+                    "hold": round(hold.until - now, 3),
+                },
+            )
+        ]
 
     # --- the peer says it lost our session ---------------------------------------------------
 

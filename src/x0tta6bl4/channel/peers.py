@@ -10,7 +10,7 @@ when idle. Limits are read from :mod:`.constants` at call time.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -238,9 +238,21 @@ class Peer:
         return out
 
 
+class RevokedAddr:
+    """An address whose last certificate was revoked (``PeerTable.hold_revoked``)."""
+
+    __slots__ = ("fingerprint", "holds", "until")
+
+    def __init__(self, fingerprint: bytes) -> None:
+        self.fingerprint = fingerprint  # of the revoked certificate met there
+        self.holds = 1  # times that certificate was met there in a row
+        self.until = -math.inf  # monotonic: no handshake of ours goes there before
+
+
 class PeerTable:
-    """Peers by address and by authenticated name, sessions by local index, and the
-    indices of our INITs and CERT_REQUESTs in flight."""
+    """Peers by address and by authenticated name, sessions by local index, the indices
+    of our INITs and CERT_REQUESTs in flight, and the addresses we do not dial because
+    their last certificate was revoked."""
 
     __slots__ = (
         "_accept_identity",
@@ -249,6 +261,7 @@ class PeerTable:
         "by_addr",
         "by_name",
         "pending",
+        "revoked_addrs",
         "sessions",
     )
 
@@ -261,6 +274,8 @@ class PeerTable:
         # Every session we hold, by its local index: the data path's one lookup.
         self.sessions: dict[int, tuple[Peer, Session]] = {}
         self.pending: dict[int, Peer] = {}  # our INIT / CERT_REQUEST indices
+        # Addresses whose last certificate was revoked (bounded): see hold_revoked.
+        self.revoked_addrs: OrderedDict[Addr, RevokedAddr] = OrderedDict()
 
     # --- entries ----------------------------------------------------------------
 
@@ -291,6 +306,31 @@ class PeerTable:
             return None
         peer = self.by_addr[addr] = Peer(addr, PeerOrigin.INBOUND)
         return peer  # listed under its identity by bind()
+
+    # --- addresses whose certificate was revoked ---------------------------------
+
+    def hold_revoked(self, addr: Addr, fingerprint: bytes, now: float) -> RevokedAddr:
+        """The certificate met at ``addr`` is revoked: no handshake of ours goes there
+        (:meth:`revoked_hold`) until :meth:`bind` sees a session there with a certificate
+        that verifies, or the hold runs out (``REVOKED_HOLD``, doubled each time the same
+        certificate is met there again, up to ``REVOKED_HOLD_MAX``)."""
+        held = self.revoked_addrs
+        entry = held.get(addr)
+        if entry is None or entry.fingerprint != fingerprint:
+            entry = held[addr] = RevokedAddr(fingerprint)
+        else:
+            entry.holds += 1
+        period = min(C.REVOKED_HOLD_MAX, C.REVOKED_HOLD * 2.0 ** (entry.holds - 1))
+        entry.until = now + period
+        held.move_to_end(addr)
+        while len(held) > C.MAX_REVOKED_ADDRS:
+            held.popitem(last=False)
+        return entry
+
+    def revoked_hold(self, addr: Addr, now: float) -> bool:
+        """Whether ``addr`` is held: its last certificate was revoked and the hold runs."""
+        entry = self.revoked_addrs.get(addr)
+        return entry is not None and now < entry.until
 
     def forget(self, peer: Peer) -> None:
         self.cancel(peer)
@@ -338,6 +378,8 @@ class PeerTable:
             other.queue.clear()
         del self.by_addr[old]
         self.by_addr[addr] = peer
+        if self.revoked_addrs:  # an authenticated peer with a valid certificate is there now
+            self.revoked_addrs.pop(addr, None)
         if by_name.get(ident.name) == old:
             by_name[ident.name] = addr
         if peer.origin is PeerOrigin.INBOUND:
@@ -354,6 +396,9 @@ class PeerTable:
         peer.identity = ident
         peer.cert_der = cert_der
         peer.knows_our_cert = True
+        # A session with a verified (so not revoked) certificate: it may be dialled again.
+        if self.revoked_addrs:
+            self.revoked_addrs.pop(peer.addr, None)
         self.by_name[ident.name] = peer.addr
         if peer.origin is PeerOrigin.INBOUND:
             addrs = self._inbound.setdefault(ident.fingerprint, [])

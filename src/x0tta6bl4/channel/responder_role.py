@@ -53,6 +53,7 @@ class ResponderRole:
         "_fingerprint",
         "_handshake",
         "_max_datagram",
+        "_previous",
         "_ratelimit",
         "_secrets",
         "_seen_inits",
@@ -99,6 +100,21 @@ class ResponderRole:
         self._answered: OrderedDict[Addr, float] = OrderedDict()
         # The newest confirmed INIT timestamp per initiator certificate: replays refused.
         self._timestamps: OrderedDict[bytes, int] = OrderedDict()
+        # After a renewal: our previous certificate's fingerprint and until when (monotonic)
+        # an INIT sealed to it is still answered (a peer holding that certificate).
+        self._previous: tuple[bytes, float] | None = None
+
+    def renew(self, fingerprint: bytes, previous_until: float) -> None:
+        """Our certificate was renewed (same static key). INITs sealed to the previous
+        certificate (peers that cached it) are answered until ``previous_until``, when it
+        expires: those peers could not tell the difference before then."""
+        self._previous = (self._fingerprint, previous_until)
+        self._fingerprint = fingerprint
+        self._handshake.set_fingerprint(fingerprint)
+
+    def _own(self, fp: bytes) -> bool:
+        prev = self._previous
+        return fp == self._fingerprint or (prev is not None and fp == prev[0])
 
     def answered_at(self, addr: Addr) -> float | None:
         """When we last sent a RESP to ``addr`` that no CONFIRM has followed yet."""
@@ -136,8 +152,11 @@ class ResponderRole:
         self._seen_inits[mac1] = None
         while len(self._seen_inits) > C.MAX_SEEN_INITS:
             self._seen_inits.popitem(last=False)
+        prev = self._previous
+        if prev is not None and now > prev[1]:
+            prev = self._previous = None  # the previous certificate expired
         try:
-            hs = self._handshake.consume_init(data)
+            hs = self._handshake.consume_init(data, also=None if prev is None else prev[0])
         except DecodeError:
             return self._stats.drop(DropReason.MALFORMED, addr)
         except CryptoError:
@@ -157,7 +176,7 @@ class ResponderRole:
         except CertificateRejected as exc:
             return self._stats.drop(DropReason.cert_rejected(exc.reason), addr)
         fp = ident.fingerprint
-        if fp == self._fingerprint:
+        if self._own(fp):
             return self._stats.drop(DropReason.REFLECTED, addr)
         if payload.cert_der is not None:
             out += self._certs.remember(ident, der)

@@ -24,7 +24,12 @@ from x0tta6bl4.identity.inventory import IssuedRecord
 from x0tta6bl4.identity.request import CertificateRequest
 from x0tta6bl4.identity.store import NodeCredentials
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
-from x0tta6bl4.identity.verify import CachedVerifier, make_verifier, verify_node_certificate
+from x0tta6bl4.identity.verify import (
+    CachedVerifier,
+    make_verifier,
+    verify_node_certificate,
+    verify_renewal,
+)
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -49,4 +54,5 @@ __all__ = [
     "accept_newer",
     "make_verifier",
     "verify_node_certificate",
+    "verify_renewal",
 ]

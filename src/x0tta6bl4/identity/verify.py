@@ -18,6 +18,9 @@ cannot prove is that a certificate is *not* revoked.
 Steps 1-5 depend only on the bytes and the bundle, so ``make_verifier`` caches their result
 by certificate fingerprint; steps 6-9 depend on ``now`` and the current list and are
 re-run on every call, cached or not.
+
+``verify_renewal`` decides whether a renewed certificate may replace a running node's
+own: the same name, the keys the node holds, verified like a peer's, not older.
 """
 
 from __future__ import annotations
@@ -30,8 +33,16 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from x0tta6bl4.crypto.hybrid import HybridPublicKey
 from x0tta6bl4.crypto.kdf import sha256
-from x0tta6bl4.errors import CertificateRejected, IdentityError, RejectReason
+from x0tta6bl4.crypto.sign import VerifyKey
+from x0tta6bl4.errors import (
+    CertificateRejected,
+    IdentityError,
+    RejectReason,
+    RenewalRefusal,
+    RenewalRefused,
+)
 from x0tta6bl4.identity.bundle import TrustBundle
 from x0tta6bl4.identity.cert import NodeCertificate, format_time
 from x0tta6bl4.identity.crl import NO_REVOCATION_LIST, Revocation, RevocationList
@@ -252,3 +263,49 @@ def make_verifier(
     rejects every certificate.
     """
     return CachedVerifier(bundle, crl_getter, cache_size, crl_grace)
+
+
+def verify_renewal(
+    current: NodeCertificate,
+    candidate_der: bytes,
+    verify: Callable[[bytes], VerifiedIdentity],
+    *,
+    static_key: HybridPublicKey,
+    signing_key: VerifyKey | None = None,
+) -> NodeCertificate:
+    """Whether ``candidate_der`` may replace ``current`` as this node's own certificate
+    while it runs (renewal without key rotation). In order: it parses as a node
+    certificate (``MALFORMED``), names the same SPIFFE ID (``OTHER_NAME``), certifies the
+    static key the node holds (``OTHER_STATIC_KEY``) and, when ``signing_key`` is given,
+    that signing key (``OTHER_SIGNING_KEY``), passes ``verify`` (a verifier bound to the
+    node's bundle, revocation list and clock: ``REJECTED`` with its reason) and expires no
+    earlier than ``current`` (``OLDER``: an old certificate replayed). Returns the parsed
+    certificate; raises :class:`~x0tta6bl4.errors.RenewalRefused`."""
+    try:
+        new = NodeCertificate.from_der(candidate_der)
+    except CertificateRejected as exc:
+        raise RenewalRefused(RenewalRefusal.MALFORMED, exc.detail) from None
+    if new.spiffe_id != current.spiffe_id:
+        raise RenewalRefused(
+            RenewalRefusal.OTHER_NAME,
+            f"certificate is for {new.spiffe_id}, not {current.spiffe_id}",
+        )
+    if new.static_key != static_key:
+        raise RenewalRefused(
+            RenewalRefusal.OTHER_STATIC_KEY, "certificate is for another static key"
+        )
+    if signing_key is not None and new.signing_key != signing_key:
+        raise RenewalRefused(
+            RenewalRefusal.OTHER_SIGNING_KEY, "certificate is for another signing key"
+        )
+    try:
+        verify(new.der)
+    except CertificateRejected as exc:
+        raise RenewalRefused(RenewalRefusal.REJECTED, exc.detail, exc.reason) from None
+    if new.not_after < current.not_after:
+        raise RenewalRefused(
+            RenewalRefusal.OLDER,
+            f"expires {format_time(new.not_after)}, before the certificate in use "
+            f"({format_time(current.not_after)})",
+        )
+    return new

@@ -29,7 +29,15 @@ each name crosses each link about once. Names are capped (MAX_NAMES).
 A newer revocation list (``RevocationListUpdated``) goes to both endpoints, which drop
 every session, handshake and queued payload of a peer it revokes; a neighbour whose link
 session went is taken down at once (``LinkDown(peer, REVOKED)``, routes through it
-retracted), and a revoked node cannot make a new session with either endpoint.
+retracted), and a revoked node cannot make a new session with either endpoint. Nor is it
+dialled again: no hellos and no re-handshakes go to the address of a neighbour whose
+certificate was revoked (the link endpoint holds it) until that node completes a
+handshake of its own with a certificate that verifies (a new one), or the endpoint's hold
+runs out (one look a minute at first, then ever rarer).
+
+``CertificateRenewed`` (the node's own renewed certificate: same name, same static key)
+goes to both endpoints, which present it from then on; sessions are kept, and the
+certificate expiry healing watches moves to the new one.
 
 A LEAVE says "this incarnation is shutting down": the neighbour takes the link out of
 routing at once instead of after the dead interval. It is only believed inside the link
@@ -103,6 +111,7 @@ from x0tta6bl4.sansio import (
     Action,
     Addr,
     AppSend,
+    CertificateRenewed,
     Datagram,
     Deliver,
     Event,
@@ -452,7 +461,21 @@ class MeshNode:
                 out.append(Event("app_send_refused", {"dst": inp.dst, "reason": str(exc)}))
         elif type(inp) is RevocationListUpdated:
             self._on_revocation_list(now, inp, out)
+        elif type(inp) is CertificateRenewed:
+            self._on_certificate_renewed(now, inp, out)
         return out
+
+    def _on_certificate_renewed(
+        self, now: float, inp: CertificateRenewed, out: list[Action]
+    ) -> None:
+        """Our renewed certificate: both endpoints check it and present it from now on
+        (or refuse it, and keep the old one); healing sees the new expiry."""
+        before = self.links.cert_der
+        self._wrap(now, _LINK, self.links.handle(now, inp), out)
+        self._wrap(now, _E2E, self.e2e.handle(now, inp), out)
+        if self.links.cert_der == inp.cert_der != before:
+            self._count("certificate_renewed")
+            self._cert_not_after = self.links.cert_not_after
 
     def _on_revocation_list(
         self, now: float, inp: RevocationListUpdated, out: list[Action]
@@ -661,7 +684,8 @@ class MeshNode:
                 out.append(Event("neighbour_dead", {"peer": nb.name}))
                 self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
             if nb.alive or now >= nb.next_hello:
-                self._send_hello(now, nb, out)
+                if nb.alive or not self.links.revoked_addr(nb.addr, now):
+                    self._send_hello(now, nb, out)
                 if not nb.alive:
                     nb.next_hello = now + DEAD_HELLO_INTERVAL
             if nb.damped_until is not None and now >= nb.damped_until:
@@ -1016,8 +1040,8 @@ class MeshNode:
 
     def reconnect(self, now: float, peer: str) -> list[Action]:
         nb = self._nbrs.get(peer)
-        if nb is None:
-            return []
+        if nb is None or self.links.revoked_addr(nb.addr, now):
+            return []  # a revoked neighbour is not dialled (it may dial us with a new one)
         out: list[Action] = []
         self._wrap(now, _LINK, self.links.connect(now, nb.addr), out)
         return out

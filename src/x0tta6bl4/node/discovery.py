@@ -87,7 +87,7 @@ class Discovery:
         self._answered: dict[str, float] = {}  # source -> when its beacon was last acted on
         self._dialled: set[tuple[str, int]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._beacon = b""
+        self._listen_port = 0
 
     def start(self, loop: asyncio.AbstractEventLoop, listen_port: int) -> None:
         found = link_local_interfaces()
@@ -108,8 +108,7 @@ class Discovery:
             sock.close()
             raise
         self.sock = sock
-        fingerprint = self.agent.creds.cert.fingerprint
-        self._beacon = Beacon(fingerprint, listen_port).encode()
+        self._listen_port = listen_port
         loop.add_reader(sock.fileno(), self._readable)
         self._task = loop.create_task(self._beacons())
         log.info("discovery_started", interfaces=sorted(self.ifaces), port=self.port)
@@ -128,11 +127,18 @@ class Discovery:
     async def _beacons(self) -> None:
         rng = random.Random()  # jitter only: not secret
         while True:
+            # The certificate in use now: a renewed one (Agent.apply_certificate) has
+            # another fingerprint.
+            beacon = self.beacon()
             for index in self.ifaces.values():
                 with contextlib.suppress(OSError):
                     assert self.sock is not None
-                    self.sock.sendto(self._beacon, (GROUP, self.port, 0, index))
+                    self.sock.sendto(beacon, (GROUP, self.port, 0, index))
             await asyncio.sleep(self.interval * (0.8 + 0.4 * rng.random()))
+
+    def beacon(self) -> bytes:
+        """The beacon to send now: our current certificate's fingerprint, our port."""
+        return Beacon(self.agent.creds.cert.fingerprint, self._listen_port).encode()
 
     def _readable(self) -> None:
         sock = self.sock

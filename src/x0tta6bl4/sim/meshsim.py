@@ -14,6 +14,7 @@ records.
 
 from __future__ import annotations
 
+import datetime
 import random
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -77,6 +78,32 @@ class MeshWorld:
         ]
         return self.ca.sign_revocation_list(version, entries, now)
 
+    def issue(
+        self,
+        name: str,
+        *,
+        at: float,
+        validity: float,
+        static: HybridPrivateKey | None = None,
+    ) -> SimCredential:
+        """A certificate for ``name`` signed by the world's CA at virtual time ``at``,
+        valid ``validity`` seconds: for the node's own keys (a short-lived certificate, a
+        renewal), or for another static key ``static``; for ``MeshSim.credentials`` and
+        ``CertificateRenewed``. Recorded in the world's CA inventory only."""
+        if self.ca is None:
+            raise ValueError("this world has no CA to issue certificates")
+        held = self.credentials[name]
+        key = held.static_private if static is None else static
+        cert = self.ca.issue(
+            name,
+            (),
+            key.public_key(),
+            NodeCertificate.from_der(held.cert_der).signing_key,
+            now=self.epoch + at,
+            validity=datetime.timedelta(seconds=validity),
+        )
+        return SimCredential(cert.der, key, cert.not_after)
+
 
 _WORLDS: dict[tuple[tuple[str, ...], int], MeshWorld] = {}
 
@@ -125,6 +152,9 @@ class MeshSim:
     # Nodes start knowing every name (the simulator's convenience); False is what a real
     # agent knows: neighbours' names from their certificates, others' ids from routing.
     directory: bool = True
+    # Credentials some nodes start with instead of the world's (``MeshWorld.issue``: a
+    # short-lived certificate, say).
+    credentials: Mapping[str, SimCredential] = field(default_factory=dict)
 
     def factory(self) -> NodeFactory:
         neighbours = {n: sorted(self.topology.neighbours(n)) for n in self.topology.nodes}
@@ -132,7 +162,7 @@ class MeshSim:
         world = self.world
 
         def make(name: str, rng: random.Random, now: float) -> Core:
-            cred = world.credentials[name]
+            cred = self.credentials.get(name) or world.credentials[name]
             node = self.node_types.get(name, MeshNode)(
                 name,
                 cred.cert_der,
