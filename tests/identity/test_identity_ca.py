@@ -6,6 +6,7 @@ import datetime
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,11 @@ def test_ca_certificate_profile(ca: CertificateAuthority) -> None:
     assert ca.trust_domain == TD
     assert ca.public_key.cryptography_key == cert.public_key()
     assert len(ca.fingerprint) == 32
-    assert cert.not_valid_before_utc.timestamp() == NOW - 3600
-    assert cert.not_valid_after_utc - cert.not_valid_before_utc == datetime.timedelta(days=3650)
+    # back-dated by the clock-skew allowance, like the certificates it signs
+    assert cert.not_valid_before_utc.timestamp() == NOW - 3600 - 300
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == datetime.timedelta(
+        days=3650, seconds=300
+    )
 
 
 def test_refuses_to_overwrite(ca: CertificateAuthority) -> None:
@@ -143,7 +147,8 @@ def test_issue_clamps_to_ca_validity(tmp_path: Path) -> None:
         validity=datetime.timedelta(hours=24),
     )
     assert cert.not_after == NOW + 7200
-    assert cert.not_before == NOW  # clock-skew backdating stops at the CA's start
+    # back-dated by the full allowance: the CA's own start is back-dated as much
+    assert cert.not_before == NOW + 60 - 300
 
 
 def test_issue_refuses_bad_input(ca: CertificateAuthority) -> None:
@@ -167,3 +172,23 @@ def test_serials_are_random_128_bit() -> None:
     serials = {random_serial() for _ in range(100)}
     assert len(serials) == 100
     assert all(s.bit_length() == 128 for s in serials)
+
+
+def test_a_certificate_from_a_fresh_ca_tells_when_it_was_issued(tmp_path: Path) -> None:
+    # Renewal is due at half the lifetime counted from issuance (api.renewal): a CA made
+    # seconds ago must not clamp the back-dated not_before of what it issues.
+    from x0tta6bl4.api.renewal import renew_after
+    from x0tta6bl4.crypto.hybrid import HybridPrivateKey
+    from x0tta6bl4.crypto.sign import SigningKey
+
+    now = time.time()
+    ca = CertificateAuthority.init(tmp_path / "ca", now=now)
+    cert = ca.sign(
+        "n1",
+        [],
+        HybridPrivateKey.generate().public_key(),
+        SigningKey.generate().public_key(),
+        now=now + 1,
+        validity=datetime.timedelta(seconds=20),
+    )
+    assert abs(renew_after(cert.not_before, cert.not_after) - (now + 11)) < 1.5

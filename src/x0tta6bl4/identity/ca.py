@@ -140,7 +140,11 @@ class CertificateAuthority:
                 .issuer_name(name)
                 .public_key(pub)
                 .serial_number(random_serial())
-                .not_valid_before(t)
+                # Back-dated like the node certificates it signs: otherwise a node
+                # certificate issued in the CA's first minutes has its not_before clamped
+                # to the CA's, and a node can no longer tell when it was issued (it renews
+                # at half the lifetime counted from issuance).
+                .not_valid_before(t - CLOCK_SKEW_ALLOWANCE)
                 .not_valid_after(t + validity)
                 # pathLen 0: the mesh CA signs node certificates only, no intermediates.
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
