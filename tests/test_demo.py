@@ -44,6 +44,9 @@ def test_x0t_demo_command_runs() -> None:
     assert "six real agent processes" in done.stdout
     assert "repaired" in done.stdout  # healing verified the reroute end to end
     assert "processes left running │ 0" in done.stdout
+    # the nodes enrolled through x0t serve, reported to it, and obeyed a revocation
+    assert "6 nodes enrolled with one join token" in done.stdout
+    assert "revoked" in done.stdout and "dropped its sessions" in done.stdout
 
 
 def test_demo_prints_to_a_console() -> None:

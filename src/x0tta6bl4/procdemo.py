@@ -1,10 +1,14 @@
-"""The main part of ``x0t demo``: six real agent processes on 127.0.0.x.
+"""The main part of ``x0t demo``: a control plane and six real agent processes on
+127.0.0.x.
 
-A CA made for the occasion issues six node certificates and signs a policy; six
-``x0t node run`` processes form a mesh with two disjoint paths; a stream of messages
-crosses it from ``a`` to ``f`` every 20 ms; the relay in use is killed with SIGKILL; the
-traffic's own gap is measured beside the MTTD/MTTR that healing reported; the node is
-restarted and rejoins; everything stops, also on Ctrl-C.
+``x0t serve`` runs on SQLite in the demo's directory; the operator publishes a policy
+and one join token through its API, and six nodes enroll with ``x0t node join``'s
+HPKE-sealed enrollment; six ``x0t node run`` processes form a mesh with two disjoint
+paths and report to the control plane; a stream of messages crosses it from ``a`` to
+``f`` every 20 ms; the relay in use is killed with SIGKILL; the traffic's own gap is
+measured beside the MTTD/MTTR that healing reported (and that the control plane
+collected); the node is restarted and rejoins; a node is revoked through the API and its
+neighbours drop it; everything stops, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from rich.table import Table
 from x0tta6bl4.errors import X0tError
 from x0tta6bl4.mesh.node import node_id
 from x0tta6bl4.node.client import NodeApiError
+from x0tta6bl4.node.localcontrol import LocalControlPlane
 from x0tta6bl4.node.localmesh import LocalMesh
 
 NAMES: Final = ["a", "b", "c", "d", "e", "f"]
@@ -79,6 +84,12 @@ class ProcDemoReport:
     rejoin_s: float
     leave_exit_s: float
     processes_left: int
+    control_url: str = ""
+    enroll_s: float = 0.0
+    control_events: int = 0
+    control_links: int = 0
+    revoked: str = ""
+    revoke_enforced_s: float | None = None
 
 
 def _free_base_port(n: int) -> int:
@@ -168,14 +179,29 @@ def run_procdemo(console: Console, root: Path | None = None) -> ProcDemoReport:
         if root is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="x0t-demo-")))
         tags = {n: ["role:demo"] for n in NAMES}
-        m = LocalMesh(root, NAMES, EDGES, tags=tags, policy=POLICY, base_port=_free_base_port(6))
+        t0 = time.monotonic()
+        cp = stack.enter_context(LocalControlPlane(root / "control"))
+        console.print(
+            f"[bold]2. A control plane and six real agent processes[/bold]: x0t serve at "
+            f"{cp.url} (SQLite, CA created on first start) in {time.monotonic() - t0:.1f} s"
+        )
+        m = LocalMesh(
+            root / "mesh",
+            NAMES,
+            EDGES,
+            tags=tags,
+            policy=POLICY,
+            base_port=_free_base_port(6),
+            control=cp,
+        )
         stack.enter_context(m)
         t0 = time.monotonic()
         m.create()
+        enroll_s = time.monotonic() - t0
         console.print(
-            f"[bold]2. A mesh of six real agent processes[/bold] on 127.0.0.1-6, "
-            f"CA and 6 certificates in {time.monotonic() - t0:.1f} s; policy: "
-            f"'allow from tag:role:demo to tag:role:demo port msg/{PORT}', default deny"
+            f"policy v1 published through the API ('allow from tag:role:demo to tag:role:demo "
+            f"port msg/{PORT}', default deny); 6 nodes enrolled with one join token "
+            f"(HPKE ML-KEM-768 + X25519 sealed, ML-DSA-65 proof of possession) in {enroll_s:.1f} s"
         )
         t0 = time.monotonic()
         m.start_all()
@@ -222,6 +248,36 @@ def run_procdemo(console: Console, root: Path | None = None) -> ProcDemoReport:
             f"restarted {relay}: rejoined (every route again) in {rejoin:.1f} s; "
             f"{relay} -> a rtt {ping.rtt * 1000:.2f} ms over {ping.hops} hops"
         )
+        # What the control plane learnt from the nodes' signed reports.
+        time.sleep(1.5)  # one report interval
+        events = cp.call("GET", "/v1/events?limit=200")["events"]
+        control_events = sum(1 for e in events if e["detail"].get("subject") == relay)
+        control_links = len(cp.call("GET", "/v1/topology")["links"])
+        console.print(
+            f"the control plane holds {control_events} healing events about {relay} and "
+            f"{control_links} links in its topology, from the nodes' signed reports"
+        )
+        revoked = "e" if relay != "e" else "c"
+        neighbours = [x for a, b in EDGES for x, y in ((a, b), (b, a)) if y == revoked]
+        t0 = time.monotonic()
+        cp.revoke_node(revoked)
+
+        def dropped() -> bool:
+            for n in neighbours:
+                st = m.status(n)
+                if st is None or any(
+                    nb["name"] == revoked and nb["alive"] for nb in st["neighbours"]
+                ):
+                    return False
+            return True
+
+        m.wait(dropped, 10.0, f"{', '.join(neighbours)} to drop {revoked}", step=0.01)
+        enforced = time.monotonic() - t0  # from the operator's request on
+        console.print(
+            f"[red]revoked[/red] {revoked} through the API: its neighbours "
+            f"{', '.join(neighbours)} dropped its sessions {enforced:.3f} s after the request "
+            "(revocation list pushed over the nodes' event streams)"
+        )
         leave_s = m.terminate("d" if relay != "d" else "b")
         m.stop_all()
         left = sum(1 for node in m.nodes.values() if node.running)
@@ -238,6 +294,12 @@ def run_procdemo(console: Console, root: Path | None = None) -> ProcDemoReport:
             rejoin_s=rejoin,
             leave_exit_s=leave_s,
             processes_left=left,
+            control_url=cp.url,
+            enroll_s=enroll_s,
+            control_events=control_events,
+            control_links=control_links,
+            revoked=revoked,
+            revoke_enforced_s=enforced,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -266,6 +328,11 @@ def print_procdemo(console: Console, r: ProcDemoReport) -> None:
     s.add_column(style="bold")
     s.add_column()
     s.add_row(
+        "control plane",
+        f"x0t serve (SQLite): 6 nodes enrolled in {r.enroll_s:.1f} s; it collected "
+        f"{r.control_events} healing events about {r.killed} and {r.control_links} links",
+    )
+    s.add_row(
         "mesh formed", f"6 processes, {len(r.links)} links, all routes in {r.converge_s:.1f} s"
     )
     s.add_row("path before", " -> ".join(r.path_before))
@@ -286,6 +353,11 @@ def print_procdemo(console: Console, r: ProcDemoReport) -> None:
         f"{r.delivered} of {r.sent} delivered end to end (sealed a -> f; relays see ciphertext)",
     )
     s.add_row("rejoin after restart", f"{r.rejoin_s:.1f} s (state directory kept: keys, seqno)")
+    s.add_row(
+        "revocation",
+        f"{r.revoked} revoked through the API; neighbours dropped it after "
+        + ("-" if r.revoke_enforced_s is None else f"{r.revoke_enforced_s:.3f} s"),
+    )
     s.add_row("SIGTERM to exit", f"{r.leave_exit_s:.2f} s, neighbours told (LEAVE)")
     s.add_row("processes left running", str(r.processes_left))
     console.print(s)

@@ -23,14 +23,20 @@ from typing import Any, Final
 
 import structlog
 
-from x0tta6bl4.errors import X0tError
+from x0tta6bl4.errors import RenewalRefused, X0tError
 from x0tta6bl4.healing.events import HealingEvent, RuntimeStats
 from x0tta6bl4.healing.loop import HealingLoop, HealingNode
 from x0tta6bl4.identity.bundle import TrustBundle
+from x0tta6bl4.identity.cert import NodeCertificate
 from x0tta6bl4.identity.crl import NoRevocationList, RevocationList, accept_newer
-from x0tta6bl4.identity.store import NODE_KEY_FILE, NODE_STATIC_KEY_FILE, NodeCredentials
+from x0tta6bl4.identity.store import (
+    NODE_CERT_FILE,
+    NODE_KEY_FILE,
+    NODE_STATIC_KEY_FILE,
+    NodeCredentials,
+)
 from x0tta6bl4.identity.types import VerifiedIdentity
-from x0tta6bl4.identity.verify import make_verifier
+from x0tta6bl4.identity.verify import make_verifier, verify_renewal
 from x0tta6bl4.mesh.node import DROP_COUNTERS, MeshConfig, MeshNode, node_id
 from x0tta6bl4.node.dataplane import IP_PORT, TunPlane
 from x0tta6bl4.node.runsettings import RunSettings, format_host_port, parse_host_port
@@ -46,7 +52,7 @@ from x0tta6bl4.node.udp import UdpRunner
 from x0tta6bl4.observability.metrics import record_policy_decision
 from x0tta6bl4.policy import Decision, Proto, SignedPolicy, Subject, accept_policy
 from x0tta6bl4.policy.types import DEFAULT_DENY
-from x0tta6bl4.sansio import Deliver, Event, RevocationListUpdated
+from x0tta6bl4.sansio import CertificateRenewed, Deliver, Event, RevocationListUpdated
 
 log = structlog.get_logger("x0tta6bl4.node")
 
@@ -102,6 +108,7 @@ class Agent:
         self._saved_peers: dict[str, str] = {}
         self.bound: list[tuple[str, int]] = []
         self.on_ready: Callable[[Agent], None] | None = None
+        self.control: Any = None  # ControlSync when [control] url is set
 
     # -- construction -------------------------------------------------------------------
 
@@ -235,6 +242,14 @@ class Agent:
                     )
                 discovery = Discovery(self, d.port, d.interval, list(d.interfaces))
                 discovery.start(loop, v6[0])
+            if self.settings.control.url:
+                from x0tta6bl4.node.controlsync import ControlSync
+
+                c = self.settings.control
+                self.control = ControlSync(
+                    self, c.url, report_interval=c.report_interval, poll_interval=c.poll_interval
+                )
+                self.control.start()
             if self.on_ready is not None:
                 self.on_ready(self)
             await self._stop.wait()
@@ -243,6 +258,8 @@ class Agent:
             runner.quiesce()  # nothing after the LEAVE: no hello or update may follow it
             await asyncio.sleep(LEAVE_FLUSH)
         finally:
+            if self.control is not None:
+                await self.control.stop()
             if discovery is not None:
                 await discovery.close(loop)
             if housekeeping is not None:
@@ -364,6 +381,109 @@ class Agent:
             self.count("crl_persist_failed")
             log.error("crl_persist_failed", file=str(self.state.file(CRL_FILE)), error=str(exc))
 
+    def apply_certificate(self, pem: bytes) -> bool:
+        """Use a renewed certificate (PEM) now, without a restart: the renewer's
+        ``on_new_certificate`` (it has written STATE/node.crt already), or any caller.
+
+        It must be for this node's name, chain to the trust bundle, be current and not
+        revoked by the held list (the verifier the agent uses for peers), and expire no
+        earlier than the certificate in use (``identity.verify.verify_renewal``). For the
+        keys the agent holds it becomes ``creds`` (``status()`` shows its
+        ``cert_not_after``; control-plane requests are signed under it), is written to
+        STATE/node.crt unless that holds it already, and goes to the core
+        (``CertificateRenewed``): every new handshake presents it, sessions are kept.
+
+        For other keys it is taken only if the state directory holds them (the renewer
+        rotated keys: node.key and node-static.key match it). A new signing key alone
+        is taken, the credentials reloaded from the state directory. A new static key
+        cannot replace the one a running core handshakes with: the agent logs
+        ``certificate_restart_needed``, keeps presenting the old certificate and returns
+        False; a restart reads the new set.
+
+        True when the certificate is in use now; False when refused (``certificate_refused``
+        logged and counted, the old one stays), when a restart is needed, or when it is the
+        one in use already."""
+        try:
+            new = NodeCertificate.from_pem(pem)
+        except X0tError as exc:
+            return self._refuse_certificate("malformed", str(exc))
+        held = self.creds
+        if new == held.cert:
+            return False
+        static, signing = held.static_private, held.signing_private
+        if new.static_key != static.public_key() or new.signing_key != signing.public_key():
+            rotated = self._rotated_credentials(new)
+            if rotated is not None:
+                static, signing = rotated.static_private, rotated.signing_private
+        try:
+            new = verify_renewal(
+                held.cert,
+                new.der,
+                lambda der: self._verifier(der, time.time()),
+                static_key=static.public_key(),
+                signing_key=signing.public_key(),
+            )
+        except RenewalRefused as exc:
+            return self._refuse_certificate(exc.label, str(exc))
+        if static.public_key() != held.static_private.public_key():
+            self.count("certificate_restart_needed")
+            log.warning(
+                "certificate_restart_needed",
+                serial=format(new.serial, "x"),
+                not_after=new.not_after,
+                reason="the static key changed: the running core keeps the old certificate",
+            )
+            return False
+        if self._core is not None and self._runner is not None:
+            runner = self._runner
+            runner.apply(self._core.handle(runner.now, CertificateRenewed(new.der)))
+            if self.mesh.links.cert_der != new.der:  # the core's own checks said no
+                return self._refuse_certificate("core", "the core refused it (see the trace)")
+        self.creds = NodeCredentials(new, static, signing)
+        self._self_subject = Subject(new.spiffe_id, frozenset(new.tags))
+        self._persist_certificate(new)
+        log.info("certificate_applied", serial=format(new.serial, "x"), not_after=new.not_after)
+        return True
+
+    def _refuse_certificate(self, reason: str, error: str) -> bool:
+        self.count("certificate_refused")
+        log.error(
+            "certificate_refused",
+            reason=reason,
+            error=error,
+            kept=format(self.creds.cert.serial, "x"),
+        )
+        return False
+
+    def _rotated_credentials(self, cert: NodeCertificate) -> NodeCredentials | None:
+        """``cert`` with the keys the state directory holds, if they are its keys (the
+        renewer rotated them: keys first, then node.crt); else None."""
+        try:
+            on_disk = NodeCredentials.load(self.state.path)
+            return NodeCredentials(cert, on_disk.static_private, on_disk.signing_private)
+        except X0tError:
+            return None
+
+    def _persist_certificate(self, cert: NodeCertificate) -> None:
+        """STATE/node.crt holds ``cert`` afterwards (a restart keeps it), unless it holds
+        a certificate for other keys (a rotation on disk) or one expiring later."""
+        path = self.state.file(NODE_CERT_FILE)
+        try:
+            on_disk: NodeCertificate | None = NodeCertificate.from_pem(path.read_bytes())
+        except (OSError, X0tError):
+            on_disk = None
+        if on_disk is not None and (
+            on_disk == cert
+            or on_disk.not_after > cert.not_after
+            or (on_disk.static_key, on_disk.signing_key) != (cert.static_key, cert.signing_key)
+        ):
+            return
+        try:
+            self.state.write(NODE_CERT_FILE, cert.pem, 0o644)
+        except OSError as exc:  # in use all the same; a restart would take the older one
+            self.count("certificate_persist_failed")
+            log.error("certificate_persist_failed", file=str(path), error=str(exc))
+
     def _policy_path(self) -> Path:
         p = self.settings.policy_file
         return Path(p) if p else self.state.file(POLICY_FILE)
@@ -380,6 +500,28 @@ class Agent:
                 f"({result.error}); fix or remove it"
             )
         self.policy = result.policy
+
+    def apply_policy(self, signed: bytes, *, source: str = "control plane") -> bool:
+        """Take a signed policy document pushed by the control plane: verified with the
+        CA, refused unless newer than the one held, persisted (STATE/policy.accepted) so
+        it survives a restart. True when it became the policy in force."""
+        result = accept_policy(self.policy, signed, self.bundle, source)
+        if result.error is not None:
+            self.count("policy_refused")
+            log.error("policy_refused", source=source, error=str(result.error))
+            return False
+        if result.policy is self.policy:
+            return False
+        self.policy = result.policy
+        try:
+            self.state.write(POLICY_ACCEPTED_FILE, signed, 0o644)
+        except OSError as exc:  # in force all the same; the restart would hold the older
+            self.count("policy_persist_failed")
+            log.error("policy_persist_failed", error=str(exc))
+        log.info(
+            "policy_loaded", source=source, version=self.policy.version if self.policy else None
+        )
+        return True
 
     def _load_policy(self) -> None:
         """(Re)read the policy file when it changed. A refused document (unsigned,
@@ -482,6 +624,18 @@ class Agent:
 
         self.healing_events.append(ev)
         record_self_healing_event(ev)
+        if self.control is not None:
+            self.control.on_healing_event(
+                ev.kind,
+                round(ev.detected_at - self.runner.now + time.time(), 3),
+                {
+                    "subject": ev.subject,
+                    "action": ev.action,
+                    "outcome": ev.outcome,
+                    "mttd_s": None if ev.mttd is None else round(ev.mttd, 3),
+                    "mttr_s": None if ev.mttr is None else round(ev.mttr, 3),
+                },
+            )
         log.info(
             "self_healing",
             kind=ev.kind,

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from x0tta6bl4.node.client import NodeApiError, NodeClient
 from x0tta6bl4.node.config import render_template
+from x0tta6bl4.node.localcontrol import LocalControlPlane
 
 BASE_PORT: Final = 17100
 TRUST_DOMAIN: Final = "demo.x0t"
@@ -71,7 +72,12 @@ class LocalMesh:
         env: Mapping[str, str] | None = None,
         ipv6: bool = False,
         metrics_base_port: int | None = None,
+        control: LocalControlPlane | None = None,
     ) -> None:
+        # With ``control`` (a started LocalControlPlane) the nodes enroll through it
+        # (x0t node join: join token, HPKE-sealed enrollment) and keep its URL in their
+        # config; without, a CA made for the occasion issues their certificates.
+        self.control = control
         # node i serves /metrics on its host at metrics_base_port + i (None: off)
         self.metrics_base_port = metrics_base_port
         self.ipv6 = ipv6  # every node on [::1], told apart by port
@@ -95,7 +101,11 @@ class LocalMesh:
         from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, POLICY_FILE, StateDir
 
         self.root.mkdir(parents=True, exist_ok=True)
-        ca = CertificateAuthority.init(self.ca_dir, TRUST_DOMAIN)
+        ca = (
+            None
+            if self.control is not None
+            else CertificateAuthority.init(self.ca_dir, TRUST_DOMAIN)
+        )
         now = time.time()
         for i, name in enumerate(self.names):
             host = "::1" if self.ipv6 else f"127.0.0.{i + 1}"
@@ -111,26 +121,47 @@ class LocalMesh:
         for a, b in self.edges:  # the lower-numbered side dials; the other accepts
             lo, hi = sorted((a, b), key=self.names.index)
             self.nodes[hi].peers.append(self.nodes[lo].addr)
-        signed = self._signed_policy(ca) if self.policy is not None else None
+        if self.control is not None:
+            self._enroll_all(self.control)
+        signed = self._signed_policy(ca) if ca is not None and self.policy is not None else None
         for node in self.nodes.values():
             state = StateDir(node.state_dir)
-            state.create()
-            creds = NodeCredentials.generate_and_issue(
-                ca, node.name, node.tags, now, validity=datetime.timedelta(hours=2)
-            )
-            creds.save(state.path)
-            ca.bundle().save(state.file(BUNDLE_FILE))
-            state.write(CRL_FILE, ca.revocation_list().to_pem(), 0o644)
-            if signed is not None:
-                state.write(POLICY_FILE, signed, 0o644)
+            if ca is not None:
+                state.create()
+                creds = NodeCredentials.generate_and_issue(
+                    ca, node.name, node.tags, now, validity=datetime.timedelta(hours=2)
+                )
+                creds.save(state.path)
+                ca.bundle().save(state.file(BUNDLE_FILE))
+                state.write(CRL_FILE, ca.revocation_list().to_pem(), 0o644)
+                if signed is not None:
+                    state.write(POLICY_FILE, signed, 0o644)
             metrics = ""
             if self.metrics_base_port is not None:
                 port = self.metrics_base_port + self.names.index(node.name)
                 metrics = f"[{node.host}]:{port}" if ":" in node.host else f"{node.host}:{port}"
             text = render_template(node.name, str(state.path), [node.addr], node.peers, metrics)
             text = text.replace("hello_interval = 0.1", f"hello_interval = {self.hello_interval}")
+            if self.control is not None:
+                from x0tta6bl4.node.join import set_control_url
+
+                text = set_control_url(text, self.control.url)
+                # Report often: the demo's topology and events stay current.
+                text = text.replace("report_interval = 5.0", "report_interval = 1.0")
             node.config.write_text(text)
         return self
+
+    def _enroll_all(self, control: LocalControlPlane) -> None:
+        """Policy first (so enrollment hands it out), then one join token for all the
+        nodes, and ``x0t node join``'s enrollment for each."""
+        from x0tta6bl4.node.join import join
+
+        if self.policy is not None:
+            control.set_policy(self.policy, "local mesh policy")
+        tags = sorted({t for n in self.nodes.values() for t in n.tags})
+        token = control.create_token(tags, uses=len(self.nodes), ttl_s=600)
+        for node in self.nodes.values():
+            join(control.url, token, node.state_dir, node.name, node.tags)
 
     def _signed_policy(self, ca: Any) -> bytes:
         from x0tta6bl4.crypto.keys import load_signing_key
@@ -148,6 +179,9 @@ class LocalMesh:
         from x0tta6bl4.node.state import POLICY_FILE, StateDir
 
         self.policy = text
+        if self.control is not None:  # pushed to every node by the control plane
+            self.control.set_policy(text, "local mesh policy")
+            return
         signed = self._signed_policy(CertificateAuthority.load(self.ca_dir))
         for node in self.nodes.values():
             StateDir(node.state_dir).write(POLICY_FILE, signed, 0o644)
