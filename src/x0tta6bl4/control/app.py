@@ -15,6 +15,7 @@ from x0tta6bl4.control.bus import make_bus
 from x0tta6bl4.control.ca import ControlCA
 from x0tta6bl4.control.context import ControlContext
 from x0tta6bl4.control.db import Database
+from x0tta6bl4.control.nodeauth import ReplayGuard
 from x0tta6bl4.control.push import Pusher
 from x0tta6bl4.control.settings import ControlSettings
 
@@ -35,7 +36,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         pusher = Pusher(
             db, bus, settings.push_poll_s, on_revocation=lambda: c_holder[0].cert_cache.clear()
         )
-        c = ControlContext(settings, db, bus, ca, pusher)
+        c = ControlContext(settings, db, bus, ca, pusher, replay=_replay_guard(db, bus))
         c_holder.append(c)
         await _first_revocation_list(db, ca)
         await pusher.start()
@@ -93,6 +94,15 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     app.include_router(revocations.router)
     app.include_router(stream.router)
     return app
+
+
+def _replay_guard(db: Database, bus: object) -> ReplayGuard:
+    from x0tta6bl4.control.bus import RedisBus
+
+    if isinstance(bus, RedisBus):
+        return ReplayGuard("redis", bus.redis)
+    # SQLite means one process (the embedded default): memory sees every request.
+    return ReplayGuard("memory" if db.is_sqlite else "database")
 
 
 async def _first_revocation_list(db: Database, ca: ControlCA) -> None:

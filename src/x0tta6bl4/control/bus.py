@@ -64,6 +64,11 @@ class RedisBus:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
+    @property
+    def redis(self) -> Any:
+        """The client, shared with the replay guard (``nodeauth.ReplayGuard``)."""
+        return self._redis
+
     async def start(self, handler: Handler) -> None:
         self._task = asyncio.create_task(self._listen(handler), name="redis-bus")
 

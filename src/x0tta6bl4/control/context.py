@@ -10,7 +10,7 @@ from x0tta6bl4.control.auth import KeyCache
 from x0tta6bl4.control.bus import Bus
 from x0tta6bl4.control.ca import ControlCA
 from x0tta6bl4.control.db import Database
-from x0tta6bl4.control.nodeauth import CertCache
+from x0tta6bl4.control.nodeauth import CertCache, ReplayGuard
 from x0tta6bl4.control.push import Pusher
 from x0tta6bl4.control.settings import ControlSettings
 
@@ -24,6 +24,7 @@ class ControlContext:
     pusher: Pusher
     key_cache: KeyCache = field(default_factory=KeyCache)
     cert_cache: CertCache = field(default_factory=CertCache)
+    replay: ReplayGuard = field(default_factory=lambda: ReplayGuard("database"))
 
 
 def ctx(request: Request) -> ControlContext:

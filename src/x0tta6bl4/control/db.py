@@ -40,7 +40,9 @@ class Database:
             # time). A connection that died with a PostgreSQL restart fails its request
             # once, and SQLAlchemy then invalidates the whole pool (disconnect detection),
             # so the service recovers without a restart; /ready reports the gap.
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+            # Overflow connections are opened and closed per burst (a TCP + auth round
+            # trip each): keep the pool itself large enough for the usual concurrency.
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size // 2, pool_recycle=1800)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -121,13 +121,62 @@ async def _record_nonce(c: object, nonce: str, now: float) -> None:
     from x0tta6bl4.control.context import ControlContext
 
     assert isinstance(c, ControlContext)
-    async with c.db.session() as s:
-        s.add(SeenNonce(nonce=nonce, expires_at=now + 2 * MAX_SKEW_S))
-        try:
-            await s.commit()
-        except IntegrityError:
-            raise _deny("replayed request (nonce already seen)") from None
-        c.cert_cache.inserts += 1
-        if c.cert_cache.inserts % _PRUNE_EVERY == 0:
-            await s.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
-            await s.commit()
+    if not await c.replay.first_use(c, nonce, now):
+        raise _deny("replayed request (nonce already seen)")
+
+
+class ReplayGuard:
+    """Remembers the nonces of signed requests for the clock window (2 x MAX_SKEW_S).
+
+    Where the nonces live follows who could see a replay: one process on the embedded
+    defaults (SQLite, in-process bus) keeps them in memory; replicas sharing Redis use
+    ``SET NX EX`` there (no disk write per request); replicas sharing only PostgreSQL use
+    the ``seen_nonces`` table. If Redis fails, the table takes over.
+    """
+
+    _MEMORY_MAX = 200_000
+
+    def __init__(self, mode: str, redis: object | None = None) -> None:
+        self.mode = mode  # "memory" | "redis" | "database"
+        self._redis = redis
+        self._memory: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    async def first_use(self, c: object, nonce: str, now: float) -> bool:
+        ttl = 2 * MAX_SKEW_S
+        if self.mode == "memory":
+            return self._first_in_memory(nonce, now, ttl)
+        if self.mode == "redis" and self._redis is not None:
+            try:
+                ok = await self._redis.set(f"x0t:nonce:{nonce}", b"1", nx=True, ex=int(ttl))  # type: ignore[attr-defined]
+                return bool(ok)
+            except Exception:  # Redis down: the database is shared by every replica too
+                pass
+        return await self._first_in_database(c, nonce, now, ttl)
+
+    def _first_in_memory(self, nonce: str, now: float, ttl: float) -> bool:
+        if now >= self._next_prune or len(self._memory) >= self._MEMORY_MAX:
+            self._memory = {k: v for k, v in self._memory.items() if v > now}
+            self._next_prune = now + 10.0
+            if len(self._memory) >= self._MEMORY_MAX:
+                return False  # a flood of signed requests: refuse rather than forget
+        if self._memory.get(nonce, 0.0) > now:
+            return False
+        self._memory[nonce] = now + ttl
+        return True
+
+    async def _first_in_database(self, c: object, nonce: str, now: float, ttl: float) -> bool:
+        from x0tta6bl4.control.context import ControlContext
+
+        assert isinstance(c, ControlContext)
+        async with c.db.session() as s:
+            s.add(SeenNonce(nonce=nonce, expires_at=now + ttl))
+            try:
+                await s.commit()
+            except IntegrityError:
+                return False
+            c.cert_cache.inserts += 1
+            if c.cert_cache.inserts % _PRUNE_EVERY == 0:
+                await s.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
+                await s.commit()
+        return True

@@ -35,7 +35,13 @@ class ControlSettings(BaseSettings):
     cert_lifetime_s: float = Field(
         default=24 * 3600.0, gt=0, description="Lifetime of node certificates the CA issues."
     )
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    read_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="How long a replica answers GET /v1/nodes/{name} from memory; 0 = never.",
+    )
     # A replica with no bus message rechecks pushed state this often (the fallback when
     # Redis is down, and what bounds cross-replica lag then).
     push_poll_s: float = Field(default=1.0, gt=0, le=60)

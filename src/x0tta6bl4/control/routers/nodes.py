@@ -6,7 +6,7 @@ query (node, current certificate and report summary joined) on an autocommit con
 response, skipping FastAPI's response validation (the ``response_model`` still documents
 the shape; the tests check the two agree).
 
-Each replica also keeps the encoded answer for ``DETAIL_CACHE_S`` (1 s), and for
+Each replica also keeps the encoded answer for ``X0T_READ_CACHE_S`` (default 1 s; 0 = off), and for
 ``DETAIL_STALE_S`` (2 s) more serves it while one request refreshes it in the background.
 So an answer is about 1 s old under steady reads and never more than 3 s, and only for
 changes made through another replica or another router: this replica forgets a node's
@@ -243,7 +243,9 @@ async def _load_detail(app: Any, c: Any, name: str, crl: int) -> bytes | None:
     cache = detail_cache(app)
     if len(cache) >= _DETAIL_CACHE_MAX:
         cache.clear()
-    cache[name] = (time.monotonic() + DETAIL_CACHE_S, crl, body)
+    ttl = c.settings.read_cache_s
+    if ttl > 0:
+        cache[name] = (time.monotonic() + ttl, crl, body)
     return body
 
 
