@@ -3,7 +3,8 @@
 
 ``python -m bench [suite ...] [--quick]``; suites: channel, sim, sim_lossy (the mesh
 under loss and jitter: ``python -m bench sim_lossy`` runs just that), netns (raw veth and
-TUN baselines and the agent in network namespaces; needs root).
+TUN baselines and the agent in network namespaces; needs root), control (the control
+plane under load: needs PostgreSQL and Redis on 127.0.0.1; wrk is used when installed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from bench.report import RESULTS, Suite, update_readme, update_summary, write_suite
 
-SUITES = ("channel", "sim", "sim_lossy", "netns")
+SUITES = ("channel", "sim", "sim_lossy", "netns", "control")
 
 
 def main(argv: list[str] | None = None) -> int:
