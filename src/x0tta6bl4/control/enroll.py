@@ -56,7 +56,7 @@ from x0tta6bl4.control.nodeauth import NodeCaller
 from x0tta6bl4.crypto.hybrid import PUBLIC_KEY_SIZE, HybridPrivateKey, HybridPublicKey
 from x0tta6bl4.crypto.kdf import hkdf, sha256
 from x0tta6bl4.errors import CertificateRequestError, IdentityError, InvalidKey, X0tError
-from x0tta6bl4.identity.cert import format_time, node_spiffe_id
+from x0tta6bl4.identity.cert import NodeCertificate, format_time, node_spiffe_id
 from x0tta6bl4.identity.inventory import signing_key_fingerprint, static_key_fingerprint
 from x0tta6bl4.identity.request import CertificateRequest
 
@@ -302,20 +302,7 @@ async def enroll(
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 raise Refused(403, f"token: {row.id} is used up (or was revoked meanwhile)")
             await _claim_name(s, c, csr, now)
-            try:
-                cert = await c.ca.issue(
-                    s,
-                    csr.name,
-                    csr.tags,
-                    csr.static_key,
-                    csr.signing_key,
-                    now=now,
-                    lifetime_s=c.settings.cert_lifetime_s,
-                )
-            except KeyInUse as exc:
-                raise Refused(409, f"csr: {exc}") from None
-            except IdentityError as exc:
-                raise Refused(400, f"csr: {exc}") from None
+            cert = await _issue(s, c, csr.name, csr, now)
             serial = format(cert.serial, "x")
             record(
                 s,
@@ -379,20 +366,7 @@ async def renew(
                     f"csr: tags must be exactly the node's current tags "
                     f"[{', '.join(current)}]; it asks for [{', '.join(csr.tags)}]",
                 )
-            try:
-                cert = await c.ca.issue(
-                    s,
-                    caller.name,
-                    csr.tags,
-                    csr.static_key,
-                    csr.signing_key,
-                    now=now,
-                    lifetime_s=c.settings.cert_lifetime_s,
-                )
-            except KeyInUse as exc:
-                raise Refused(409, f"csr: {exc}") from None
-            except IdentityError as exc:
-                raise Refused(400, f"csr: {exc}") from None
+            cert = await _issue(s, c, caller.name, csr, now)
             record(
                 s,
                 f"node:{caller.name}",
@@ -410,3 +384,24 @@ async def renew(
         crl=crl.to_pem().decode(),
         renew_after=renew_after(cert.not_before, cert.not_after),
     )
+
+
+async def _issue(
+    s: AsyncSession, c: ControlContext, name: str, csr: CertificateRequest, now: float
+) -> NodeCertificate:
+    """The CA's certificate for ``csr`` in the caller's transaction; a key certified to
+    another node is a 409, anything else the CA refuses a 400, both naming the CSR."""
+    try:
+        return await c.ca.issue(
+            s,
+            name,
+            csr.tags,
+            csr.static_key,
+            csr.signing_key,
+            now=now,
+            lifetime_s=c.settings.cert_lifetime_s,
+        )
+    except KeyInUse as exc:
+        raise Refused(409, f"csr: {exc}") from None
+    except IdentityError as exc:
+        raise Refused(400, f"csr: {exc}") from None
