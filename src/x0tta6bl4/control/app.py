@@ -10,6 +10,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from x0tta6bl4.control.bus import make_bus
 from x0tta6bl4.control.ca import ControlCA
@@ -68,6 +69,28 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         return JSONResponse(
             status_code=422,
             content={"detail": "; ".join(problems), "errors": jsonable(exc.errors())},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A lost connection (PostgreSQL restarting, network cut) is the service being
+        # unable to answer now, not a bug: 503 with a reason, and the pool recovers.
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            log.warning("database_unavailable", path=request.url.path, error=str(exc.orig)[:200])
+            return JSONResponse(
+                status_code=503,
+                content={"detail": "the database is unreachable; retry shortly"},
+                headers={"Retry-After": "1"},
+            )
+        raise exc
+
+    @app.exception_handler(OSError)
+    async def connection_refused(request: Request, exc: OSError) -> JSONResponse:
+        log.warning("backend_unreachable", path=request.url.path, error=str(exc)[:200])
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "a backend (database) is unreachable; retry shortly"},
+            headers={"Retry-After": "1"},
         )
 
     _document_validation_errors(app)

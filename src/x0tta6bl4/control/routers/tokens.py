@@ -48,7 +48,8 @@ class TokenCreate(BaseModel):
     ttl_s: int = Field(
         default=3600, ge=MIN_TTL_S, le=MAX_TTL_S, description="Seconds until it expires."
     )
-    comment: str = Field(default="", max_length=256)
+    # PostgreSQL text cannot hold NUL: refuse it here (422) instead of failing the insert.
+    comment: str = Field(default="", max_length=256, pattern=r"^[^\x00]*$")
 
     @field_validator("tags")
     @classmethod
@@ -169,7 +170,9 @@ async def list_tokens(
 
 @router.delete("/{token_id}", response_model=TokenInfo, summary="Revoke a join token (operator)")
 async def revoke_token(
-    token_id: Annotated[str, Path(max_length=64, description="The token's id (16 hex).")],
+    token_id: Annotated[
+        str, Path(max_length=64, pattern=r"^[^\x00]*$", description="The token's id (16 hex).")
+    ],
     request: Request,
     actor: Actor = Depends(require(Role.operator)),  # noqa: B008
 ) -> TokenInfo:
