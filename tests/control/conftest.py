@@ -35,10 +35,11 @@ async def _pg(sql: str, dsn: str = PG_ADMIN_DSN) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session; dropped afterwards."""
-    name = f"x0t_test_{os.getpid()}_{secrets.token_hex(3)}"
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """``postgresql+asyncpg://.../<prefix>_...``: a new database, dropped afterwards
+    (skips, or fails under X0T_REQUIRE_SERVICES=1, without PostgreSQL)."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
@@ -48,6 +49,13 @@ def pg_database() -> Iterator[str]:
         yield f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
     finally:
         asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session; dropped afterwards."""
+    with scratch_database("x0t_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

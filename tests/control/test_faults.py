@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
 import socket
 import threading
 import time
@@ -25,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.control.conftest import PG_ADMIN_DSN, _pg, _unavailable
+from tests.control.conftest import scratch_database
 from tests.control.replicas import EventReader, Replica, http_json, make_replica, seed
 
 pytestmark = pytest.mark.integration
@@ -37,16 +35,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def fresh_database() -> Iterator[str]:
     """``postgresql+asyncpg://.../x0t_fault_...``: a new database, dropped afterwards."""
-    name = f"x0t_fault_{os.getpid()}_{secrets.token_hex(3)}"
-    try:
-        asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        _unavailable("PostgreSQL at 127.0.0.1:5432", f"{type(exc).__name__}: {exc}")
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    try:
-        yield f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
-    finally:
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database("x0t_fault") as url:
+        yield url
 
 
 def sql(database_url: str, query: str, *args: Any) -> list[Any]:

@@ -93,7 +93,7 @@ async def refresh_if_due(
 async def _refresh_loop(app: FastAPI) -> None:
     c = app.state.ctl
     assert isinstance(c, ControlContext)
-    rng = random.Random()
+    rng = random.Random()  # spreads replicas' checks in time; not secret
     while True:
         try:
             await refresh_if_due(c)
