@@ -11,7 +11,6 @@ from typing import Any
 from cryptography import x509
 
 from x0tta6bl4.api.signing import sign_request
-from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 
 
@@ -57,40 +56,13 @@ def make_node(
     lifetime_s: float = 3600.0,
 ) -> TestNode:
     """Insert an active node and issue it a certificate, as enrollment would."""
-    from x0tta6bl4.control.models import Node
+    from tests.control.nodes_helper import create_node
 
-    key = SigningKey.generate()
-    static = HybridPrivateKey.generate()
     c = control.ctx
-
-    async def run() -> int:
-        now = time.time()
-        async with c.db.session() as s:
-            s.add(
-                Node(
-                    name=name,
-                    spiffe_id=f"spiffe://{c.ca.ca.trust_domain}/node/{name}",
-                    tags=sorted(tags),
-                    status="active",
-                    created_at=now,
-                    endpoints=[],
-                )
-            )
-            await s.flush()
-            cert = await c.ca.issue(
-                s,
-                name,
-                list(tags),
-                static.public_key(),
-                key.public_key(),
-                now=now,
-                lifetime_s=lifetime_s,
-            )
-            await s.commit()
-            return int(cert.serial)
-
-    serial = control.client.portal.call(run)
-    return TestNode(name, key, serial, tuple(sorted(tags)))
+    node = control.client.portal.call(
+        lambda: create_node(c.db, c.ca, name, sorted(tags), lifetime_s=lifetime_s)
+    )
+    return TestNode(name, node.signing_key, node.serial, tuple(sorted(tags)))
 
 
 def revoke_node(control: Any, node: TestNode) -> None:

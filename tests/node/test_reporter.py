@@ -18,8 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from x0tta6bl4.crypto.hybrid import HybridPrivateKey
-from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.node.control_client import ControlClient, Signer
 from x0tta6bl4.node.reporter import DROPPED_KIND, Reporter, report_from_status
 
@@ -97,33 +95,11 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 def _enroll(svc: Service, name: str) -> Signer:
     """A node row and a certificate from the service's CA, as enrollment leaves them."""
-    from x0tta6bl4.control.models import Node
+    from tests.control.nodes_helper import create_node
 
-    key = SigningKey.generate()
-    static = HybridPrivateKey.generate()
     c = svc.ctx
-
-    async def run() -> int:
-        now = time.time()
-        async with c.db.session() as s:
-            s.add(
-                Node(
-                    name=name,
-                    spiffe_id=f"spiffe://{c.ca.ca.trust_domain}/node/{name}",
-                    tags=[],
-                    status="active",
-                    created_at=now,
-                    endpoints=[],
-                )
-            )
-            await s.flush()
-            cert = await c.ca.issue(
-                s, name, [], static.public_key(), key.public_key(), now=now, lifetime_s=3600
-            )
-            await s.commit()
-            return int(cert.serial)
-
-    return Signer(key, svc.call(run))
+    node = svc.call(lambda: create_node(c.db, c.ca, name))
+    return Signer(node.signing_key, node.serial)
 
 
 def _stored(svc: Service, name: str) -> dict[str, Any]:
