@@ -126,6 +126,20 @@ def test_sigterm_tells_neighbours_who_reroute_at_once(mesh: LocalMesh) -> None:
     mesh.wait(mesh.routes_complete, 20.0, f"{relay} to rejoin")
 
 
+def test_the_running_agent_loads_none_of_the_cli_or_control_plane_libraries(
+    mesh: LocalMesh,
+) -> None:
+    """The agent lives for months on small hosts: what the CLI (pydantic, rich) and the
+    control plane (greenlet, asyncpg) bring would be RSS it never uses. Their compiled
+    parts would show in the process's memory map."""
+    node = mesh.nodes["c"]
+    assert node.proc is not None
+    maps = Path(f"/proc/{node.proc.pid}/maps").read_text()
+    for lib in ("pydantic_core", "greenlet", "asyncpg", "pyroute2", "_yaml"):
+        assert lib not in maps, f"the agent process mapped {lib}"
+    assert "cryptography" in maps  # the check sees extension modules at all
+
+
 def test_the_seqno_continues_after_a_restart(mesh: LocalMesh) -> None:
     b = mesh.nodes["b"]
     seq = b.client.status()["seqno"]
