@@ -183,24 +183,34 @@ async def get_node(
     """Role: viewer. About 1 s old at most under steady reads, never more than 3 s, for
     changes made elsewhere (see the module's notes on the cache)."""
     c = ctx(request)
-    cache = detail_cache(request.app)
-    crl = c.pusher.versions.crl
-    hit = cache.get(name)
-    now = time.monotonic()
-    if hit is not None and hit[1] == crl:
-        if hit[0] > now:
-            return Response(hit[2], media_type="application/json")
-        if hit[0] + DETAIL_STALE_S > now:
-            # Just expired: answer it while one request refreshes it in the background,
-            # so a busy name never makes its readers wait for the database.
-            _loading(request.app, c, name, crl)
-            return Response(hit[2], media_type="application/json")
+    cached = cached_detail(request.app, c, name)
+    if cached is not None:
+        return Response(cached, media_type="application/json")
     # One query per name at a time: requests that miss together wait for that one answer
     # instead of each taking a connection.
-    body = await asyncio.shield(_loading(request.app, c, name, crl))
+    body = await asyncio.shield(_loading(request.app, c, name, c.pusher.versions.crl))
     if body is None:
         raise _not_found(name)
     return Response(body, media_type="application/json")
+
+
+def cached_detail(app: Any, c: Any, name: str) -> bytes | None:
+    """This replica's answer for ``name`` if it may be served without the database: fresh,
+    or just expired (then one background refresh starts, so a busy name never makes its
+    readers wait). Also used by ``control.hotreads``, which answers before routing."""
+    hit = detail_cache(app).get(name)
+    if hit is None:
+        return None
+    crl = c.pusher.versions.crl
+    if hit[1] != crl:
+        return None
+    now = time.monotonic()
+    if hit[0] > now:
+        return hit[2]
+    if hit[0] + DETAIL_STALE_S > now:
+        _loading(app, c, name, crl)
+        return hit[2]
+    return None
 
 
 async def _load_detail(app: Any, c: Any, name: str, crl: int) -> bytes | None:
