@@ -81,13 +81,19 @@ def serve(
             f"x0t serve: http://{settings.host}:{settings.port}  data {settings.data_dir}  "
             f"database {settings.resolved_database_url.split('@')[-1]}"
         )
+        from x0tta6bl4.observability.logging import configure_logging
+
+        # This process's own lines (workers configure themselves in serve_app).
+        configure_logging(json=settings.log_format == "json", level=settings.log_level.upper())
         uvicorn.run(
-            "x0tta6bl4.control.app:create_app",
+            # Logging and tracing set up in each worker, then the app.
+            "x0tta6bl4.control.app:serve_app",
             factory=True,
             host=settings.host,
             port=settings.port,
             workers=workers,
             log_level="warning",
+            log_config=None,  # uvicorn's lines go through our handler (JSON)
             access_log=False,
             lifespan="on",
             # Node event streams never end on their own: without a bound, shutdown

@@ -152,6 +152,9 @@ def node_run(
         # command (the lean process checks again: nothing changed in between is trusted).
         Agent.from_settings(settings.runtime())
         if os.environ.get("X0T_NODE_IN_PROCESS") == "1":  # tests, debuggers
+            from x0tta6bl4.observability.tracing import setup_tracing
+
+            setup_tracing("x0tta6bl4-node")  # the lean process does this itself
             run_agent(settings)
             return
         # The agent runs lean: this process (same pid, same signals) becomes
@@ -250,6 +253,9 @@ def node_join(
         new_text = set_control_url(text, url)
         settings_from_text(new_text, config)
         tags = None if not tag else [t.strip() for v in tag for t in v.split(",") if t.strip()]
+        from x0tta6bl4.observability.tracing import setup_tracing
+
+        setup_tracing("x0tta6bl4-node")  # OTEL_* variables: the join as a span
         result = join(url, token, sdir, node_name, tags)
         atomic_write(config, new_text.encode(), mode=0o644)
         load_settings(config)  # what we wrote must load

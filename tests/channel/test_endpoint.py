@@ -629,3 +629,26 @@ def test_certificate_refresh_that_finds_it_unchanged_keeps_trying(world: World) 
     blocking[0] = False
     n.run(5.0)
     assert a.peer("B").established  # type: ignore[union-attr]
+
+
+def test_a_rekey_that_gets_no_answer_fails_as_a_rekey(world: World) -> None:
+    """The node's ``x0tta6bl4_rekeys_total{outcome="failed"}`` counts these: a handshake
+    begun while a session existed that ended without a new one."""
+    n, a, _b = pair(world, seed=27)
+    n.send("A", "B", b"first")
+    n.run(1.0)
+    assert a.peer("B").established  # type: ignore[union-attr]
+    n.tap = lambda src, dst, data: None  # the peer goes silent
+    n.connect("A", "B")  # a rekey: a session exists
+    n.run(n.now + C.REKEY_ATTEMPT_TIME + 2 * C.HANDSHAKE_RETRY_CAP)
+    failed = [e for _, addr, e in n.events if addr == "A" and e.kind == "handshake_failed"]
+    assert len(failed) == 1
+    assert failed[0].fields["reason"] == "timeout" and failed[0].fields["rekey"] is True
+    # A first contact that fails is no rekey.
+    n2, a2, _ = pair(world, seed=28)
+    n2.tap = lambda src, dst, data: None
+    n2.connect("A", "B")
+    n2.run(C.REKEY_ATTEMPT_TIME + 2 * C.HANDSHAKE_RETRY_CAP)
+    first = [e for _, addr, e in n2.events if addr == "A" and e.kind == "handshake_failed"]
+    assert len(first) == 1 and first[0].fields["rekey"] is False
+    assert a2.peer("B") is not None

@@ -44,6 +44,11 @@ MIN_ROLE: dict[tuple[str, str], str] = {
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
+    # The topology page and its static files: no data in them (the page reads the API
+    # with the viewer key the user gives it).
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{asset:path}"): PUBLIC,
     # Enrollment: the join token inside the sealed request is the credential.
     ("GET", "/v1/enroll/key"): PUBLIC,
     ("POST", "/v1/enroll/challenge"): PUBLIC,
@@ -184,6 +189,7 @@ class World:
             "/v1/policies/{version}/rollback": "/v1/policies/1/rollback",
             "/v1/stream": stream_path(0, 0),
             "/v1/sync": sync_path(0, 0),
+            "/ui/{asset:path}": "/ui/app.js",
         }.get(template, template)
 
     def body(self, method: str, template: str) -> Any:

@@ -13,7 +13,8 @@ stays answerable (its answer may still be arriving, being repaired). Retries wai
 ``RETRY_RTT_FACTOR`` round trips once one is measured (from COOKIE answers and CONFIRM
 acknowledgements), are put off while fragments or NACKs show an exchange under way, and
 back off only while the peer is silent. The attempt ends with a session, or with
-``handshake_failed`` after ``REKEY_ATTEMPT_TIME``.
+``handshake_failed`` after ``REKEY_ATTEMPT_TIME`` (its ``rekey`` field: a session existed
+when the attempt began, so a rekey failed).
 
 A NO_SESSION from the peer that echoes a packet we recently sent on our current session
 means it lost that session (it restarted): we start a handshake at once (or hurry the
@@ -287,6 +288,7 @@ class InitiatorRole:
                         "addr": addr_label(peer.addr),
                         "attempts": att.attempts,
                         "reason": "timeout",
+                        "rekey": att.rekey,  # a session existed: a failed rekey
                         "queued_dropped": dropped,
                     },
                 )
@@ -462,6 +464,7 @@ class InitiatorRole:
         (``PeerTable.hold_revoked``)."""
         att = peer.attempt
         attempts = att.attempts if att is not None else 0
+        rekey = att.rekey if att is not None else peer.current is not None
         self._table.cancel(peer)
         peer.cert_der = None
         peer.failures += 1
@@ -479,6 +482,7 @@ class InitiatorRole:
                     "addr": addr_label(peer.addr),
                     "attempts": attempts,
                     "reason": "revoked",
+                    "rekey": rekey,
                     "queued_dropped": dropped,
                     "hold": round(hold.until - now, 3),
                 },

@@ -16,9 +16,11 @@ from x0tta6bl4.control.bus import make_bus
 from x0tta6bl4.control.ca import ControlCA
 from x0tta6bl4.control.context import ControlContext
 from x0tta6bl4.control.db import Database
+from x0tta6bl4.control.metrics import ControlGauges
 from x0tta6bl4.control.nodeauth import ReplayGuard
 from x0tta6bl4.control.push import Pusher
 from x0tta6bl4.control.settings import ControlSettings
+from x0tta6bl4.observability import tracing
 
 log = structlog.get_logger("x0tta6bl4.control")
 
@@ -30,6 +32,9 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+        # Both no-ops unless OTEL_* variables turned tracing on (serve_app).
+        tracing.instrument_sqlalchemy(db.engine.sync_engine)
+        tracing.instrument_redis()
         await db.migrate()
         ca = ControlCA.open(settings.resolved_ca_dir, settings.trust_domain)
         bus = make_bus(settings.redis_url)
@@ -42,15 +47,21 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         await _first_revocation_list(db, ca)
         await pusher.start()
         app.state.ctl = c
+        gauges = ControlGauges(c)
+        gauges.start()
         log.info(
             "control_plane_started", database=db.url.split("@")[-1], trust_domain=ca.ca.trust_domain
         )
         try:
             yield
         finally:
+            await gauges.close()
             await pusher.close()
             await bus.close()
             await db.close()
+            # uvicorn re-raises SIGTERM once shut down, so exit handlers never run: the
+            # buffered spans leave now.
+            tracing.flush()
 
     app = FastAPI(
         title="x0tta6bl4 control plane",
@@ -94,6 +105,12 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         )
 
     _document_validation_errors(app)
+    from x0tta6bl4.control.hotreads import HotReads
+
+    app.add_middleware(HotReads)
+    from x0tta6bl4.control.metrics import RequestMetrics
+
+    app.add_middleware(RequestMetrics)  # added last, so outermost: HotReads' answers count
     from x0tta6bl4.control.routers import health
 
     app.include_router(health.router)
@@ -116,7 +133,27 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     app.include_router(policies.router)
     app.include_router(revocations.router)
     app.include_router(stream.router)
+    from x0tta6bl4.control.routers import ui
+
+    app.include_router(ui.router)  # the topology page (/ui/)
+    tracing.instrument_fastapi(app)
     return app
+
+
+def serve_app() -> FastAPI:
+    """uvicorn's factory for ``x0t serve``, run in every worker process: logs
+    (``X0T_LOG_FORMAT``, ``X0T_LOG_LEVEL``) and, when ``OTEL_*`` variables ask for it,
+    tracing; then the app."""
+    import logging
+
+    from x0tta6bl4.observability.logging import configure_logging
+
+    settings = ControlSettings()
+    configure_logging(json=settings.log_format == "json", level=settings.log_level.upper())
+    # Alembic lists its plugins at INFO on every start; its migration lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    tracing.setup_tracing("x0tta6bl4-control")
+    return create_app(settings)
 
 
 def _replay_guard(db: Database, bus: object) -> ReplayGuard:

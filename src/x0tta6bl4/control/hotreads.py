@@ -59,7 +59,19 @@ class HotReads:
                 )
                 await send({"type": "http.response.body", "body": body})
                 return
-        await self.app(scope, receive, send)
+        if self._route is not None:
+            await self.app(scope, receive, send)
+            return
+
+        async def learn(message: Any) -> None:
+            # The route, learned from the router as it answers (FastAPI nests included
+            # routes, so app.routes may not list it): before any read from the cache
+            # this answer may have filled.
+            if self._route is None and getattr(scope.get("route"), "path", None) == _ROUTE_PATH:
+                self._route = scope["route"]
+            await send(message)
+
+        await self.app(scope, receive, learn)
 
     def _cached(self, scope: Any) -> bytes | None:
         from x0tta6bl4.control.routers.nodes import cached_detail

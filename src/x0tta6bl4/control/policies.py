@@ -302,6 +302,7 @@ class PolicyDoc:
     version: int
     signed: bytes
     frame: bytes  # the ``policy`` event, ready to write to every stream
+    created_at: float  # stored (just before its commit): where the push lag starts
 
     @property
     def pushed(self) -> PushedPolicy:
@@ -314,6 +315,7 @@ class CrlDoc:
     pem: bytes
     frame: bytes
     crl: RevocationList
+    created_at: float
 
     @property
     def pushed(self) -> PushedCrl:
@@ -347,15 +349,19 @@ class PushDocs:
             if doc is not None:
                 return doc
             async with db.session() as s:
-                signed = (
+                row = (
                     await s.execute(
-                        select(PolicyVersion.signed).where(PolicyVersion.version == version)
+                        select(PolicyVersion.signed, PolicyVersion.created_at).where(
+                            PolicyVersion.version == version
+                        )
                     )
-                ).scalar_one_or_none()
-            if signed is None:
+                ).one_or_none()
+            if row is None:
                 return None
+            signed, created_at = row
             wire = PushedPolicy(version, signed).to_wire()
-            doc = PolicyDoc(version, signed, _frame(EVENT_POLICY, wire, {**wire, "signed": None}))
+            frame = _frame(EVENT_POLICY, wire, {**wire, "signed": None})
+            doc = PolicyDoc(version, signed, frame, created_at)
             _remember(self._policies, version, doc)
             return doc
 
@@ -368,17 +374,20 @@ class PushDocs:
             if doc is not None:
                 return doc
             async with db.session() as s:
-                pem_text = (
+                row = (
                     await s.execute(
-                        select(RevocationListRow.pem).where(RevocationListRow.version == version)
+                        select(RevocationListRow.pem, RevocationListRow.created_at).where(
+                            RevocationListRow.version == version
+                        )
                     )
-                ).scalar_one_or_none()
-            if pem_text is None:
+                ).one_or_none()
+            if row is None:
                 return None
-            pem = pem_text.encode()
+            pem = row[0].encode()
             crl = await asyncio.to_thread(RevocationList.from_pem, pem, ca.ca.certificate)
             wire = PushedCrl(version, pem).to_wire()
-            doc = CrlDoc(version, pem, _frame(EVENT_CRL, wire, {**wire, "pem": None}), crl)
+            frame = _frame(EVENT_CRL, wire, {**wire, "pem": None})
+            doc = CrlDoc(version, pem, frame, crl, row[1])
             _remember(self._crls, version, doc)
             return doc
 

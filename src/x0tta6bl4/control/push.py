@@ -20,6 +20,8 @@ import structlog
 from sqlalchemy import func, select
 
 from x0tta6bl4.control.models import PolicyVersion, RevocationListRow
+from x0tta6bl4.observability import tracing
+from x0tta6bl4.observability.metrics import record_push_streams
 
 log = structlog.get_logger("x0tta6bl4.control.push")
 
@@ -55,6 +57,7 @@ class Pusher:
         self.stats = PushStats()
 
     async def start(self) -> None:
+        record_push_streams(len(self._subscribers))
         await self._refresh()
         await self._bus.start(self._on_bus)
         self._task = asyncio.create_task(self._poll(), name="pusher")
@@ -68,8 +71,11 @@ class Pusher:
     async def changed(self, kind: str) -> None:
         """Called by the replica that made a change, after its commit: refresh here and
         tell the others."""
-        await self._refresh()
-        await self._bus.publish({"kind": kind, **_as_dict(self.versions)})
+        with tracing.span("x0t.push.publish", kind=kind) as sp:
+            await self._refresh()
+            sp.set_attribute("x0t.policy_version", self.versions.policy)
+            sp.set_attribute("x0t.crl_version", self.versions.crl)
+            await self._bus.publish({"kind": kind, **_as_dict(self.versions)})
 
     async def _on_bus(self, message: dict[str, Any]) -> None:
         self.stats.bus_messages += 1
@@ -109,11 +115,13 @@ class Pusher:
         q: asyncio.Queue[Versions] = asyncio.Queue(_SUBSCRIBER_QUEUE)
         self._subscribers.add(q)
         self.stats.subscribers = len(self._subscribers)
+        record_push_streams(self.stats.subscribers)
         try:
             yield q
         finally:
             self._subscribers.discard(q)
             self.stats.subscribers = len(self._subscribers)
+            record_push_streams(self.stats.subscribers)
 
 
 def _as_dict(v: Versions) -> dict[str, int]:

@@ -45,6 +45,14 @@ class ControlSettings(BaseSettings):
     # A replica with no bus message rechecks pushed state this often (the fallback when
     # Redis is down, and what bounds cross-replica lag then).
     push_poll_s: float = Field(default=1.0, gt=0, le=60)
+    log_format: str = Field(default="json", pattern="^(json|console)$")
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    metrics_refresh_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often the inventory gauges (certificates, nodes) are recounted.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

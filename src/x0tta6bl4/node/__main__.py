@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         from x0tta6bl4.node.agent import run_agent
         from x0tta6bl4.node.runsettings import RunSettings
         from x0tta6bl4.observability.logging import configure_logging
+        from x0tta6bl4.observability.tracing import setup_tracing
 
         settings = RunSettings.from_json(args[0])
         configure_logging(json=settings.log.format == "json", level=settings.log.level.upper())
+        # Loads OpenTelemetry only when OTEL_* variables turn tracing on.
+        setup_tracing("x0tta6bl4-node")
         run_agent(settings)
     except X0tError as exc:
         sys.stderr.write(f"error: {exc}\n")

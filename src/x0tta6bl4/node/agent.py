@@ -48,14 +48,27 @@ from x0tta6bl4.node.state import (
     StateDir,
     StateError,
 )
+from x0tta6bl4.node.tun import VNET_HDR_LEN
 from x0tta6bl4.node.udp import UdpRunner
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import record_policy_decision
 from x0tta6bl4.policy import Decision, Proto, SignedPolicy, Subject, accept_policy
 from x0tta6bl4.policy.types import DEFAULT_DENY
-from x0tta6bl4.sansio import CertificateRenewed, Deliver, Event, RevocationListUpdated
+from x0tta6bl4.sansio import (
+    Action,
+    CertificateRenewed,
+    Deliver,
+    Event,
+    LinkDown,
+    LinkDownReason,
+    LinkUp,
+    RevocationListUpdated,
+)
 
 log = structlog.get_logger("x0tta6bl4.node")
 
+# A neighbour that left (LEAVE) or was revoked: its per-peer series go (``forget_link``).
+_GONE: Final = frozenset({LinkDownReason.LEFT, LinkDownReason.REVOKED})
 HOUSEKEEPING_INTERVAL: Final = 0.5
 """Seconds between seqno lease checks, metric refreshes, peer-cache saves and runtime
 stats for healing."""
@@ -99,6 +112,10 @@ class Agent:
         self.trace_subscribers: set[asyncio.Queue[tuple[float, str, dict[str, Any]]]] = set()
         self.probe_waiters: dict[str, list[asyncio.Future[tuple[float, int]]]] = {}
         self.counters: dict[str, int] = {}
+        # Data-plane payloads (tx packets, tx bytes, rx packets, rx bytes) since the last
+        # housekeeping: plain integers on the hot path, flushed to Prometheus there.
+        self._dataplane = [0, 0, 0, 0]
+        self._departed: set[str] = set()  # left or revoked neighbours: no link series
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._runner: UdpRunner | None = None
@@ -198,7 +215,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         core = self._build_core(loop)
         self._core = core
-        runner = UdpRunner(core, on_deliver=self._on_deliver, on_event=self._on_event)
+        runner = UdpRunner(
+            core,
+            on_deliver=self._on_deliver,
+            on_event=self._on_event,
+            on_control=self._on_control,
+        )
         self._runner = runner
         if self.crl is not None:  # the core holds the agent's list from the start
             runner.apply(core.handle(runner.now, RevocationListUpdated(self.crl)))
@@ -224,6 +246,7 @@ class Agent:
                 loop.add_signal_handler(sig, self.stop)
             await api.start(self.settings.api_socket)
             metrics_server = self._start_metrics()
+            self._record_metrics()
             log.info(
                 "node_started",
                 node=self.name,
@@ -561,15 +584,32 @@ class Agent:
             )
 
     def _record_metrics(self) -> None:
+        from x0tta6bl4 import __version__
         from x0tta6bl4.observability import metrics as m
 
-        obs = self.mesh.observe(self.runner.now)
+        mesh = self.mesh
+        obs = mesh.observe(self.runner.now)
         for link in obs.links.values():
-            m.record_link(link)
+            if link.peer not in self._departed:
+                m.record_link(link)
         m.record_routes(obs.routes)
         m.record_drops(
             {k: v for k, v in obs.counters.items() if k in DROP_COUNTERS}, source=self.name
         )
+        m.record_build_info("node", __version__)
+        m.record_mesh_state(
+            sum(1 for link in obs.links.values() if link.alive),
+            _established(mesh.links),
+            _established(mesh.e2e),
+        )
+        dp = self._dataplane
+        m.record_dataplane(dp[0], dp[1], dp[2], dp[3])
+        self._dataplane = [0, 0, 0, 0]
+        m.record_certificate_expiry("node", self.creds.cert.not_after)
+        if self.crl is not None:
+            m.record_revocation_list("node", self.crl.version, self.crl.next_update)
+        if self.policy is not None:
+            m.record_policy_version("node", self.policy.version)
 
     def _save_peers(self) -> None:
         current = dict(self._saved_peers)
@@ -604,6 +644,10 @@ class Agent:
                 self.count("trace_subscriber_overflow")
                 continue
             q.put_nowait(item)
+        if "handshake_" in ev.kind:  # a few per peer and rekey interval
+            log.debug(ev.kind, **ev.fields)
+            if tracing.enabled():
+                tracing.record_handshake_event(ev.kind, ev.fields, item[0])
         if ev.kind == "probe_ok":
             dst = str(ev.fields.get("dst"))
             result = self.mesh.echo_results.get(dst)
@@ -615,15 +659,37 @@ class Agent:
 
             record_handshake(str(ev.fields.get("role", "?")), "ok")
         elif ev.kind.endswith("handshake_failed"):
-            from x0tta6bl4.observability.metrics import record_handshake
+            from x0tta6bl4.observability import metrics as m
 
-            record_handshake(str(ev.fields.get("role", "?")), "failed")
+            # Only an attempt this node started can fail this way (the initiator's).
+            m.record_handshake("initiator", "failed")
+            m.record_handshake_failure(str(ev.fields.get("reason", "unknown")))
+            if ev.fields.get("rekey") is True:
+                m.record_rekey(False)
+        elif ev.kind.endswith("session_rekeyed"):
+            from x0tta6bl4.observability.metrics import record_rekey
+
+            record_rekey(True)
+
+    def _on_control(self, action: Action) -> None:
+        # A link up or down changes the topology operators watch: report it now.
+        if type(action) in (LinkUp, LinkDown) and self.control is not None:
+            self.control.on_link_change()
+        if type(action) is LinkDown and action.reason in _GONE:
+            from x0tta6bl4.observability.metrics import forget_link
+
+            self._departed.add(action.peer)  # its link series go until it is back
+            forget_link(action.peer)
+        elif type(action) is LinkUp:
+            self._departed.discard(action.peer)
 
     def _on_healing_event(self, ev: HealingEvent) -> None:
         from x0tta6bl4.observability.metrics import record_self_healing_event
 
         self.healing_events.append(ev)
         record_self_healing_event(ev)
+        if tracing.enabled():
+            tracing.record_healing_event(ev, time.time() - self.runner.now)
         if self.control is not None:
             self.control.on_healing_event(
                 ev.kind,
@@ -650,6 +716,9 @@ class Agent:
         self.counters[what] = self.counters.get(what, 0) + 1
 
     def _on_deliver(self, d: Deliver) -> None:
+        dp = self._dataplane
+        dp[2] += 1
+        dp[3] += len(d.payload) - (VNET_HDR_LEN if d.port == IP_PORT else 0)
         if d.port == IP_PORT:
             if self.tun is not None:
                 self.tun.inbound(d.src, self.peer_identity(d.src), d.payload)
@@ -714,6 +783,9 @@ class Agent:
         """Raises MessageTooLarge / ValueError / ProtocolError with a clear message."""
         runner = self.runner
         runner.apply(self.mesh.send_app(runner.now, dst, port, payload))
+        dp = self._dataplane
+        dp[0] += 1
+        dp[1] += len(payload) - (VNET_HDR_LEN if port == IP_PORT else 0)
 
     async def ping(self, dst: str, timeout: float) -> tuple[float, int] | None:
         loop = asyncio.get_running_loop()
@@ -807,6 +879,16 @@ class Agent:
             "ipv6": str(node_overlay_ipv6(self.bundle.trust_domain, self.name)),
             "ipv4": self.settings.tun.ipv4 or None,
         }
+
+
+def _established(endpoint: Any) -> int:
+    """Established sessions of a ``SecureEndpoint`` (the mesh's links or e2e)."""
+    n = 0
+    for addr in endpoint.peers():
+        info = endpoint.peer(addr)
+        if info is not None and info.established:
+            n += 1
+    return n
 
 
 def run_agent(settings: RunSettings | Any) -> None:

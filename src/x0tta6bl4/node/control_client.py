@@ -12,7 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from x0tta6bl4.api.signing import sign_request
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.errors import X0tError
+from x0tta6bl4.observability import tracing
 
 # Bodies larger than this from the service are refused (a signed policy, a CRL, an
 # enrollment result are all well under it).
@@ -70,6 +71,7 @@ class ControlClient:
             headers["Content-Type"] = "application/json"
         if signer is not None:
             headers.update(sign_request(signer.key, signer.serial, method, path, body))
+        tracing.inject(headers)  # traceparent while tracing is on: one trace across both
         return headers
 
     def request(
@@ -112,11 +114,17 @@ class ControlClient:
         return decoded
 
     def events(
-        self, path: str, *, signer: Signer | None = None, timeout: float = 30.0
+        self,
+        path: str,
+        *,
+        signer: Signer | None = None,
+        timeout: float = 30.0,
+        on_keepalive: Callable[[], None] | None = None,
     ) -> Iterator[tuple[str, Any]]:
         """Server-sent events from ``path`` as ``(event, decoded JSON data)``; returns when
         the stream ends, raises ControlError when it cannot start or goes quiet for longer
-        than ``timeout`` (the service sends keep-alive comments well within it)."""
+        than ``timeout`` (the service sends keep-alive comments well within it, each
+        reported to ``on_keepalive``, called in the reading thread)."""
         full = self._base + path
         conn = self._connection(timeout)
         try:
@@ -141,8 +149,9 @@ class ControlClient:
                     if decoded is not None:  # a malformed event is skipped
                         yield event, decoded[0]
                     event, lines = "message", []
-                elif line.startswith(":"):
-                    continue  # keep-alive comment
+                elif line.startswith(":"):  # keep-alive comment
+                    if on_keepalive is not None:
+                        on_keepalive()
                 elif line.startswith("event:"):
                     event = line[6:].strip()
                 elif line.startswith("data:"):

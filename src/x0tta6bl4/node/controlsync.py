@@ -63,6 +63,10 @@ class ControlSync:
     def on_healing_event(self, kind: str, at: float, detail: dict[str, Any]) -> None:
         self.reporter.add_event(kind, at, detail)
 
+    def on_link_change(self) -> None:
+        """A link went up or down: the topology operators see should show it now."""
+        self.reporter.report_soon()
+
     def _on_policy(self, signed: bytes, version: int) -> None:
         self.agent.apply_policy(signed, source="control plane")
 

@@ -60,6 +60,7 @@ from x0tta6bl4.identity.verify import verify_node_certificate
 from x0tta6bl4.node.control_client import ControlClient
 from x0tta6bl4.node.runsettings import parse_host_port
 from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, POLICY_FILE, StateDir
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.policy.signed import SignedPolicy
 
 KEY_PATH = "/v1/enroll/key"
@@ -176,6 +177,22 @@ def join(
     the node.csr ``x0t node init`` wrote, if any. Raises JoinError (refusals, a wrong
     key), ControlError (HTTP), TokenFormatError; writes nothing unless it succeeds.
     """
+    with tracing.span("x0t.node.join", node=name) as sp:
+        result = _join(url, token_text, state_dir, name, tags, client=client, now=now)
+        sp.set_attribute("x0t.serial", format(result.serial, "x"))
+        return result
+
+
+def _join(
+    url: str,
+    token_text: str,
+    state_dir: Path,
+    name: str,
+    tags: Iterable[str] | None,
+    *,
+    client: ControlClient | None,
+    now: float | None,
+) -> JoinResult:
     token = JoinTokenText.parse(token_text)
     validate_name(name)
     state = StateDir(Path(state_dir))

@@ -37,6 +37,7 @@ from x0tta6bl4.identity.store import NODE_CERT_FILE, NodeCredentials
 from x0tta6bl4.identity.verify import verify_node_certificate
 from x0tta6bl4.node.control_client import ControlClient, ControlError, Signer
 from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, StateDir
+from x0tta6bl4.observability import tracing
 
 log = structlog.get_logger("x0tta6bl4.node.renew")
 
@@ -164,7 +165,11 @@ class Renewer:
         """Renew now (whether due or not), write it, then call ``on_new_certificate``.
         Raises ControlError (unreachable, refused) or RenewalError; on any error the
         working certificate is untouched."""
-        new = await asyncio.to_thread(self._renew_blocking)
+        # to_thread copies the context: the signed request carries this span's traceparent.
+        with tracing.span("x0t.node.renew", rotate_keys=self.rotate_keys) as sp:
+            new = await asyncio.to_thread(self._renew_blocking)
+            sp.set_attribute("x0t.node", new.name)
+            sp.set_attribute("x0t.serial", format(new.serial, "x"))
         self.renewals += 1
         self.last_error = None
         log.info("certificate_renewed", serial=format(new.serial, "x"), not_after=new.not_after)

@@ -8,6 +8,12 @@ event once per ``(node, kind, at)``, so a resend after a lost answer is harmless
 the buffer is full the oldest events are dropped and counted, and the next accepted
 report says how many (``reporter.events_dropped``).
 
+``report_soon()`` (the agent calls it when a link goes up or down) sends the next report
+at once instead of at the end of the interval, so the control plane's topology shows a
+dead neighbour within the dead interval plus one request rather than up to a whole
+interval later. Prompt reports are at least ``MIN_PROMPT_GAP_S`` apart (a flapping link
+cannot flood the service) and never cut a failure backoff short.
+
 The control plane being down never stops the node: failures back off exponentially
 (jittered, up to ``max_backoff``) and are logged once per outage, not once per try.
 Standard library only on the running agent's side (no pydantic): the request goes
@@ -17,6 +23,7 @@ through ``ControlClient`` in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import OrderedDict
@@ -28,6 +35,7 @@ import structlog
 
 from x0tta6bl4.api import reports as wire
 from x0tta6bl4.node.control_client import ControlClient, ControlError, Signer
+from x0tta6bl4.observability.metrics import record_control_sync
 
 log = structlog.get_logger("x0tta6bl4.node.reporter")
 
@@ -42,6 +50,9 @@ _SEEN_MAX = 4096
 # so its events are dropped (and counted) instead of blocking every later report.
 _REFUSED = frozenset({400, 413, 422})
 _BACKLOG_DELAY_S = 0.05
+# Prompt reports (link changes) come at least this far apart; changes in between ride
+# along in the next one.
+MIN_PROMPT_GAP_S = 0.2
 
 SignerSource = Signer | Callable[[], Signer | None] | None
 
@@ -87,6 +98,8 @@ class Reporter:
         self._pending: OrderedDict[int, wire.EventDict] = OrderedDict()
         self._seq = 0
         self._dropped_unreported = 0
+        self._wake: asyncio.Event | None = None  # made in run(), on the agent's loop
+        self._last_report_at = float("-inf")  # time.monotonic() of the last attempt
         # (kind, detail) -> times seen; and (kind, at) pairs taken, so two different
         # events never share the service's (kind, at) key.
         self._seen: OrderedDict[tuple[Any, ...], list[float]] = OrderedDict()
@@ -192,6 +205,7 @@ class Reporter:
                 "control_plane_reports_resumed", after_failures=self.stats.consecutive_failures
             )
         self.stats.reports_sent += 1
+        record_control_sync("report", time.time())
         self.stats.consecutive_failures = 0
         self.stats.last_ok_at = self._clock()
         self.stats.last_error = None
@@ -223,11 +237,28 @@ class Reporter:
         base = min(self.max_backoff, self.report_interval * 2.0 ** max(n - 1, 0))
         return base * self._rng.uniform(0.8, 1.2)
 
+    def report_soon(self) -> None:
+        """Send the next report now rather than at the end of the interval (something the
+        control plane shows changed: a link went up or down). Call from the loop that
+        runs ``run()``; a no-op before it starts and while backing off after failures."""
+        if self._wake is not None and self.stats.consecutive_failures == 0:
+            self._wake.set()
+
     async def run(self) -> None:
         """Report until cancelled. The first report goes within one interval."""
+        self._wake = wake = asyncio.Event()
         delay = self.report_interval * self._rng.uniform(0.0, 0.2)
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            if wake.is_set():
+                wake.clear()
+                # Keep prompt reports apart; what changes meanwhile goes in this one.
+                gap = self._last_report_at + MIN_PROMPT_GAP_S - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                    wake.clear()
+            self._last_report_at = time.monotonic()
             ok = await self.report_once()
             delay = self.next_delay(ok)
 
@@ -331,4 +362,4 @@ def report_from_status(
     }
 
 
-__all__ = ["DROPPED_KIND", "Reporter", "ReporterStats", "report_from_status"]
+__all__ = ["DROPPED_KIND", "MIN_PROMPT_GAP_S", "Reporter", "ReporterStats", "report_from_status"]

@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ from x0tta6bl4.api.push import (
     sync_path,
 )
 from x0tta6bl4.node.control_client import ControlClient, ControlError, Signer
+from x0tta6bl4.observability.metrics import record_control_sync
 
 log = structlog.get_logger("x0tta6bl4.node.stream")
 
@@ -157,7 +159,10 @@ class PushClient:
             error: str | None = None
             try:
                 for event, data in self._client.events(
-                    path, signer=signer, timeout=self._stream_timeout
+                    path,
+                    signer=signer,
+                    timeout=self._stream_timeout,
+                    on_keepalive=_stream_alive,
                 ):
                     if stop.is_set():
                         return
@@ -181,6 +186,7 @@ class PushClient:
                         self.stats.last_error = data
                     log.info("push_stream_down", error=data or "closed by the service")
                     return established
+                record_control_sync("stream", time.time())
                 if event == EVENT_HELLO:
                     established = self._on_hello(data) or established
                     continue
@@ -249,6 +255,7 @@ class PushClient:
         except PushFormatError as exc:
             self._malformed("sync", exc)
             return False
+        record_control_sync("poll", time.time())
         if result.policy is not None:
             await self._take_policy(result.policy, fetch=False)
         if result.crl is not None:
@@ -306,6 +313,11 @@ class PushClient:
         self.stats.callback_errors += 1
         self.stats.last_error = f"{kind} {version}: {exc}"
         log.error("push_apply_failed", kind=kind, version=version, error=str(exc))
+
+
+def _stream_alive() -> None:
+    # In the stream's reading thread: a keep-alive proves the stream is current.
+    record_control_sync("stream", time.time())
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:

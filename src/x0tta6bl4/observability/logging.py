@@ -12,14 +12,30 @@ from typing import Any
 
 import structlog
 
+from x0tta6bl4.observability import tracing
+
+_PARAMETER_LOGGERS = ("aiosqlite",)
+
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so a second configure_logging replaces it instead of adding another."""
 
 
+def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """``trace_id`` and ``span_id`` of the current span, so a log line leads to its trace
+    (one attribute test while tracing is off)."""
+    if tracing.enabled():
+        ids = tracing.current_ids()
+        if ids is not None:
+            event_dict.setdefault("trace_id", ids[0])
+            event_dict.setdefault("span_id", ids[1])
+    return event_dict
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -70,3 +86,7 @@ def configure_logging(json: bool, level: int | str = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # aiosqlite's DEBUG lines repeat every SQL statement with its parameters: a flood, and
+    # values that have no place in logs. Held at INFO whatever the level.
+    for name in _PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -22,6 +22,8 @@ from x0tta6bl4.api.enroll import (
 from x0tta6bl4.control import enroll as logic
 from x0tta6bl4.control.context import ctx
 from x0tta6bl4.control.nodeauth import NodeCaller, authenticated_node
+from x0tta6bl4.observability import tracing
+from x0tta6bl4.observability.metrics import record_enrollment, record_renewal
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
 log = structlog.get_logger("x0tta6bl4.control.enroll")
@@ -69,11 +71,18 @@ async def enroll(body: SealedRequest, request: Request) -> SealedMessage:
     """No API key: the join token inside the sealed request is the credential. Nothing
     is written unless the CSR, the ticket, the KEM proof and the token all check out."""
     c = ctx(request)
-    try:
-        done = await logic.enroll(c, body, str(request.base_url).rstrip("/"), time.time())
-    except logic.Refused as exc:
-        log.info("enroll_refused", status=exc.status, detail=exc.detail)
-        raise _http(exc) from None
+    # The node's name is inside the sealed request: known only once it opened.
+    with tracing.span("x0t.enroll") as sp:
+        try:
+            done = await logic.enroll(c, body, str(request.base_url).rstrip("/"), time.time())
+        except logic.Refused as exc:
+            record_enrollment(False)
+            log.info("enroll_refused", status=exc.status, detail=exc.detail)
+            sp.set_attribute("x0t.refused", exc.status)
+            raise _http(exc) from None
+        record_enrollment(True)
+        sp.set_attribute("x0t.node", done.name)
+        sp.set_attribute("x0t.serial", done.serial)
     log.info("node_enrolled", node=done.name, serial=done.serial, token=done.token_id)
     return done.sealed
 
@@ -91,9 +100,13 @@ async def renew(
     """Node-signed (its current, unrevoked, unexpired certificate). The CSR names the
     caller and exactly its current tags; it may carry new keys. The old certificate
     stays valid until it expires."""
-    try:
-        result = await logic.renew(ctx(request), caller, body, time.time())
-    except logic.Refused as exc:
-        raise _http(exc) from None
+    with tracing.span("x0t.renew", node=caller.name, previous_serial=caller.serial) as sp:
+        try:
+            result = await logic.renew(ctx(request), caller, body, time.time())
+        except logic.Refused as exc:
+            record_renewal(False)
+            sp.set_attribute("x0t.refused", exc.status)
+            raise _http(exc) from None
+    record_renewal(True)
     log.info("node_renewed", node=caller.name, previous=caller.serial)
     return result

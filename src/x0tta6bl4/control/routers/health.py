@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from x0tta6bl4.control.context import ctx
+from x0tta6bl4.observability.metrics import record_dependency
 
 router = APIRouter(tags=["health"])
 
@@ -25,6 +26,9 @@ async def ready(request: Request) -> JSONResponse:
     c = ctx(request)
     db_error = await c.db.ping()
     bus_error = await c.bus.ping()
+    record_dependency("database", db_error is None)
+    if c.settings.redis_url:
+        record_dependency("redis", bus_error is None)
     body: dict[str, Any] = {
         "status": "ready" if db_error is None else "not_ready",
         "database": "ok" if db_error is None else db_error,
@@ -38,7 +42,14 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics of this replica")
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    from x0tta6bl4.control.metrics import record_pool
+    from x0tta6bl4.observability.metrics import REGISTRY
+
+    record_pool(ctx(request).db)  # the pool as it is at the scrape
+
+    # Our registry: every metric of observability/ is declared there (the global one of
+    # prometheus_client holds only its process collectors).
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

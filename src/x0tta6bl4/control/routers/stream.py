@@ -33,6 +33,8 @@ from x0tta6bl4.api.push import (
 from x0tta6bl4.control.context import ControlContext, ctx
 from x0tta6bl4.control.nodeauth import NodeCaller, authenticated_node
 from x0tta6bl4.control.policies import REASON_NAMES, PushDocs, latest_versions, push_docs
+from x0tta6bl4.observability import tracing
+from x0tta6bl4.observability.metrics import record_push
 
 log = structlog.get_logger("x0tta6bl4.control.stream")
 
@@ -70,22 +72,30 @@ class _Stream:
         self.crl = crl
         self.ended = False
 
-    async def catch_up(self) -> list[bytes]:
+    async def catch_up(self, *, news: bool = False) -> list[bytes]:
         """Frames for what is newer than the node holds; ``revoked`` last when the
-        current list names the stream's certificate."""
+        current list names the stream's certificate. ``news``: woken by a change (its
+        push lag is observed), not catching up a node that connected behind."""
         v = self.c.pusher.versions
         out: list[bytes] = []
+        t0 = time.time()
         if v.policy > self.policy:
             doc = await self.docs.policy(self.c.db, v.policy)
             if doc is not None:
                 out.append(doc.frame)
                 self.policy = v.policy
+                record_push("policy", time.time() - doc.created_at if news else None)
+                _trace_push(self.caller, "policy", v.policy, t0, doc.created_at if news else None)
         if v.crl > 0:
             crl = await self.docs.crl(self.c.db, self.c.ca, v.crl)
             if crl is not None:
                 if v.crl > self.crl:
                     out.append(crl.frame)
                     self.crl = v.crl
+                    record_push("revocation", time.time() - crl.created_at if news else None)
+                    _trace_push(
+                        self.caller, "revocation", v.crl, t0, crl.created_at if news else None
+                    )
                 entry = crl.entry(self.caller.serial)
                 if entry is not None:
                     reason = REASON_NAMES.get(entry.reason, entry.reason.value)
@@ -120,8 +130,27 @@ class _Stream:
                 # The queue only wakes us: the pusher's versions are the newest.
                 while not q.empty():
                     q.get_nowait()
-                for frame in await self.catch_up():
+                for frame in await self.catch_up(news=True):
                     yield frame
+
+
+def _trace_push(
+    caller: NodeCaller, kind: str, version: int, start: float, committed: float | None
+) -> None:
+    """A span per document written to a node's stream; its own trace, linked to the
+    stream's request (which lasts as long as the stream)."""
+    if tracing.enabled():
+        tracing.record_span(
+            "x0t.push",
+            start=start,
+            end=time.time(),
+            new_trace=True,
+            kind=kind,
+            version=version,
+            node=caller.name,
+            serial=caller.serial,
+            lag_s=None if committed is None else round(time.time() - committed, 6),
+        )
 
 
 async def _guarded(stream: _Stream) -> AsyncIterator[bytes]:

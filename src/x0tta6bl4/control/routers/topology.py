@@ -1,5 +1,13 @@
 """``GET /v1/topology``: the mesh as the nodes last reported it, and optionally the path
-traffic from one node to another takes now (following each hop's reported next hop)."""
+traffic from one node to another takes now (following each hop's reported next hop).
+
+A killed node sends nothing more, so its own last report still says its links are up.
+Its neighbours notice within the dead interval (0.4 s) and report at once (the reporter
+sends a report on every link change), so the newer reports win: a link whose other end
+reported it dead, or stopped listing it, after this end's last report is down, and a
+node all of whose reporting neighbours say so is ``down``. Reports are ordered by when
+the service received them (``nodes.last_seen``, one clock), never by the nodes' clocks.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +42,11 @@ class TopologyNode(BaseModel):
     tags: list[str]
     online: bool
     status: str
+    down: bool = Field(
+        description="Every neighbour that reported after this node's last report says its "
+        "link to it is dead (at least one did), while the node's own last report had one "
+        "of those links up: it stopped answering and has not reported since."
+    )
 
 
 class TopologyLink(BaseModel):
@@ -61,9 +74,12 @@ class Topology(BaseModel):
     generated_at: float
 
 
-def merge_links(reports: dict[str, dict[str, Any]]) -> list[TopologyLink]:
+def merge_links(
+    reports: dict[str, dict[str, Any]], received: dict[str, float] | None = None
+) -> list[TopologyLink]:
     """One link per pair of nodes from both ends' neighbour lists; a link only one end
-    reports still shows."""
+    reports still shows. ``received`` (node -> when its latest report arrived): a link
+    that one end dropped from a report newer than the other end's is down."""
     ends: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
     for reporter, rep in reports.items():
         for n in rep.get("neighbours") or []:
@@ -72,9 +88,17 @@ def merge_links(reports: dict[str, dict[str, Any]]) -> list[TopologyLink]:
                 continue
             key = (reporter, other) if reporter < other else (other, reporter)
             ends.setdefault(key, []).append((reporter, n))
+    received = received or {}
     links = []
     for (a, b), seen in sorted(ends.items()):
         rtts = [float(n["rtt_ms"]) for _, n in seen if n.get("rtt_ms") is not None]
+        up = all(bool(n.get("up")) for _, n in seen)
+        if len(seen) == 1:
+            # Only one end lists it: the other end forgot it if it reported since.
+            lister = seen[0][0]
+            silent = b if lister == a else a
+            if received.get(silent, float("-inf")) > received.get(lister, float("inf")):
+                up = False
         links.append(
             TopologyLink(
                 a=a,
@@ -82,20 +106,51 @@ def merge_links(reports: dict[str, dict[str, Any]]) -> list[TopologyLink]:
                 rtt_ms=round(sum(rtts) / len(rtts), 3) if rtts else None,
                 loss=max(float(n.get("loss") or 0.0) for _, n in seen),
                 cost=max(int(n.get("cost") or 0) for _, n in seen),
-                up=all(bool(n.get("up")) for _, n in seen),
+                up=up,
                 reported_by=sorted({r for r, _ in seen}),
             )
         )
     return links
 
 
-def walk_path(reports: dict[str, dict[str, Any]], src: str, dst: str) -> TopologyPath:
+def down_nodes(reports: dict[str, dict[str, Any]], received: dict[str, float]) -> set[str]:
+    """Nodes that stopped answering their neighbours (see ``TopologyNode.down``)."""
+    said_up: dict[str, set[str]] = {}  # node -> neighbours its own last report had up
+    heard: dict[str, list[tuple[str, bool]]] = {}  # node -> (witness, link up) newer
+    for reporter, rep in reports.items():
+        for n in rep.get("neighbours") or []:
+            other = n.get("name")
+            if not isinstance(other, str) or other == reporter:
+                continue
+            if n.get("up"):
+                said_up.setdefault(reporter, set()).add(other)
+            if received.get(reporter, float("-inf")) > received.get(other, float("inf")):
+                heard.setdefault(other, []).append((reporter, bool(n.get("up"))))
+    return {
+        name
+        for name, witnesses in heard.items()
+        if not any(up for _, up in witnesses)
+        and any(w in said_up.get(name, ()) for w, _ in witnesses)
+    }
+
+
+def walk_path(
+    reports: dict[str, dict[str, Any]],
+    src: str,
+    dst: str,
+    down: set[str] | frozenset[str] = frozenset(),
+) -> TopologyPath:
     """Follow each node's reported next hop towards ``dst``; stop at a loop, a node
-    without a report, or one without a route."""
+    without a report, one without a route, or one that is ``down`` (its last report
+    says where traffic went before it died, not where it goes now)."""
     hops = [src]
     seen = {src}
     at = src
     while at != dst:
+        if at in down:
+            return TopologyPath(
+                source=src, to=dst, hops=hops, complete=False, reason=f"{at} is down"
+            )
         rep = reports.get(at)
         if rep is None:
             return TopologyPath(
@@ -161,13 +216,15 @@ async def topology(
             for r in (await conn.execute(select(NodeReport.node_name, NodeReport.report))).all()
         }
     now = time.time()
+    received = {n[0]: n[3] for n in nodes if n[3] is not None}
+    down = down_nodes(reports, received)
     path = None
     if from_ is not None and to is not None:
         known = {n[0] for n in nodes}
         for field, name in (("from", from_), ("to", to)):
             if name not in known:
                 raise HTTPException(404, detail=f"{field}: no node named {name!r}")
-        path = walk_path(reports, from_, to)
+        path = walk_path(reports, from_, to, down)
     return Topology(
         nodes=[
             TopologyNode(
@@ -175,10 +232,11 @@ async def topology(
                 tags=n[1],
                 status=n[2],
                 online=n[3] is not None and now - n[3] <= ONLINE_WINDOW_S,
+                down=n[0] in down,
             )
             for n in nodes
         ],
-        links=merge_links(reports),
+        links=merge_links(reports, received),
         path=path,
         generated_at=now,
     )
