@@ -365,11 +365,16 @@ def test_serve_exports_redis_and_policy_push_spans(
         version = cp.set_policy("version 1\nallow from tag:role:a to tag:role:b port msg/1\n", "t")
 
         def published(spans: list[ReceivedSpan]) -> bool:
-            return any(s.scope == "opentelemetry.instrumentation.redis" for s in spans) and any(
-                s.name == "x0t.push.publish" for s in spans
+            # The request's own span ends after its response, so it may arrive in a
+            # later batch than its children: wait for all three.
+            parents = {s.parent_span_id for s in spans if s.name == "x0t.push.publish"}
+            return (
+                any(s.scope == "opentelemetry.instrumentation.redis" for s in spans)
+                and bool(parents)
+                and any(s.span_id in parents for s in spans)
             )
 
-        spans = collector.wait_for(published, 10.0, "the publish and Redis spans")
+        spans = collector.wait_for(published, 10.0, "the request, publish and Redis spans")
     publish = _one(spans, "publish span", name="x0t.push.publish")
     assert publish.attributes["x0t.kind"] == "policy"
     assert publish.attributes["x0t.policy_version"] == version
