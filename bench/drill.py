@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from tests.control.replicas import http_json as http
+
 if TYPE_CHECKING:
     from bench.report import Suite
 
@@ -215,37 +217,6 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def http(
-    method: str, url: str, body: Any = None, *, key: str | None = None, timeout: float = 10.0
-) -> tuple[int, Any]:
-    """``(status, decoded JSON)``; status 0 when nothing answered."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    try:
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request(method, path, data, headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-    except OSError:
-        return 0, None
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(raw) if raw else None
-    except ValueError:
-        return resp.status, raw.decode(errors="replace")
 
 
 def served_crl_version(server: Server) -> int:
