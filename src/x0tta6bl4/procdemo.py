@@ -14,8 +14,6 @@ neighbours drop it; everything stops, also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 import tempfile
 import threading
 import time
@@ -31,7 +29,7 @@ from x0tta6bl4.errors import X0tError
 from x0tta6bl4.mesh.node import node_id
 from x0tta6bl4.node.client import NodeApiError
 from x0tta6bl4.node.localcontrol import LocalControlPlane
-from x0tta6bl4.node.localmesh import LocalMesh
+from x0tta6bl4.node.localmesh import LocalMesh, free_base_port
 
 NAMES: Final = ["a", "b", "c", "d", "e", "f"]
 # two disjoint three-hop paths a-b-c-f and a-d-e-f, and a chord b-e
@@ -95,21 +93,10 @@ class ProcDemoReport:
 def _free_base_port(n: int) -> int:
     """A port free on 127.0.0.1..n for all n nodes (a demo already running elsewhere, or
     a test, must not collide with us)."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((f"127.0.0.{i + 1}", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise DemoFailed("no free UDP ports on 127.0.0.x")
+    try:
+        return free_base_port(n)
+    except OSError as exc:
+        raise DemoFailed(str(exc)) from None
 
 
 def _path(m: LocalMesh, src: str, dst: str) -> list[str]:

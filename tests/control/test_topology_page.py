@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from x0tta6bl4.node.localcontrol import LocalControlPlane
-from x0tta6bl4.node.localmesh import LocalMesh
+from x0tta6bl4.node.localmesh import LocalMesh, free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -64,26 +62,6 @@ def chromium() -> str:
     return CHROMIUM
 
 
-def _free_base_port(count: int) -> int:
-    """A base port such that 127.0.0.(i+1):base+i is free for UDP for every node i."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 40000)
-        socks: list[socket.socket] = []
-        try:
-            for i in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((f"127.0.0.{i + 1}", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free run of UDP ports found in 50 tries")
-
-
 @pytest.fixture
 def mesh_with_control(tmp_path: Path) -> Iterator[tuple[LocalControlPlane, LocalMesh]]:
     with LocalControlPlane(tmp_path / "control") as cp:
@@ -94,7 +72,7 @@ def mesh_with_control(tmp_path: Path) -> Iterator[tuple[LocalControlPlane, Local
             EDGES,
             tags=tags,
             policy=POLICY,
-            base_port=_free_base_port(len(NAMES)),
+            base_port=free_base_port(len(NAMES)),
             control=cp,
         )
         with mesh:

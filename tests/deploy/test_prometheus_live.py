@@ -28,7 +28,7 @@ import yaml
 
 from tests.deploy.tools import require_tool
 from x0tta6bl4.node.localcontrol import LocalControlPlane, free_port
-from x0tta6bl4.node.localmesh import LocalMesh
+from x0tta6bl4.node.localmesh import LocalMesh, free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -45,27 +45,6 @@ class Stack:
     prometheus_url: str
     control: LocalControlPlane
     mesh: LocalMesh
-
-
-def _ports_free(base: int, count: int) -> bool:
-    """UDP (mesh) and TCP (metrics) port ``base + i`` free on 127.0.0.(i+1)."""
-    for i in range(count):
-        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind((f"127.0.0.{i + 1}", base + i))
-                except OSError:
-                    return False
-    return True
-
-
-def _free_base_port(count: int, avoid: set[int]) -> int:
-    for _ in range(50):
-        base = free_port()
-        span = set(range(base, base + count))
-        if base + count < 65_000 and not span & avoid and _ports_free(base, count):
-            return base
-    raise RuntimeError(f"no run of {count} free ports found in 50 tries")
 
 
 def _shortened_rules(source: Path, target: Path) -> None:
@@ -155,9 +134,12 @@ def stack() -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="x0t-prom-", ignore_cleanup_errors=True) as tmp:
         root = Path(tmp)
         with LocalControlPlane(root / "control") as control:
-            metrics_base = _free_base_port(len(NAMES), {control.port})
-            mesh_base = _free_base_port(
-                len(NAMES), {control.port, *range(metrics_base, metrics_base + len(NAMES))}
+            both = (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+            metrics_base = free_base_port(len(NAMES), both, avoid={control.port})
+            mesh_base = free_base_port(
+                len(NAMES),
+                both,
+                avoid={control.port, *range(metrics_base, metrics_base + len(NAMES))},
             )
             mesh = LocalMesh(
                 root / "mesh",

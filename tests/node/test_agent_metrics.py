@@ -15,37 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from x0tta6bl4 import __version__
 from x0tta6bl4.node.localcontrol import LocalControlPlane
-from x0tta6bl4.node.localmesh import LocalMesh
+from x0tta6bl4.node.localmesh import LocalMesh, free_base_port
 
 pytestmark = pytest.mark.slow
 
 NAMES = ["a", "b"]
 POLICY = "version 1\nallow from tag:role:m to tag:role:m port msg/7000\n"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _free_base(kind: int, count: int, tries: int = 50) -> int:
-    """A port p with p .. p+count-1 free on 127.0.0.1 .. 127.0.0.count (node i listens
-    on 127.0.0.(i+1):p+i)."""
-    for _ in range(tries):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count > 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for i in range(count):
-                t = socket.socket(socket.AF_INET, kind)
-                socks.append(t)
-                t.bind((f"127.0.0.{i + 1}", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free port range on loopback")
 
 
 class Mesh:
@@ -81,8 +57,8 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root: Path = tmp_path_factory.mktemp("metrics")
-    udp = _free_base(socket.SOCK_DGRAM, len(NAMES))
-    tcp = _free_base(socket.SOCK_STREAM, len(NAMES))
+    udp = free_base_port(len(NAMES))
+    tcp = free_base_port(len(NAMES), [socket.SOCK_STREAM], avoid=range(udp, udp + len(NAMES)))
     with LocalControlPlane(root / "control") as cp:
         tags = {n: ["role:m"] for n in NAMES}
         mesh = LocalMesh(

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,41 @@ from x0tta6bl4.node.config import render_template
 from x0tta6bl4.node.localcontrol import LocalControlPlane
 
 BASE_PORT: Final = 17100
+
+
+def free_base_port(
+    count: int,
+    kinds: Iterable[int] = (socket.SOCK_DGRAM,),
+    avoid: Iterable[int] = (),
+    tries: int = 50,
+) -> int:
+    """A port ``p`` such that ``p + i`` is free on 127.0.0.(i+1) for every ``i < count``
+    and socket kind (node i listens there), outside ``avoid``: for meshes that must not
+    collide with one already running (a demo, a test). OSError if none is found."""
+    kinds = tuple(kinds)
+    avoid = set(avoid)
+    for _ in range(tries):
+        with socket.socket(socket.AF_INET, kinds[0]) as probe:
+            probe.bind(("127.0.0.1", 0))  # the kernel's choice: random, and free here
+            base = int(probe.getsockname()[1])
+        if base + count > 65_000 or avoid & set(range(base, base + count)):
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for i in range(count):
+                for kind in kinds:
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind((f"127.0.0.{i + 1}", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError(f"no run of {count} free ports on 127.0.0.x found in {tries} tries")
+
+
 TRUST_DOMAIN: Final = "demo.x0t"
 
 
