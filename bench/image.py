@@ -17,6 +17,10 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.report import Suite
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_SH = REPO / "deploy" / "image.sh"
@@ -40,6 +44,25 @@ def run(quick: bool = False, timeout_s: float = 1800.0) -> dict[str, float]:
         raise RuntimeError(f"podman image inspect {tag}: {inspect.stderr.strip()}")
     size = int(json.loads(inspect.stdout)[0]["Size"])
     return {"image_mb": round(size / 1e6, 1), "image_build_s": round(build_s, 1)}
+
+
+def suite(quick: bool = False) -> Suite:
+    """``run`` as a bench suite (``bench/results/image.{json,md}``, ``image_mb`` in
+    summary.json)."""
+    from bench.report import Suite
+
+    f = run(quick=quick)
+    s = Suite("image")
+    s.add(
+        "image_mb",
+        "container image (deploy/Dockerfile), uncompressed",
+        f["image_mb"],
+        "MB",
+        f"target <= 200: {'met' if f['image_mb'] <= 200 else 'NOT met'}; "
+        f"this build {f['image_build_s']:g} s (cached base and layers unless empty)",
+    )
+    s.details.update(f)
+    return s
 
 
 if __name__ == "__main__":
