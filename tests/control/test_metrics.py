@@ -200,6 +200,13 @@ def test_inventory_gauges_match_the_database(control: Any) -> None:
                 .where(Certificate.serial == old.serial_hex)
                 .values(not_after=time.time() - 1)
             )
+            # Two live current certificates: one ending within the hour, one in 3 days.
+            for n, left in ((nodes[1], 1800.0), (nodes[2], 3 * 86400.0)):
+                await s.execute(
+                    update(Certificate)
+                    .where(Certificate.serial == n.serial_hex)
+                    .values(not_after=time.time() + left)
+                )
             await s.commit()
 
     control.client.portal.call(expire)
@@ -238,6 +245,12 @@ def test_inventory_gauges_match_the_database(control: Any) -> None:
     next_update = value(
         s, "x0tta6bl4_revocation_list_next_update_timestamp_seconds", role="control"
     )
+
+    # inv-0 is revoked and inv-old expired: only inv-1 (30 min left) and inv-2 (3 days).
+    expiring = {
+        w: value(s, "x0tta6bl4_certificates_expiring", within=w) for w in ("1h", "24h", "7d")
+    }
+    assert expiring == {"1h": 1.0, "24h": 1.0, "7d": 2.0}
     listed = control.client.get("/v1/crl/version").json()
     assert next_update == listed["next_update"] and listed["version"] == crl_version
 

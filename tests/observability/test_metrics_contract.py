@@ -51,6 +51,7 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "x0tta6bl4_enrollments_total": ("counter", ("outcome",)),
     "x0tta6bl4_renewals_total": ("counter", ("outcome",)),
     "x0tta6bl4_certificates": ("gauge", ("status",)),
+    "x0tta6bl4_certificates_expiring": ("gauge", ("within",)),
     "x0tta6bl4_nodes": ("gauge", ("state",)),
 }
 

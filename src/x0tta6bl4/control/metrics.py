@@ -95,8 +95,8 @@ def record_pool(db: Database) -> None:
 
 
 async def record_inventory(db: Database, now: float | None = None) -> None:
-    """Recount ``x0tta6bl4_certificates{status}`` and ``x0tta6bl4_nodes{state}``: one
-    aggregate query each."""
+    """Recount ``x0tta6bl4_certificates{status}``, ``x0tta6bl4_certificates_expiring{within}``
+    and ``x0tta6bl4_nodes{state}``: one aggregate query each."""
     t = time.time() if now is None else now
     revoked = Certificate.status == "revoked"
     expired = (Certificate.status != "revoked") & (Certificate.not_after <= t)
@@ -119,7 +119,25 @@ async def record_inventory(db: Database, now: float | None = None) -> None:
                 )
             )
         ).one()
+        # Only what a node presents now: superseded certificates expire harmlessly.
+        expiring: Any = (
+            await s.execute(
+                select(
+                    *(
+                        func.coalesce(
+                            func.sum(case((Certificate.not_after <= t + w, 1), else_=0)), 0
+                        )
+                        for _label, w in m.EXPIRY_WINDOWS
+                    )
+                )
+                .join(Node, Node.current_serial == Certificate.serial)
+                .where(Node.status == "active", live)
+            )
+        ).one()
     m.record_certificates(int(certs[0]), int(certs[1]), int(certs[2]))
+    m.record_certificates_expiring(
+        {label: int(n) for (label, _w), n in zip(m.EXPIRY_WINDOWS, expiring, strict=True)}
+    )
     total, fresh_n = int(nodes[0]), int(nodes[1])
     m.record_nodes(fresh_n, total - fresh_n)
 

@@ -424,6 +424,16 @@ CERTIFICATES: Final = Gauge(
     ["status"],
     registry=REGISTRY,
 )
+# Windows for certificates by expiry: a node renews at half its certificate's lifetime,
+# so an active node's current certificate close to its end means renewal is failing.
+EXPIRY_WINDOWS: Final = (("1h", 3600.0), ("24h", 86400.0), ("7d", 604800.0))
+CERTIFICATES_EXPIRING: Final = Gauge(
+    "x0tta6bl4_certificates_expiring",
+    "Current certificates of active nodes (unrevoked, not yet expired) whose notAfter "
+    "falls within the window (1h, 24h, 7d) from now; refreshed with x0tta6bl4_certificates.",
+    ["within"],
+    registry=REGISTRY,
+)
 NODES: Final = Gauge(
     "x0tta6bl4_nodes",
     "Active (unrevoked) enrolled nodes by state: fresh (last report within 3 report "
@@ -504,6 +514,12 @@ def record_certificates(valid: int, expired: int, revoked: int) -> None:
     CERTIFICATES.labels(status="valid").set(valid)
     CERTIFICATES.labels(status="expired").set(expired)
     CERTIFICATES.labels(status="revoked").set(revoked)
+
+
+def record_certificates_expiring(counts: Mapping[str, int]) -> None:
+    """``counts``: window label (of EXPIRY_WINDOWS) -> certificates expiring within it."""
+    for label, _seconds in EXPIRY_WINDOWS:
+        CERTIFICATES_EXPIRING.labels(within=label).set(counts.get(label, 0))
 
 
 def record_nodes(fresh: int, stale: int) -> None:
