@@ -63,7 +63,9 @@ def test_two_agents_on_one_link_find_each_other(netns_ok: None, tmp_path: Path) 
 
         deadline = time.monotonic() + 20.0
         while not linked():
-            assert time.monotonic() < deadline, (tmp_path / "p" / "agent.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "\n".join(
+                f"--- {n}:\n" + (tmp_path / n / "agent.log").read_text()[-2000:] for n in "pq"
+            )
             time.sleep(0.1)
         st = NodeClient(tmp_path / "q" / "agent.sock").status()
         q_sees = {n["name"]: n for n in st["neighbours"]}
