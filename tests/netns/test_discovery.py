@@ -17,13 +17,29 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
 def test_two_agents_on_one_link_find_each_other(netns_ok: None, tmp_path: Path) -> None:
+    _find_each_other(tmp_path, link_comes_up_later=False)
+
+
+def test_agents_started_before_their_link_is_up_find_each_other(
+    netns_ok: None, tmp_path: Path
+) -> None:
+    """An agent started at boot, before the network, must still discover neighbours once
+    the link (and its IPv6 link-local address) comes up: discovery used to look for
+    interfaces once, at start, and stayed deaf on a link that had no address yet."""
+    _find_each_other(tmp_path, link_comes_up_later=True)
+
+
+def _find_each_other(tmp_path: Path, *, link_comes_up_later: bool) -> None:
     from x0tta6bl4.identity.ca import CertificateAuthority
     from x0tta6bl4.identity.store import NodeCredentials
     from x0tta6bl4.node.state import BUNDLE_FILE, CRL_FILE, StateDir
 
     ca = CertificateAuthority.init(tmp_path / "ca", "lan.x0t")
     with Lab() as lab:
-        a, b, _ = pair(lab)
+        a, b, link = pair(lab)
+        if link_comes_up_later:
+            for end in (link.a, link.b):
+                end.ns.ip("link", "set", end.name, "down")
         procs = {}
         for name, ns in (("p", a), ("q", b)):
             state = StateDir(tmp_path / name)
@@ -53,6 +69,16 @@ def test_two_agents_on_one_link_find_each_other(netns_ok: None, tmp_path: Path) 
                 stderr=log,
             )
             log.close()
+
+        if link_comes_up_later:
+            started = time.monotonic() + 20.0
+            while not all(
+                "discovery_started" in (tmp_path / n / "agent.log").read_text() for n in "pq"
+            ):
+                assert time.monotonic() < started, "the agents did not start discovery"
+                time.sleep(0.1)
+            for end in (link.a, link.b):
+                end.ns.ip("link", "set", end.name, "up")
 
         def linked() -> bool:
             try:

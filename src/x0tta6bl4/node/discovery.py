@@ -90,8 +90,6 @@ class Discovery:
         self._listen_port = 0
 
     def start(self, loop: asyncio.AbstractEventLoop, listen_port: int) -> None:
-        found = link_local_interfaces()
-        self.ifaces = {n: i for n, i in found.items() if not self.wanted or n in self.wanted}
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,15 +97,11 @@ class Discovery:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
             sock.setblocking(False)
             sock.bind(("::", self.port))
-            group = socket.inet_pton(socket.AF_INET6, GROUP)
-            for index in self.ifaces.values():
-                sock.setsockopt(
-                    socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("@I", index)
-                )
         except BaseException:
             sock.close()
             raise
         self.sock = sock
+        self._refresh_interfaces()
         self._listen_port = listen_port
         loop.add_reader(sock.fileno(), self._readable)
         self._task = loop.create_task(self._beacons())
@@ -124,9 +118,47 @@ class Discovery:
             self.sock.close()
             self.sock = None
 
+    def _refresh_interfaces(self) -> None:
+        """Join the beacon group on interfaces that gained a link-local address, forget
+        the ones that lost it. Checked every round: an agent started at boot, before the
+        network, must not stay deaf on links that come up later."""
+        sock = self.sock
+        if sock is None:
+            return
+        found = link_local_interfaces()
+        now = {n: i for n, i in found.items() if not self.wanted or n in self.wanted}
+        if now == self.ifaces:
+            return
+        group = socket.inet_pton(socket.AF_INET6, GROUP)
+        for name, index in self.ifaces.items():
+            if now.get(name) != index:
+                with contextlib.suppress(OSError):  # the interface may be gone already
+                    sock.setsockopt(
+                        socket.IPPROTO_IPV6,
+                        socket.IPV6_LEAVE_GROUP,
+                        group + struct.pack("@I", index),
+                    )
+        joined = {}
+        for name, index in now.items():
+            if self.ifaces.get(name) == index:
+                joined[name] = index
+                continue
+            try:
+                sock.setsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("@I", index)
+                )
+            except OSError as exc:  # going down again as we look: next round
+                log.warning("discovery_join_failed", interface=name, error=str(exc))
+                continue
+            joined[name] = index
+        if joined != self.ifaces:
+            log.info("discovery_interfaces", interfaces=sorted(joined))
+        self.ifaces = joined
+
     async def _beacons(self) -> None:
         rng = random.Random()  # jitter only: not secret
         while True:
+            self._refresh_interfaces()
             # The certificate in use now: a renewed one (Agent.apply_certificate) has
             # another fingerprint.
             beacon = self.beacon()
