@@ -43,7 +43,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +56,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tests.control.replicas import http_json as http
+
+from x0tta6bl4.node.localcontrol import stop_process
 
 if TYPE_CHECKING:
     from bench.report import Suite
@@ -202,15 +203,8 @@ class Server:
             p.wait(10)
 
     def stop(self) -> None:
-        p = self.process
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+        if self.process is not None:
+            stop_process(self.process, grace=15, kill_wait=10)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

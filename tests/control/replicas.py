@@ -18,7 +18,6 @@ import json
 import os
 import queue
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 from tests.control.nodes_helper import TestNode, create_node
 from x0tta6bl4.api.push import decode_crl, decode_hello, stream_path
 from x0tta6bl4.node.control_client import ControlClient
+from x0tta6bl4.node.localcontrol import stop_process
 
 TRUST_DOMAIN = "x0tta6bl4.mesh"
 
@@ -86,15 +86,8 @@ class Replica:
         raise RuntimeError(f"replica on {self.port} not ready:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        p = self.process
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        if self.process is not None:
+            stop_process(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, not a shutdown."""

@@ -11,7 +11,6 @@ directory it makes is removed, also on failure.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ import pytest
 import yaml
 
 from tests.deploy.tools import require_tool
-from x0tta6bl4.node.localcontrol import LocalControlPlane, free_port
+from x0tta6bl4.node.localcontrol import LocalControlPlane, free_port, stop_process
 from x0tta6bl4.node.localmesh import LocalMesh, free_base_port
 
 pytestmark = pytest.mark.slow
@@ -118,16 +117,6 @@ def _wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> tuple
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     prometheus = require_tool("prometheus")
@@ -174,7 +163,7 @@ def stack() -> Iterator[Stack]:
                     print((root / "prometheus.log").read_text(errors="replace")[-3000:])
                     raise
                 finally:
-                    _stop(proc)
+                    stop_process(proc)
                     log.close()
 
 

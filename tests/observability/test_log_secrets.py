@@ -10,7 +10,6 @@ import base64
 import contextlib
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from tests.observability.otlp_collector import OtlpCollector
 from tests.observability.test_tracing import traced_env, udp_base_port
+from x0tta6bl4.node.localcontrol import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +73,7 @@ def agent(python: str, config: Path, env: dict[str, str], log: Path) -> Iterator
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 def status(state: Path) -> dict[str, Any] | None:

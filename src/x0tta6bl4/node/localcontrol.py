@@ -26,6 +26,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0, kill_wait: float = 5.0) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within ``grace``
+    seconds; a process already gone is left alone. For the local processes this module,
+    the local mesh, the tests and the benchmarks start."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(kill_wait)
+
+
 class LocalControlPlane:
     def __init__(
         self,
@@ -93,13 +107,8 @@ class LocalControlPlane:
         raise ControlError(f"x0t serve not ready within {timeout:g} s: {self.tail()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
