@@ -87,18 +87,10 @@ class HotReads:
         if token is None or c.key_cache.get(token) is None:
             return None
         body = cached_detail(app, c, name)
-        if body is not None:
-            scope["route"] = self._route_of(app)
+        if body is not None and self._route is not None:
+            # Known by now: a cached answer exists only after the router gave one.
+            scope["route"] = self._route
         return body
-
-    def _route_of(self, app: Any) -> Any:
-        if self._route is None:
-            for route in app.routes:
-                if getattr(route, "path", None) == _ROUTE_PATH and "GET" in getattr(
-                    route, "methods", ()
-                ):
-                    self._route = route
-        return self._route
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
