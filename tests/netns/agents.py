@@ -48,6 +48,12 @@ class Agents:
         assert st is not None, f"{name} is not running"
         return str(st["overlay"]["ipv6"])
 
+    def overlay4(self, name: str) -> str:
+        st = self.status(name)
+        assert st is not None, f"{name} is not running"
+        assert st["overlay"]["ipv4"], f"{name} has no overlay IPv4 address"
+        return str(st["overlay"]["ipv4"])
+
     def ns(self, name: str) -> Netns:
         return getattr(self.diamond, name)  # type: ignore[no-any-return]
 
@@ -132,6 +138,7 @@ def make_state(root: Path, d: Diamond, *, tun_mtu: int = 1280, deny_tcp: str = "
         text = render_template(n, str(state.path), [f"0.0.0.0:{PORT}"], peers[n])
         text = text.replace("enabled = false", "enabled = true", 1)  # [tun] comes first
         text = text.replace("mtu = 1280", f"mtu = {tun_mtu}")
+        text = text.replace("ipv4 = false", "ipv4 = true")
         text = text.replace('deny_tcp = "drop"', f'deny_tcp = "{deny_tcp}"')
         (state.path / "node.toml").write_text(text)
     return ca_dir

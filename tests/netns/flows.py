@@ -47,7 +47,7 @@ def tcp_recv(addr: str, port: int, timeout: float) -> None:
         srv.listen(1)
         srv.settimeout(timeout)
         _emit({"listening": [addr, port]})
-        conn, _ = srv.accept()
+        conn, peer = srv.accept()
     deadline = time.monotonic() + timeout
     buf = bytearray(CHUNK)
     total = 0
@@ -62,7 +62,14 @@ def tcp_recv(addr: str, port: int, timeout: float) -> None:
             if not total:
                 first = last
             total += n
-    _emit({"bytes": total, "seconds": last - first, "mbit_s": _rate(total, last - first)})
+    _emit(
+        {
+            "bytes": total,
+            "seconds": last - first,
+            "mbit_s": _rate(total, last - first),
+            "peer": peer[0],
+        }
+    )
 
 
 def tcp_send(addr: str, port: int, seconds: float, limit: int) -> None:

@@ -27,8 +27,10 @@ def agents(tun_ok: None, diamond_net: Diamond, tmp_path: Path) -> Iterator[Agent
         ag.stop()
 
 
-def _tcp(ag: Agents, port: int, seconds: float, timeout: float = 40.0) -> tuple[dict, dict]:
-    dst = ag.overlay("d")
+def _tcp(
+    ag: Agents, port: int, seconds: float, timeout: float = 40.0, *, ipv4: bool = False
+) -> tuple[dict, dict]:
+    dst = ag.overlay4("d") if ipv4 else ag.overlay("d")
     rx = ag.diamond.d.module_popen(
         "tests.netns.flows", "tcp-recv", dst, str(port), "--timeout", str(timeout)
     )
@@ -58,6 +60,17 @@ def test_tcp_crosses_two_hops_and_a_denied_port_is_counted(agents: Agents) -> No
     )
     assert "connected" not in probe.stdout
     assert agents.client("a").status()["counters"].get(key, 0) > before
+
+
+def test_ipv4_overlay_addresses_carry_ping_and_tcp_across_two_hops(agents: Agents) -> None:
+    # D's 100.64.0.0/10 address is computed by A from D's name: nothing told A about it.
+    a4, d4 = agents.overlay4("a"), agents.overlay4("d")
+    assert a4 != d4 and a4.startswith("100.") and d4.startswith("100.")
+    assert agents.diamond.a.ping(d4, count=2, timeout=3.0).ok
+    tx, rx = _tcp(agents, 5000, 1.0, ipv4=True)
+    sent, got = flow_result(tx, 30.0), flow_result(rx, 30.0)
+    assert got["bytes"] == sent["bytes"] > 0
+    assert got["peer"] == a4  # D saw A's own overlay IPv4 address as the source
 
 
 def test_the_same_tcp_connection_survives_a_blackholed_relay(agents: Agents) -> None:

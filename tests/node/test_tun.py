@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from hypothesis import given
@@ -19,6 +19,7 @@ from x0tta6bl4.node.tun import (
     VnetHdr,
     check_vnet_hdr,
     open_tun,
+    overlay_ipv4,
     overlay_ipv6,
     overlay_prefix,
     parse_vnet_hdr,
@@ -83,6 +84,33 @@ def test_overlay_addresses_never_use_the_subnet_router_anycast(ident: bytes) -> 
 def test_many_names_many_addresses() -> None:
     addrs = {overlay_ipv6(f"node-{i}") for i in range(2000)}
     assert len(addrs) == 2000
+
+
+CGNAT = IPv4Network("100.64.0.0/10")
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True))
+def test_overlay_ipv4_is_a_usable_cgnat_address(name: str) -> None:
+    a = overlay_ipv4(f"spiffe://x0tta6bl4.mesh/node/{name}")
+    assert isinstance(a, IPv4Address)
+    assert a in CGNAT
+    assert a not in (CGNAT.network_address, CGNAT.broadcast_address)
+
+
+def test_overlay_ipv4_is_stable_and_differs_per_trust_domain() -> None:
+    # Pinned: changing the label renumbers every node's IPv4 address.
+    assert overlay_ipv4("spiffe://x0tta6bl4.mesh/node/a") == IPv4Address("100.99.89.87")
+    assert overlay_ipv4("spiffe://other.mesh/node/a") != overlay_ipv4(
+        "spiffe://x0tta6bl4.mesh/node/a"
+    )
+    addrs = {overlay_ipv4(f"spiffe://x0tta6bl4.mesh/node/n{i}") for i in range(500)}
+    assert len(addrs) == 500  # 22 bits: no collision among 500 names (checked for these)
+
+
+@pytest.mark.parametrize("bad", ["a", "node/a", "spiffe://"])
+def test_overlay_ipv4_needs_a_node_spiffe_id(bad: str) -> None:
+    with pytest.raises((ValueError, IdentityError)):
+        overlay_ipv4(bad)
 
 
 # --- the virtio-net header ----------------------------------------------------------------

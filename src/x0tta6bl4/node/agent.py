@@ -873,11 +873,13 @@ class Agent:
         }
 
     def overlay_addresses(self) -> dict[str, str | None]:
-        from x0tta6bl4.node.dataplane import node_overlay_ipv6
+        from x0tta6bl4.node.dataplane import node_overlay_ipv4, node_overlay_ipv6
 
+        td = self.bundle.trust_domain
         return {
-            "ipv6": str(node_overlay_ipv6(self.bundle.trust_domain, self.name)),
-            "ipv4": self.settings.tun.ipv4 or None,
+            "ipv6": str(node_overlay_ipv6(td, self.name)),
+            # Every node has one; it is on the device only where tun.ipv4 is on.
+            "ipv4": str(node_overlay_ipv4(td, self.name)) if self.settings.tun.ipv4 else None,
         }
 
 

@@ -7,7 +7,6 @@ anything, with one sentence naming the field and the file (:class:`ConfigError`)
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -53,14 +52,19 @@ class TunSettings(_Section):
     enabled: bool = False
     name: str = Field(default="x0t0", max_length=15)
     mtu: int = Field(default=1280, ge=1280, le=65535)
-    ipv4: str = ""  # optional 100.64.0.0/10 overlay address
+    # An overlay IPv4 address in 100.64.0.0/10, derived from the identity like the IPv6
+    # one (tun.overlay_ipv4), so every node can compute every other node's.
+    ipv4: bool = False
     deny_tcp: str = Field(default="drop", pattern="^(drop|reset)$")  # a denied TCP segment
 
-    @field_validator("ipv4")
+    @field_validator("ipv4", mode="before")
     @classmethod
-    def _cgnat(cls, v: str) -> str:
-        if v and ipaddress.ip_address(v) not in ipaddress.ip_network("100.64.0.0/10"):
-            raise ValueError(f"{v} is not in 100.64.0.0/10")
+    def _derived(cls, v: object) -> object:
+        if isinstance(v, str):
+            raise ValueError(
+                "must be true or false: the node's overlay IPv4 address derives from its "
+                "identity (x0t status shows it), it is not chosen here"
+            )
         return v
 
 
@@ -250,8 +254,9 @@ policy_file = ""
 enabled = false
 name = "x0t0"
 mtu = 1280
-# Optional overlay IPv4 address from 100.64.0.0/10; the IPv6 one derives from the identity.
-ipv4 = ""
+# Also an overlay IPv4 address in 100.64.0.0/10. Like the IPv6 one it derives from the
+# node's identity, so peers know it without being told; `x0t status` shows both.
+ipv4 = false
 # A TCP segment the policy denies: "drop" it, or answer with a "reset".
 deny_tcp = "drop"
 

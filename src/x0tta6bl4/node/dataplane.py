@@ -33,10 +33,12 @@ from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.node.ippacket import Flow, IPAddr, parse_flow, tcp_reset_for
 from x0tta6bl4.node.tun import (
     NO_OFFLOAD_BYTES,
+    OVERLAY_IPV4_NET,
     VNET_HDR_LEN,
     TunDevice,
     check_vnet_hdr,
     open_tun,
+    overlay_ipv4,
     overlay_ipv6,
     overlay_prefix,
     parse_vnet_hdr,
@@ -64,6 +66,15 @@ FlowKey = tuple[int, IPAddr, IPAddr, int | None, int | None]
 @functools.lru_cache(maxsize=65536)
 def node_overlay_ipv6(trust_domain: str, name: str) -> IPAddr:
     return overlay_ipv6(node_spiffe_id(trust_domain, name), overlay_prefix(trust_domain))
+
+
+@functools.lru_cache(maxsize=65536)
+def node_overlay_ipv4(trust_domain: str, name: str) -> IPAddr:
+    return overlay_ipv4(node_spiffe_id(trust_domain, name))
+
+
+_AMBIGUOUS: Final = ""
+"""In the address table: two names share this IPv4 address; send to neither."""
 
 
 class ConnTrack:
@@ -102,6 +113,7 @@ class TunPlane:
         td = agent.bundle.trust_domain
         self.trust_domain = td
         self.address = node_overlay_ipv6(td, agent.name)
+        self.address4 = node_overlay_ipv4(td, agent.name) if self.settings.ipv4 else None
         self.prefix = overlay_prefix(td)
         self.conntrack = ConnTrack()
         self.tun: TunDevice | None = None
@@ -115,8 +127,8 @@ class TunPlane:
         s = self.settings
         tun = self._open()
         addresses = [f"{self.address}/{self.prefix.prefixlen}"]
-        if s.ipv4:
-            addresses.append(f"{s.ipv4}/10")
+        if self.address4 is not None:
+            addresses.append(f"{self.address4}/{OVERLAY_IPV4_NET.prefixlen}")
         options = {
             "mtu": s.mtu,
             "addresses": addresses,
@@ -162,10 +174,19 @@ class TunPlane:
         if name is None:
             names = self.agent.mesh.known_names()
             if len(names) != self._table_size:  # a new name: rebuild the table
-                self._table = {node_overlay_ipv6(self.trust_domain, n): n for n in names}
+                self._table = self._address_table(names)
                 self._table_size = len(names)
                 name = self._table.get(dst)
         return name
+
+    def _address_table(self, names: list[str]) -> dict[IPAddr, str]:
+        td = self.trust_domain
+        table: dict[IPAddr, str] = {node_overlay_ipv6(td, n): n for n in names}
+        for n in names:
+            a4 = node_overlay_ipv4(td, n)
+            # 22 bits can collide: an address two names share goes to neither of them.
+            table[a4] = n if table.setdefault(a4, n) == n else _AMBIGUOUS
+        return table
 
     # -- host -> mesh -----------------------------------------------------------------------
 
@@ -187,8 +208,9 @@ class TunPlane:
             self._count("tun_malformed")
             return
         name = self._lookup(flow.dst)
-        if name is None:
-            self._count("tun_no_node")  # not an overlay address we know
+        if not name:
+            # not an overlay address we know, or (an IPv4 address) two nodes' at once
+            self._count("tun_no_node" if name is None else "tun_ipv4_ambiguous")
             return
         now = time.monotonic()
         ident = self.agent.peer_identity(name)
@@ -225,15 +247,14 @@ class TunPlane:
         if flow is None:
             self._count("tun_malformed")
             return
-        if flow.dst != self.address and not (
-            self.settings.ipv4 and str(flow.dst) == self.settings.ipv4
-        ):
+        if flow.dst != (self.address if flow.version == 6 else self.address4):
             self._count("tun_not_for_us")
             return
-        # The source address must be the sender's own: no node speaks for another.
-        if ident is None or (
-            flow.version == 6 and flow.src != node_overlay_ipv6(self.trust_domain, ident.name)
-        ):
+        # The source address must be the sender's own, in either family: no node speaks
+        # for another (the policy decides on the session's identity; applications behind
+        # the device see only addresses).
+        own = node_overlay_ipv6 if flow.version == 6 else node_overlay_ipv4
+        if ident is None or flow.src != own(self.trust_domain, ident.name):
             self._count("tun_spoofed_source")
             return
         now = time.monotonic()

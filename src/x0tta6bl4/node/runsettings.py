@@ -59,7 +59,7 @@ class RunTun:
     enabled: bool = False
     name: str = "x0t0"
     mtu: int = 1280
-    ipv4: str = ""
+    ipv4: bool = False
     deny_tcp: str = "drop"
 
 

@@ -17,20 +17,12 @@ forced little-endian (``TUNSETVNETLE``) so hosts of either byte order agree on i
 routes for the overlay prefixes, ``gso_max_size``, link up. pyroute2's synchronous
 ``IPRoute`` runs its own event loop: from asyncio, call it with ``asyncio.to_thread``.
 
-Overlay addresses (:func:`overlay_ipv6`): every mesh (trust domain) owns one IPv6 ULA /48,
-``fd`` followed by 40 bits of SHA-256 over the trust domain (RFC 4193's "global ID", here
-derived instead of random so every node computes the same one); a node's address in it
-is the /48 followed by 80 bits of SHA-256 over its SPIFFE ID. One route for the /48 into
-the TUN covers the whole overlay. The default trust domain ``x0tta6bl4.mesh`` owns
-``fdad:5a56:48eb::/48`` (pinned by a test: changing the labels renumbers every mesh).
-An overlay address names a node but proves nothing: who sent a packet is what the
-end-to-end session authenticated.
+Overlay addresses are derived in :mod:`x0tta6bl4.identity.overlay` (re-exported here).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import struct
@@ -41,7 +33,6 @@ from dataclasses import dataclass
 from ipaddress import (
     IPv4Interface,
     IPv4Network,
-    IPv6Address,
     IPv6Interface,
     IPv6Network,
     ip_interface,
@@ -52,7 +43,13 @@ from typing import Final
 import structlog
 
 from x0tta6bl4.errors import TunError, VnetHeaderError
-from x0tta6bl4.identity.cert import DEFAULT_TRUST_DOMAIN, node_spiffe_id, parse_spiffe_id
+from x0tta6bl4.identity.overlay import (
+    OVERLAY_IPV4_NET,
+    OVERLAY_PREFIX_LEN,
+    overlay_ipv4,
+    overlay_ipv6,
+    overlay_prefix,
+)
 
 log = structlog.get_logger("x0tta6bl4.node.tun")
 
@@ -183,50 +180,6 @@ def split_vnet(buf: bytes | bytearray | memoryview) -> tuple[VnetHdr, memoryview
     view = memoryview(buf)[VNET_HDR_LEN:]
     check_vnet_hdr(hdr, len(view))
     return hdr, view
-
-
-# --- overlay addresses --------------------------------------------------------------------
-
-OVERLAY_PREFIX_LEN: Final = 48
-_PREFIX_LABEL: Final = b"x0tta6bl4 overlay prefix v1\0"
-_NODE_LABEL: Final = b"x0tta6bl4 overlay node v1\0"
-
-
-def overlay_prefix(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> IPv6Network:
-    """The mesh's ULA /48: ``fd`` + the first 40 bits of SHA-256(label || trust domain)."""
-    digest = hashlib.sha256(_PREFIX_LABEL + trust_domain.encode()).digest()
-    return IPv6Network((b"\xfd" + digest[:5] + bytes(10), OVERLAY_PREFIX_LEN))
-
-
-def overlay_ipv6(identity: bytes | str, prefix: IPv6Network | None = None) -> IPv6Address:
-    """A node's stable overlay address.
-
-    ``identity`` is the node's SPIFFE ID (``spiffe://<trust-domain>/node/<name>``: the
-    prefix defaults to that trust domain's :func:`overlay_prefix`), a bare node name (taken
-    as ``spiffe://x0tta6bl4.mesh/node/<name>``), or bytes (hashed as they are; the prefix
-    defaults to the default trust domain's). The low 80 bits are the first 80 bits of
-    SHA-256(label || identity); an all-zero interface ID (the subnet-router anycast
-    address) is never returned.
-    """
-    if isinstance(identity, str):
-        if not identity.startswith("spiffe://"):
-            identity = node_spiffe_id(DEFAULT_TRUST_DOMAIN, identity)
-        trust_domain, _path = parse_spiffe_id(identity)
-        data = identity.encode()
-        if prefix is None:
-            prefix = overlay_prefix(trust_domain)
-    else:
-        data = bytes(identity)
-        if prefix is None:
-            prefix = overlay_prefix()
-    if prefix.prefixlen > OVERLAY_PREFIX_LEN:
-        raise ValueError(f"overlay prefix {prefix} is longer than /{OVERLAY_PREFIX_LEN}")
-    host_bits = 128 - prefix.prefixlen
-    digest = int.from_bytes(hashlib.sha256(_NODE_LABEL + data).digest()[:16], "big")
-    host = digest >> prefix.prefixlen  # the top host_bits bits of the digest
-    if host & 0xFFFF_FFFF_FFFF_FFFF == 0:
-        host |= 1
-    return IPv6Address(int(prefix.network_address) | (host & ((1 << host_bits) - 1)))
 
 
 # --- the device ---------------------------------------------------------------------------
@@ -450,6 +403,7 @@ __all__ = [
     "DEFAULT_OFFLOAD",
     "NO_OFFLOAD",
     "NO_OFFLOAD_BYTES",
+    "OVERLAY_IPV4_NET",
     "OVERLAY_PREFIX_LEN",
     "READ_SIZE",
     "VNET_HDR_LEN",
@@ -457,6 +411,7 @@ __all__ = [
     "VnetHdr",
     "check_vnet_hdr",
     "open_tun",
+    "overlay_ipv4",
     "overlay_ipv6",
     "overlay_prefix",
     "parse_vnet_hdr",
