@@ -129,6 +129,10 @@ class KeyAlreadyCertified(IdentityError):
     """The CA already certified this key to another name (or it is the CA's own key)."""
 
 
+class OverlayAddressTaken(IdentityError):
+    """A new node name's derived overlay IPv4 address is already another node's."""
+
+
 class CertificateRequestError(IdentityError):
     """A certificate request is malformed, not ML-DSA-65 signed, or does not verify."""
 

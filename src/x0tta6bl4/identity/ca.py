@@ -239,11 +239,14 @@ class CertificateAuthority:
         *,
         now: float,
         validity: datetime.timedelta = NODE_CERT_VALIDITY,
+        unique_ipv4: bool = True,
     ) -> NodeCertificate:
         """Sign a node X.509-SVID. Validity is clamped to the CA's own.
 
         Refuses (KeyAlreadyCertified) a static or signing key already certified to another
-        name; the certificate is recorded in the inventory before it is returned.
+        name, and (OverlayAddressTaken, unless ``unique_ipv4`` is off: the simulator
+        carries no IP) a new name whose derived overlay IPv4 address a name it certified
+        has; the certificate is recorded in the inventory before it is returned.
         """
         spiffe_id = node_spiffe_id(self._trust_domain, validate_name(name))
         tag_der = encode_tags(normalize_tags(tags))
@@ -263,6 +266,8 @@ class CertificateAuthority:
             inventory = Inventory.read(path, self._inventory)
             self._inventory = None
             inventory.check_unique(name, signing_public, static_public, self._key.public_key())
+            if unique_ipv4:
+                inventory.check_overlay_ipv4(name, self._trust_domain)
             cert = self._sign_node(
                 name, spiffe_id, tag_der, static_public, signing_public, t, validity
             )

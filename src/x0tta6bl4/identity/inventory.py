@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from x0tta6bl4.crypto.hybrid import HybridPublicKey
 from x0tta6bl4.crypto.kdf import sha256
 from x0tta6bl4.crypto.sign import VerifyKey
-from x0tta6bl4.errors import IdentityError, KeyAlreadyCertified
-from x0tta6bl4.identity.cert import NodeCertificate, validate_name
+from x0tta6bl4.errors import IdentityError, KeyAlreadyCertified, OverlayAddressTaken
+from x0tta6bl4.identity.cert import NodeCertificate, node_spiffe_id, validate_name
+from x0tta6bl4.identity.overlay import overlay_ipv4
 
 INVENTORY_FORMAT = 1
 _FIELDS = {"serial", "name", "signing_key_sha256", "static_key_sha256", "not_before", "not_after"}
@@ -182,6 +183,21 @@ class Inventory:
     def commit(self, record: IssuedRecord, written: bytes) -> None:
         self._add(record)
         self._raw = written
+
+    def check_overlay_ipv4(self, name: str, trust_domain: str) -> None:
+        """Raise OverlayAddressTaken if a new ``name``'s derived overlay IPv4 address
+        (22 bits, ``identity.overlay``) is that of a name this CA certified before: peers
+        compute addresses from names, so one address must not stand for two nodes."""
+        mine = overlay_ipv4(node_spiffe_id(trust_domain, name))
+        names = {r.name for r in self.records}
+        if name in names:
+            return  # renewing keeps the name, and with it the address
+        for other in sorted(names):
+            if overlay_ipv4(node_spiffe_id(trust_domain, other)) == mine:
+                raise OverlayAddressTaken(
+                    f"node name {name!r} would share the overlay IPv4 address {mine} with "
+                    f"{other!r}, which this CA certified; choose another name"
+                )
 
     def check_unique(
         self,

@@ -101,6 +101,7 @@ class MeshWorld:
             NodeCertificate.from_der(held.cert_der).signing_key,
             now=self.epoch + at,
             validity=datetime.timedelta(seconds=validity),
+            unique_ipv4=False,
         )
         return SimCredential(cert.der, key, cert.not_after)
 
@@ -121,7 +122,9 @@ def build_world(names: Iterable[str], seed: int) -> MeshWorld:
         rng = derive_rng(seed, "credential", name)
         static = HybridPrivateKey.generate(rng.randbytes)
         signing = SigningKey.generate(rng.randbytes)
-        cert = ca.issue(name, (), static.public_key(), signing.public_key(), now=EPOCH)
+        cert = ca.issue(
+            name, (), static.public_key(), signing.public_key(), now=EPOCH, unique_ipv4=False
+        )
         creds[name] = SimCredential(cert.der, static, cert.not_after)
     crl = ca.revocation_list()
     # One verification cache for the whole world: each certificate's signature is
