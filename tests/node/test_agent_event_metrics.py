@@ -12,6 +12,7 @@ from x0tta6bl4.channel import constants as C
 from x0tta6bl4.node.agent import Agent
 from x0tta6bl4.node.config import load_settings
 from x0tta6bl4.node.localmesh import LocalMesh
+from x0tta6bl4.observability import enable_metrics
 from x0tta6bl4.observability import metrics as m
 from x0tta6bl4.sansio import Event
 
@@ -44,6 +45,7 @@ def test_rekeys_and_failed_handshakes_are_counted(tmp_path: Path) -> None:
     assert rekeyed >= 1 and len(failed) == 1 and failed[0].fields["rekey"] is True
     mesh = LocalMesh(tmp_path / "mesh", ["p", "q"], [("p", "q")]).create()
     agent = Agent.from_settings(load_settings(mesh.nodes["p"].config))
+    enable_metrics()  # what run() does when the node serves /metrics
     before = (
         _value("x0tta6bl4_rekeys_total", outcome="ok"),
         _value("x0tta6bl4_rekeys_total", outcome="failed"),
@@ -59,3 +61,23 @@ def test_rekeys_and_failed_handshakes_are_counted(tmp_path: Path) -> None:
         _value("x0tta6bl4_handshakes_total", role="initiator", outcome="failed"),
     )
     assert [b - a for a, b in zip(before, after, strict=True)] == [rekeyed, 1, 1, 1]
+
+
+def test_a_node_without_metrics_never_loads_prometheus_client(tmp_path: Path) -> None:
+    # /metrics is off by default: the agent then records nothing and keeps
+    # prometheus-client and its HTTP stack out of its memory (about 1.6 MB).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('rich', 'greenlet'): sys.modules[m] = None\n"
+        "import x0tta6bl4.node.agent, x0tta6bl4.node.api, x0tta6bl4.node.stream, "
+        "x0tta6bl4.node.reporter\n"
+        "from x0tta6bl4.observability import recorder\n"
+        "print(recorder() is None, 'prometheus_client' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["True", "False"], out.stderr

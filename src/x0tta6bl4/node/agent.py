@@ -50,8 +50,7 @@ from x0tta6bl4.node.state import (
 )
 from x0tta6bl4.node.tun import VNET_HDR_LEN
 from x0tta6bl4.node.udp import UdpRunner
-from x0tta6bl4.observability import tracing
-from x0tta6bl4.observability.metrics import record_policy_decision
+from x0tta6bl4.observability import enable_metrics, recorder, tracing
 from x0tta6bl4.policy import Decision, Proto, SignedPolicy, Subject, accept_policy
 from x0tta6bl4.policy.types import DEFAULT_DENY
 from x0tta6bl4.sansio import (
@@ -234,6 +233,8 @@ class Agent:
         housekeeping: asyncio.Task[None] | None = None
         discovery: Any = None
         signals = (signal.SIGTERM, signal.SIGINT)
+        if self.settings.api.metrics:
+            enable_metrics()  # before the first event worth counting
         try:
             if self.settings.tun.enabled:
                 # Before any link comes up: a route to a node means its overlay works.
@@ -308,10 +309,8 @@ class Agent:
             return None
         from prometheus_client import start_http_server
 
-        from x0tta6bl4.observability.metrics import REGISTRY
-
         host, port = parse_host_port(self.settings.api.metrics, 0)
-        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+        server, _thread = start_http_server(port, addr=host, registry=enable_metrics().REGISTRY)
         return server
 
     async def _housekeeping(self) -> None:
@@ -585,8 +584,12 @@ class Agent:
 
     def _record_metrics(self) -> None:
         from x0tta6bl4 import __version__
-        from x0tta6bl4.observability import metrics as m
 
+        dp = self._dataplane
+        self._dataplane = [0, 0, 0, 0]
+        m = recorder()
+        if m is None:
+            return
         mesh = self.mesh
         obs = mesh.observe(self.runner.now)
         for link in obs.links.values():
@@ -602,9 +605,7 @@ class Agent:
             _established(mesh.links),
             _established(mesh.e2e),
         )
-        dp = self._dataplane
         m.record_dataplane(dp[0], dp[1], dp[2], dp[3])
-        self._dataplane = [0, 0, 0, 0]
         m.record_certificate_expiry("node", self.creds.cert.not_after)
         if self.crl is not None:
             m.record_revocation_list("node", self.crl.version, self.crl.next_update)
@@ -654,40 +655,34 @@ class Agent:
             for fut in self.probe_waiters.pop(self.mesh.id_of(dst).hex(), []):
                 if not fut.done() and result is not None:
                     fut.set_result(result)
+        elif (m := recorder()) is None:
+            return
         elif ev.kind.endswith("handshake_complete"):
-            from x0tta6bl4.observability.metrics import record_handshake
-
-            record_handshake(str(ev.fields.get("role", "?")), "ok")
+            m.record_handshake(str(ev.fields.get("role", "?")), "ok")
         elif ev.kind.endswith("handshake_failed"):
-            from x0tta6bl4.observability import metrics as m
-
             # Only an attempt this node started can fail this way (the initiator's).
             m.record_handshake("initiator", "failed")
             m.record_handshake_failure(str(ev.fields.get("reason", "unknown")))
             if ev.fields.get("rekey") is True:
                 m.record_rekey(False)
         elif ev.kind.endswith("session_rekeyed"):
-            from x0tta6bl4.observability.metrics import record_rekey
-
-            record_rekey(True)
+            m.record_rekey(True)
 
     def _on_control(self, action: Action) -> None:
         # A link up or down changes the topology operators watch: report it now.
         if type(action) in (LinkUp, LinkDown) and self.control is not None:
             self.control.on_link_change()
         if type(action) is LinkDown and action.reason in _GONE:
-            from x0tta6bl4.observability.metrics import forget_link
-
             self._departed.add(action.peer)  # its link series go until it is back
-            forget_link(action.peer)
+            if (m := recorder()) is not None:
+                m.forget_link(action.peer)
         elif type(action) is LinkUp:
             self._departed.discard(action.peer)
 
     def _on_healing_event(self, ev: HealingEvent) -> None:
-        from x0tta6bl4.observability.metrics import record_self_healing_event
-
         self.healing_events.append(ev)
-        record_self_healing_event(ev)
+        if (m := recorder()) is not None:
+            m.record_self_healing_event(ev)
         if tracing.enabled():
             tracing.record_healing_event(ev, time.time() - self.runner.now)
         if self.control is not None:
@@ -726,7 +721,8 @@ class Agent:
                 self.count("ip_without_tun")
             return
         decision = self.decide(self.peer_identity(d.src), Proto.MSG, d.port)
-        record_policy_decision(decision.rule_id, decision.allowed)
+        if (m := recorder()) is not None:
+            m.record_policy_decision(decision.rule_id, decision.allowed)
         if not decision.allowed:
             self.count(f"policy_denied:{decision.rule_id}")
             return

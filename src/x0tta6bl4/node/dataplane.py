@@ -43,7 +43,7 @@ from x0tta6bl4.node.tun import (
     overlay_prefix,
     parse_vnet_hdr,
 )
-from x0tta6bl4.observability.metrics import record_policy_decision
+from x0tta6bl4.observability import recorder
 
 if TYPE_CHECKING:
     from x0tta6bl4.node.agent import Agent
@@ -218,7 +218,8 @@ class TunPlane:
             # Fail fast: the receiver would refuse it too.
             d = self.agent.decide_outbound(ident, flow.proto, flow.dport)
             if d is not None and not d.allowed:
-                record_policy_decision(d.rule_id, False)
+                if (m := recorder()) is not None:
+                    m.record_policy_decision(d.rule_id, False)
                 self._count(f"policy_denied_at_sender:{d.rule_id}")
                 return
         self.conntrack.note(flow, now)
@@ -262,7 +263,8 @@ class TunPlane:
             decision = self.agent.decide(ident, flow.proto, flow.dport) if flow.proto else None
             rule = decision.rule_id if decision is not None else "unknown-protocol"
             allowed = decision is not None and decision.allowed
-            record_policy_decision(rule, allowed)
+            if (m := recorder()) is not None:
+                m.record_policy_decision(rule, allowed)
             if not allowed:
                 self.agent.count(f"policy_denied:{rule}")
                 if self.settings.deny_tcp == "reset":

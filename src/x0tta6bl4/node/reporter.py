@@ -35,7 +35,7 @@ import structlog
 
 from x0tta6bl4.api import reports as wire
 from x0tta6bl4.node.control_client import ControlClient, ControlError, Signer
-from x0tta6bl4.observability.metrics import record_control_sync
+from x0tta6bl4.observability import recorder
 
 log = structlog.get_logger("x0tta6bl4.node.reporter")
 
@@ -205,7 +205,8 @@ class Reporter:
                 "control_plane_reports_resumed", after_failures=self.stats.consecutive_failures
             )
         self.stats.reports_sent += 1
-        record_control_sync("report", time.time())
+        if (m := recorder()) is not None:
+            m.record_control_sync("report", time.time())
         self.stats.consecutive_failures = 0
         self.stats.last_ok_at = self._clock()
         self.stats.last_error = None

@@ -51,7 +51,7 @@ from x0tta6bl4.api.push import (
     sync_path,
 )
 from x0tta6bl4.node.control_client import ControlClient, ControlError, Signer
-from x0tta6bl4.observability.metrics import record_control_sync
+from x0tta6bl4.observability import recorder
 
 log = structlog.get_logger("x0tta6bl4.node.stream")
 
@@ -186,7 +186,8 @@ class PushClient:
                         self.stats.last_error = data
                     log.info("push_stream_down", error=data or "closed by the service")
                     return established
-                record_control_sync("stream", time.time())
+                if (m := recorder()) is not None:
+                    m.record_control_sync("stream", time.time())
                 if event == EVENT_HELLO:
                     established = self._on_hello(data) or established
                     continue
@@ -255,7 +256,8 @@ class PushClient:
         except PushFormatError as exc:
             self._malformed("sync", exc)
             return False
-        record_control_sync("poll", time.time())
+        if (m := recorder()) is not None:
+            m.record_control_sync("poll", time.time())
         if result.policy is not None:
             await self._take_policy(result.policy, fetch=False)
         if result.crl is not None:
@@ -317,7 +319,8 @@ class PushClient:
 
 def _stream_alive() -> None:
     # In the stream's reading thread: a keep-alive proves the stream is current.
-    record_control_sync("stream", time.time())
+    if (m := recorder()) is not None:
+        m.record_control_sync("stream", time.time())
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
