@@ -96,4 +96,10 @@ def _find_each_other(tmp_path: Path, *, link_comes_up_later: bool) -> None:
         st = NodeClient(tmp_path / "q" / "agent.sock").status()
         q_sees = {n["name"]: n for n in st["neighbours"]}
         assert q_sees["p"]["alive"] and q_sees["p"]["addr"].startswith("[fe80:")
-        assert st["counters"].get("discovered", 0) >= 1
+        # Neither has a configured peer, so a beacon made the link: whichever side heard
+        # one first dialled (the other then finds the sender already live and counts none).
+        found = [
+            NodeClient(tmp_path / n / "agent.sock").status()["counters"].get("discovered", 0)
+            for n in "pq"
+        ]
+        assert sum(found) >= 1, found
