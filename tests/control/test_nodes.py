@@ -113,6 +113,16 @@ def test_detail_has_certificate_and_report_summary(control) -> None:  # type: ig
     assert (body.report.neighbours, body.report.sessions) == (2, 2)
     assert (body.report.policy_version, body.report.crl_version) == (7, 3)
     assert body.online and body.tags == ["role:web"]
+    # The overlay addresses the node itself computes (node.dataplane), from its name.
+    from x0tta6bl4.node.dataplane import node_overlay_ipv4, node_overlay_ipv6
+
+    td = control.ctx.ca.ca.trust_domain
+    assert body.overlay.ipv6 == str(node_overlay_ipv6(td, "d-1"))
+    assert body.overlay.ipv4 == str(node_overlay_ipv4(td, "d-1"))
+    listed = control.client.get("/v1/nodes", headers=admin(control)).json()["nodes"]
+    assert {n["name"]: n["overlay"]["ipv4"] for n in listed}["d-2"] == str(
+        node_overlay_ipv4(td, "d-2")
+    )
     # A node that never reported: no summary, offline.
     other = control.client.get("/v1/nodes/d-2", headers=admin(control)).json()
     assert other["report"] is None and other["online"] is False

@@ -50,6 +50,7 @@ from x0tta6bl4.identity.cert import (
     MAX_TAGS,
     normalize_tags,
 )
+from x0tta6bl4.identity.overlay import overlay_ipv4, overlay_ipv6
 
 router = APIRouter(
     prefix="/v1",
@@ -76,9 +77,22 @@ NodeNameParam = Annotated[
 ]
 
 
+class OverlayAddresses(BaseModel):
+    ipv6: str = Field(description="The node's overlay IPv6 address (derived from its SPIFFE ID).")
+    ipv4: str = Field(
+        description="Its overlay IPv4 address in 100.64.0.0/10 (derived too); on the node's "
+        "TUN device when the node runs with tun.ipv4 on."
+    )
+
+
+def overlay_addresses(spiffe_id: str) -> dict[str, str]:
+    return {"ipv6": str(overlay_ipv6(spiffe_id)), "ipv4": str(overlay_ipv4(spiffe_id))}
+
+
 class NodeSummary(BaseModel):
     name: str
     spiffe_id: str
+    overlay: OverlayAddresses
     tags: list[str]
     status: str = Field(description="active or revoked")
     current_serial: str | None
@@ -223,6 +237,7 @@ async def _load_detail(app: Any, c: Any, name: str, crl: int) -> bytes | None:
         {
             "name": row[0],
             "spiffe_id": row[1],
+            "overlay": overlay_addresses(row[1]),
             "tags": row[2],
             "status": row[3],
             "current_serial": row[4],
@@ -376,6 +391,7 @@ async def list_nodes(
         NodeSummary(
             name=r.name,
             spiffe_id=r.spiffe_id,
+            overlay=OverlayAddresses(**overlay_addresses(r.spiffe_id)),
             tags=r.tags,
             status=r.status,
             current_serial=r.current_serial,
