@@ -501,20 +501,13 @@ def test_any_sealed_inner_request_gets_a_4xx_or_200_never_a_5xx(control) -> None
 def test_a_name_whose_overlay_ipv4_address_is_taken_is_refused(control) -> None:  # type: ignore[no-untyped-def]
     # Nodes compute each other's 100.64.0.0/10 addresses from their names (22 bits), so
     # the service refuses the rare second name that lands on an active node's address.
+    from tests.identity.helpers import names_sharing_an_ipv4_address
     from x0tta6bl4.identity.cert import node_spiffe_id
     from x0tta6bl4.identity.overlay import overlay_ipv4
 
     td = control.ctx.ca.ca.trust_domain
-    seen: dict[object, str] = {}
-    for i in range(200_000):
-        name = f"n{i}"
-        addr = overlay_ipv4(node_spiffe_id(td, name))
-        if addr in seen:
-            first, second = seen[addr], name
-            break
-        seen[addr] = name
-    else:
-        pytest.fail("no two of 200,000 names share an IPv4 address")
+    first, second = names_sharing_an_ipv4_address(td)
+    addr = overlay_ipv4(node_spiffe_id(td, first))
     enroll_ok(control, first)
     tok = create_token(control)
     a = attempt(control.client, tok["token"], second)

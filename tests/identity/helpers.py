@@ -169,3 +169,19 @@ def crl_without_next_update(crl: x509.CertificateRevocationList, key: Any) -> by
     algorithm = fields[1]
     signature = key.sign(new_tbs)
     return der_sequence([new_tbs, algorithm, der_sequence([b"\x00" + signature], tag=0x03)])
+
+
+def names_sharing_an_ipv4_address(trust_domain: str) -> tuple[str, str]:
+    """Two node names ``n<i>`` whose derived overlay IPv4 addresses are equal (22 bits: a
+    pair turns up within a few thousand names)."""
+    from x0tta6bl4.identity.cert import node_spiffe_id
+    from x0tta6bl4.identity.overlay import overlay_ipv4
+
+    seen: dict[object, str] = {}
+    for i in range(200_000):
+        name = f"n{i}"
+        addr = overlay_ipv4(node_spiffe_id(trust_domain, name))
+        if addr in seen:
+            return seen[addr], name
+        seen[addr] = name
+    raise AssertionError("no two of 200,000 names share an IPv4 address")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.identity.helpers import NOW
+from tests.identity.helpers import NOW, names_sharing_an_ipv4_address
 from x0tta6bl4 import errors
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.kdf import sha256
@@ -149,24 +149,10 @@ def test_concurrent_issuance_of_one_key_to_two_names(ca: CertificateAuthority) -
     assert [r.name for r in ca.issued()] == winners
 
 
-def _names_sharing_an_ipv4_address(trust_domain: str) -> tuple[str, str]:
-    from x0tta6bl4.identity.cert import node_spiffe_id
-    from x0tta6bl4.identity.overlay import overlay_ipv4
-
-    seen: dict[object, str] = {}
-    for i in range(200_000):
-        name = f"n{i}"
-        addr = overlay_ipv4(node_spiffe_id(trust_domain, name))
-        if addr in seen:
-            return seen[addr], name
-        seen[addr] = name
-    pytest.fail("no two of 200,000 names share an IPv4 address")
-
-
 def test_a_name_whose_overlay_ipv4_address_is_taken_is_refused(ca: CertificateAuthority) -> None:
     # Peers compute a node's 100.64.0.0/10 address from its name (22 bits): the CA refuses
     # the rare second name that lands on an address it already gave out.
-    first, second = _names_sharing_an_ipv4_address(ca.trust_domain)
+    first, second = names_sharing_an_ipv4_address(ca.trust_domain)
     NodeCredentials.generate_and_issue(ca, first, [], NOW)
     with pytest.raises(errors.OverlayAddressTaken, match=f"with '{first}'"):
         NodeCredentials.generate_and_issue(ca, second, [], NOW)

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
+from tests.identity.helpers import names_sharing_an_ipv4_address
 from x0tta6bl4.crypto.hybrid import HybridPrivateKey
 from x0tta6bl4.crypto.sign import SigningKey
 from x0tta6bl4.identity.cert import node_spiffe_id
-from x0tta6bl4.identity.overlay import overlay_ipv4
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.node.dataplane import IP_PORT, TunPlane, node_overlay_ipv4, node_overlay_ipv6
 from x0tta6bl4.node.runsettings import RunTun
@@ -141,19 +139,8 @@ def test_a_packet_to_a_peers_ipv4_address_goes_to_that_peer() -> None:
     assert v6 == "b"
 
 
-def _colliding_names() -> tuple[str, str]:
-    seen: dict[Any, str] = {}
-    for i in range(200_000):
-        n = f"n{i}"
-        a = overlay_ipv4(node_spiffe_id(TD, n))
-        if a in seen:
-            return seen[a], n
-        seen[a] = n
-    pytest.fail("no two of 200,000 names share an IPv4 address")  # ~1e-2000 likely
-
-
 def test_an_ipv4_address_two_names_share_goes_to_neither() -> None:
-    x, y = _colliding_names()
+    x, y = names_sharing_an_ipv4_address(TD)
     host = _Host("a", ["a", x, y])
     plane, _ = _plane(host)
     plane.outbound(_icmp4(plane.address4, node_overlay_ipv4(TD, x)))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from x0tta6bl4.lazyimport import lazy_attributes
 
 if TYPE_CHECKING:
     from x0tta6bl4.identity.bundle import TrustBundle as TrustBundle
@@ -33,40 +34,33 @@ if TYPE_CHECKING:
 # Loaded on first use (PEP 562): the agent needs certificates and verification, never the
 # CA's signing, its inventory or certificate requests (about 0.8 MB resident).
 _WHERE: dict[str, str] = {
-    "CachedVerifier": "verify",
-    "CertVerifier": "types",
-    "CertificateAuthority": "ca",
-    "CertificateRequest": "request",
-    "DEFAULT_TRUST_DOMAIN": "cert",
-    "IssuedRecord": "inventory",
-    "NODE_CERT_VALIDITY": "cert",
-    "NO_REVOCATION_LIST": "crl",
-    "NoRevocationList": "crl",
-    "NodeCertificate": "cert",
-    "NodeCredentials": "store",
-    "OID_STATIC_KEY": "cert",
-    "OID_TAGS": "cert",
-    "REVOCATION_REASONS": "crl",
-    "Revocation": "crl",
-    "RevocationList": "crl",
-    "RevokedEntry": "crl",
-    "TrustBundle": "bundle",
-    "VerifiedIdentity": "types",
-    "accept_newer": "crl",
-    "make_verifier": "verify",
-    "verify_node_certificate": "verify",
-    "verify_renewal": "verify",
+    "CachedVerifier": ".verify",
+    "CertVerifier": ".types",
+    "CertificateAuthority": ".ca",
+    "CertificateRequest": ".request",
+    "DEFAULT_TRUST_DOMAIN": ".cert",
+    "IssuedRecord": ".inventory",
+    "NODE_CERT_VALIDITY": ".cert",
+    "NO_REVOCATION_LIST": ".crl",
+    "NoRevocationList": ".crl",
+    "NodeCertificate": ".cert",
+    "NodeCredentials": ".store",
+    "OID_STATIC_KEY": ".cert",
+    "OID_TAGS": ".cert",
+    "REVOCATION_REASONS": ".crl",
+    "Revocation": ".crl",
+    "RevocationList": ".crl",
+    "RevokedEntry": ".crl",
+    "TrustBundle": ".bundle",
+    "VerifiedIdentity": ".types",
+    "accept_newer": ".crl",
+    "make_verifier": ".verify",
+    "verify_node_certificate": ".verify",
+    "verify_renewal": ".verify",
 }
 
 
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",

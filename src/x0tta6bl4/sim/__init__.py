@@ -7,8 +7,9 @@ a simulation of toy cores does not need.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from x0tta6bl4.lazyimport import lazy_attributes
 
 from .engine import DeliverObserver, DropObserver, NodeFactory, Simulator
 from .flows import FLOW_PORT, Flow, FlowSet, FlowStats
@@ -73,13 +74,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
