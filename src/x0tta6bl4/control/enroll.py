@@ -17,7 +17,6 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -59,7 +58,7 @@ from x0tta6bl4.crypto.kdf import hkdf, sha256
 from x0tta6bl4.errors import CertificateRequestError, IdentityError, InvalidKey, X0tError
 from x0tta6bl4.identity.cert import NodeCertificate, format_time, node_spiffe_id
 from x0tta6bl4.identity.inventory import signing_key_fingerprint, static_key_fingerprint
-from x0tta6bl4.identity.overlay import overlay_ipv4
+from x0tta6bl4.identity.overlay import ipv4_holder, node_overlay_ipv4
 from x0tta6bl4.identity.request import CertificateRequest
 
 TICKET_AAD = b"x0tta6bl4 enroll ticket v1"
@@ -237,20 +236,14 @@ async def _check_overlay_ipv4(s: AsyncSession, trust_domain: str, name: str) -> 
     """Refused (409) when a new name's overlay IPv4 address (22 bits derived from it) is
     an active node's already: nodes find each other's addresses by computing them, so
     two names behind one address would both be unreachable over IPv4."""
-    mine = _overlay_ipv4(trust_domain, name)
     active = (await s.execute(select(Node.name).where(Node.status == "active"))).scalars()
-    for other in active:
-        if other != name and _overlay_ipv4(trust_domain, other) == mine:
-            raise Refused(
-                409,
-                f"csr: node name {name!r} would share the overlay IPv4 address {mine} with "
-                f"node {other!r}; choose another name",
-            )
-
-
-@functools.lru_cache(maxsize=65536)
-def _overlay_ipv4(trust_domain: str, name: str) -> IPv4Address:
-    return overlay_ipv4(node_spiffe_id(trust_domain, name))
+    other = ipv4_holder(trust_domain, name, active)
+    if other is not None:
+        raise Refused(
+            409,
+            f"csr: node name {name!r} would share the overlay IPv4 address "
+            f"{node_overlay_ipv4(trust_domain, name)} with node {other!r}; choose another name",
+        )
 
 
 async def _bootstrap_peers(s: AsyncSession, name: str) -> list[Peer]:

@@ -31,8 +31,8 @@ from x0tta6bl4.crypto.hybrid import HybridPublicKey
 from x0tta6bl4.crypto.kdf import sha256
 from x0tta6bl4.crypto.sign import VerifyKey
 from x0tta6bl4.errors import IdentityError, KeyAlreadyCertified, OverlayAddressTaken
-from x0tta6bl4.identity.cert import NodeCertificate, node_spiffe_id, validate_name
-from x0tta6bl4.identity.overlay import overlay_ipv4
+from x0tta6bl4.identity.cert import NodeCertificate, validate_name
+from x0tta6bl4.identity.overlay import ipv4_holder, node_overlay_ipv4
 
 INVENTORY_FORMAT = 1
 _FIELDS = {"serial", "name", "signing_key_sha256", "static_key_sha256", "not_before", "not_after"}
@@ -188,16 +188,16 @@ class Inventory:
         """Raise OverlayAddressTaken if a new ``name``'s derived overlay IPv4 address
         (22 bits, ``identity.overlay``) is that of a name this CA certified before: peers
         compute addresses from names, so one address must not stand for two nodes."""
-        mine = overlay_ipv4(node_spiffe_id(trust_domain, name))
         names = {r.name for r in self.records}
         if name in names:
             return  # renewing keeps the name, and with it the address
-        for other in sorted(names):
-            if overlay_ipv4(node_spiffe_id(trust_domain, other)) == mine:
-                raise OverlayAddressTaken(
-                    f"node name {name!r} would share the overlay IPv4 address {mine} with "
-                    f"{other!r}, which this CA certified; choose another name"
-                )
+        other = ipv4_holder(trust_domain, name, sorted(names))
+        if other is not None:
+            raise OverlayAddressTaken(
+                f"node name {name!r} would share the overlay IPv4 address "
+                f"{node_overlay_ipv4(trust_domain, name)} with {other!r}, which this CA "
+                "certified; choose another name"
+            )
 
     def check_unique(
         self,

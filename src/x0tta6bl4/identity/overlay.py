@@ -18,7 +18,9 @@ end-to-end session authenticated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final
 
@@ -93,9 +95,35 @@ def overlay_ipv4(spiffe_id: str) -> IPv4Address:
     return IPv4Address(int(OVERLAY_IPV4_NET.network_address) | host)
 
 
+@functools.lru_cache(maxsize=65536)
+def node_overlay_ipv6(trust_domain: str, name: str) -> IPv6Address:
+    """Node ``name``'s overlay IPv6 address in ``trust_domain`` (cached: looked up per
+    packet table rebuild and per listed node)."""
+    return overlay_ipv6(node_spiffe_id(trust_domain, name), overlay_prefix(trust_domain))
+
+
+@functools.lru_cache(maxsize=65536)
+def node_overlay_ipv4(trust_domain: str, name: str) -> IPv4Address:
+    """Node ``name``'s overlay IPv4 address in ``trust_domain`` (cached)."""
+    return overlay_ipv4(node_spiffe_id(trust_domain, name))
+
+
+def ipv4_holder(trust_domain: str, name: str, others: Iterable[str]) -> str | None:
+    """The first of ``others`` (``name`` itself aside) whose overlay IPv4 address is
+    ``name``'s, or None: a CA must not certify a second name behind one address."""
+    mine = node_overlay_ipv4(trust_domain, name)
+    for other in others:
+        if other != name and node_overlay_ipv4(trust_domain, other) == mine:
+            return other
+    return None
+
+
 __all__ = [
     "OVERLAY_IPV4_NET",
     "OVERLAY_PREFIX_LEN",
+    "ipv4_holder",
+    "node_overlay_ipv4",
+    "node_overlay_ipv6",
     "overlay_ipv4",
     "overlay_ipv6",
     "overlay_prefix",

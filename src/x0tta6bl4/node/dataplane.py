@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from x0tta6bl4.errors import TunError, VnetHeaderError
-from x0tta6bl4.identity.cert import node_spiffe_id
+from x0tta6bl4.identity.overlay import node_overlay_ipv4, node_overlay_ipv6
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.node.ippacket import Flow, IPAddr, parse_flow, tcp_reset_for
 from x0tta6bl4.node.tun import (
@@ -38,8 +37,6 @@ from x0tta6bl4.node.tun import (
     TunDevice,
     check_vnet_hdr,
     open_tun,
-    overlay_ipv4,
-    overlay_ipv6,
     overlay_prefix,
     parse_vnet_hdr,
 )
@@ -61,16 +58,6 @@ GSO_MAX_SIZE: Final = 60000
 under one end-to-end message, 65,533 bytes)."""
 
 FlowKey = tuple[int, IPAddr, IPAddr, int | None, int | None]
-
-
-@functools.lru_cache(maxsize=65536)
-def node_overlay_ipv6(trust_domain: str, name: str) -> IPAddr:
-    return overlay_ipv6(node_spiffe_id(trust_domain, name), overlay_prefix(trust_domain))
-
-
-@functools.lru_cache(maxsize=65536)
-def node_overlay_ipv4(trust_domain: str, name: str) -> IPAddr:
-    return overlay_ipv4(node_spiffe_id(trust_domain, name))
 
 
 _AMBIGUOUS: Final = ""
@@ -280,4 +267,4 @@ class TunPlane:
             self._count("tun_write_failed")
 
 
-__all__ = ["IP_PORT", "ConnTrack", "TunPlane", "node_overlay_ipv6"]
+__all__ = ["IP_PORT", "ConnTrack", "TunPlane", "node_overlay_ipv4", "node_overlay_ipv6"]

@@ -19,6 +19,7 @@ pusher within about a second). Other routers that change a node can call
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from typing import Annotated, Any, Literal
@@ -86,7 +87,14 @@ class OverlayAddresses(BaseModel):
 
 
 def overlay_addresses(spiffe_id: str) -> dict[str, str]:
-    return {"ipv6": str(overlay_ipv6(spiffe_id)), "ipv4": str(overlay_ipv4(spiffe_id))}
+    v6, v4 = _overlay(spiffe_id)
+    return {"ipv6": v6, "ipv4": v4}
+
+
+@functools.lru_cache(maxsize=65536)
+def _overlay(spiffe_id: str) -> tuple[str, str]:
+    # Cached: a page of nodes would otherwise hash every SPIFFE ID twice per request.
+    return str(overlay_ipv6(spiffe_id)), str(overlay_ipv4(spiffe_id))
 
 
 class NodeSummary(BaseModel):
