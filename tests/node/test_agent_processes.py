@@ -140,6 +140,19 @@ def test_the_running_agent_loads_none_of_the_cli_or_control_plane_libraries(
     assert "cryptography" in maps  # the check sees extension modules at all
 
 
+def test_an_agent_that_speaks_no_tls_leaves_the_system_openssl_unloaded(
+    mesh: LocalMesh,
+) -> None:
+    """asyncio's ssl and hashlib's _hashlib would map the system OpenSSL 3 (4.7 MB
+    resident) into an agent whose own cryptography runs on the OpenSSL inside
+    `cryptography`; these agents have no control plane, no tracing and no /metrics."""
+    node = mesh.nodes["b"]
+    assert node.proc is not None
+    maps = Path(f"/proc/{node.proc.pid}/maps").read_text()
+    for lib in ("libssl.so", "libcrypto.so", "_ssl.", "_hashlib."):
+        assert lib not in maps, f"the agent process mapped {lib}"
+
+
 def test_the_seqno_continues_after_a_restart(mesh: LocalMesh) -> None:
     b = mesh.nodes["b"]
     seq = b.client.status()["seqno"]

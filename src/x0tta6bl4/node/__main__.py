@@ -7,7 +7,24 @@ libraries. Not meant to be started by hand: the JSON is ``RunSettings.to_json()`
 
 from __future__ import annotations
 
+import json
 import sys
+
+
+def needs_system_openssl(settings_json: str, *, tracing: bool) -> bool:
+    """Whether the agent will load TLS: to speak to an https control plane or to a
+    tracing collector (whose endpoint may be https), or because it serves ``/metrics``
+    (prometheus-client imports ssl). Unreadable JSON says yes: the settings' own parser
+    reports it."""
+    try:
+        d = json.loads(settings_json)
+        url = d.get("control", {}).get("url", "")
+        metrics = d.get("api", {}).get("metrics", "")
+    except (ValueError, AttributeError):
+        return True
+    if tracing or metrics or not isinstance(url, str):
+        return True
+    return url.strip().lower().startswith("https:")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     # and it runs no greenlets, so they would only cost memory (~6 MB) for its whole life.
     for unused in ("rich", "greenlet"):
         sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
+    from x0tta6bl4.observability.tracing import wanted
+
+    if not needs_system_openssl(args[0], tracing=wanted()):
+        # asyncio imports ssl and hashlib imports _hashlib whether or not they are used;
+        # both load the system OpenSSL 3 (4.7 MB resident), while the node's own
+        # cryptography runs on the OpenSSL inside `cryptography`. Without them, hashlib
+        # uses Python's built-in SHA-256 for the few hashes the agent takes.
+        for unused in ("ssl", "_hashlib"):
+            sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
     from x0tta6bl4.errors import X0tError
 
     try:

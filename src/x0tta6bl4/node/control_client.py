@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +58,7 @@ class ControlClient:
         t = self.timeout if timeout is None else timeout
         if self._https:
             return http.client.HTTPSConnection(
-                self._host, self._port, timeout=t, context=ssl.create_default_context()
+                self._host, self._port, timeout=t, context=_tls_context()
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=t)
 
@@ -169,3 +168,11 @@ def _decode(lines: list[str]) -> tuple[Any] | None:
         return (json.loads("\n".join(lines)),)
     except ValueError:
         return None
+
+
+def _tls_context() -> Any:
+    # Imported here: the lean agent leaves the system OpenSSL unloaded unless its control
+    # plane is https (node/__main__.py), so nothing may import ssl before that is known.
+    import ssl
+
+    return ssl.create_default_context()
