@@ -54,3 +54,27 @@ def test_a_batch_from_a_stranger_is_dropped() -> None:
     relayed = b.handle_batch(sim.now, "n0000", odd)
     assert len([x for x in relayed if isinstance(x, Send)]) == len(batch) - 1
     assert b.counters.get("bad_relay", 0) >= 1
+
+
+def test_a_batch_of_mixed_ttls_lowers_each_its_own() -> None:
+    sim, nodes = _line3()
+    a, b = nodes["n0000"], nodes["n0001"]
+    out = a.send_app(sim.now, "n0002", 7, bytes(20_000))
+    batch = [x.data for x in out if isinstance(x, Send)]
+    ttls = [9, 2, 1, *([5] * (len(batch) - 3))]
+    mixed = [d[:4] + t.to_bytes(2, "big") + d[6:] for d, t in zip(batch, ttls, strict=True)]
+    before = b.counters.get("ttl_expired", 0)
+    relayed = [x.data for x in b.handle_batch(sim.now, "n0000", mixed) if isinstance(x, Send)]
+    # the one that arrived with TTL 1 dies here; the others go on, one hop lower each
+    assert [int.from_bytes(d[4:6], "big") for d in relayed] == [t - 1 for t in ttls if t > 1]
+    assert b.counters["ttl_expired"] == before + 1
+
+
+def test_a_large_message_without_a_route_counts_every_datagram() -> None:
+    sim, nodes = _line3()
+    a = nodes["n0000"]
+    a.router.remove_neighbour(sim.now, "n0001")  # n0002 is now out of reach
+    before = a.counters.get("no_route", 0)
+    out = a.send_app(sim.now, "n0002", 7, bytes(20_000))
+    assert not [x for x in out if isinstance(x, Send)]
+    assert a.counters["no_route"] > before + 10  # one per datagram of the message
