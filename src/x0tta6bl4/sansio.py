@@ -104,6 +104,29 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class SendBatch:
+    """Put each of ``datagrams`` on the wire to ``addr``, in this order: the datagrams of
+    one large message (a mesh node's fragments), so that building a ``Send`` apiece does
+    not cost more than sealing them. A runtime may hand them to the kernel in one
+    segmentation-offload send; the simulator transmits them one by one, and shows its
+    observers one ``Send`` apiece."""
+
+    addr: Addr
+    datagrams: tuple[bytes, ...]
+
+
+def outgoing(actions: Iterable[Any]) -> list[tuple[Addr, bytes]]:
+    """``(addr, data)`` of every datagram ``actions`` put on the wire, in order."""
+    out: list[tuple[Addr, bytes]] = []
+    for a in actions:
+        if type(a) is SendBatch:
+            out += [(a.addr, d) for d in a.datagrams]
+        elif isinstance(a, Send):
+            out.append((a.addr, a.data))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class Deliver:
     """Hand an authenticated payload from ``src`` (peer or node name) to the application."""
 
@@ -183,7 +206,7 @@ class LinkDown:
 Control: TypeAlias = SessionUp | PeerMoved | LinkUp | LinkDown
 CONTROL_TYPES: tuple[type, ...] = (SessionUp, PeerMoved, LinkUp, LinkDown)
 
-Action: TypeAlias = Send | Deliver | SetTimer | Event | Control
+Action: TypeAlias = Send | SendBatch | Deliver | SetTimer | Event | Control
 
 
 class Core(Protocol):

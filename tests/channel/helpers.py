@@ -13,7 +13,17 @@ from typing import Any
 from x0tta6bl4.channel.endpoint import SecureEndpoint
 from x0tta6bl4.identity import CertificateAuthority, NodeCredentials, make_verifier
 from x0tta6bl4.identity.types import CertVerifier
-from x0tta6bl4.sansio import CONTROL_TYPES, Action, Addr, Control, Deliver, Event, Input, Send
+from x0tta6bl4.sansio import (
+    CONTROL_TYPES,
+    Action,
+    Addr,
+    Control,
+    Deliver,
+    Event,
+    Input,
+    Send,
+    outgoing,
+)
 from x0tta6bl4.sim import LinkSpec, Simulator
 from x0tta6bl4.sim.types import LOSS
 
@@ -46,8 +56,8 @@ def make_world(directory: Path, names: Iterable[str]) -> World:
 
 
 def sends(actions: list[Action]) -> list[bytes]:
-    """The datagrams among ``actions``."""
-    return [a.data for a in actions if isinstance(a, Send)]
+    """The datagrams ``actions`` put on the wire (a large payload's are one SendBatch)."""
+    return [d for _, d in outgoing(actions)]
 
 
 Tap = Callable[[Hashable, Hashable, bytes], bytes | None]

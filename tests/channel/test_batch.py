@@ -14,7 +14,7 @@ from tests.channel.helpers import World, make_world
 from tests.channel.test_large_payloads import established
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.endpoint import SecureEndpoint
-from x0tta6bl4.sansio import Datagram, Deliver, Send
+from x0tta6bl4.sansio import Datagram, Deliver, outgoing
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 def _fragments(a: SecureEndpoint, now: float, payload: bytes) -> list[bytes]:
-    out = [x.data for x in a.send(now, "B", payload) if isinstance(x, Send)]
+    out = [d for _, d in outgoing(a.send(now, "B", payload))]
     assert len(out) >= 2 and all(d[1] == C.MSG_DATA_FRAGMENT for d in out)
     return out
 

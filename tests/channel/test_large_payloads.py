@@ -22,7 +22,7 @@ from x0tta6bl4.channel.fragment import DataReassembler, split_data
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
 from x0tta6bl4.channel.wire import DataFragment, decode_data_fragment
 from x0tta6bl4.errors import DecodeError, MessageTooLarge
-from x0tta6bl4.sansio import Action, Datagram, Deliver, PeerMoved, Send, SetTimer, Timer
+from x0tta6bl4.sansio import Action, Datagram, Deliver, PeerMoved, SetTimer, Timer, outgoing
 
 CHUNK_1280 = 1280 - C.DATA_FRAGMENT_HEADER_SIZE
 
@@ -234,7 +234,7 @@ def test_any_size_up_to_the_maximum_arrives_whole_in_any_order(
     max_datagram, size, rnd = case
     a, b = direct_pair(world, max_datagram)
     payload = rnd.randbytes(size)
-    datagrams = [x.data for x in a.send(3.0, "B", payload) if isinstance(x, Send)]
+    datagrams = [d for _, d in outgoing(a.send(3.0, "B", payload))]
     assert len(datagrams) == expected_datagrams(size, max_datagram)
     assert all(len(d) <= max_datagram for d in datagrams)
     if len(datagrams) == 1:
@@ -262,7 +262,7 @@ def test_every_bit_flip_of_a_data_fragment_is_dropped_and_the_next_payload_arriv
     for bit in first_fragment_bits:
         now += 0.3  # the partials a flip leaves behind grow quiet enough to be evicted
         payload = os.urandom(1400)
-        frags = [x.data for x in a.send(now, "B", payload) if isinstance(x, Send)]
+        frags = [d for _, d in outgoing(a.send(now, "B", payload))]
         frags = [d for d in frags if d[1] == C.MSG_DATA_FRAGMENT]
         assert len(frags) == 2
         flipped = bytearray(frags[0])
@@ -272,9 +272,8 @@ def test_every_bit_flip_of_a_data_fragment_is_dropped_and_the_next_payload_arriv
     now += 0.3
     last = os.urandom(3000)
     out = []
-    for x in a.send(now, "B", last):
-        if isinstance(x, Send):
-            out += b.handle(now, Datagram("A", x.data))
+    for _, d in outgoing(a.send(now, "B", last)):
+        out += b.handle(now, Datagram("A", d))
     assert [x.payload for x in out if isinstance(x, Deliver)] == [last]
     assert not [k for k in b.counters if k == "internal_error" or k.startswith("error:")]
 
@@ -285,7 +284,7 @@ def test_every_bit_flip_of_a_data_fragment_is_dropped_and_the_next_payload_arriv
 def test_fragments_for_no_session_or_replayed_ones_keep_nothing(world: World) -> None:
     n, a, b = established(world, seed=9)
     big = os.urandom(4000)
-    frags = [x.data for x in a.send(n.now, "B", big) if isinstance(x, Send)]
+    frags = [d for _, d in outgoing(a.send(n.now, "B", big))]
     for d in frags:
         b.handle(n.now, Datagram("A", d))
     before = b.reassemblies_pending
@@ -306,7 +305,7 @@ def test_forged_fragments_for_a_real_session_are_bounded_and_cannot_keep_it_out(
     it: at most MAX_DATA_REASSEMBLIES_PER_SESSION, and each is evicted once it has been
     quiet for DATA_REASSEMBLY_MIN_EVICT_AGE, so a real payload gets in."""
     n, a, b = established(world, seed=10)
-    real = [x.data for x in a.send(n.now, "B", os.urandom(2000)) if isinstance(x, Send)]
+    real = [d for _, d in outgoing(a.send(n.now, "B", os.urandom(2000)))]
     index = struct.unpack_from("<I", real[0], 4)[0]
     base = struct.unpack_from("<Q", real[0], 8)[0] + 100
     now = n.now
@@ -318,9 +317,8 @@ def test_forged_fragments_for_a_real_session_are_bounded_and_cannot_keep_it_out(
     later = now + C.DATA_REASSEMBLY_MIN_EVICT_AGE
     big = os.urandom(2000)
     out: list[Action] = []
-    for x in a.send(later, "B", big):
-        if isinstance(x, Send):
-            out += b.handle(later, Datagram("A", x.data))
+    for _, d in outgoing(a.send(later, "B", big)):
+        out += b.handle(later, Datagram("A", d))
     assert [x.payload for x in out if isinstance(x, Deliver)] == [big]
     assert b.counters["reassembly_evicted"] == 1
 

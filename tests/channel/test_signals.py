@@ -16,7 +16,7 @@ from x0tta6bl4.channel.peers import AttemptPhase, PeerOrigin, PeerState
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
 from x0tta6bl4.channel.wire import header
 from x0tta6bl4.errors import RejectReason
-from x0tta6bl4.sansio import Action, Datagram, Event, Send, SessionUp, SetTimer, Timer
+from x0tta6bl4.sansio import Action, Datagram, Event, Send, SessionUp, SetTimer, Timer, outgoing
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,10 @@ def pump(
     while todo:
         who, acts = todo.popleft()
         log[who] += acts
-        for x in acts:
-            if isinstance(x, Send) and not lose(who, x.addr, x.data):
-                dst = str(x.addr)
-                todo.append((dst, eps[dst].handle(now, Datagram(who, x.data))))
+        for addr, data in outgoing(acts):
+            if not lose(who, addr, data):
+                dst = str(addr)
+                todo.append((dst, eps[dst].handle(now, Datagram(who, data))))
     return log
 
 

@@ -49,7 +49,17 @@ from x0tta6bl4.crypto.entropy import SecretSource, random_u32
 from x0tta6bl4.errors import CryptoError, DecodeError, ReplayError
 from x0tta6bl4.identity.types import VerifiedIdentity
 from x0tta6bl4.ratelimit import TokenBucket
-from x0tta6bl4.sansio import Action, Addr, Deliver, Event, PeerMoved, Send, SessionUp, SetTimer
+from x0tta6bl4.sansio import (
+    Action,
+    Addr,
+    Deliver,
+    Event,
+    PeerMoved,
+    Send,
+    SendBatch,
+    SessionUp,
+    SetTimer,
+)
 
 # Module globals for the per-packet path (a global load beats an attribute chain).
 _DATA_OVERHEAD = C.DATA_OVERHEAD
@@ -315,7 +325,7 @@ class DataPath:
             peer.unanswered_since = now
         addr = peer.addr
         datagrams = split_data(session.remote_index, counter, ciphertext, self._max_datagram)
-        out += [Send(addr, d) for d in datagrams]
+        out.append(SendBatch(addr, tuple(datagrams)))  # one action, not a Send per fragment
         return out
 
     def seal_any(self, now: float, peer: Peer, session: Session, payload: bytes) -> list[Action]:
@@ -470,29 +480,26 @@ class DataPath:
         receiver, counter, _, count, length = _DF_FIELDS.unpack_from(first, 4)
         if count != len(datagrams) or count < 2:
             return None
-        # header 4 | receiver index 4 | counter 8 | index 1 | count 1 | length 2 | chunk
-        head, tail = first[4:16], first[17:20]  # the same in every fragment of the message
+        # header 4 | receiver index 4 | counter 8 | index 1 | count 1 | length 2 | chunk:
+        # all but the index the same in every fragment of the message
         hsize = C.DATA_FRAGMENT_HEADER_SIZE
-        chunks = []
-        for i, d in enumerate(datagrams):
-            if (
-                d[:4] != _HDR_DATA_FRAGMENT
-                or d[4:16] != head
-                or d[16] != i
-                or d[17:20] != tail
-                or len(d) <= hsize
-            ):
-                return None
-            chunks.append(d[hsize:])
+        if (
+            min(map(len, datagrams)) <= hsize
+            or len({d[:16] for d in datagrams}) != 1
+            or len({d[17:hsize] for d in datagrams}) != 1
+            or [d[16] for d in datagrams] != list(range(count))
+        ):
+            return None
         entry = self._sessions.get(receiver)
         if entry is None or now - entry[1].created >= _REJECT_AFTER_TIME:
             return None
         if not entry[1].fresh(counter):
             return None
-        cipher = b"".join(chunks)
-        if len(cipher) != length + C.AEAD_TAG_SIZE:
+        prefix = data_prefix(receiver) + counter.to_bytes(8, "little")
+        whole = b"".join([prefix, *[d[hsize:] for d in datagrams]])
+        if len(whole) - len(prefix) != length + C.AEAD_TAG_SIZE:
             return None
-        return b"".join((data_prefix(receiver), counter.to_bytes(8, "little"), cipher))
+        return whole
 
     def on_data_reassembly_timer(self, now: float) -> list[Action]:
         """Drop the partial payloads that lost a fragment; set the timer for the next."""

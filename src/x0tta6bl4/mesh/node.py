@@ -122,6 +122,7 @@ from x0tta6bl4.sansio import (
     PeerMoved,
     RevocationListUpdated,
     Send,
+    SendBatch,
     SessionUp,
     SetTimer,
     Timer,
@@ -513,20 +514,15 @@ class MeshNode:
         first = datagrams[0]
         if len(datagrams) > 1 and _relays_e2e_data(first):
             ends = first[6:RELAY_OVERHEAD]  # src id | dst id
-            head = first[:RELAY_OVERHEAD]
             nb = self._by_addr.get(addr)
-            # Usually one message's fragments: the same header (so the same TTL) on all.
-            # Checked inline, as _relays_e2e_data would (the header match covers its
-            # magic), since this runs per datagram.
+            # Usually one message's fragments: the same header (so the same TTL) and the
+            # same inner type on all, which then all pass _relays_e2e_data as the first
+            # did. Checked with one set of slices, since this runs per datagram.
             uniform = (
                 nb is not None
                 and nb.alive
-                and all(
-                    d[:RELAY_OVERHEAD] == head
-                    and len(d) >= _RELAY_DATA_MIN
-                    and d[_RELAY_DATA_TYPE_AT] in _E2E_DATA_TYPES
-                    for d in datagrams
-                )
+                and min(map(len, datagrams)) >= _RELAY_DATA_MIN
+                and len({d[: _RELAY_DATA_TYPE_AT + 1] for d in datagrams}) == 1
             )
             if uniform or (
                 nb is not None
@@ -547,7 +543,8 @@ class MeshNode:
                     if uniform:
                         # One TTL: one new header for all.
                         new = first[:4] + _U16.pack(ttl - 1) + first[6:RELAY_OVERHEAD]
-                        out += [Send(to, new + d[RELAY_OVERHEAD:]) for d in datagrams]
+                        fwd = tuple([new + d[RELAY_OVERHEAD:] for d in datagrams])
+                        out.append(SendBatch(to, fwd))
                         n = len(datagrams)
                         self.counters["relayed"] = self.counters.get("relayed", 0) + n
                         return out
@@ -592,15 +589,17 @@ class MeshNode:
         run_dst: Hashable = None  # fragments): forwarded together, in order
         for a in actions:
             t = type(a)
-            if t is Send:
+            if t is Send or t is SendBatch:
                 if layer == _LINK:
                     out.append(a)
-                elif run and a.addr == run_dst:
-                    run.append(a.data)
+                    continue
+                datas = [a.data] if t is Send else list(a.datagrams)
+                if run and a.addr == run_dst:
+                    run += datas
                 else:
                     if run:
                         self._forward_own_run(now, run_dst, run, out)
-                    run, run_dst = [a.data], a.addr
+                    run, run_dst = datas, a.addr
                 continue
             if run:
                 self._forward_own_run(now, run_dst, run, out)
@@ -963,9 +962,8 @@ class MeshNode:
         if nb is None:
             self.counters["no_route"] = self.counters.get("no_route", 0) + len(datas)
             return
-        addr = nb.addr
         hdr = _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst)
-        out += [Send(addr, hdr + d) for d in datas]
+        out.append(SendBatch(nb.addr, tuple([hdr + d for d in datas])))
 
     def _relay(self, now: float, dst: NodeId, frame: bytes, out: list[Action]) -> None:
         hop = self.router.next_hop(dst)

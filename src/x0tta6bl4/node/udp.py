@@ -24,6 +24,7 @@ from x0tta6bl4.sansio import (
     Deliver,
     Event,
     Send,
+    SendBatch,
     SetTimer,
     Timer,
 )
@@ -209,23 +210,32 @@ class UdpRunner:
     def apply(self, actions: Iterable[Action]) -> None:
         batch: list[bytes] = []
         batch_addr: Any = None
+        a: Any  # dispatched on the exact type; mypy cannot narrow through `t`
         for a in actions:
-            if type(a) is Send:
-                addr = a.addr
-                if (
-                    addr == batch_addr
-                    and len(a.data) <= len(batch[0])
-                    and (len(batch) == 1 or len(batch[-1]) == len(batch[0]))
-                ):
-                    batch.append(a.data)  # same destination, fits the segment size
-                    continue
+            t = type(a)
+            if t is SendBatch and _uniform(a.datagrams) and _routable(a.addr):
                 if batch:
                     self._send(batch_addr, batch)
-                if not (isinstance(addr, tuple) and len(addr) == 2):
-                    log.warning("unroutable_send", addr=repr(addr))
                     batch, batch_addr = [], None
-                    continue
-                batch, batch_addr = [a.data], addr
+                self._send(a.addr, list(a.datagrams))  # one message: one GSO send
+                continue
+            if t is Send or t is SendBatch:
+                addr = a.addr
+                for data in (a.data,) if t is Send else a.datagrams:
+                    if (
+                        addr == batch_addr
+                        and len(data) <= len(batch[0])
+                        and (len(batch) == 1 or len(batch[-1]) == len(batch[0]))
+                    ):
+                        batch.append(data)  # same destination, fits the segment size
+                        continue
+                    if batch:
+                        self._send(batch_addr, batch)
+                    if not _routable(addr):
+                        log.warning("unroutable_send", addr=repr(addr))
+                        batch, batch_addr = [], None
+                        break
+                    batch, batch_addr = [data], addr
             elif isinstance(a, SetTimer):
                 self._set_timer(a.at, a.key)
             elif isinstance(a, Deliver):
@@ -284,3 +294,16 @@ class UdpRunner:
             return
         self._timers.pop(key, None)
         self.apply(self.core.handle(self.now, Timer(key)))
+
+
+def _routable(addr: Any) -> bool:
+    return isinstance(addr, tuple) and len(addr) == 2
+
+
+def _uniform(datagrams: tuple[bytes, ...]) -> bool:
+    """Every datagram but the last is the first one's size, the last no larger: the
+    kernel's segmentation gives back exactly these datagrams."""
+    if not datagrams:
+        return False
+    size = len(datagrams[0])
+    return len(datagrams[-1]) <= size and all(len(d) == size for d in datagrams[:-1])

@@ -29,6 +29,7 @@ from x0tta6bl4.sansio import (
     Deliver,
     Event,
     Send,
+    SendBatch,
     SetTimer,
     Timer,
 )
@@ -331,6 +332,12 @@ class Simulator:
         a: Any  # dispatched on the exact type below; mypy cannot narrow through `cls`
         for a in actions:
             cls = type(a)
+            if cls is SendBatch:
+                # One Send apiece, observers included: the simulator has no offload.
+                self._apply(node, now, [Send(a.addr, d) for d in a.datagrams])
+                if not node.alive:
+                    return
+                continue
             if cls is Send:
                 self.net.transmit(node, now, a.addr, a.data)
             elif cls is SetTimer:
