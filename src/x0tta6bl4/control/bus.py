@@ -10,12 +10,13 @@ publishing fails softly and replicas fall back to polling the database (``push.P
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
+
+from x0tta6bl4.control.tasks import stop_task
 
 log = structlog.get_logger("x0tta6bl4.control.bus")
 
@@ -117,10 +118,7 @@ class RedisBus:
         return None
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_task(self._task)
         await self._redis.aclose()
 
 

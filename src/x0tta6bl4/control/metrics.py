@@ -10,7 +10,6 @@ path no route matches is ``unmatched``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any, Final
 
@@ -22,6 +21,7 @@ from x0tta6bl4 import __version__
 from x0tta6bl4.control.context import ControlContext
 from x0tta6bl4.control.db import Database
 from x0tta6bl4.control.models import Certificate, Node, RevocationListRow
+from x0tta6bl4.control.tasks import stop_task
 from x0tta6bl4.observability import metrics as m
 
 log = structlog.get_logger("x0tta6bl4.control.metrics")
@@ -159,10 +159,7 @@ class ControlGauges:
         self._task = asyncio.create_task(self._run(), name="control-gauges")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def check_dependencies(self) -> None:
         c = self.c

@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import func, select
 
 from x0tta6bl4.control.models import PolicyVersion, RevocationListRow
+from x0tta6bl4.control.tasks import stop_task
 from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import record_push_streams
 
@@ -63,10 +64,7 @@ class Pusher:
         self._task = asyncio.create_task(self._poll(), name="pusher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def changed(self, kind: str) -> None:
         """Called by the replica that made a change, after its commit: refresh here and
