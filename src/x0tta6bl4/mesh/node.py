@@ -151,6 +151,12 @@ _RELAY_DATA_MIN: Final = RELAY_OVERHEAD + DATA_OVERHEAD
 _RELAY_DATA_TYPE_AT: Final = RELAY_OVERHEAD + 1  # the inner message's type byte
 
 
+def _is_e2e_data(d: bytes) -> bool:
+    """An end-to-end datagram of ours that a relay may carry unopened: DATA or
+    DATA_FRAGMENT (handshake messages go in link-sealed FORWARD frames)."""
+    return d[1] in _E2E_DATA_TYPES and d[0] == PROTOCOL_VERSION
+
+
 def _relays_e2e_data(d: bytes) -> bool:
     """A RELAY datagram carrying an end-to-end DATA or DATA_FRAGMENT, long enough for one."""
     return (
@@ -515,19 +521,17 @@ class MeshNode:
         if len(datagrams) > 1 and _relays_e2e_data(first):
             ends = first[6:RELAY_OVERHEAD]  # src id | dst id
             nb = self._by_addr.get(addr)
+            live = nb is not None and nb.alive
             # Usually one message's fragments: the same header (so the same TTL) and the
             # same inner type on all, which then all pass _relays_e2e_data as the first
             # did. Checked with one set of slices, since this runs per datagram.
             uniform = (
-                nb is not None
-                and nb.alive
+                live
                 and min(map(len, datagrams)) >= _RELAY_DATA_MIN
                 and len({d[: _RELAY_DATA_TYPE_AT + 1] for d in datagrams}) == 1
             )
             if uniform or (
-                nb is not None
-                and nb.alive
-                and all(d[6:RELAY_OVERHEAD] == ends and _relays_e2e_data(d) for d in datagrams)
+                live and all(d[6:RELAY_OVERHEAD] == ends and _relays_e2e_data(d) for d in datagrams)
             ):
                 out: list[Action] = []
                 src, dst = ends[:8], ends[8:]
@@ -933,7 +937,7 @@ class MeshNode:
     def _forward_own(self, now: float, dst: Hashable, data: bytes, out: list[Action]) -> None:
         if not isinstance(dst, bytes):
             return
-        if self._relay_data and data[1] in _E2E_DATA_TYPES and data[0] == PROTOCOL_VERSION:
+        if self._relay_data and _is_e2e_data(data):
             nb = self._live_next_hop(dst)
             if nb is None:
                 self._count("no_route")
@@ -953,7 +957,7 @@ class MeshNode:
             len(datas) < 2
             or not self._relay_data
             or not isinstance(dst, bytes)
-            or not all(d[1] in _E2E_DATA_TYPES and d[0] == PROTOCOL_VERSION for d in datas)
+            or not all(map(_is_e2e_data, datas))
         ):
             for d in datas:
                 self._forward_own(now, dst, d, out)
