@@ -79,3 +79,30 @@ def test_any_order_and_any_loss_delivers_the_payload_once_or_not_at_all(
         assert _delivered(b.handle(n.now, Datagram("A", late))) == [payload]
     # and nothing arrives twice, whichever way it comes again
     assert _delivered(b.handle_batch(n.now, "A", frags)) == []
+
+
+def test_a_batch_read_past_a_relay_header_opens_the_same(world: World) -> None:
+    # The mesh hands over RELAY datagrams and the offset of ours in them, not copies.
+    n, a, b = established(world, 3)
+    head = b"R" * 22
+    payload = random.Random(3).randbytes(30_000)
+    frags = [head + f for f in _fragments(a, n.now, payload)]
+    assert _delivered(b.handle_batch(n.now, "A", frags, 22)) == [payload]
+    # not one whole message (a fragment missing): the careful way, still past the header
+    p2 = b"\x05" * 5000
+    f2 = [head + f for f in _fragments(a, n.now, p2)]
+    assert _delivered(b.handle_batch(n.now, "A", f2[1:], 22)) == []
+    assert _delivered(b.handle_batch(n.now, "A", f2[:1], 22)) == [p2]
+    # a header of the wrong length shifts every fragment: nothing opens
+    f3 = [b"R" + f for f in _fragments(a, n.now, b"\x06" * 5000)]
+    assert _delivered(b.handle_batch(n.now, "A", f3, 22)) == []
+    with pytest.raises(ValueError, match="negative"):
+        b.handle_batch(n.now, "A", frags, -1)
+
+
+def test_identity_is_the_peer_records_identity(world: World) -> None:
+    _, _, b = established(world, 4)
+    info = b.peer("A")
+    assert info is not None and info.identity is not None
+    assert b.identity("A") is info.identity
+    assert b.identity("nobody") is None

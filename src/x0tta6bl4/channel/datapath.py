@@ -468,26 +468,32 @@ class DataPath:
             return out
         return out + self.on_data(now, addr, added.message)
 
-    def whole_from_fragments(self, now: float, datagrams: list[bytes]) -> bytes | None:
+    def whole_from_fragments(
+        self, now: float, datagrams: list[bytes], offset: int = 0
+    ) -> bytes | None:
         """The DATA message that ``datagrams`` are, when they are every DATA_FRAGMENT of
         one message, in order, for a session we hold at a counter its window accepts
         (what a UDP GRO batch of one large payload usually is); None otherwise, and then
-        the caller feeds them one by one. Checks what ``on_data_fragment`` checks before
-        it keeps anything; the AEAD in ``on_data`` authenticates the whole."""
+        the caller feeds them one by one. Each fragment starts ``offset`` bytes into its
+        datagram (after a relay's header: not copied off first). Checks what
+        ``on_data_fragment`` checks before it keeps anything; the AEAD in ``on_data``
+        authenticates the whole."""
         first = datagrams[0]
-        if len(first) <= C.DATA_FRAGMENT_HEADER_SIZE or first[:4] != _HDR_DATA_FRAGMENT:
+        hsize = C.DATA_FRAGMENT_HEADER_SIZE
+        at = offset
+        if len(first) <= at + hsize or first[at : at + 4] != _HDR_DATA_FRAGMENT:
             return None
-        receiver, counter, _, count, length = _DF_FIELDS.unpack_from(first, 4)
+        receiver, counter, _, count, length = _DF_FIELDS.unpack_from(first, at + 4)
         if count != len(datagrams) or count < 2:
             return None
         # header 4 | receiver index 4 | counter 8 | index 1 | count 1 | length 2 | chunk:
         # all but the index the same in every fragment of the message
-        hsize = C.DATA_FRAGMENT_HEADER_SIZE
+        idx, end = at + 16, at + hsize
         if (
-            min(map(len, datagrams)) <= hsize
-            or len({d[:16] for d in datagrams}) != 1
-            or len({d[17:hsize] for d in datagrams}) != 1
-            or [d[16] for d in datagrams] != list(range(count))
+            min(map(len, datagrams)) <= end
+            or len({d[at:idx] for d in datagrams}) != 1
+            or len({d[idx + 1 : end] for d in datagrams}) != 1
+            or [d[idx] for d in datagrams] != list(range(count))
         ):
             return None
         entry = self._sessions.get(receiver)
@@ -496,7 +502,7 @@ class DataPath:
         if not entry[1].fresh(counter):
             return None
         prefix = data_prefix(receiver) + counter.to_bytes(8, "little")
-        whole = b"".join([prefix, *[d[hsize:] for d in datagrams]])
+        whole = b"".join([prefix, *[d[end:] for d in datagrams]])
         if len(whole) - len(prefix) != length + C.AEAD_TAG_SIZE:
             return None
         return whole

@@ -288,6 +288,12 @@ class SecureEndpoint:
         if expect_name is not None:
             peer.expect_name = expect_name
 
+    def identity(self, addr: Addr) -> VerifiedIdentity | None:
+        """The verified identity of the peer at ``addr`` (None: none, or not yet
+        authenticated); ``peer(addr).identity`` without building the rest, per packet."""
+        p = self._peers.get(addr)
+        return None if p is None else p.identity
+
     def peer(self, addr: Addr, now: float | None = None) -> PeerInfo | None:
         p = self._peers.get(addr)
         if p is None:
@@ -386,15 +392,20 @@ class SecureEndpoint:
         except Exception as exc:  # a bug: count it loudly rather than crash the loop
             return self._stats.drop(DropReason.INTERNAL_ERROR, None, error=type(exc).__name__)
 
-    def handle_batch(self, now: float, addr: Addr, datagrams: list[bytes]) -> list[Action]:
-        """Several datagrams from ``addr`` received together. When they are the
-        DATA_FRAGMENTs of one message, in order (a UDP GRO batch of one large payload),
-        the message is rebuilt at once and opened like a DATA; anything else goes through
-        :meth:`handle` one by one. Same outcome either way, less work per datagram."""
+    def handle_batch(
+        self, now: float, addr: Addr, datagrams: list[bytes], offset: int = 0
+    ) -> list[Action]:
+        """Several datagrams from ``addr`` received together, ours from ``offset`` bytes
+        into each (a relay's header before it). When they are the DATA_FRAGMENTs of one
+        message, in order (a UDP GRO batch of one large payload), the message is rebuilt
+        at once and opened like a DATA; anything else goes through :meth:`handle` one by
+        one. Same outcome either way, less work per datagram."""
         self._now = now
+        if offset < 0:
+            raise ValueError(f"offset {offset} is negative")
         if len(datagrams) > 1:
             try:
-                whole = self._data.whole_from_fragments(now, datagrams)
+                whole = self._data.whole_from_fragments(now, datagrams, offset)
             except Exception as exc:  # a bug: count it, and take the careful way
                 self._stats.drop(DropReason.INTERNAL_ERROR, None, error=type(exc).__name__)
                 whole = None
@@ -405,7 +416,7 @@ class SecureEndpoint:
                     return self._stats.drop_unmapped(exc)
         out: list[Action] = []
         for d in datagrams:
-            out += self.handle(now, Datagram(addr, d))
+            out += self.handle(now, Datagram(addr, d[offset:] if offset else d))
         return out
 
     # --- revocation -------------------------------------------------------------------

@@ -55,7 +55,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 from x0tta6bl4.channel.constants import (
     AEAD_TAG_SIZE,
@@ -539,6 +539,10 @@ class SentMessages:
 # --- payloads larger than one datagram ---------------------------------------------------
 
 
+_DF_INDEX_AT: Final = 16  # header 4 | receiver index 4 | counter 8 | index 1 | ...
+_BYTES: Final = tuple(bytes((i,)) for i in range(256))
+
+
 def split_data(
     receiver_index: int, counter: int, ciphertext: bytes, max_datagram: int
 ) -> list[bytes]:
@@ -554,17 +558,14 @@ def split_data(
         raise MessageTooLarge(length, MAX_DATA_PAYLOAD)
     if count < 2:
         raise ValueError("a DATA message that fits one datagram is sent whole")
-    pack = DATA_FRAGMENT_FIELDS.pack
-    view = memoryview(ciphertext)  # each chunk is copied once, into its datagram
+    # Every fragment's header is the same but for its index byte: packed once, and
+    # each datagram joined from the two halves, the index and its chunk (copied once).
+    head = HDR_DATA_FRAGMENT + DATA_FRAGMENT_FIELDS.pack(receiver_index, counter, 0, count, length)
+    before, after = head[:_DF_INDEX_AT], head[_DF_INDEX_AT + 1 :]
+    view = memoryview(ciphertext)
+    join = b"".join
     return [
-        b"".join(
-            (
-                HDR_DATA_FRAGMENT,
-                pack(receiver_index, counter, i, count, length),
-                view[i * chunk : (i + 1) * chunk],
-            )
-        )
-        for i in range(count)
+        join((before, _BYTES[i], after, view[i * chunk : (i + 1) * chunk])) for i in range(count)
     ]
 
 
