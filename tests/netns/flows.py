@@ -110,7 +110,7 @@ def udp_recv(addr: str, port: int, gro: bool, idle: float, timeout: float) -> No
                 sock.settimeout(idle)
             calls += 1
             total += n
-            datagrams += sum(1 for _ in udpfast.iter_segments(buf, n, seg))
+            datagrams += -(-n // seg) if 0 < seg < n else int(n > 0)
     elapsed = last - first
     _emit(
         {

@@ -9,6 +9,8 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from x0tta6bl4.errors import DatagramTruncated
 from x0tta6bl4.node import udpfast
@@ -97,7 +99,7 @@ def test_more_than_one_gso_batch_is_split_into_several_calls(
 
 
 @needs_gso
-def test_gro_receive_coalesces_and_iter_segments_cuts_again(
+def test_gro_receive_coalesces_and_split_segments_cuts_again(
     sockets: list[socket.socket],
 ) -> None:
     rx, tx = _udp(sockets), _udp(sockets, bind=False)
@@ -109,7 +111,7 @@ def test_gro_receive_coalesces_and_iter_segments_cuts_again(
     # On loopback a GSO batch reaches a GRO socket whole: one receive, 21 datagrams.
     assert (nbytes, seg) == (len(data), 1200)
     assert addr == ("127.0.0.1", tx.getsockname()[1])
-    pieces = [bytes(p) for p in udpfast.iter_segments(buf, nbytes, seg)]
+    pieces = udpfast.split_segments(buf, nbytes, seg)
     assert [len(p) for p in pieces] == [1200] * 20 + [7]
     assert b"".join(pieces) == data
     assert udpfast.stats.gro_batches == 1
@@ -120,7 +122,7 @@ def test_without_gro_a_receive_is_one_datagram(sockets: list[socket.socket]) -> 
     tx.sendto(b"x" * 500, rx.getsockname())
     buf = bytearray(udpfast.MAX_DATAGRAM)
     assert udpfast.recv_batch(rx, buf)[:2] == (500, 500)
-    assert [bytes(p) for p in udpfast.iter_segments(buf, 500, 500)] == [b"x" * 500]
+    assert udpfast.split_segments(buf, 500, 500) == [b"x" * 500]
 
 
 def test_a_too_small_receive_buffer_is_a_typed_error(sockets: list[socket.socket]) -> None:
@@ -225,3 +227,31 @@ def test_ipv6_loopback(sockets: list[socket.socket]) -> None:
     data = _payload(4 * 1280)
     assert udpfast.send_segments(tx, data, 1280, rx.getsockname()) == 4
     assert b"".join(_drain(rx, 4)) == data
+
+
+@given(
+    seg=st.integers(1, 1500),
+    count=st.integers(0, 50),
+    last=st.integers(0, 1500),
+    slack=st.integers(0, 64),
+)
+@settings(max_examples=200, deadline=None)
+def test_split_segments_gives_back_the_datagrams_as_independent_copies(
+    seg: int, count: int, last: int, slack: int
+) -> None:
+    last = min(last, seg)
+    datagrams = [bytes([i % 256]) * seg for i in range(count)] + ([b"\xee" * last] if last else [])
+    data = b"".join(datagrams)
+    buf = bytearray(data + b"\xff" * slack)  # bytes past nbytes belong to no datagram
+    pieces = udpfast.split_segments(buf, len(data), seg)
+    assert pieces == datagrams
+    assert all(type(p) is bytes for p in pieces)
+    buf[:] = bytes(len(buf))  # the next receive overwrites the buffer: the pieces stay
+    assert pieces == datagrams
+
+
+def test_split_segments_without_a_segment_size_is_one_datagram() -> None:
+    buf = bytearray(b"abcdef")
+    assert udpfast.split_segments(buf, 4, 0) == [b"abcd"]
+    assert udpfast.split_segments(buf, 4, 9) == [b"abcd"]
+    assert udpfast.split_segments(buf, 0, 0) == []

@@ -770,8 +770,7 @@ class Agent:
         )
 
     def peer_identity(self, name: str) -> VerifiedIdentity | None:
-        info = self.mesh.e2e.peer(node_id(name))
-        return info.identity if info is not None else None
+        return self.mesh.e2e.identity(node_id(name))
 
     # -- operations for the local API ---------------------------------------------------
 

@@ -50,6 +50,11 @@ def peer_addr(addr: tuple[Any, ...]) -> tuple[str, int]:
     return (addr[0], addr[1])
 
 
+# Families as plain ints: AddressFamily members hash in Python, and _send looks one up
+# for every batch it sends.
+_AF_INET: Final = int(socket.AF_INET)
+_AF_INET6: Final = int(socket.AF_INET6)
+
 RECV_BATCHES: Final = 64
 """Receives per wake-up at most (each up to a GRO batch), so timers and the TUN get turns."""
 
@@ -125,7 +130,7 @@ class UdpRunner:
             raise
         entry = _Socket(sock, family)
         self._sockets.append(entry)
-        self._by_family.setdefault(family, entry)
+        self._by_family.setdefault(int(family), entry)
         loop.add_reader(sock.fileno(), self._readable, entry)
         sockname: tuple[str, int] = sock.getsockname()[:2]
         if start and not self._started:
@@ -181,15 +186,14 @@ class UdpRunner:
             src = peer_addr(addr)
             now = self.now
             self.received_bytes += nbytes
-            if seg < nbytes and batch is not None:
-                datagrams = [bytes(v) for v in udpfast.iter_segments(buf, nbytes, seg)]
-                self.received_datagrams += len(datagrams)
+            datagrams = udpfast.split_segments(buf, nbytes, seg)
+            self.received_datagrams += len(datagrams)
+            if len(datagrams) > 1 and batch is not None:
                 self.apply(batch(now, src, datagrams))
                 continue
             actions: list[Action] = []
-            for view in udpfast.iter_segments(buf, nbytes, seg):
-                self.received_datagrams += 1
-                actions += handle(now, Datagram(src, bytes(view)))
+            for data in datagrams:
+                actions += handle(now, Datagram(src, data))
             self.apply(actions)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -255,7 +259,7 @@ class UdpRunner:
             self._send(batch_addr, batch)
 
     def _send(self, addr: Any, datagrams: list[bytes]) -> None:
-        entry = self._by_family.get(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
+        entry = self._by_family.get(_AF_INET6 if ":" in addr[0] else _AF_INET)
         if entry is None:
             self.send_errors += len(datagrams)
             return

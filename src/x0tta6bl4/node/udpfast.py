@@ -13,7 +13,7 @@ first refusal on a socket is logged and counted, and from then on that socket se
 *Receive*: after :func:`enable_gro` the kernel may hand one ``recvmsg`` several datagrams
 of one flow, back to back, with a ``UDP_GRO`` control message giving their size (every
 one but the last is exactly that long). :func:`recv_batch` returns ``(nbytes,
-segment_size, addr)`` and :func:`iter_segments` cuts the buffer again.
+segment_size, addr)`` and :func:`split_segments` cuts the buffer again.
 
 A *connected* UDP socket reports an ICMP port or host unreachable for an earlier datagram
 as ``ConnectionRefusedError`` on its next send or receive, and that call does nothing
@@ -27,7 +27,7 @@ import errno
 import socket
 import sys
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -51,6 +51,10 @@ SO_RCVBUFFORCE: Final = 33
 _IOV_MAX: Final = 1024  # buffers one sendmsg takes; longer lists are joined first
 # Room for the UDP_GRO int and a couple of other control messages the caller may enable.
 _ANC_SIZE: Final = socket.CMSG_SPACE(4) * 4
+# Plain ints: the socket module's are IntFlag members, whose ``&`` runs in Python (1.8 us
+# against 0.03 us here), once per receive.
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)
+_MSG_CTRUNC: Final = int(socket.MSG_CTRUNC)
 # Errors that mean "this socket, route or kernel will not segment": fall back for good.
 _REFUSALS: Final = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 
@@ -248,7 +252,7 @@ def recv_batch(sock: socket.socket, buf: bytearray | memoryview) -> tuple[int, i
     except ConnectionRefusedError:
         stats.refused_recvs += 1
         return 0, 0, None
-    if flags & socket.MSG_TRUNC:
+    if flags & _MSG_TRUNC:
         raise DatagramTruncated(f"datagram larger than the {len(buf)}-byte receive buffer")
     segment_size = nbytes
     for level, kind, value in ancdata:
@@ -256,7 +260,7 @@ def recv_batch(sock: socket.socket, buf: bytearray | memoryview) -> tuple[int, i
             segment_size = int.from_bytes(value[:4], sys.byteorder, signed=True)
             break
     else:
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             # The UDP_GRO message may have been cut off: the batch cannot be split again.
             raise DatagramTruncated("control messages truncated: segment size unknown")
     if segment_size <= 0 or segment_size > nbytes:
@@ -266,15 +270,14 @@ def recv_batch(sock: socket.socket, buf: bytearray | memoryview) -> tuple[int, i
     return nbytes, segment_size, addr
 
 
-def iter_segments(buf: BytesLike, nbytes: int, segment_size: int) -> Iterator[memoryview]:
-    """The datagrams of a :func:`recv_batch` result, as views into ``buf``."""
+def split_segments(buf: BytesLike, nbytes: int, segment_size: int) -> list[bytes]:
+    """The datagrams of a :func:`recv_batch` result, copied out of ``buf`` (which the
+    next receive overwrites). One comprehension over the offsets: this runs for every
+    datagram of the data path, where a generator of views cost twice as much."""
     view = memoryview(buf)[:nbytes]
-    if segment_size <= 0:
-        if nbytes:
-            yield view
-        return
-    for start in range(0, nbytes, segment_size):
-        yield view[start : start + segment_size]
+    if segment_size <= 0 or segment_size >= nbytes:
+        return [view.tobytes()] if nbytes else []
+    return [view[o : o + segment_size].tobytes() for o in range(0, nbytes, segment_size)]
 
 
 __all__ = [
@@ -285,10 +288,10 @@ __all__ = [
     "UdpFastStats",
     "enable_gro",
     "gso_enabled",
-    "iter_segments",
     "kernel_supports_gso",
     "recv_batch",
     "send_segments",
     "set_buffers",
+    "split_segments",
     "stats",
 ]
