@@ -104,23 +104,49 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
-class SendBatch:
-    """Put each of ``datagrams`` on the wire to ``addr``, in this order: the datagrams of
-    one large message (a mesh node's fragments), so that building a ``Send`` apiece does
-    not cost more than sealing them. A runtime may hand them to the kernel in one
-    segmentation-offload send; the simulator transmits them one by one, and shows its
-    observers one ``Send`` apiece."""
+class SendSegments:
+    """Put ``data`` on the wire to ``addr`` as datagrams of ``size`` bytes each, in order,
+    the last possibly shorter: the datagrams of one large message, built as one buffer so
+    that nobody touches each datagram in Python. A runtime hands the buffer to the kernel
+    in one segmentation-offload send; the simulator transmits the datagrams one by one, and
+    shows its observers one ``Send`` apiece. The buffer may be a ``bytearray`` the core
+    made for this action and no longer touches."""
 
     addr: Addr
-    datagrams: tuple[bytes, ...]
+    data: bytes | bytearray
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or not self.data:
+            raise ValueError(
+                f"SendSegments needs data and a positive size (got {len(self.data)} bytes, "
+                f"size {self.size})"
+            )
+
+    @property
+    def count(self) -> int:
+        """How many datagrams this is."""
+        return -(-len(self.data) // self.size)
+
+    def datagrams(self) -> list[bytes]:
+        return segments(self.data, self.size)
+
+
+def segments(data: bytes | bytearray | memoryview, size: int) -> list[bytes]:
+    """The datagrams of ``size`` bytes laid back to back in ``data`` (the last may be
+    shorter), each copied out: a ``SendSegments``, or a UDP GRO receive."""
+    if size <= 0:
+        raise ValueError(f"segment size {size} is not positive")
+    view = memoryview(data)
+    return [view[o : o + size].tobytes() for o in range(0, len(view), size)]
 
 
 def outgoing(actions: Iterable[Any]) -> list[tuple[Addr, bytes]]:
     """``(addr, data)`` of every datagram ``actions`` put on the wire, in order."""
     out: list[tuple[Addr, bytes]] = []
     for a in actions:
-        if type(a) is SendBatch:
-            out += [(a.addr, d) for d in a.datagrams]
+        if type(a) is SendSegments:
+            out += [(a.addr, d) for d in a.datagrams()]
         elif isinstance(a, Send):
             out.append((a.addr, a.data))
     return out
@@ -206,7 +232,7 @@ class LinkDown:
 Control: TypeAlias = SessionUp | PeerMoved | LinkUp | LinkDown
 CONTROL_TYPES: tuple[type, ...] = (SessionUp, PeerMoved, LinkUp, LinkDown)
 
-Action: TypeAlias = Send | SendBatch | Deliver | SetTimer | Event | Control
+Action: TypeAlias = Send | SendSegments | Deliver | SetTimer | Event | Control
 
 
 class Core(Protocol):

@@ -56,7 +56,7 @@ def make_world(directory: Path, names: Iterable[str]) -> World:
 
 
 def sends(actions: list[Action]) -> list[bytes]:
-    """The datagrams ``actions`` put on the wire (a large payload's are one SendBatch)."""
+    """The datagrams ``actions`` put on the wire (a large payload's are one SendSegments)."""
     return [d for _, d in outgoing(actions)]
 
 

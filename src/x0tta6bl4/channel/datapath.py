@@ -5,10 +5,11 @@ FRAGMENT datagrams and the reassembler (with its repair: NACKs out, resends for 
 repeated requests answered from the kept answer).
 
 A payload too large for one datagram (up to ``MAX_DATA_PAYLOAD``) is sealed as ONE DATA
-message and sent as DATA_FRAGMENTs (:func:`~.fragment.split_data`); they are reassembled
-apart from handshake messages (:class:`~.fragment.DataReassembler`), only for a session
-we hold and a counter its replay window accepts, then opened like any DATA. They are
-never repaired: a lost fragment loses its payload (``data_incomplete``).
+message and sent as DATA_FRAGMENTs (:func:`~.fragment.data_segments`: one buffer, one
+``SendSegments``); they are reassembled apart from handshake messages
+(:class:`~.fragment.DataReassembler`), only for a session we hold and a counter its replay
+window accepts, then opened like any DATA. They are never repaired: a lost fragment loses
+its payload (``data_incomplete``).
 
 The per-packet path is :meth:`DataPath.on_data`; ``SecureEndpoint.handle`` calls it
 directly for any datagram that starts with DATA's header, and it stays lean: one dict
@@ -24,11 +25,20 @@ NO_SESSION echoing it, so its sender learns at once.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import StrEnum
 
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.drops import DropReason, Stats, Tally, addr_label
-from x0tta6bl4.channel.fragment import DataReassembler, Reassembler, SentMessages, split, split_data
+from x0tta6bl4.channel.fragment import (
+    DATA_FRAGMENT_INDEX_AT,
+    INDEX_BYTES,
+    DataReassembler,
+    Reassembler,
+    SentMessages,
+    data_segments,
+    split,
+)
 from x0tta6bl4.channel.peers import Peer, PeerOrigin, PeerState, PeerTable
 from x0tta6bl4.channel.session import Session
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
@@ -56,7 +66,7 @@ from x0tta6bl4.sansio import (
     Event,
     PeerMoved,
     Send,
-    SendBatch,
+    SendSegments,
     SessionUp,
     SetTimer,
 )
@@ -130,6 +140,7 @@ class DataPath:
         "_no_session",
         "_ns",
         "_one_datagram",
+        "_prefix",
         "_reasm",
         "_secrets",
         "_sent",
@@ -146,12 +157,14 @@ class DataPath:
         max_datagram: int,
         secrets: SecretSource,
         timer_namespace: str,
+        segment_prefix: Callable[[Addr], bytes] | None = None,
     ) -> None:
         self._table = table
         self._sessions = table.sessions  # the same dict: no hop through the table per packet
         self._stats = stats
         self._max_datagram = max_datagram
         self._one_datagram = max_datagram - C.DATA_OVERHEAD  # the largest payload sent whole
+        self._prefix = segment_prefix  # the layer below's header before each fragment
         self._secrets = secrets
         self._ns = timer_namespace
         self._reasm = Reassembler()
@@ -324,8 +337,11 @@ class DataPath:
         if peer.unanswered_since is None:
             peer.unanswered_since = now
         addr = peer.addr
-        datagrams = split_data(session.remote_index, counter, ciphertext, self._max_datagram)
-        out.append(SendBatch(addr, tuple(datagrams)))  # one action, not a Send per fragment
+        prefix = self._prefix(addr) if self._prefix is not None else b""
+        buf, size = data_segments(
+            session.remote_index, counter, ciphertext, self._max_datagram, prefix
+        )
+        out.append(SendSegments(addr, buf, size))  # one action and one buffer
         return out
 
     def seal_any(self, now: float, peer: Peer, session: Session, payload: bytes) -> list[Action]:
@@ -468,41 +484,47 @@ class DataPath:
             return out
         return out + self.on_data(now, addr, added.message)
 
-    def whole_from_fragments(
-        self, now: float, datagrams: list[bytes], offset: int = 0
+    def whole_from_segments(
+        self, now: float, data: bytes, size: int, offset: int = 0
     ) -> bytes | None:
-        """The DATA message that ``datagrams`` are, when they are every DATA_FRAGMENT of
-        one message, in order, for a session we hold at a counter its window accepts
-        (what a UDP GRO batch of one large payload usually is); None otherwise, and then
-        the caller feeds them one by one. Each fragment starts ``offset`` bytes into its
-        datagram (after a relay's header: not copied off first). Checks what
-        ``on_data_fragment`` checks before it keeps anything; the AEAD in ``on_data``
-        authenticates the whole."""
-        first = datagrams[0]
-        hsize = C.DATA_FRAGMENT_HEADER_SIZE
+        """The DATA message that the datagrams of ``size`` bytes laid back to back in
+        ``data`` are, when they are every DATA_FRAGMENT of one message, in order, for a
+        session we hold at a counter its window accepts (what a UDP GRO batch of one large
+        payload usually is); None otherwise, and then the caller takes them one by one.
+        Each fragment starts ``offset`` bytes into its segment (after a relay's header).
+        Checks what ``on_data_fragment`` checks before it keeps anything, one column of
+        header bytes at a time (a strided slice), so the work does not grow with the
+        number of fragments; the AEAD in ``on_data`` authenticates the whole."""
+        total = len(data)
+        count = -(-total // size) if size > 0 else 0
         at = offset
-        if len(first) <= at + hsize or first[at : at + 4] != _HDR_DATA_FRAGMENT:
-            return None
-        receiver, counter, _, count, length = _DF_FIELDS.unpack_from(first, at + 4)
-        if count != len(datagrams) or count < 2:
-            return None
-        # header 4 | receiver index 4 | counter 8 | index 1 | count 1 | length 2 | chunk:
-        # all but the index the same in every fragment of the message
-        idx, end = at + 16, at + hsize
+        end = at + C.DATA_FRAGMENT_HEADER_SIZE
         if (
-            min(map(len, datagrams)) <= end
-            or len({d[at:idx] for d in datagrams}) != 1
-            or len({d[idx + 1 : end] for d in datagrams}) != 1
-            or [d[idx] for d in datagrams] != list(range(count))
+            count < 2
+            or total - (count - 1) * size <= end
+            or data[at : at + 4] != _HDR_DATA_FRAGMENT
         ):
             return None
+        receiver, counter, _, declared, length = _DF_FIELDS.unpack_from(data, at + 4)
+        if declared != count:
+            return None
+        # header 4 | receiver index 4 | counter 8 | index 1 | count 1 | length 2 | chunk:
+        # all but the index the same in every fragment, and the index runs 0, 1, 2, ...
+        idx = at + DATA_FRAGMENT_INDEX_AT
+        if data[idx::size] != INDEX_BYTES[:count]:
+            return None
+        for k in (*range(at, idx), *range(idx + 1, end)):
+            if data[k::size] != data[k : k + 1] * count:
+                return None
         entry = self._sessions.get(receiver)
         if entry is None or now - entry[1].created >= _REJECT_AFTER_TIME:
             return None
         if not entry[1].fresh(counter):
             return None
         prefix = data_prefix(receiver) + counter.to_bytes(8, "little")
-        whole = b"".join([prefix, *[d[end:] for d in datagrams]])
+        view = memoryview(data)
+        chunk = size - end
+        whole = b"".join([prefix, *[view[o : o + chunk] for o in range(end, total, size)]])
         if len(whole) - len(prefix) != length + C.AEAD_TAG_SIZE:
             return None
         return whole

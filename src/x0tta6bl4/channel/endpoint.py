@@ -114,13 +114,17 @@ class SecureEndpoint:
         max_datagram: int = C.DEFAULT_MAX_DATAGRAM,
         under_load_threshold: float = C.UNDER_LOAD_THRESHOLD,
         timer_namespace: str = "x0t.secure",
+        segment_prefix: Callable[[Addr], bytes] | None = None,
         accept_identity: AcceptIdentity | None = None,
         secrets: SecretSource = SYSTEM_SECRETS,
         jitter: random.Random | None = None,
     ) -> None:
         """``secrets`` feeds every secret (keys, KEM randomness, cookie and biscuit keys,
         indices, message ids): the OS CSPRNG unless the simulator passes its seeded
-        source. ``jitter`` only spreads retry timers (not secret; seeded in simulations)."""
+        source. ``jitter`` only spreads retry timers (not secret; seeded in simulations).
+        ``segment_prefix(addr)``: the bytes the layer below puts before each fragment of
+        a large payload to ``addr`` (a mesh's relay header), written into the one buffer
+        of its ``SendSegments`` so that nobody copies each datagram again."""
         if max_datagram < C.MIN_DATAGRAM:
             raise ValueError(f"max_datagram must be at least {C.MIN_DATAGRAM}")
         own = NodeCertificate.from_der(cert_der)
@@ -141,7 +145,12 @@ class SecureEndpoint:
         self._revoked_addrs = table.revoked_addrs
         self._revoked_hold = table.revoked_hold
         data = self._data = DataPath(
-            table, stats, max_datagram=max_datagram, secrets=secrets, timer_namespace=self._ns
+            table,
+            stats,
+            max_datagram=max_datagram,
+            secrets=secrets,
+            timer_namespace=self._ns,
+            segment_prefix=segment_prefix,
         )
         cookie_gen = CookieGenerator(secrets)  # one cookie secret for INIT and CERT_REQUEST
         certs = self._certs = CertExchange(
@@ -392,20 +401,21 @@ class SecureEndpoint:
         except Exception as exc:  # a bug: count it loudly rather than crash the loop
             return self._stats.drop(DropReason.INTERNAL_ERROR, None, error=type(exc).__name__)
 
-    def handle_batch(
-        self, now: float, addr: Addr, datagrams: list[bytes], offset: int = 0
+    def handle_segments(
+        self, now: float, addr: Addr, data: bytes, size: int, offset: int = 0
     ) -> list[Action]:
-        """Several datagrams from ``addr`` received together, ours from ``offset`` bytes
-        into each (a relay's header before it). When they are the DATA_FRAGMENTs of one
-        message, in order (a UDP GRO batch of one large payload), the message is rebuilt
-        at once and opened like a DATA; anything else goes through :meth:`handle` one by
-        one. Same outcome either way, less work per datagram."""
+        """Datagrams of ``size`` bytes laid back to back in ``data`` (the last may be
+        shorter) from ``addr``, received together (a UDP GRO batch), ours from ``offset``
+        bytes into each (a relay's header before it). When they are the DATA_FRAGMENTs of
+        one message, in order, the message is rebuilt at once and opened like a DATA;
+        anything else goes through :meth:`handle` one by one. Same outcome either way,
+        less work per datagram."""
         self._now = now
-        if offset < 0:
-            raise ValueError(f"offset {offset} is negative")
-        if len(datagrams) > 1:
+        if size <= 0 or offset < 0:
+            raise ValueError(f"segment size {size} and offset {offset}: need size > 0, offset >= 0")
+        if len(data) > size:
             try:
-                whole = self._data.whole_from_fragments(now, datagrams, offset)
+                whole = self._data.whole_from_segments(now, data, size, offset)
             except Exception as exc:  # a bug: count it, and take the careful way
                 self._stats.drop(DropReason.INTERNAL_ERROR, None, error=type(exc).__name__)
                 whole = None
@@ -415,8 +425,8 @@ class SecureEndpoint:
                 except X0tError as exc:
                     return self._stats.drop_unmapped(exc)
         out: list[Action] = []
-        for d in datagrams:
-            out += self.handle(now, Datagram(addr, d[offset:] if offset else d))
+        for o in range(0, len(data), size):
+            out += self.handle(now, Datagram(addr, data[o + offset : o + size]))
         return out
 
     # --- revocation -------------------------------------------------------------------

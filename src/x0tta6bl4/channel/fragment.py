@@ -38,7 +38,7 @@ last, has brought as many bytes as our kept answer holds, the caller resends tha
 than it brought.
 
 **Payloads larger than a datagram** travel as ONE DATA message (one AEAD seal) cut into
-``DATA_FRAGMENT``s (:func:`split_data`), which name the session (the DATA's receiver
+``DATA_FRAGMENT``s (:func:`data_segments`), which name the session (the DATA's receiver
 index) and the DATA's counter, and are reassembled by :class:`DataReassembler`, apart
 from the messages above: the caller lets a fragment in only for a session it holds and
 a counter its replay window would accept, so a stranger (who cannot see the random
@@ -102,7 +102,7 @@ from x0tta6bl4.channel.wire import (
     encode_fragment,
 )
 from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge
-from x0tta6bl4.sansio import Addr
+from x0tta6bl4.sansio import Addr, segments
 
 
 def split(message: bytes, message_id: int, max_datagram: int) -> list[bytes]:
@@ -539,15 +539,19 @@ class SentMessages:
 # --- payloads larger than one datagram ---------------------------------------------------
 
 
-_DF_INDEX_AT: Final = 16  # header 4 | receiver index 4 | counter 8 | index 1 | ...
-_BYTES: Final = tuple(bytes((i,)) for i in range(256))
+DATA_FRAGMENT_INDEX_AT: Final = 16  # header 4 | receiver index 4 | counter 8 | index 1 | ...
+INDEX_BYTES: Final = bytes(range(MAX_DATA_FRAGMENTS))
+"""Fragment ``i``'s index byte at position ``i``: a message's index column, whole."""
 
 
-def split_data(
-    receiver_index: int, counter: int, ciphertext: bytes, max_datagram: int
-) -> list[bytes]:
+def data_segments(
+    receiver_index: int, counter: int, ciphertext: bytes, max_datagram: int, prefix: bytes = b""
+) -> tuple[bytearray, int]:
     """The DATA_FRAGMENT datagrams of the DATA message ``data_prefix(receiver_index) |
-    counter | ciphertext`` (at least two: the caller sends a message that fits whole)."""
+    counter | ciphertext`` (at least two: the caller sends a message that fits whole),
+    laid back to back in one buffer, each after ``prefix`` (the layer below's header, a
+    relay's). Returns the buffer and the segment size: every segment is exactly that long
+    but the last."""
     if max_datagram < MIN_DATAGRAM:
         raise ValueError(f"max_datagram must be at least {MIN_DATAGRAM}")
     size = len(ciphertext)
@@ -558,15 +562,28 @@ def split_data(
         raise MessageTooLarge(length, MAX_DATA_PAYLOAD)
     if count < 2:
         raise ValueError("a DATA message that fits one datagram is sent whole")
-    # Every fragment's header is the same but for its index byte: packed once, and
-    # each datagram joined from the two halves, the index and its chunk (copied once).
-    head = HDR_DATA_FRAGMENT + DATA_FRAGMENT_FIELDS.pack(receiver_index, counter, 0, count, length)
-    before, after = head[:_DF_INDEX_AT], head[_DF_INDEX_AT + 1 :]
-    view = memoryview(ciphertext)
-    join = b"".join
-    return [
-        join((before, _BYTES[i], after, view[i * chunk : (i + 1) * chunk])) for i in range(count)
-    ]
+    # Every fragment's header is the same but for its index byte: one header object
+    # before every chunk, one join, then the index column in one strided assignment.
+    head = (
+        prefix
+        + HDR_DATA_FRAGMENT
+        + DATA_FRAGMENT_FIELDS.pack(receiver_index, counter, 0, count, length)
+    )
+    ct = memoryview(ciphertext)
+    parts: list[bytes | memoryview] = [head, head] * count
+    parts[1::2] = [ct[start : start + chunk] for start in range(0, size, chunk)]
+    buf = bytearray().join(parts)
+    seg = len(head) + chunk
+    buf[len(prefix) + DATA_FRAGMENT_INDEX_AT :: seg] = INDEX_BYTES[:count]
+    return buf, seg
+
+
+def split_data(
+    receiver_index: int, counter: int, ciphertext: bytes, max_datagram: int
+) -> list[bytes]:
+    """:func:`data_segments` as separate datagrams."""
+    buf, seg = data_segments(receiver_index, counter, ciphertext, max_datagram)
+    return segments(buf, seg)
 
 
 @dataclass(slots=True)

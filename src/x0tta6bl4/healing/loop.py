@@ -39,6 +39,7 @@ from x0tta6bl4.sansio import (
     LinkUp,
     SetTimer,
     Timer,
+    segments,
 )
 
 PHASES: Final = ("monitor", "analyse", "plan", "execute")
@@ -220,15 +221,15 @@ class HealingNode:
                 break
         return actions
 
-    def handle_batch(self, now: float, addr: Addr, datagrams: list[bytes]) -> list[Action]:
-        """Datagrams received together (see ``MeshNode.handle_batch``)."""
-        batch = getattr(self.node, "handle_batch", None)
-        if batch is None:
+    def handle_segments(self, now: float, addr: Addr, data: bytes, size: int) -> list[Action]:
+        """Datagrams received together (see ``MeshNode.handle_segments``)."""
+        take = getattr(self.node, "handle_segments", None)
+        if take is None:
             out: list[Action] = []
-            for d in datagrams:
+            for d in segments(data, size):
                 out += self.handle(now, Datagram(addr, d))
             return out
-        return self._after(now, batch(now, addr, datagrams))
+        return self._after(now, take(now, addr, data, size))
 
     def _cycle(self, now: float) -> list[Action]:
         actions = self.loop.cycle(now, self._stats)

@@ -122,10 +122,11 @@ from x0tta6bl4.sansio import (
     PeerMoved,
     RevocationListUpdated,
     Send,
-    SendBatch,
+    SendSegments,
     SessionUp,
     SetTimer,
     Timer,
+    segments,
 )
 
 NodeId = bytes
@@ -149,6 +150,10 @@ _U16 = struct.Struct(">H")
 
 _RELAY_DATA_MIN: Final = RELAY_OVERHEAD + DATA_OVERHEAD
 _RELAY_DATA_TYPE_AT: Final = RELAY_OVERHEAD + 1  # the inner message's type byte
+# Header bytes every datagram of a batch must share to be taken together: RELAY header,
+# TTL, both ends, and the inner message's version and type.
+_RELAY_UNIFORM: Final = range(_RELAY_DATA_TYPE_AT + 1)
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 
 
 def _is_e2e_data(d: bytes) -> bool:
@@ -334,6 +339,8 @@ class MeshNode:
             max_datagram=self.e2e_max_datagram,
             accept_identity=self._e2e_identity_ok,
             timer_namespace=_E2E,
+            # a large payload's fragments come in one buffer, our RELAY header before each
+            segment_prefix=self._relay_header,
         )
         # The e2e channel seals a payload once and splits it into datagrams itself.
         self.max_app_payload = self.e2e.max_payload - PORT_OVERHEAD
@@ -363,6 +370,7 @@ class MeshNode:
         self.echo_results: dict[str, tuple[float, int]] = {}  # dst -> (rtt, hops) of the last
         self._rx_ttl = 0  # TTL of the FORWARD frame being opened, for echo hop counts
         self._names_news: list[str] = []  # names learned since the last flood
+        self._relay_headers: dict[Addr, bytes] = {}  # destination id -> our RELAY header
 
     # -- helpers --------------------------------------------------------------------
 
@@ -512,57 +520,51 @@ class MeshNode:
                 out.append(LinkDown(nb.name, LinkDownReason.REVOKED))
             self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
 
-    def handle_batch(self, now: float, addr: Addr, datagrams: list[bytes]) -> list[Action]:
-        """Datagrams from ``addr`` received together (a UDP GRO batch). RELAY datagrams of
-        one flow are checked once and forwarded, or handed to the e2e endpoint together
-        (which opens a whole large payload at once); anything else, one by one. The
-        outcome is what ``handle`` would give for each in turn."""
-        first = datagrams[0]
-        if len(datagrams) > 1 and _relays_e2e_data(first):
-            ends = first[6:RELAY_OVERHEAD]  # src id | dst id
+    def handle_segments(self, now: float, addr: Addr, data: bytes, size: int) -> list[Action]:
+        """Datagrams of ``size`` bytes laid back to back in ``data`` (the last may be
+        shorter) from ``addr``, received together (a UDP GRO batch). When they are RELAY
+        datagrams of one flow, with one header (usually one message's fragments), from a
+        live neighbour, they are checked once, one column of header bytes at a time, and
+        forwarded in one buffer with the TTL rewritten in place, or handed to the e2e
+        endpoint together (which opens a whole large payload at once). Anything else goes
+        through ``handle`` one by one. The outcome is what ``handle`` would give for each
+        datagram in turn; the work no longer grows with their number."""
+        if size <= 0:
+            raise ValueError(f"segment size {size} is not positive")
+        total = len(data)
+        count = -(-total // size)
+        if count > 1 and total - (count - 1) * size >= _RELAY_DATA_MIN and _relays_e2e_data(data):
             nb = self._by_addr.get(addr)
-            live = nb is not None and nb.alive
-            # Usually one message's fragments: the same header (so the same TTL) and the
-            # same inner type on all, which then all pass _relays_e2e_data as the first
-            # did. Checked with one set of slices, since this runs per datagram.
-            uniform = (
-                live
-                and min(map(len, datagrams)) >= _RELAY_DATA_MIN
-                and len({d[: _RELAY_DATA_TYPE_AT + 1] for d in datagrams}) == 1
-            )
-            if uniform or (
-                live and all(d[6:RELAY_OVERHEAD] == ends and _relays_e2e_data(d) for d in datagrams)
+            if (
+                nb is not None
+                and nb.alive
+                and all(data[k::size] == data[k : k + 1] * count for k in _RELAY_UNIFORM)
             ):
                 out: list[Action] = []
-                src, dst = ends[:8], ends[8:]
-                (ttl,) = _U16.unpack_from(first, 4)
+                src, dst = data[6:14], data[14:RELAY_OVERHEAD]
+                (ttl,) = _U16.unpack_from(data, 4)
                 if dst == self.id:
                     self._rx_ttl = ttl
-                    # the e2e endpoint reads past our header: no copy of each datagram
-                    opened = self.e2e.handle_batch(now, src, datagrams, RELAY_OVERHEAD)
+                    # the e2e endpoint reads past our header: nothing is copied per datagram
+                    opened = self.e2e.handle_segments(now, src, data, size, RELAY_OVERHEAD)
                     self._wrap(now, _E2E, opened, out)
                     return out
-                nxt = self._live_next_hop(dst)
-                if nxt is not None and ttl > 1:
-                    to = nxt.addr
-                    if uniform:
-                        # One TTL: one new header for all.
-                        new = first[:4] + _U16.pack(ttl - 1) + first[6:RELAY_OVERHEAD]
-                        fwd = tuple([new + d[RELAY_OVERHEAD:] for d in datagrams])
-                        out.append(SendBatch(to, fwd))
-                        n = len(datagrams)
-                        self.counters["relayed"] = self.counters.get("relayed", 0) + n
-                        return out
-                    for d in datagrams:
-                        t = _U16.unpack_from(d, 4)[0]
-                        if t <= 1:
-                            self._count("ttl_expired")
-                            continue
-                        self._count("relayed")
-                        out.append(Send(to, d[:4] + _U16.pack(t - 1) + d[6:]))
+                if ttl <= 1:
+                    self.counters["ttl_expired"] = self.counters.get("ttl_expired", 0) + count
                     return out
+                nxt = self._live_next_hop(dst)
+                if nxt is None:
+                    self.counters["no_route"] = self.counters.get("no_route", 0) + count
+                    return out
+                fwd = bytearray(data)
+                hi, lo = _U16.pack(ttl - 1)
+                fwd[4::size] = _BYTE[hi] * count
+                fwd[5::size] = _BYTE[lo] * count
+                out.append(SendSegments(nxt.addr, fwd, size))
+                self.counters["relayed"] = self.counters.get("relayed", 0) + count
+                return out
         out = []
-        for d in datagrams:
+        for d in segments(data, size):
             out += self.handle(now, Datagram(addr, d))
         return out
 
@@ -590,26 +592,19 @@ class MeshNode:
 
     def _wrap(self, now: float, layer: str, actions: list[Action], out: list[Action]) -> None:
         a: Any  # dispatched on the exact type; mypy cannot narrow through `t`
-        run: list[bytes] = []  # consecutive e2e datagrams to one node (a large message's
-        run_dst: Hashable = None  # fragments): forwarded together, in order
         for a in actions:
             t = type(a)
-            if t is Send or t is SendBatch:
+            if t is Send:
                 if layer == _LINK:
                     out.append(a)
-                    continue
-                datas = [a.data] if t is Send else list(a.datagrams)
-                if run and a.addr == run_dst:
-                    run += datas
                 else:
-                    if run:
-                        self._forward_own_run(now, run_dst, run, out)
-                    run, run_dst = datas, a.addr
-                continue
-            if run:
-                self._forward_own_run(now, run_dst, run, out)
-                run = []
-            if t is Deliver:
+                    self._forward_own(now, a.addr, a.data, out)
+            elif t is SendSegments:
+                if layer == _LINK:
+                    out.append(a)
+                else:
+                    self._forward_own_segments(now, a, out)
+            elif t is Deliver:
                 if layer == _LINK:
                     self._on_frame(now, a.src, a.payload, out)
                 else:
@@ -625,8 +620,6 @@ class MeshNode:
                 if nb is not None and nb.addr == a.old_addr:
                     self._set_addr(nb, a.new_addr)  # roaming: frames follow the session
                 out.append(a)
-        if run:
-            self._forward_own_run(now, run_dst, run, out)
 
     def _on_e2e_deliver(self, now: float, d: Deliver, out: list[Action]) -> None:
         # d.src is the verified certificate's name, and the e2e endpoint checked that
@@ -948,27 +941,34 @@ class MeshNode:
         frame = _FWD.pack(FRAME_FORWARD, self.config.ttl, self.id, dst) + data
         self._relay(now, dst, frame, out)
 
-    def _forward_own_run(
-        self, now: float, dst: Hashable, datas: list[bytes], out: list[Action]
-    ) -> None:
-        """``_forward_own`` for each of ``datas``, with one next-hop lookup and one RELAY
-        header for the lot when all are end-to-end DATA: a 64 KB message is ~45 of them,
-        and this is the sender's per-datagram work."""
-        if (
-            len(datas) < 2
-            or not self._relay_data
-            or not isinstance(dst, bytes)
-            or not all(map(_is_e2e_data, datas))
-        ):
-            for d in datas:
-                self._forward_own(now, dst, d, out)
+    def _relay_header(self, dst: Addr) -> bytes:
+        """Our RELAY header to ``dst`` (a node id): what the e2e endpoint writes before each
+        fragment of a large payload, so that its buffer is ready for the wire."""
+        hdr = self._relay_headers.get(dst)
+        if hdr is None:
+            if not isinstance(dst, bytes):
+                return b""
+            if len(self._relay_headers) >= MAX_NAMES:
+                self._relay_headers.clear()
+            hdr = self._relay_headers[dst] = _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst)
+        return hdr
+
+    def _forward_own_segments(self, now: float, a: SendSegments, out: list[Action]) -> None:
+        """A large e2e payload's fragments, in one buffer with our RELAY header already
+        before each (the e2e endpoint's ``segment_prefix``): it goes to the next hop whole,
+        with no work per datagram. This is the sender's hot path."""
+        dst = a.addr
+        if not isinstance(dst, bytes):
+            return
+        if not self._relay_data:  # FORWARD frames: one datagram at a time
+            for d in a.datagrams():
+                self._forward_own(now, dst, d[RELAY_OVERHEAD:], out)
             return
         nb = self._live_next_hop(dst)
         if nb is None:
-            self.counters["no_route"] = self.counters.get("no_route", 0) + len(datas)
+            self.counters["no_route"] = self.counters.get("no_route", 0) + a.count
             return
-        hdr = _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst)
-        out.append(SendBatch(nb.addr, tuple([hdr + d for d in datas])))
+        out.append(SendSegments(nb.addr, a.data, a.size))
 
     def _relay(self, now: float, dst: NodeId, frame: bytes, out: list[Action]) -> None:
         hop = self.router.next_hop(dst)

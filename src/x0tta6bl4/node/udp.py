@@ -24,7 +24,7 @@ from x0tta6bl4.sansio import (
     Deliver,
     Event,
     Send,
-    SendBatch,
+    SendSegments,
     SetTimer,
     Timer,
 )
@@ -100,6 +100,7 @@ class UdpRunner:
         self._started = False
         self._quiet = False
         self._buf = bytearray(udpfast.MAX_DATAGRAM)
+        self._view = memoryview(self._buf)
         self.sent_bytes = 0
         self.sent_datagrams = 0
         self.received_bytes = 0
@@ -167,9 +168,11 @@ class UdpRunner:
 
     def _readable(self, entry: _Socket) -> None:
         buf = self._buf
+        view = self._view
         handle = self.core.handle
-        # Cores that take a batch (MeshNode, HealingNode) see a GRO batch whole.
-        batch = getattr(self.core, "handle_batch", None)
+        # Cores that take a batch (MeshNode, HealingNode) see a GRO batch whole, as one
+        # buffer: copied out of ours once, never cut into datagrams in Python.
+        batch = getattr(self.core, "handle_segments", None)
         for _ in range(RECV_BATCHES):
             if self._quiet:
                 return
@@ -186,11 +189,12 @@ class UdpRunner:
             src = peer_addr(addr)
             now = self.now
             self.received_bytes += nbytes
+            if seg < nbytes and batch is not None:
+                self.received_datagrams += -(-nbytes // seg)
+                self.apply(batch(now, src, view[:nbytes].tobytes(), seg))
+                continue
             datagrams = udpfast.split_segments(buf, nbytes, seg)
             self.received_datagrams += len(datagrams)
-            if len(datagrams) > 1 and batch is not None:
-                self.apply(batch(now, src, datagrams))
-                continue
             actions: list[Action] = []
             for data in datagrams:
                 actions += handle(now, Datagram(src, data))
@@ -217,29 +221,31 @@ class UdpRunner:
         a: Any  # dispatched on the exact type; mypy cannot narrow through `t`
         for a in actions:
             t = type(a)
-            if t is SendBatch and _uniform(a.datagrams) and _routable(a.addr):
+            if t is SendSegments and _routable(a.addr):
                 if batch:
                     self._send(batch_addr, batch)
                     batch, batch_addr = [], None
-                self._send(a.addr, list(a.datagrams))  # one message: one GSO send
+                self._send_segments(a)  # one message: one GSO send
                 continue
-            if t is Send or t is SendBatch:
+            if t is Send:
                 addr = a.addr
-                for data in (a.data,) if t is Send else a.datagrams:
-                    if (
-                        addr == batch_addr
-                        and len(data) <= len(batch[0])
-                        and (len(batch) == 1 or len(batch[-1]) == len(batch[0]))
-                    ):
-                        batch.append(data)  # same destination, fits the segment size
-                        continue
-                    if batch:
-                        self._send(batch_addr, batch)
-                    if not _routable(addr):
-                        log.warning("unroutable_send", addr=repr(addr))
-                        batch, batch_addr = [], None
-                        break
-                    batch, batch_addr = [data], addr
+                data = a.data
+                if (
+                    addr == batch_addr
+                    and len(data) <= len(batch[0])
+                    and (len(batch) == 1 or len(batch[-1]) == len(batch[0]))
+                ):
+                    batch.append(data)  # same destination, fits the segment size
+                    continue
+                if batch:
+                    self._send(batch_addr, batch)
+                    batch, batch_addr = [], None
+                if not _routable(addr):
+                    log.warning("unroutable_send", addr=repr(addr))
+                    continue
+                batch, batch_addr = [data], addr
+            elif t is SendSegments:
+                log.warning("unroutable_send", addr=repr(a.addr))
             elif isinstance(a, SetTimer):
                 self._set_timer(a.at, a.key)
             elif isinstance(a, Deliver):
@@ -279,6 +285,21 @@ class UdpRunner:
         self.sent_datagrams += len(datagrams)
         self.sent_bytes += sum(len(d) for d in datagrams)
 
+    def _send_segments(self, a: SendSegments) -> None:
+        addr: Any = a.addr  # (host, port): apply checked it is routable
+        entry = self._by_family.get(_AF_INET6 if ":" in addr[0] else _AF_INET)
+        count = a.count
+        if entry is None:
+            self.send_errors += count
+            return
+        try:
+            sent = udpfast.send_segments(entry.sock, a.data, a.size, addr)
+        except OSError:
+            self.send_errors += count  # lost like any datagram on the wire (see _send)
+            return
+        self.sent_datagrams += sent
+        self.sent_bytes += len(a.data)
+
     def _set_timer(self, at: float, key: Hashable) -> None:
         assert self._loop is not None
         if self._quiet:
@@ -302,12 +323,3 @@ class UdpRunner:
 
 def _routable(addr: Any) -> bool:
     return isinstance(addr, tuple) and len(addr) == 2
-
-
-def _uniform(datagrams: tuple[bytes, ...]) -> bool:
-    """Every datagram but the last is the first one's size, the last no larger: the
-    kernel's segmentation gives back exactly these datagrams."""
-    if not datagrams:
-        return False
-    size = len(datagrams[0])
-    return len(datagrams[-1]) <= size and all(len(d) == size for d in datagrams[:-1])

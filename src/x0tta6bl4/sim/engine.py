@@ -29,7 +29,7 @@ from x0tta6bl4.sansio import (
     Deliver,
     Event,
     Send,
-    SendBatch,
+    SendSegments,
     SetTimer,
     Timer,
 )
@@ -332,9 +332,9 @@ class Simulator:
         a: Any  # dispatched on the exact type below; mypy cannot narrow through `cls`
         for a in actions:
             cls = type(a)
-            if cls is SendBatch:
+            if cls is SendSegments:
                 # One Send apiece, observers included: the simulator has no offload.
-                self._apply(node, now, [Send(a.addr, d) for d in a.datagrams])
+                self._apply(node, now, [Send(a.addr, d) for d in a.datagrams()])
                 if not node.alive:
                     return
                 continue

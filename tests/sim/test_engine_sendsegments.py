@@ -1,4 +1,4 @@
-"""A SendBatch in the simulator: each datagram crosses the link on its own, in order, and
+"""A SendSegments in the simulator: each datagram crosses the link on its own, in order, and
 observers see one Send apiece (the simulator has no offload to model); ``wire`` lists
 what a list of actions puts on the wire."""
 
@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import random
 
-from x0tta6bl4.sansio import Action, AppSend, Datagram, Input, Send, SendBatch, outgoing
+import pytest
+
+from x0tta6bl4.sansio import Action, AppSend, Datagram, Input, Send, SendSegments, outgoing
 from x0tta6bl4.sim import LinkSpec, Simulator
 
 
@@ -21,7 +23,7 @@ class Batcher:
 
     def handle(self, now: float, inp: Input) -> list[Action]:
         if isinstance(inp, AppSend):
-            return [SendBatch(inp.dst, tuple(bytes([b]) for b in inp.payload))]
+            return [SendSegments(inp.dst, inp.payload, 1)]
         if isinstance(inp, Datagram):
             self.got.append(inp.data)
         return []
@@ -46,8 +48,16 @@ def test_a_batch_crosses_one_datagram_at_a_time_and_is_observed_as_sends() -> No
 def test_wire_flattens_sends_and_batches_in_order() -> None:
     actions: list[Action] = [
         Send("x", b"1"),
-        SendBatch("y", (b"2", b"3")),
-        SendBatch("z", ()),
+        SendSegments("y", b"2233", 2),
+        SendSegments("z", bytearray(b"5"), 9),
         Send("x", b"4"),
     ]
-    assert outgoing(actions) == [("x", b"1"), ("y", b"2"), ("y", b"3"), ("x", b"4")]
+    assert outgoing(actions) == [("x", b"1"), ("y", b"22"), ("y", b"33"), ("z", b"5"), ("x", b"4")]
+
+
+def test_segments_need_data_and_a_positive_size() -> None:
+    with pytest.raises(ValueError, match="positive size"):
+        SendSegments("x", b"", 4)
+    with pytest.raises(ValueError, match="size 0"):
+        SendSegments("x", b"abc", 0)
+    assert SendSegments("x", b"abcde", 2).count == 3
