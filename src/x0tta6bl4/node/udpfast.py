@@ -34,6 +34,7 @@ from typing import Any, Final
 import structlog
 
 from x0tta6bl4.errors import DatagramTruncated
+from x0tta6bl4.sansio import segments
 
 log = structlog.get_logger("x0tta6bl4.node.udpfast")
 
@@ -272,12 +273,12 @@ def recv_batch(sock: socket.socket, buf: bytearray | memoryview) -> tuple[int, i
 
 def split_segments(buf: BytesLike, nbytes: int, segment_size: int) -> list[bytes]:
     """The datagrams of a :func:`recv_batch` result, copied out of ``buf`` (which the
-    next receive overwrites). One comprehension over the offsets: this runs for every
-    datagram of the data path, where a generator of views cost twice as much."""
+    next receive overwrites). For a core that takes a batch whole, the runner copies
+    the buffer once instead (``handle_segments``)."""
     view = memoryview(buf)[:nbytes]
     if segment_size <= 0 or segment_size >= nbytes:
         return [view.tobytes()] if nbytes else []
-    return [view[o : o + segment_size].tobytes() for o in range(0, nbytes, segment_size)]
+    return segments(view, segment_size)
 
 
 __all__ = [
