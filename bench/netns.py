@@ -19,8 +19,10 @@ sealing, no UDP):
 * ``tun_bridge_tcp_mbit_s``: one TCP stream through that bridge.
 
 And through the overlay: four real agents (``x0t node run``, TUN mode, TUN MTU
-:data:`TUN_MTU`, ``X0T_BENCH_TUN_MTU`` to change it) in the namespace diamond A-B, A-C,
-B-D, C-D over 1,500-byte veths, no IP forwarding (``tests/netns/agents.py``):
+:data:`TUN_MTU`, ``X0T_BENCH_TUN_MTU`` to change it; ``datagram_size`` :data:`DATAGRAM_SIZE`,
+the veths' MTU less IPv6 and UDP headers, ``X0T_BENCH_DATAGRAM_SIZE``) in the namespace
+diamond A-B, A-C, B-D, C-D over 1,500-byte veths, no IP forwarding
+(``tests/netns/agents.py``):
 
 * ``netns_first_packet_s``: from launching the four agents to the first UDP probe
   A -> D's overlay address answered (probes every 20 ms, ``tests/netns/probes.py``);
@@ -297,6 +299,9 @@ PROBES = "tests.netns.probes"
 PROBE_PORT = 5000  # udp/5000 A -> D: allowed by the agents' policy (tests/netns/agents.py)
 PROBE_INTERVAL = 0.02
 TUN_MTU = int(os.environ.get("X0T_BENCH_TUN_MTU", "1280"))  # make_state's default
+# The agents' datagram_size: the veths' MTU (1,500) less IPv6 and UDP headers, as
+# docs/node.md tells operators to set it (the default, 1280, crosses any path).
+DATAGRAM_SIZE = int(os.environ.get("X0T_BENCH_DATAGRAM_SIZE", "1452"))
 WALL_LIMIT = 110.0  # s for the whole suite; phases that no longer fit are skipped
 FAILOVER_RUNS = 3
 SETTLE_LIMIT = 15.0  # s to wait for the mesh to heal after a link is restored
@@ -627,6 +632,7 @@ def _overlay(suite: Suite, quick: bool, budget: _Budget, veth_mbit_s: float | No
     and the outage when the relay in use is blackholed."""
     info: dict[str, Any] = {
         "tun_mtu": TUN_MTU,
+        "datagram_size": DATAGRAM_SIZE,
         "veth_mtu": 1500,
         "probe_interval_s": PROBE_INTERVAL,
     }
@@ -650,7 +656,11 @@ def _overlay(suite: Suite, quick: bool, budget: _Budget, veth_mbit_s: float | No
         launched: list[float] = []
         print(f"  ... overlay: four agents (TUN MTU {TUN_MTU}), first packet", flush=True)
         ag = launch_all(
-            d, Path(tmp), tun_mtu=TUN_MTU, before=lambda: launched.append(time.monotonic())
+            d,
+            Path(tmp),
+            tun_mtu=TUN_MTU,
+            datagram_size=DATAGRAM_SIZE,
+            before=lambda: launched.append(time.monotonic()),
         )
         try:
             first = d.a.module_popen(PROBES, "first", dst, str(PROBE_PORT),
@@ -736,7 +746,10 @@ def _overlay_figures(
     if tcp is not None:
         key = "overlay_tcp_mbit_s"
         value = tcp["mbit_s"]
-        note = f"{tcp['tool']}, one stream, {seconds:g} s, TUN MTU {TUN_MTU}"
+        note = (
+            f"{tcp['tool']}, one stream, {seconds:g} s, TUN MTU {TUN_MTU}, "
+            f"datagrams of {DATAGRAM_SIZE} B"
+        )
         if "retransmits" in tcp:
             note += f", {tcp['retransmits']} retransmits"
         suite.add(key, "overlay: TCP A -> D through a relay", value, "Mbit/s",

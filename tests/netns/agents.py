@@ -109,8 +109,16 @@ class Agents:
                 p.kill()
 
 
-def make_state(root: Path, d: Diamond, *, tun_mtu: int = 1280, deny_tcp: str = "drop") -> Path:
-    """CA, four credential directories, signed policy, configs. Returns the CA dir."""
+def make_state(
+    root: Path,
+    d: Diamond,
+    *,
+    tun_mtu: int = 1280,
+    deny_tcp: str = "drop",
+    datagram_size: int | dict[str, int] = 1280,
+) -> Path:
+    """CA, four credential directories, signed policy, configs. Returns the CA dir.
+    ``datagram_size``: one for all nodes, or per node name (1280 for those not named)."""
     from x0tta6bl4.crypto.keys import load_signing_key
     from x0tta6bl4.identity.ca import CA_KEY_FILE, CertificateAuthority
     from x0tta6bl4.identity.store import NodeCredentials
@@ -140,6 +148,8 @@ def make_state(root: Path, d: Diamond, *, tun_mtu: int = 1280, deny_tcp: str = "
         text = text.replace("mtu = 1280", f"mtu = {tun_mtu}")
         text = text.replace("ipv4 = false", "ipv4 = true")
         text = text.replace('deny_tcp = "drop"', f'deny_tcp = "{deny_tcp}"')
+        size = datagram_size if isinstance(datagram_size, int) else datagram_size.get(n, 1280)
+        text = text.replace("datagram_size = 1280", f"datagram_size = {size}")
         (state.path / "node.toml").write_text(text)
     return ca_dir
 

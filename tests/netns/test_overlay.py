@@ -2,7 +2,8 @@
 forwarding in the underlay): TCP from A to D's overlay address crosses two hops; the
 relay in use is blackholed mid-transfer and the same connection carries on through the
 other; the policy denies A -> D tcp/5432 and counts it; A's underlay address changes and
-its sessions survive."""
+its sessions survive; and ends that send full-size datagrams (``datagram_size`` 1452 on
+1,500-byte veths) talk through relays that keep the default."""
 
 from __future__ import annotations
 
@@ -113,3 +114,22 @@ def test_a_node_whose_address_changes_keeps_its_sessions(agents: Agents) -> None
     assert after["alive"]
     assert after["session_age_s"] >= before["session_age_s"]  # the same session, moved
     assert agents.diamond.a.ping(agents.overlay("d"), count=2, timeout=3.0).ok
+
+
+def test_full_size_datagrams_cross_relays_that_keep_the_default(
+    tun_ok: None, diamond_net: Diamond, tmp_path: Path
+) -> None:
+    # A and D send 1,452-byte datagrams (the veths' MTU less IPv6 and UDP headers); the
+    # relays send 1,280 and carry the ends' datagrams unchanged. No link is taken out for
+    # its MTU, and a TCP transfer arrives whole.
+    ag = start_all(diamond_net, tmp_path, datagram_size={"a": 1452, "d": 1452})
+    try:
+        tx, rx = _tcp(ag, 5000, 2.0)
+        sent, got = flow_result(tx, 30.0), flow_result(rx, 30.0)
+        assert got["bytes"] == sent["bytes"] > 0
+        for n in "ad":
+            st = ag.client(n).status()
+            assert all(nb["alive"] for nb in st["neighbours"]), st["neighbours"]
+            assert not st["counters"].get("link_mtu_low"), st["counters"]
+    finally:
+        ag.stop()

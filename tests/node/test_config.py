@@ -70,6 +70,7 @@ def test_rendered_template_loads_with_every_value(tmp_path: Path) -> None:
     assert s.api_socket == tmp_path / "state" / "agent.sock"
     # the documented defaults
     assert s.hello_interval == 0.1
+    assert s.datagram_size == 1280 and s.runtime().datagram_size == 1280
     assert (s.tun.enabled, s.tun.name, s.tun.mtu, s.tun.ipv4, s.tun.deny_tcp) == (
         False,
         "x0t0",
@@ -189,6 +190,8 @@ def test_a_non_json_list_in_the_environment_is_a_config_error(
     [
         ('hello_interval = "fast"', "hello_interval", "valid number"),
         ("hello_interval = 0", "hello_interval", "greater than or equal to 0.02"),
+        ("datagram_size = 1200", "datagram_size", "greater than or equal to 1280"),
+        ("datagram_size = 9000", "datagram_size", "less than or equal to 8952"),
         ("name = 5", "name", "valid string"),
         ('name = ""', "name", "at least 1"),
         ("bogus = 1", "bogus", "Extra inputs"),

@@ -201,7 +201,7 @@ class Agent:
             trust_domain=self.bundle.trust_domain,
             cert_not_after=self.creds.cert.not_after,
             neighbours=neighbours,
-            config=MeshConfig(hello_interval=s.hello_interval),
+            config=MeshConfig(hello_interval=s.hello_interval, max_datagram=s.datagram_size),
             seqno=self.state.start_seqno(),
         )
         self._mesh = mesh

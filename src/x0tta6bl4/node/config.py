@@ -27,6 +27,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from x0tta6bl4.channel.constants import DEFAULT_MAX_DATAGRAM
 from x0tta6bl4.errors import X0tError
 
 
@@ -113,6 +114,10 @@ class NodeSettings(BaseSettings):
     peers: list[str] = Field(default_factory=list)
     # Links are declared dead after 0.4 s without a hello: at least three must fit.
     hello_interval: float = Field(default=0.1, ge=0.02, le=0.13)
+    # Largest UDP payload this node sends to a neighbour: 1280 crosses any path; the
+    # underlay MTU minus 48 (IPv6 and UDP headers) fills its links, with fewer datagrams
+    # per packet. A link that cannot carry it is taken out of routing (link_mtu_low).
+    datagram_size: int = Field(default=DEFAULT_MAX_DATAGRAM, ge=DEFAULT_MAX_DATAGRAM, le=8952)
     policy_file: str = ""  # "" = STATE_DIR/policy.signed if present, else default deny
     tun: TunSettings = Field(default_factory=TunSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -244,6 +249,11 @@ peers = [{peers}]
 # Seconds between hellos to each neighbour, 0.02..0.13 (a link is declared dead after
 # 0.4 s without one).
 hello_interval = 0.1
+
+# Largest UDP datagram sent to a neighbour, 1280..8952 bytes. 1280 crosses any path; set
+# the underlay MTU minus 48 (1452 on 1,500-byte links) for fewer datagrams per packet.
+# Neighbours that cannot carry it are taken out of routing (healing: link_mtu_low).
+datagram_size = 1280
 
 # A CA-signed policy (x0t policy sign). "" = STATE_DIR/policy.signed if present;
 # without any policy every inbound packet is denied.

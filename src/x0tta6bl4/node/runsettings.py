@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from x0tta6bl4.channel.constants import DEFAULT_MAX_DATAGRAM
+
 DEFAULT_PORT = 7100
 
 HostPort = tuple[str, int]
@@ -99,6 +101,7 @@ class RunSettings:
     listen: tuple[str, ...] = (f"127.0.0.1:{DEFAULT_PORT}",)
     peers: tuple[str, ...] = ()
     hello_interval: float = 0.1
+    datagram_size: int = DEFAULT_MAX_DATAGRAM
     policy_file: str = ""
     tun: RunTun = field(default_factory=RunTun)
     api: RunApi = field(default_factory=RunApi)
@@ -126,6 +129,7 @@ class RunSettings:
             listen=tuple(d.get("listen", ())),
             peers=tuple(d.get("peers", ())),
             hello_interval=float(d.get("hello_interval", 0.1)),
+            datagram_size=int(d.get("datagram_size", DEFAULT_MAX_DATAGRAM)),
             policy_file=str(d.get("policy_file", "")),
             tun=RunTun(**d.get("tun", {})),
             api=RunApi(**d.get("api", {})),
