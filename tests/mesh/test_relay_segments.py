@@ -15,18 +15,13 @@ from x0tta6bl4.channel import constants as C
 from x0tta6bl4.mesh.node import RELAY_OVERHEAD, MeshNode
 from x0tta6bl4.sansio import Datagram, Deliver, SendSegments, outgoing
 from x0tta6bl4.sim import Simulator, line
-from x0tta6bl4.sim.meshsim import MeshSim, build_world, meshes
+from x0tta6bl4.sim.meshrun import build_mesh
 
 
 def _line3() -> tuple[Simulator, dict[str, MeshNode]]:
-    topo = line(3)
-    mesh = MeshSim(build_world(topo.nodes, 4), topo, healing=False)
-    sim = Simulator(4, trace_drops=False)
-    sim.add_topology(topo, mesh.factory())
-    sim.run(3.0)
-    sim.send_app(sim.now, "n0000", "n0002", 7, b"hello")  # the e2e session
-    sim.run(sim.now + 1.0)
-    return sim, meshes(sim)
+    run = build_mesh(line(3), seed=4, healing=False).run(3.0)
+    run.sim.send_app(run.now, "n0000", "n0002", 7, b"hello")  # the e2e session
+    return run.run_for(1.0).sim, run.nodes()
 
 
 _SIM, _NODES = _line3()  # relaying changes no state but counters: one line for all tests
