@@ -18,13 +18,27 @@ from tests.channel.helpers import Net, World, make_world
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel import wire
 from x0tta6bl4.channel.endpoint import SecureEndpoint
-from x0tta6bl4.channel.fragment import DataReassembler, split_data
+from x0tta6bl4.channel.fragment import DataReassembler, data_segments
 from x0tta6bl4.channel.timers import ChannelTimer, ChannelTimerKind
 from x0tta6bl4.channel.wire import DataFragment, decode_data_fragment
 from x0tta6bl4.errors import DecodeError, MessageTooLarge
-from x0tta6bl4.sansio import Action, Datagram, Deliver, PeerMoved, SetTimer, Timer, outgoing
+from x0tta6bl4.sansio import (
+    Action,
+    Datagram,
+    Deliver,
+    PeerMoved,
+    SetTimer,
+    Timer,
+    outgoing,
+    segments,
+)
 
 CHUNK_1280 = 1280 - C.DATA_FRAGMENT_HEADER_SIZE
+
+
+def split_data(receiver: int, counter: int, ct: bytes, max_datagram: int) -> list[bytes]:
+    """A DATA message's fragments as separate datagrams."""
+    return segments(*data_segments(receiver, counter, ct, max_datagram))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from tests.channel.helpers import World, make_world
 from tests.channel.test_large_payloads import established
 from x0tta6bl4.channel import constants as C
 from x0tta6bl4.channel.endpoint import SecureEndpoint
-from x0tta6bl4.channel.fragment import data_segments, split_data
+from x0tta6bl4.channel.fragment import data_segments
+from x0tta6bl4.channel.wire import decode_data_fragment
 from x0tta6bl4.sansio import Datagram, Deliver, SendSegments, outgoing, segments
 
 
@@ -152,7 +153,7 @@ def test_a_batch_read_past_a_relay_header_opens_the_same(world: World) -> None:
     mtu=st.sampled_from([C.MIN_DATAGRAM, 1280, 1422, 9000]),
     prefix=st.binary(max_size=40),
 )
-def test_data_segments_are_the_fragments_each_after_the_prefix(
+def test_data_segments_are_the_fragments_in_order_each_after_the_prefix(
     length: int, mtu: int, prefix: bytes
 ) -> None:
     ct = os.urandom(length + C.AEAD_TAG_SIZE)
@@ -161,9 +162,15 @@ def test_data_segments_are_the_fragments_each_after_the_prefix(
             data_segments(7, 9, ct, mtu, prefix)
         return
     buf, size = data_segments(7, 9, ct, mtu, prefix)
-    frags = split_data(7, 9, ct, mtu)
-    assert size == len(prefix) + mtu
-    assert segments(buf, size) == [prefix + f for f in frags]
+    datagrams = segments(buf, size)
+    assert size == len(prefix) + mtu and all(len(d) == size for d in datagrams[:-1])
+    assert all(d[: len(prefix)] == prefix for d in datagrams)
+    frags = [decode_data_fragment(d[len(prefix) :]) for d in datagrams]
+    assert b"".join(f.chunk for f in frags) == ct
+    assert [f.index for f in frags] == list(range(len(frags)))
+    assert {(f.receiver_index, f.counter, f.count, f.length) for f in frags} == {
+        (7, 9, len(frags), length)
+    }
 
 
 def test_identity_is_the_peer_records_identity(world: World) -> None:

@@ -102,7 +102,7 @@ from x0tta6bl4.channel.wire import (
     encode_fragment,
 )
 from x0tta6bl4.errors import BadLength, DecodeError, MessageTooLarge
-from x0tta6bl4.sansio import Addr, segments
+from x0tta6bl4.sansio import Addr
 
 
 def split(message: bytes, message_id: int, max_datagram: int) -> list[bytes]:
@@ -576,14 +576,6 @@ def data_segments(
     seg = len(head) + chunk
     buf[len(prefix) + DATA_FRAGMENT_INDEX_AT :: seg] = INDEX_BYTES[:count]
     return buf, seg
-
-
-def split_data(
-    receiver_index: int, counter: int, ciphertext: bytes, max_datagram: int
-) -> list[bytes]:
-    """:func:`data_segments` as separate datagrams."""
-    buf, seg = data_segments(receiver_index, counter, ciphertext, max_datagram)
-    return segments(buf, seg)
 
 
 @dataclass(slots=True)
