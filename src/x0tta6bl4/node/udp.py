@@ -221,11 +221,14 @@ class UdpRunner:
         a: Any  # dispatched on the exact type; mypy cannot narrow through `t`
         for a in actions:
             t = type(a)
-            if t is SendSegments and _routable(a.addr):
+            if t is SendSegments:
                 if batch:
                     self._send(batch_addr, batch)
                     batch, batch_addr = [], None
-                self._send_segments(a)  # one message: one GSO send
+                if _routable(a.addr):
+                    self._send_segments(a)  # one message: one GSO send
+                else:
+                    log.warning("unroutable_send", addr=repr(a.addr))
                 continue
             if t is Send:
                 addr = a.addr
@@ -244,8 +247,6 @@ class UdpRunner:
                     log.warning("unroutable_send", addr=repr(addr))
                     continue
                 batch, batch_addr = [data], addr
-            elif t is SendSegments:
-                log.warning("unroutable_send", addr=repr(a.addr))
             elif isinstance(a, SetTimer):
                 self._set_timer(a.at, a.key)
             elif isinstance(a, Deliver):
