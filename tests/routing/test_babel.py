@@ -590,17 +590,17 @@ def test_seqno_requests_are_forwarded_with_hop_count_and_deduplicated() -> None:
     d_id = net.ids["d"]
     want = (net.routers["d"].seqno + 1) & 0xFFFF
     out = b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)])
-    assert out == [Outgoing("c", [SeqnoRequest(d_id, want, 4)])]
-    assert b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)]) == []  # duplicate
-    assert b.handle(net.now, "a", [SeqnoRequest(d_id, want, 1)]) == []  # hops spent
+    assert messages(out) == [Outgoing("c", [SeqnoRequest(d_id, want, 4)])]
+    assert messages(b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)])) == []  # duplicate
+    assert messages(b.handle(net.now, "a", [SeqnoRequest(d_id, want, 1)])) == []  # hops spent
     # Never back to the requester: c's only way to d is d itself, the only way back is b.
     c = net.routers["c"]
-    assert c.handle(net.now, "d", [SeqnoRequest(net.ids["a"], 7, 5)]) in (
+    assert messages(c.handle(net.now, "d", [SeqnoRequest(net.ids["a"], 7, 5)])) in (
         [],
         [Outgoing("b", [SeqnoRequest(net.ids["a"], 7, 4)])],
     )
     # Requests for unknown destinations go nowhere.
-    assert b.handle(net.now, "a", [SeqnoRequest(nid("nobody"), 1, 5)]) == []
+    assert messages(b.handle(net.now, "a", [SeqnoRequest(nid("nobody"), 1, 5)])) == []
     # Satisfied locally: answered, not forwarded.
     out = b.handle(net.now, "a", [SeqnoRequest(d_id, net.routers["d"].seqno, 5)])
     answer = messages(out)[0]
@@ -618,15 +618,46 @@ def test_unanswered_seqno_requests_are_resent_a_bounded_number_of_times() -> Non
     out = r.handle(1.0, "p", [Update(dst, 10, INFINITY, 1600)])  # lost: starving
     assert _requests(out) == [SeqnoRequest(dst, 11, SEQNO_REQUEST_HOPS)]
     timer.feed(out)
-    resent = 0
+    sent_at = [1.0]
     t = 1.0
     for _ in range(50):
-        t = max(t + 0.01, timer.at)
+        t = max(t + 0.001, timer.at)
         if t > 20.0:
             break
-        resent += len(_requests(out := r.handle_timer(t)))
+        sent_at += [t] * len(_requests(out := r.handle_timer(t)))
         timer.feed(out)
-    assert resent == SEQNO_REQUEST_MAX_RESENDS
+    # Each request goes twice, REQUEST_REPEAT_DELAY apart; the resends are the rest.
+    firsts = sent_at[0::2]
+    assert len(sent_at) == 2 * (1 + SEQNO_REQUEST_MAX_RESENDS)
+    assert [b - a for a, b in zip(firsts, sent_at[1::2], strict=True)] == pytest.approx(
+        [rt.REQUEST_REPEAT_DELAY] * len(firsts)
+    )
+    assert [b - a for a, b in itertools.pairwise(firsts)] == pytest.approx(
+        [rt.SEQNO_REQUEST_RESEND_DELAY * 2**k for k in range(SEQNO_REQUEST_MAX_RESENDS)]
+    )
+
+
+def test_a_seqno_request_goes_a_second_time_unless_answered_first() -> None:
+    # A forwarded request is the only copy on its hop: one loss would starve the region
+    # behind it until the originator's resend. A second copy follows shortly.
+    net = line(4)
+    net.run(2.0)
+    b = net.routers["b"]
+    d_id = net.ids["d"]
+    want = (net.routers["d"].seqno + 1) & 0xFFFF
+    timer = TimerSlot()
+    timer.feed(b.handle_timer(net.now))
+    t0 = net.now
+    assert timer.feed(b.handle(t0, "a", [SeqnoRequest(d_id, want, 5)])) == [
+        Outgoing("c", [SeqnoRequest(d_id, want, 4)])
+    ]
+    assert timer.at == pytest.approx(t0 + rt.REQUEST_REPEAT_DELAY)
+    assert _requests(b.handle_timer(timer.at)) == [SeqnoRequest(d_id, want, 4)]
+    # Answered before the copy is due: no copy.
+    want += 1
+    timer.feed(b.handle(t0 + 1.0, "a", [SeqnoRequest(d_id, want, 5)]))
+    timer.feed(b.handle(t0 + 1.005, "c", [Update(d_id, want, 96, 1600)]))
+    assert _requests(b.handle_timer(t0 + 1.0 + rt.REQUEST_REPEAT_DELAY)) == []
 
 
 def test_routes_expire_and_sources_are_collected() -> None:
@@ -662,8 +693,8 @@ def test_unfeasible_update_for_the_selected_route_keeps_it_and_asks_for_a_seqno(
     assert a.next_hop(c_id) == "b"
     want = (seqno + 1) & 0xFFFF
     assert messages(out) == [Outgoing("b", [SeqnoRequest(c_id, want, SEQNO_REQUEST_HOPS)])]
-    # ...and a wake-up for the request's first resend, due before anything else.
-    assert split(out)[1] == [SetTimer(net.now + rt.SEQNO_REQUEST_RESEND_DELAY, ROUTE_TIMER)]
+    # ...and a wake-up for the request's second copy, due before anything else.
+    assert split(out)[1] == [SetTimer(net.now + rt.REQUEST_REPEAT_DELAY, ROUTE_TIMER)]
     net.emit("a", out)
     net.run(1.0)
     # The newer seqno came back and the honest metric is now in use.
