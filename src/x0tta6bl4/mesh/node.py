@@ -237,6 +237,11 @@ a burst sent since its last hello is dead, before ``DEAD_INTERVAL``."""
 LIVENESS_PROBES: Final = 3
 """Probes per burst: a false death needs two hellos and every probe or its answer lost
 (at 2 % loss per direction about 4e-4 x 6e-5, against 1.6e-7 for four hellos alone)."""
+FAST_DEAD_MAX_LOSS: Final = 0.25
+"""Liveness probes speak for a link whose hellos got through before it fell silent (at
+most this fraction of the last 16 missed). On a link already losing more, silence is
+no news and only ``DEAD_INTERVAL`` kills it, as before: a gray failure is not cut short
+before the healing layer has seen the loss it is (nor killed by loss alone more often)."""
 LIVENESS_TIMEOUT_MIN: Final = 0.05
 """Seconds (at least; two RTTs and 25 ms on a slower link) to wait for a probe's answer."""
 
@@ -767,6 +772,8 @@ class MeshNode:
     def _maybe_suspect(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         heard = nb.est.last_heard
         if heard is None or now - heard < SUSPECT_SILENCE * self.config.hello_interval:
+            return
+        if nb.est.heard_loss > FAST_DEAD_MAX_LOSS:
             return
         if nb.live_probe_id is not None and nb.live_probe_at >= heard:
             return  # a burst since the last hello is still out

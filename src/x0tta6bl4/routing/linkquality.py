@@ -345,6 +345,14 @@ class LinkEstimator:
         return self._last_heard
 
     @property
+    def heard_loss(self) -> float:
+        """Fraction of the peer's hellos missed up to the last one heard (the silence
+        since then left out), 0..1; 1 if never heard."""
+        if self._last_heard is None or self._hist_len == 0:
+            return 1.0
+        return 1.0 - self._hist.bit_count() / self._hist_len
+
+    @property
     def loss(self) -> float:
         """Fraction of the peer's hellos we missed, 0..1 (1 if never heard)."""
         return 1.0 - self._reception()
