@@ -583,12 +583,15 @@ def test_restarted_node_jumps_past_its_old_seqno() -> None:
     assert messages(out)[0].tlvs == [Update(net.ids["b"], b.seqno, 0, 1600)]
 
 
-def test_seqno_requests_are_forwarded_with_hop_count_and_deduplicated() -> None:
+def _b_of_line4() -> tuple[Net, Router, bytes, int]:
+    """A converged line a-b-c-d: the net, b's router, d's id and the seqno to ask of d."""
     net = line(4)
     net.run(2.0)
-    b = net.routers["b"]
-    d_id = net.ids["d"]
-    want = (net.routers["d"].seqno + 1) & 0xFFFF
+    return net, net.routers["b"], net.ids["d"], (net.routers["d"].seqno + 1) & 0xFFFF
+
+
+def test_seqno_requests_are_forwarded_with_hop_count_and_deduplicated() -> None:
+    net, b, d_id, want = _b_of_line4()
     out = b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)])
     assert messages(out) == [Outgoing("c", [SeqnoRequest(d_id, want, 4)])]
     assert messages(b.handle(net.now, "a", [SeqnoRequest(d_id, want, 5)])) == []  # duplicate
@@ -640,11 +643,7 @@ def test_unanswered_seqno_requests_are_resent_a_bounded_number_of_times() -> Non
 def test_a_seqno_request_goes_a_second_time_unless_answered_first() -> None:
     # A forwarded request is the only copy on its hop: one loss would starve the region
     # behind it until the originator's resend. A second copy follows shortly.
-    net = line(4)
-    net.run(2.0)
-    b = net.routers["b"]
-    d_id = net.ids["d"]
-    want = (net.routers["d"].seqno + 1) & 0xFFFF
+    net, b, d_id, want = _b_of_line4()
     timer = TimerSlot()
     timer.feed(b.handle_timer(net.now))
     t0 = net.now
