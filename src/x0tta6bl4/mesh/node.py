@@ -765,9 +765,12 @@ class MeshNode:
     # that stays silent and answers no probe of the burst is dead after FAST_DEAD_SILENCE
     # hello intervals. A burst answered, or a hello heard since it left, clears it.
 
-    def _liveness_timeout(self, nb: _Neighbour) -> float:
-        rtt = nb.est.rtt or 0.0
-        return max(LIVENESS_TIMEOUT_MIN, 2.0 * rtt + 0.025)
+    def _liveness_due(self, nb: _Neighbour, heard: float) -> float:
+        """When a neighbour last heard at ``heard`` is dead if its burst goes unanswered."""
+        timeout = max(LIVENESS_TIMEOUT_MIN, 2.0 * (nb.est.rtt or 0.0) + 0.025)
+        return max(
+            nb.live_probe_at + timeout, heard + FAST_DEAD_SILENCE * self.config.hello_interval
+        )
 
     def _maybe_suspect(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         heard = nb.est.last_heard
@@ -777,23 +780,19 @@ class MeshNode:
             return
         if nb.live_probe_id is not None and nb.live_probe_at >= heard:
             return  # a burst since the last hello is still out
-        nb.live_probe_id = self._rng.getrandbits(32)  # matches answers to the burst
+        nb.live_probe_id = self._rng.getrandbits(32)  # matches answers; not secret
         nb.live_probe_at = now
         frame = _PROBE.pack(FRAME_PROBE, nb.live_probe_id)
         for _ in range(LIVENESS_PROBES):
             self._link_send(now, nb.addr, frame, out)
         self._count("liveness_probe")
-        due = max(
-            now + self._liveness_timeout(nb),
-            heard + FAST_DEAD_SILENCE * self.config.hello_interval,
-        )
+        due = self._liveness_due(nb, heard)
         if self._live_due is None or due < self._live_due:
             self._live_due = due
             out.append(SetTimer(due, MeshTimer.LIVENESS))
 
     def _liveness_check(self, now: float, out: list[Action]) -> None:
         self._live_due = None
-        fast_dead = FAST_DEAD_SILENCE * self.config.hello_interval
         nxt: float | None = None
         for nb in list(self._nbrs.values()):
             if not nb.alive or nb.live_probe_id is None:
@@ -802,7 +801,7 @@ class MeshNode:
             if heard is None or heard > nb.live_probe_at:
                 nb.live_probe_id = None  # a hello came after the burst: alive
                 continue
-            due = max(nb.live_probe_at + self._liveness_timeout(nb), heard + fast_dead)
+            due = self._liveness_due(nb, heard)
             if now >= due:
                 self._count("liveness_dead")
                 self._neighbour_dead(now, nb, out)
