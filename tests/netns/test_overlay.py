@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,10 +91,17 @@ def test_the_same_tcp_connection_survives_a_blackholed_relay(agents: Agents) -> 
     assert reroute < 2.0, f"rerouted after {reroute:.2f} s"
 
 
+def _neighbour(ag: Agents, node: str, peer: str) -> dict[str, Any] | None:
+    st = ag.status(node)
+    return next((n for n in st["neighbours"] if n["name"] == peer), None) if st else None
+
+
 def test_a_node_whose_address_changes_keeps_its_sessions(agents: Agents) -> None:
-    b = agents.client("b")
-    before = {n["name"]: n for n in b.status()["neighbours"]}["a"]
-    assert before["alive"]
+    # Routes can be complete (over C) before A and B finish their own handshake: wait
+    # for the session this test is about.
+    agents.wait(lambda: (_neighbour(agents, "b", "a") or {}).get("alive") is True, 10.0, "B-A")
+    before = _neighbour(agents, "b", "a")
+    assert before is not None and before["alive"]
     # A's address on the A-B link changes (a new DHCP lease, NAT rebinding): B sees A's
     # packets from a new source and moves the session there.
     a = agents.diamond.a
@@ -110,8 +118,8 @@ def test_a_node_whose_address_changes_keeps_its_sessions(agents: Agents) -> None
         10.0,
         "B to follow A to its new address",
     )
-    after = {n["name"]: n for n in b.status()["neighbours"]}["a"]
-    assert after["alive"]
+    after = _neighbour(agents, "b", "a")
+    assert after is not None and after["alive"]
     assert after["session_age_s"] >= before["session_age_s"]  # the same session, moved
     assert agents.diamond.a.ping(agents.overlay("d"), count=2, timeout=3.0).ok
 
