@@ -842,7 +842,10 @@ def test_a_newer_seqno_on_the_selected_route_is_passed_on() -> None:
     assert (None, Update(dst, 11, 196, r._interval_cs)) in _updates(out)
 
 
-def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
+def test_a_forwarded_request_goes_again_at_once_when_its_next_hop_fails() -> None:
+    # A relay forwards a request into its next hop a moment before it learns that
+    # neighbour is dead. Nobody may ask again for a while (the asker's resend is 0.2 s
+    # away): the relay re-forwards it itself, the moment it switches next hop.
     b = Router(nid("b"), random.Random(4))
     for n in ("a", "c", "e"):
         b.set_link_cost(0.0, n, 96)
@@ -851,13 +854,32 @@ def test_a_forwarded_seqno_request_follows_a_changed_next_hop() -> None:
     b.handle(0.0, "c", [Update(dst, 5, 100, 1600)])
     b.handle(0.0, "e", [Update(dst, 5, 150, 1600)])
     b.handle_timer(TRIGGER_DELAY + 0.01)
-    assert b.next_hop(dst) == "c"
     out = b.handle(1.0, "a", [SeqnoRequest(dst, 6, 10)])
     assert out == [Outgoing("c", [SeqnoRequest(dst, 6, 9)])]
-    b.remove_neighbour(1.01, "c")  # the request went into what just failed
+    out = b.remove_neighbour(1.01, "c")
     assert b.next_hop(dst) == "e"
+    assert Outgoing("e", [SeqnoRequest(dst, 6, 9)]) in messages(out)
+    # Once: a change of next hop that has nothing to do with the request sends nothing.
     out = b.handle(1.02, "a", [SeqnoRequest(dst, 6, 10)])
-    assert Outgoing("e", [SeqnoRequest(dst, 6, 9)]) in out
+    assert _requests(out) == []
+
+
+def test_a_request_is_not_re_forwarded_back_to_whoever_asked() -> None:
+    b = Router(nid("b"), random.Random(4))
+    for n in ("a", "c"):
+        b.set_link_cost(0.0, n, 96)
+    b.start(0.0)
+    dst = nid("far")
+    b.handle(0.0, "c", [Update(dst, 5, 100, 1600)])
+    b.handle(0.0, "a", [Update(dst, 5, 150, 1600)])
+    b.handle_timer(TRIGGER_DELAY + 0.01)
+    assert b.next_hop(dst) == "c"
+    b.handle(1.0, "a", [SeqnoRequest(dst, 6, 10)])
+    out = b.remove_neighbour(1.01, "c")  # only a is left, and a asked
+    assert [o.to for o in messages(out) for t in o.tlvs if isinstance(t, SeqnoRequest)] in (
+        [],
+        [None],  # b's own request, if it starves (a's route is unfeasible for b)
+    )
 
 
 def _requests(out: Sequence[Outgoing | SetTimer]) -> list[SeqnoRequest]:

@@ -403,8 +403,10 @@ class _Pending:
     """A seqno request we originated or forwarded and have not seen answered."""
 
     __slots__ = (
+        "asker",
         "expires",
         "forwarded_at",
+        "hops",
         "next_resend",
         "originated",
         "resends",
@@ -412,10 +414,20 @@ class _Pending:
         "target",
     )
 
-    def __init__(self, seqno: int, now: float, originated: bool, target: str | None = None) -> None:
+    def __init__(
+        self,
+        seqno: int,
+        now: float,
+        originated: bool,
+        target: str | None = None,
+        asker: str | None = None,
+        hops: int = SEQNO_REQUEST_HOPS,
+    ) -> None:
         self.seqno = seqno
         self.originated = originated
         self.target = target  # where a forwarded request went (None: every neighbour)
+        self.asker = asker  # who asked us (a forwarded request never goes back there)
+        self.hops = hops  # the hop count it went on with
         self.forwarded_at = now
         self.expires = now + SEQNO_REQUEST_HOLD
         self.resends = SEQNO_REQUEST_MAX_RESENDS if originated else 0
@@ -769,14 +781,34 @@ class Router:
             # is starving, so it goes again, to the new next hop.)
             return
         if p is None or p.expires <= now:
-            p = self._pending[dst] = _Pending(seqno, now, originated=False, target=target)
+            p = self._pending[dst] = _Pending(
+                seqno, now, originated=False, target=target, asker=nbr, hops=hops - 1
+            )
         else:
             if seqno_newer(seqno, p.seqno):
                 p.seqno = seqno
             p.forwarded_at = now
             p.expires = now + SEQNO_REQUEST_HOLD
             p.target = target
+            if not p.originated:
+                p.asker, p.hops = nbr, hops - 1
         out.request(target, SeqnoRequest(dst, seqno, hops - 1))
+
+    def _reforward(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
+        """Our next hop for ``dst`` changed: a request we forwarded to the old one has
+        likely died there (it was failing, or we left it for a reason), and whoever asked
+        will not ask again for a while. Send it on to the new next hop now."""
+        p = self._pending.get(dst)
+        if p is None or p.originated or p.expires <= now or d.sel is None:
+            return
+        if p.target == d.sel.nbr or seqno_ge(d.sel.seqno, p.seqno):
+            return  # already went there, or answered by the route we now hold
+        target = self._request_target(d, p.asker)
+        if target is None or target == p.target:
+            return
+        p.target = target
+        p.forwarded_at = now
+        out.request(target, SeqnoRequest(dst, p.seqno, p.hops))
 
     def _request_target(self, d: _Dest, skip: str | None) -> str | None:
         """Where to send a seqno request: the selected next hop, else the neighbour with
@@ -854,6 +886,8 @@ class Router:
         if old_nh != new_nh:
             self.route_changes[dst] = self.route_changes.get(dst, 0) + 1
             self._changes.append(RouteChange(now, dst, old_nh, new_nh))
+            if new_nh is not None and dst in self._pending:
+                self._reforward(now, dst, d, out)
             if cur_m >= INFINITY and cur is not None:
                 out.all[dst] = None  # retraction or failover: tell everyone now
             else:
