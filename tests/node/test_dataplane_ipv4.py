@@ -29,9 +29,15 @@ ALLOW = Decision(True, None, "line:1", "test: allowed")
 @dataclass
 class _Device:
     written: list[bytes] = field(default_factory=list)
+    queued: list[bytes] = field(default_factory=list)  # what the kernel has for us to read
 
     def write(self, pkt: bytes) -> None:
         self.written.append(pkt)
+
+    def read(self) -> bytes:
+        if not self.queued:
+            raise BlockingIOError
+        return self.queued.pop(0)
 
 
 @dataclass
@@ -49,8 +55,8 @@ class _Host:
         self.bundle = SimpleNamespace(trust_domain=TD)
         self.mesh = SimpleNamespace(known_names=lambda: list(self.names))
 
-    def count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
 
     def decide(self, src: Any, proto: Any, port: Any) -> Decision:
         return ALLOW
@@ -148,3 +154,24 @@ def test_an_ipv4_address_two_names_share_goes_to_neither() -> None:
     assert host.counters == {"tun_ipv4_ambiguous": 1}
     # Their IPv6 addresses stay distinct and usable.
     assert plane._lookup(node_overlay_ipv6(TD, x)) == x
+
+
+def _ack4(src: Any, dst: Any, ack: int) -> bytes:
+    """A virtio-net header and a bare IPv4 TCP ACK (5201 -> 40000)."""
+    tcp = struct.pack(">HHIIHHHH", 5201, 40000, 1, ack, (5 << 12) | 0x10, 512, 0, 0)
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, src.packed, dst.packed)
+    return bytes(10) + ip + tcp
+
+
+def test_a_burst_of_acks_read_from_the_device_goes_out_as_its_last() -> None:
+    # A receiver that has just written a burst of data finds the kernel's ACKs for it
+    # queued on the device: the last one says what the others do.
+    host = _Host("a", ["a", "d"])
+    plane, dev = _plane(host)
+    me, peer = plane.address4, node_overlay_ipv4(TD, "d")
+    acks = [_ack4(me, peer, n) for n in (1000, 2000, 3000)]
+    ping = _icmp4(me, peer)
+    dev.queued = [acks[0], ping, acks[1], acks[2]]
+    plane._readable()
+    assert host.sent == [("d", IP_PORT, ping), ("d", IP_PORT, acks[2])]
+    assert host.counters == {"tun_acks_thinned": 2}

@@ -20,7 +20,9 @@ from x0tta6bl4.node.ippacket import (
     TCP_SYN,
     Flow,
     parse_flow,
+    pure_ack,
     tcp_reset_for,
+    thin_acks,
 )
 from x0tta6bl4.policy import Proto
 
@@ -487,3 +489,131 @@ def test_flow_is_hashable_and_frozen() -> None:
     assert {f.key(): 1}[f.key()] == 1
     with pytest.raises(AttributeError):
         f.sport = 5  # type: ignore[misc]
+
+
+# -- thinning redundant ACKs ----------------------------------------------------------------
+
+TS_OPT = b"\x01\x01\x08\x0a" + struct.pack(">II", 7, 9)  # NOP NOP timestamp, as Linux sends
+SACK_OPT = b"\x01\x01\x05\x0a" + struct.pack(">II", 5000, 6000)
+ECE, CWR, URG = 0x40, 0x80, 0x20
+
+
+def _ack(version: int, ack: int, *, sport: int = 40000, flags: int = TCP_ACK,
+         payload: bytes = b"", options: bytes = TS_OPT) -> bytes:  # fmt: skip
+    src, dst = (A4, B4) if version == 4 else (A6, B6)
+    return _ip(version, src, dst, TCP, _tcp(sport, 5201, 1, ack, flags, payload, options))
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_bare_ack_is_recognised_with_its_connection_and_number(version: int) -> None:
+    found = pure_ack(_ack(version, 123456))
+    assert found is not None and found[1] == 123456
+    assert pure_ack(_ack(version, 1, options=b"")) is not None
+    assert found[0] != pure_ack(_ack(version, 123456, sport=40001))[0]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"payload": b"data"},
+        {"flags": TCP_ACK | PSH},
+        {"flags": TCP_ACK | TCP_FIN},
+        {"flags": TCP_ACK | TCP_SYN},
+        {"flags": TCP_ACK | TCP_RST},
+        {"flags": TCP_ACK | ECE},  # congestion signals must reach the sender
+        {"flags": TCP_ACK | CWR},
+        {"flags": TCP_ACK | URG},
+        {"flags": 0},
+        {"options": SACK_OPT},  # what was lost: never thinned
+    ],
+)
+def test_anything_but_a_bare_ack_is_not_one(version: int, kw: dict[str, object]) -> None:
+    assert pure_ack(_ack(version, 99, **kw)) is None  # type: ignore[arg-type]
+
+
+def test_fragments_other_protocols_and_short_packets_are_not_bare_acks() -> None:
+    pkt = _ack(4, 5)
+    assert pure_ack(_ipv4(A4, B4, TCP, _tcp(1, 2, 1, 5, TCP_ACK), mf=True)) is None
+    assert pure_ack(_ipv4(A4, B4, UDP, _udp(1, 2))) is None
+    assert pure_ack(pkt[:-1]) is None  # the IP length says more than there is
+    assert pure_ack(pkt[:30]) is None
+    assert pure_ack(b"") is None
+    assert pure_ack(b"\x50" + bytes(60)) is None  # IP version 5
+
+
+def test_a_burst_of_acks_leaves_the_last_of_each_connection_and_all_else() -> None:
+    a1, a2, a3 = (_ack(6, n) for n in (1000, 2000, 3000))
+    other = _ack(6, 500, sport=40001)
+    dup1, dup2 = _ack(6, 3000), _ack(6, 3000)
+    data = _ack(6, 2500, flags=TCP_ACK | PSH, payload=b"reply")
+    sack = _ack(6, 2600, options=SACK_OPT)
+    kept, dropped = thin_acks([a1, other, a2, data, sack, a3, dup1, dup2])
+    # a1 and a2 say less than a3; the duplicates of 3000 are fast retransmit's signal
+    assert kept == [other, data, sack, a3, dup1, dup2]
+    assert dropped == 2
+    assert thin_acks([a3, a1]) == ([a3, a1], 0)  # an older number later: both kept
+
+
+def test_ack_numbers_compare_across_the_wrap() -> None:
+    before, after = _ack(4, 0xFFFFFF00), _ack(4, 0x100)
+    assert thin_acks([before, after]) == ([after], 1)
+    assert thin_acks([after, before]) == ([after, before], 0)
+
+
+def test_the_offset_skips_the_virtio_header() -> None:
+    hdr = bytes(10)
+    a1, a2 = hdr + _ack(6, 1), hdr + _ack(6, 2)
+    assert thin_acks([a1, a2], 10) == ([a2], 1)
+
+
+_KINDS = st.sampled_from(["bare", "sack", "data", "udp", "fin"])
+
+
+@given(
+    st.lists(
+        st.tuples(_KINDS, st.integers(0, 1), st.integers(0, 5), st.sampled_from([4, 6])),
+        max_size=30,
+    )
+)
+def test_thinning_drops_only_bare_acks_a_later_one_supersedes(
+    spec: list[tuple[str, int, int, int]],
+) -> None:
+    pkts: list[bytes] = []
+    for kind, conn, ack, version in spec:
+        sport = 40000 + conn
+        if kind == "udp":
+            src, dst = (A4, B4) if version == 4 else (A6, B6)
+            pkts.append(_ip(version, src, dst, UDP, _udp(sport, 5201)))
+            continue
+        kw: dict[str, object] = {
+            "bare": {},
+            "sack": {"options": SACK_OPT},
+            "data": {"payload": b"x"},
+            "fin": {"flags": TCP_ACK | TCP_FIN},
+        }[kind]
+        pkts.append(_ack(version, ack * 1000, sport=sport, **kw))  # type: ignore[arg-type]
+    kept, dropped = thin_acks(list(pkts))
+    assert len(kept) + dropped == len(pkts)
+    it = iter(range(len(pkts)))
+    kept_at = [next(i for i in it if pkts[i] is p) for p in kept]  # a subsequence, in order
+    gone = set(range(len(pkts))) - set(kept_at)
+    for i in gone:
+        conn, ack = pure_ack(pkts[i])  # type: ignore[misc]
+        assert any(
+            (f := pure_ack(pkts[j])) is not None and f[0] == conn and f[1] > ack
+            for j in range(i + 1, len(pkts))
+        )
+    for i, p in enumerate(pkts):
+        f = pure_ack(p)
+        last_of_conn = f is not None and not any(
+            (g := pure_ack(q)) is not None and g[0] == f[0] for q in pkts[i + 1 :]
+        )
+        if f is None or last_of_conn:
+            assert i in kept_at
+
+
+@given(st.lists(st.binary(max_size=80), max_size=8), st.integers(0, 12))
+def test_thinning_takes_any_bytes(pkts: list[bytes], offset: int) -> None:
+    kept, dropped = thin_acks(pkts, offset)
+    assert len(kept) + dropped == len(pkts)

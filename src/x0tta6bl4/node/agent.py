@@ -707,8 +707,8 @@ class Agent:
             mttr=ev.mttr,
         )
 
-    def count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
 
     def _on_deliver(self, d: Deliver) -> None:
         dp = self._dataplane

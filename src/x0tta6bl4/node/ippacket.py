@@ -143,4 +143,96 @@ def tcp_reset_for(pkt: bytes | memoryview, flow: Flow) -> bytes | None:
     return ip + tcp
 
 
-__all__ = ["Flow", "parse_flow", "tcp_reset_for"]
+# -- redundant TCP acknowledgements ------------------------------------------------------
+
+_TCPOPT_EOL: Final = 0
+_TCPOPT_NOP: Final = 1
+_TCPOPT_TIMESTAMP: Final = 8
+_TS_LEN: Final = 10
+
+
+def _plain_options(opts: bytes | memoryview) -> bool:
+    """Only padding and a timestamp: no SACK blocks, nothing else a receiver must see."""
+    i, n = 0, len(opts)
+    while i < n:
+        kind = opts[i]
+        if kind == _TCPOPT_EOL:
+            return True
+        if kind == _TCPOPT_NOP:
+            i += 1
+            continue
+        if kind != _TCPOPT_TIMESTAMP or i + 1 >= n or opts[i + 1] != _TS_LEN:
+            return False
+        i += _TS_LEN
+    return i == n
+
+
+def pure_ack(pkt: bytes | memoryview) -> tuple[bytes, int] | None:
+    """``(connection, ack number)`` when ``pkt`` is a bare TCP acknowledgement: no
+    payload, the ACK flag alone (no SYN, FIN, RST, PSH, URG, ECE or CWR) and no option
+    but a timestamp. ``connection`` is the addresses and ports as bytes. None for
+    anything else, including packets too short or malformed to tell."""
+    n = len(pkt)
+    if n < 1:
+        return None
+    version = pkt[0] >> 4
+    if version == 4:
+        if n < 20 or pkt[9] != IPPROTO_TCP:
+            return None
+        ihl = (pkt[0] & 0x0F) * 4
+        total, frag = struct.unpack_from(">H2xH", pkt, 2)
+        if ihl < 20 or frag & 0x3FFF or total > n:  # a fragment, or cut short
+            return None
+        addrs, l4 = bytes(pkt[12:20]), ihl
+    elif version == 6:
+        if n < 40 or pkt[6] != IPPROTO_TCP:  # extension headers: not worth reading
+            return None
+        (payload_len,) = struct.unpack_from(">H", pkt, 4)
+        total = 40 + payload_len
+        if total > n:
+            return None
+        addrs, l4 = bytes(pkt[8:40]), 40
+    else:
+        return None
+    if total < l4 + 20:
+        return None
+    ports = bytes(pkt[l4 : l4 + 4])
+    ack, off_flags = struct.unpack_from(">4xIH", pkt, l4 + 4)
+    doff = (off_flags >> 12) * 4
+    if (off_flags & 0xFF) != TCP_ACK or doff < 20 or l4 + doff != total:
+        return None  # other flags, or payload after the header
+    if doff > 20 and not _plain_options(pkt[l4 + 20 : l4 + doff]):
+        return None
+    return addrs + ports, ack
+
+
+def thin_acks(pkts: list[bytes], offset: int = 0) -> tuple[list[bytes], int]:
+    """``pkts`` (each IP packet at ``offset``) without the bare acknowledgements that a
+    later one of the same connection in the list supersedes: a later bare ACK with a
+    higher ack number (mod 2^32) says all they said. Duplicate ACKs (the same number,
+    fast retransmit's signal), ACKs with SACK blocks or any flag but ACK, and everything
+    else are kept, in order. Returns the packets kept and how many were dropped.
+
+    The queue of a TUN device holds a burst of these whenever the agent has written a
+    burst of data into it: one read batch, one ACK per connection to carry (as CAKE's
+    ack-filter does in a queue)."""
+    latest: dict[bytes, int] = {}
+    keep = [True] * len(pkts)
+    dropped = 0
+    for i in range(len(pkts) - 1, -1, -1):
+        found = pure_ack(memoryview(pkts[i])[offset:])
+        if found is None:
+            continue
+        conn, ack = found
+        later = latest.get(conn)
+        if later is not None and 0 < ((later - ack) & 0xFFFFFFFF) < 0x80000000:
+            keep[i] = False
+            dropped += 1
+        else:
+            latest[conn] = ack
+    if not dropped:
+        return pkts, 0
+    return [p for p, k in zip(pkts, keep, strict=True) if k], dropped
+
+
+__all__ = ["Flow", "parse_flow", "pure_ack", "tcp_reset_for", "thin_acks"]
