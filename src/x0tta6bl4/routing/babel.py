@@ -886,7 +886,7 @@ class Router:
         if old_nh != new_nh:
             self.route_changes[dst] = self.route_changes.get(dst, 0) + 1
             self._changes.append(RouteChange(now, dst, old_nh, new_nh))
-            if new_nh is not None and dst in self._pending:
+            if dst in self._pending:
                 self._reforward(now, dst, d, out)
             if cur_m >= INFINITY and cur is not None:
                 out.all[dst] = None  # retraction or failover: tell everyone now
