@@ -90,6 +90,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from x0tta6bl4.channel.constants import (
+    DATA_FRAGMENT_HEADER_SIZE,
     DATA_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,
     MSG_DATA,
@@ -148,7 +149,10 @@ RELAY_OVERHEAD: Final = _RELAY.size  # 22
 _U16 = struct.Struct(">H")
 
 
-_RELAY_DATA_MIN: Final = RELAY_OVERHEAD + DATA_OVERHEAD
+# The shortest end-to-end datagram a relay carries: a message's last fragment may hold a
+# single byte, fewer than a whole DATA message's header and tag. The destination checks
+# the rest.
+_RELAY_DATA_MIN: Final = RELAY_OVERHEAD + min(DATA_OVERHEAD, DATA_FRAGMENT_HEADER_SIZE + 1)
 _RELAY_DATA_TYPE_AT: Final = RELAY_OVERHEAD + 1  # the inner message's type byte
 # Header bytes every datagram of a batch must share to be taken together: RELAY header,
 # TTL, both ends, and the inner message's version and type.
