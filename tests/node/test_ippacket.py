@@ -213,6 +213,106 @@ def test_ipv4_later_fragments_have_no_ports() -> None:
     assert (f2.proto, str(f2.src), str(f2.dst)) == (Proto.TCP, A4, B4)
 
 
+def _ipv6_ext(src: str, dst: str, chain: list[tuple[int, bytes]], nh: int, l4: bytes) -> bytes:
+    """An IPv6 packet with extension headers: ``chain`` is (type, body) in order, each
+    body padded to its header's 8-byte multiple; the last one's next header is ``nh``."""
+    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
+    types = [t for t, _ in chain] + [nh]
+    ext = b""
+    for i, (_, body) in enumerate(chain):
+        ext += bytes([types[i + 1], (len(body) + 2) // 8 - 1]) + body
+    return struct.pack(">IHBB16s16s", 6 << 28, len(ext) + len(l4), types[0], 64, s, d) + ext + l4
+
+
+def _ipv6_fragment(
+    src: str, dst: str, nh: int, ident: int, offset: int, more: bool, data: bytes
+) -> bytes:
+    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
+    frag = struct.pack(">BBHI", nh, 0, (offset // 8) << 3 | int(more), ident)
+    return struct.pack(">IHBB16s16s", 6 << 28, 8 + len(data), 44, 64, s, d) + frag + data
+
+
+def test_ipv6_extension_headers_are_walked_to_the_transport_header() -> None:
+    hop_by_hop = (0, bytes(6))  # Pad6: one 8-byte header
+    dest_opts = (60, bytes(14))  # two 8-byte units
+    pkt = _ipv6_ext(A6, B6, [hop_by_hop, dest_opts], TCP, _tcp(4321, 5432))
+    f = parse_flow(pkt)
+    assert f is not None
+    assert (f.proto, f.ip_proto, f.sport, f.dport, f.l4) == (Proto.TCP, TCP, 4321, 5432, 64)
+    assert f.frag_id is None and not f.frag_later
+    # the reset for a denied connection is built from the real transport header
+    rst = tcp_reset_for(pkt, f)
+    assert rst is not None and struct.unpack_from(">HH", rst, 40) == (5432, 4321)
+
+
+def test_ipv6_fragments_carry_their_id_and_the_first_its_ports() -> None:
+    udp = _udp(4000, 5000, bytes(3000))
+    first = _ipv6_fragment(A6, B6, UDP, 0xDEADBEEF, 0, True, udp[:1232])
+    later = _ipv6_fragment(A6, B6, UDP, 0xDEADBEEF, 1232, False, udp[1232:])
+    f1, f2 = parse_flow(first), parse_flow(later)
+    assert f1 is not None and f2 is not None
+    assert (f1.proto, f1.sport, f1.dport, f1.l4) == (Proto.UDP, 4000, 5000, 48)
+    assert (f1.frag_id, f1.frag_later) == (0xDEADBEEF, False)
+    # a later fragment: payload where the transport header would be, so no ports
+    assert (f2.proto, f2.sport, f2.dport) == (Proto.UDP, None, None)
+    assert (f2.frag_id, f2.frag_later) == (0xDEADBEEF, True)
+    assert f1.fragment_key() == f2.fragment_key()
+    other = parse_flow(_ipv6_fragment(A6, B6, UDP, 0xDEADBEF0, 1232, False, udp[1232:]))
+    assert other is not None and other.fragment_key() != f1.fragment_key()
+
+
+def test_ipv4_fragments_carry_their_id() -> None:
+    seg = _udp(4000, 5000, bytes(64))
+    first = parse_flow(_ipv4(A4, B4, UDP, seg[:40], mf=True))
+    later = parse_flow(_ipv4(A4, B4, UDP, seg[40:], frag=5))
+    whole = parse_flow(_ipv4(A4, B4, UDP, seg))
+    assert first is not None and later is not None and whole is not None
+    assert (first.frag_id, first.frag_later, first.dport) == (7, False, 5000)
+    assert (later.frag_id, later.frag_later, later.dport) == (7, True, None)
+    assert first.fragment_key() == later.fragment_key()
+    assert (whole.frag_id, whole.frag_later) == (None, False)
+
+
+@pytest.mark.parametrize(
+    "pkt",
+    [
+        # a hop-by-hop header that claims more bytes than the packet holds
+        _ipv6_ext(A6, B6, [(0, bytes(6))], TCP, b"")[:40] + bytes([6, 3]) + bytes(6),
+        # a fragment header cut short
+        _ipv6_fragment(A6, B6, UDP, 1, 0, True, b"")[:44],
+        # a chain of nine extension headers: more than anyone sends
+        _ipv6_ext(A6, B6, [(60, bytes(6))] * 9, UDP, _udp(1, 2)),
+    ],
+)
+def test_malformed_ipv6_extension_chains_give_none(pkt: bytes) -> None:
+    assert parse_flow(pkt) is None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 43, 44, 51, 60]), st.integers(0, 255), st.binary(max_size=24)
+        ),
+        max_size=6,
+    ),
+    st.sampled_from([TCP, UDP, ICMPV6, 44, 0, 59]),
+    st.binary(max_size=40),
+)
+def test_arbitrary_ipv6_extension_chains_never_raise(
+    chain: list[tuple[int, int, bytes]], nh: int, tail: bytes
+) -> None:
+    s, d = ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(B6).packed
+    types = [t for t, _, _ in chain] + [nh]
+    body = b"".join(bytes([types[i + 1], ln]) + raw for i, (_, ln, raw) in enumerate(chain))
+    pkt = struct.pack(">IHBB16s16s", 6 << 28, len(body) + len(tail), types[0], 64, s, d)
+    pkt += body + tail
+    _check_parse(pkt)
+    f = parse_flow(pkt)
+    if f is not None:
+        tcp_reset_for(pkt, f)
+        assert f.frag_id is None or 0 <= f.frag_id <= 0xFFFFFFFF
+
+
 @pytest.mark.parametrize(
     "pkt",
     [

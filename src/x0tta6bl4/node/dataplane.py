@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -51,6 +52,9 @@ IP_PORT: Final = 0xFFFF
 """The mesh port that carries overlay IP packets (message API ports are 1..65534)."""
 CONNTRACK_MAX: Final = 65536
 CONNTRACK_IDLE: Final = 180.0
+FRAGMENTS_MAX: Final = 4096
+FRAGMENTS_IDLE: Final = 30.0
+"""As long as Linux waits for a fragmented packet's pieces (``ipfrag_time``)."""
 READ_BATCH: Final = 64
 """Packets read per wake-up at most, so the socket side is not starved."""
 GSO_MAX_SIZE: Final = 60000
@@ -64,33 +68,61 @@ _AMBIGUOUS: Final = ""
 """In the address table: two names share this IPv4 address; send to neither."""
 
 
-class ConnTrack:
+class _Recent:
+    """Keys seen lately: bounded (the least recently used goes first), each forgotten
+    once it has idled ``idle`` seconds."""
+
+    def __init__(self, max_entries: int, idle: float) -> None:
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+        self.max_entries = max_entries
+        self.idle = idle
+
+    def note(self, key: Hashable, now: float) -> None:
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+
+    def holds(self, key: Hashable, now: float) -> bool:
+        seen = self._seen.get(key)
+        if seen is None or now - seen > self.idle:
+            return False
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class ConnTrack(_Recent):
     """Flows allowed once, whose reverse direction is admitted until idle. Bounded: the
     least recently used entry goes first."""
 
     def __init__(self, max_entries: int = CONNTRACK_MAX, idle: float = CONNTRACK_IDLE) -> None:
-        self._flows: OrderedDict[FlowKey, float] = OrderedDict()
-        self.max_entries = max_entries
-        self.idle = idle
+        super().__init__(max_entries, idle)
 
-    def note(self, flow: Flow, now: float) -> None:
-        key = flow.reverse_key()
-        self._flows[key] = now
-        self._flows.move_to_end(key)
-        if len(self._flows) > self.max_entries:
-            self._flows.popitem(last=False)
+    def note(self, flow: Flow, now: float) -> None:  # type: ignore[override]
+        super().note(flow.reverse_key(), now)
 
     def admits(self, flow: Flow, now: float) -> bool:
-        key = flow.key()
-        seen = self._flows.get(key)
-        if seen is None or now - seen > self.idle:
-            return False
-        self._flows[key] = now
-        self._flows.move_to_end(key)
-        return True
+        return self.holds(flow.key(), now)
 
-    def __len__(self) -> int:
-        return len(self._flows)
+
+class FragmentTrack(_Recent):
+    """Packets whose first fragment was let through: their later fragments, which carry
+    no transport header to decide on, follow it (as a firewall that does not reassemble
+    does). A later fragment of anything else is dropped."""
+
+    def __init__(self, max_entries: int = FRAGMENTS_MAX, idle: float = FRAGMENTS_IDLE) -> None:
+        super().__init__(max_entries, idle)
+
+    def note(self, flow: Flow, now: float) -> None:  # type: ignore[override]
+        if flow.frag_id is not None:
+            super().note(flow.fragment_key(), now)
+
+    def admits(self, flow: Flow, now: float) -> bool:
+        return self.holds(flow.fragment_key(), now)
 
 
 class TunPlane:
@@ -103,6 +135,8 @@ class TunPlane:
         self.address4 = node_overlay_ipv4(td, agent.name) if self.settings.ipv4 else None
         self.prefix = overlay_prefix(td)
         self.conntrack = ConnTrack()
+        self.fragments_out = FragmentTrack()
+        self.fragments_in = FragmentTrack()
         self.tun: TunDevice | None = None
         self._table: dict[IPAddr, str] = {}
         self._table_size = -1
@@ -209,6 +243,13 @@ class TunPlane:
             self._count("tun_no_node" if name is None else "tun_ipv4_ambiguous")
             return
         now = time.monotonic()
+        if flow.frag_later:
+            # no ports to decide on: it goes where its first fragment went, or nowhere
+            if not self.fragments_out.admits(flow, now):
+                self._count("tun_fragment_unmatched")
+                return
+            self._send(name, pkt)
+            return
         ident = self.agent.peer_identity(name)
         if ident is not None and not self.conntrack.admits(flow, now):
             # Fail fast: the receiver would refuse it too.
@@ -219,6 +260,10 @@ class TunPlane:
                 self._count(f"policy_denied_at_sender:{d.rule_id}")
                 return
         self.conntrack.note(flow, now)
+        self.fragments_out.note(flow, now)
+        self._send(name, pkt)
+
+    def _send(self, name: str, pkt: bytes) -> None:
         try:
             self.agent.send(name, IP_PORT, pkt)
         except (ValueError, OSError) as exc:
@@ -255,7 +300,11 @@ class TunPlane:
             self._count("tun_spoofed_source")
             return
         now = time.monotonic()
-        if not self.conntrack.admits(flow, now):
+        if flow.frag_later:
+            if not self.fragments_in.admits(flow, now):
+                self._count("tun_fragment_unmatched")
+                return
+        elif not self.conntrack.admits(flow, now):
             decision = self.agent.decide(ident, flow.proto, flow.dport) if flow.proto else None
             rule = decision.rule_id if decision is not None else "unknown-protocol"
             allowed = decision is not None and decision.allowed
@@ -270,10 +319,20 @@ class TunPlane:
                             self.agent.send(src_name, IP_PORT, NO_OFFLOAD_BYTES + rst)
                 return
             self.conntrack.note(flow, now)
+        if not flow.frag_later:
+            # a first fragment's verdict holds for the rest of its packet
+            self.fragments_in.note(flow, now)
         try:
             tun.write(pkt)
         except Exception:  # the kernel refused the packet (malformed): count, go on
             self._count("tun_write_failed")
 
 
-__all__ = ["IP_PORT", "ConnTrack", "TunPlane", "node_overlay_ipv4", "node_overlay_ipv6"]
+__all__ = [
+    "IP_PORT",
+    "ConnTrack",
+    "FragmentTrack",
+    "TunPlane",
+    "node_overlay_ipv4",
+    "node_overlay_ipv6",
+]

@@ -42,6 +42,15 @@ class Flow(NamedTuple):
     sport: int | None  # TCP/UDP ports; the echo identifier for ICMP echo
     dport: int | None
     l4: int  # offset of the transport header
+    frag_id: int | None = None  # a fragment's identification; None: a whole packet
+    frag_later: bool = False  # a fragment after the first: no transport header, no ports
+
+    def fragment_key(self) -> tuple[int, IPAddr, IPAddr, int | None]:
+        """What pairs the fragments of one packet: its addresses and identification
+        (unique per pair of addresses for IPv6, RFC 8200; for IPv4 a collision across
+        protocols could pair a stray fragment, which no host can reassemble without its
+        own first one)."""
+        return (self.version, self.src, self.dst, self.frag_id)
 
     def reverse_key(self) -> tuple[int, IPAddr, IPAddr, int | None, int | None]:
         """The key of the reply direction, as ``key()`` of a reply would give it."""
@@ -63,6 +72,19 @@ def _ports(pkt: bytes | memoryview, l4: int, ip_proto: int) -> tuple[int | None,
             return ident, ident
     return None, None
 
+
+# IPv6 extension headers walked to find the transport header: hop-by-hop options,
+# routing, destination options (length in 8-byte units after the first 8) and the
+# authentication header (in 4-byte units after the first 8); the fragment header is 8.
+_IPV6_HOP_BY_HOP: Final = 0
+_IPV6_ROUTING: Final = 43
+_IPV6_FRAGMENT: Final = 44
+_IPV6_AH: Final = 51
+_IPV6_DEST_OPTS: Final = 60
+_IPV6_EXT_8: Final = frozenset((_IPV6_HOP_BY_HOP, _IPV6_ROUTING, _IPV6_DEST_OPTS))
+MAX_IPV6_EXT_HEADERS: Final = 8
+"""Longer chains are refused as malformed: no real stack sends them, and the walk stays
+bounded whatever a packet claims."""
 
 _PROTO: Final = {
     IPPROTO_TCP: Proto.TCP,
@@ -88,7 +110,12 @@ def parse_flow(pkt: bytes | memoryview) -> Flow | None:
         dst: IPAddr = _ipv4(bytes(pkt[16:20]))
         l4 = ihl
         if struct.unpack_from(">H", pkt, 6)[0] & 0x1FFF:  # a later fragment: no ports
-            return Flow(4, src, dst, _PROTO.get(ip_proto), ip_proto, None, None, l4)
+            frag_id = struct.unpack_from(">H", pkt, 4)[0]
+            return Flow(4, src, dst, _PROTO.get(ip_proto), ip_proto, None, None, l4, frag_id, True)
+        if struct.unpack_from(">H", pkt, 6)[0] & 0x2000:  # the first of several
+            sport, dport = _ports(pkt, l4, ip_proto)
+            frag_id = struct.unpack_from(">H", pkt, 4)[0]
+            return Flow(4, src, dst, _PROTO.get(ip_proto), ip_proto, sport, dport, l4, frag_id)
     elif version == 6:
         if n < 40:
             return None
@@ -96,10 +123,41 @@ def parse_flow(pkt: bytes | memoryview) -> Flow | None:
         src = _ipv6(bytes(pkt[8:24]))
         dst = _ipv6(bytes(pkt[24:40]))
         l4 = 40
+        if ip_proto in _IPV6_EXT_8 or ip_proto in (_IPV6_FRAGMENT, _IPV6_AH):
+            return _ipv6_extended(pkt, src, dst, ip_proto)
     else:
         return None
     sport, dport = _ports(pkt, l4, ip_proto)
     return Flow(version, src, dst, _PROTO.get(ip_proto), ip_proto, sport, dport, l4)
+
+
+def _ipv6_extended(pkt: bytes | memoryview, src: IPAddr, dst: IPAddr, nh: int) -> Flow | None:
+    """An IPv6 packet whose first next header is an extension header: walk the chain
+    (bounded, every length checked) to the transport header, or to a fragment header
+    that says the transport header is in another fragment."""
+    n, at = len(pkt), 40
+    frag_id: int | None = None
+    for _ in range(MAX_IPV6_EXT_HEADERS):
+        if nh in _IPV6_EXT_8 or nh == _IPV6_AH:
+            if n < at + 2:
+                return None
+            unit, extra = (4, 2) if nh == _IPV6_AH else (8, 1)
+            nh, size = pkt[at], (pkt[at + 1] + extra) * unit
+        elif nh == _IPV6_FRAGMENT:
+            if n < at + 8:
+                return None
+            nh = pkt[at]
+            offset_flags, frag_id = struct.unpack_from(">HI", pkt, at + 2)
+            size = 8
+            if offset_flags & 0xFFF8:  # a later fragment: what follows is payload
+                return Flow(6, src, dst, _PROTO.get(nh), nh, None, None, at + size, frag_id, True)
+        else:
+            sport, dport = _ports(pkt, at, nh)
+            return Flow(6, src, dst, _PROTO.get(nh), nh, sport, dport, at, frag_id)
+        if n < at + size:
+            return None
+        at += size
+    return None
 
 
 def _checksum(data: bytes) -> int:
