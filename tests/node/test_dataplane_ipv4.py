@@ -8,6 +8,7 @@ asks of it, and the device records what would be written to the kernel."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -69,6 +70,9 @@ class _Host:
 
     def send(self, dst: str, port: int, payload: bytes) -> None:
         self.sent.append((dst, port, payload))
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def _identity(name: str) -> VerifiedIdentity:

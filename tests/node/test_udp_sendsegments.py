@@ -137,3 +137,37 @@ def test_a_gro_batch_reaches_the_core_as_one_buffer() -> None:
     assert taken == grams  # in order, none lost, none cut wrongly
     assert core.batches, "loopback delivered no GRO batch: the segments path went untested"
     assert all(type(d) is bytes for d, _ in core.batches)  # a copy, not the runner's buffer
+
+
+def test_sends_held_in_a_block_leave_together_at_its_end() -> None:
+    # A TUN read batch of a UDP flow's packets: one message each, applied one by one.
+    # Held, they leave in one GSO send, in order, and nothing leaves before the block ends.
+    rx, addr = _receiver()
+    with rx:
+        rx.setblocking(False)
+        grams = [bytes([i]) * 1200 for i in range(20)]
+        early: list[bytes] = []
+
+        async def main() -> None:
+            runner = UdpRunner(_Idle())
+            await runner.bind("127.0.0.1", 0)
+            gso_before = udpfast.stats.gso_sends
+            with runner.held():
+                for g in grams:
+                    runner.apply([Send(addr, g)])
+                with runner.held():  # nested: joins the outer block
+                    runner.apply([Send(addr, b"last")])
+                await asyncio.sleep(0.02)
+                try:
+                    early.append(rx.recv(65535))
+                except BlockingIOError:
+                    pass
+            await asyncio.sleep(0.05)
+            if udpfast.kernel_supports_gso():
+                assert udpfast.stats.gso_sends == gso_before + 1
+            runner.close()
+
+        asyncio.run(main())
+        rx.settimeout(2.0)
+        assert early == []
+        assert _recv(rx, len(grams) + 1) == [*grams, b"last"]

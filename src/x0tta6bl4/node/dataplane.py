@@ -228,8 +228,9 @@ class TunPlane:
             pkts, thinned = thin_acks(pkts, VNET_HDR_LEN)
             if thinned:
                 self.agent.count("tun_acks_thinned", thinned)
-        for pkt in pkts:
-            self.outbound(pkt)
+        with self.agent.batch():
+            for pkt in pkts:
+                self.outbound(pkt)
 
     def outbound(self, pkt: bytes) -> None:
         """``pkt``: a virtio-net header and an IP packet, as the device reads them."""

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import socket
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Final
 
 import structlog
@@ -101,6 +101,7 @@ class UdpRunner:
         self._quiet = False
         self._buf = bytearray(udpfast.MAX_DATAGRAM)
         self._view = memoryview(self._buf)
+        self._held: list[Action] | None = None
         self.sent_bytes = 0
         self.sent_datagrams = 0
         self.received_bytes = 0
@@ -173,32 +174,33 @@ class UdpRunner:
         # Cores that take a batch (MeshNode, HealingNode) see a GRO batch whole, as one
         # buffer: copied out of ours once, never cut into datagrams in Python.
         batch = getattr(self.core, "handle_segments", None)
-        for _ in range(RECV_BATCHES):
-            if self._quiet:
-                return
-            try:
-                nbytes, seg, addr = udpfast.recv_batch(entry.sock, buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # a truncated batch, an ICMP error: one lost, counted
-                self.send_errors += 1
-                log.debug("udp_recv_error", error=str(exc))
-                continue
-            if not nbytes or addr is None:
-                continue
-            src = peer_addr(addr)
-            now = self.now
-            self.received_bytes += nbytes
-            if seg < nbytes and batch is not None:
-                self.received_datagrams += -(-nbytes // seg)
-                self.apply(batch(now, src, view[:nbytes].tobytes(), seg))
-                continue
-            datagrams = udpfast.split_segments(buf, nbytes, seg)
-            self.received_datagrams += len(datagrams)
-            actions: list[Action] = []
-            for data in datagrams:
-                actions += handle(now, Datagram(src, data))
-            self.apply(actions)
+        with self.held():  # answers and forwards to one next hop leave together
+            for _ in range(RECV_BATCHES):
+                if self._quiet:
+                    return
+                try:
+                    nbytes, seg, addr = udpfast.recv_batch(entry.sock, buf)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # a truncated batch, an ICMP error: one lost, counted
+                    self.send_errors += 1
+                    log.debug("udp_recv_error", error=str(exc))
+                    continue
+                if not nbytes or addr is None:
+                    continue
+                src = peer_addr(addr)
+                now = self.now
+                self.received_bytes += nbytes
+                if seg < nbytes and batch is not None:
+                    self.received_datagrams += -(-nbytes // seg)
+                    self.apply(batch(now, src, view[:nbytes].tobytes(), seg))
+                    continue
+                datagrams = udpfast.split_segments(buf, nbytes, seg)
+                self.received_datagrams += len(datagrams)
+                actions: list[Action] = []
+                for data in datagrams:
+                    actions += handle(now, Datagram(src, data))
+                self.apply(actions)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         """Feed one datagram (tests, and runtimes that read sockets themselves)."""
@@ -215,7 +217,27 @@ class UdpRunner:
         carry out the actions it returns."""
         self.apply(fn(self.now))
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Actions applied inside are carried out together when the block ends, so the
+        datagrams of many small messages to one next hop (a read batch of a UDP flow's
+        packets, say) leave in one GSO send instead of one system call each. Nested
+        blocks join the outermost."""
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self.apply(held)
+
     def apply(self, actions: Iterable[Action]) -> None:
+        if self._held is not None:
+            self._held.extend(actions)
+            return
         batch: list[bytes] = []
         batch_addr: Any = None
         a: Any  # dispatched on the exact type; mypy cannot narrow through `t`
