@@ -30,6 +30,8 @@ diamond A-B, A-C, B-D, C-D over 1,500-byte veths, no IP forwarding
 * ``overlay_tcp_mbit_s``: one TCP stream A -> D for 5 s (2 s with ``--quick``), iperf3
   when installed, else the Python pair; ``overlay_vs_veth_ratio`` = it over
   ``veth_tcp_mbit_s`` of the same run;
+* ``overlay_udp_mbit_s``: one UDP flow A -> D (iperf3 -u, 1,200-byte datagrams, 1 Gbit/s
+  offered, as long as the TCP test), what D received; the loss is in the note;
 * ``overlay_cpu_pct_per_node``: each agent's CPU (utime + stime) over that test, % of
   one core, the busiest; ``agent_rss_mb``: VmRSS during it, the largest of A, D and the
   relay in use (idle and loaded values per node in the details);
@@ -126,6 +128,39 @@ def _iperf3(
         "retransmits": end["sum_sent"].get("retransmits", 0),
         "tool": "iperf3",
     }
+
+
+UDP_PORT = 5000  # the diamond's policy allows tcp/5000 (iperf3's control) and udp/5000
+UDP_OFFERED = "1G"
+UDP_LENGTH = 1200  # fits the TUN MTU of 1,280 with IPv6 and UDP headers: no fragments
+
+
+def _iperf3_udp(src: Netns, dst: Netns, addr: str, seconds: float) -> dict[str, Any]:
+    """iperf3 -u at :data:`UDP_OFFERED`: what arrived, and the loss the receiver saw."""
+    server = dst.popen("iperf3", "-s", "-1", "-B", addr, "-p", str(UDP_PORT))
+    try:
+        _wait_listening(dst, UDP_PORT)
+        done = src.run(
+            "iperf3", "-c", addr, "-p", str(UDP_PORT), "-u", "-b", UDP_OFFERED,
+            "-l", str(UDP_LENGTH), "-t", str(seconds), "-J", "--connect-timeout", "5000",
+            timeout=seconds + 30,
+        )  # fmt: skip
+        server.wait(10)
+    finally:
+        _stop(server)
+    data = json.loads(done.stdout)
+    end = data.get("end", {})
+    got = end.get("sum_received") or end.get("sum")
+    if not got:
+        raise RuntimeError(f"iperf3 gave no result: {data.get('error', done.stdout[-300:])}")
+    sent = end.get("sum_sent") or end["sum"]
+    return {
+        "mbit_s": got["bits_per_second"] / 1e6 * (1 if "sum_received" in end else
+                                                   1 - got.get("lost_percent", 0) / 100),
+        "offered_mbit_s": sent["bits_per_second"] / 1e6,
+        "lost_percent": got.get("lost_percent"),
+        "jitter_ms": got.get("jitter_ms"),
+    }  # fmt: skip
 
 
 def _python_tcp(
@@ -720,6 +755,7 @@ def _overlay(suite: Suite, quick: bool, budget: _Budget, veth_mbit_s: float | No
             info["cpu_pct_under_load"] = cpu = sampler.cpu_pct()
             info["rss_load_mb"] = rss = sampler.rss_mb()
             _overlay_figures(suite, tcp, tcp_s, veth_mbit_s, relay, cpu, rss, info)
+            _overlay_udp(suite, ag, dst, tcp_s, budget, info, errors)
             if budget.fits(profile_s + 15 + runs * (pre + post + 4)):
                 print(f"  ... overlay: profiling A, {relay} and D under TCP", flush=True)
                 try:
@@ -731,6 +767,33 @@ def _overlay(suite: Suite, quick: bool, budget: _Budget, veth_mbit_s: float | No
             _failover(suite, ag, dst, pre, post, runs, budget, info, errors)
         finally:
             ag.stop()
+
+
+def _overlay_udp(suite: Suite, ag: Agents, dst: str, seconds: float, budget: _Budget,
+                 info: dict[str, Any], errors: dict[str, str]) -> None:  # fmt: skip
+    """One UDP flow A -> D at more than the overlay carries: what a UDP application
+    (video, a game, a VPN inside the overlay) gets, and how much is lost."""
+    if shutil.which("iperf3") is None:
+        info["udp"] = "skipped: iperf3 is not installed"
+        return
+    if not budget.fits(seconds + 20):
+        info["udp"] = "skipped: the suite's wall-time limit"
+        return
+    print(f"  ... overlay: UDP A -> D, {UDP_OFFERED}bit/s offered, {seconds:g} s", flush=True)
+    try:
+        udp = _iperf3_udp(ag.diamond.a, ag.diamond.d, dst, seconds)
+    except Exception as exc:
+        errors["udp"] = _error(exc)
+        return
+    info["udp"] = udp
+    suite.add(
+        "overlay_udp_mbit_s",
+        f"overlay: UDP A -> D through a relay, {UDP_LENGTH}-byte datagrams, delivered",
+        udp["mbit_s"],
+        "Mbit/s",
+        f"iperf3 -u, {udp['offered_mbit_s']:,.0f} Mbit/s offered for {seconds:g} s, "
+        f"{udp['lost_percent']:.0f} % lost",
+    )
 
 
 def _overlay_figures(
