@@ -162,3 +162,21 @@ def test_damp_hold_follows_the_merit_and_is_capped() -> None:
         CONFIG.damp_half_life * math.log2(CONFIG.damp_suppress / CONFIG.damp_reuse)
     )
     assert damp_hold(1e9, CONFIG) == CONFIG.damp_hold_max
+
+
+def test_a_link_coming_up_for_the_first_time_is_no_flap() -> None:
+    # A neighbour listed before its handshake completes (not alive) and then up: no
+    # outage happened, so no merit. It used to count as a transition, so one outage
+    # soon after start-up weighed as two and a single restart could get a link damped,
+    # and a flapping incident dated its fault from the start-up.
+    node, loop = make()
+    table = [route("B", "B"), route("E", "E")]
+    node.set([link("B", alive=False), link("E")], [])
+    loop.cycle(0.0)
+    node.set([link("B"), link("E")], table)
+    loop.cycle(0.1)
+    lk = loop.knowledge.links["B"]
+    assert lk.flap_merit == 0.0 and not lk.alive_changes
+    node.set([link("B", alive=False), link("E")], [])
+    loop.cycle(1.0)
+    assert lk.flap_merit == pytest.approx(1.0) and list(lk.alive_changes) == [1.0]

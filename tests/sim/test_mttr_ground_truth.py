@@ -247,3 +247,39 @@ def test_a_gray_failure_is_detected_as_late_as_it_really_was() -> None:
         assert e.mttd is not None and e.mttd > 0.1, (node, e)
         if e.kind == "degraded_link":  # the gray failure's own finding: dated from t
             assert abs(e.mttd - (e.detected_at - t)) <= 0.5, (node, e)
+
+
+# -- a relay killed again and again -----------------------------------------------------------
+
+
+def test_a_relay_killed_again_and_again_is_crashes_and_one_flapping_link() -> None:
+    # Killed, back 2 s later, killed again 3 s after that, and once more: the neighbours
+    # damp it for flapping. That incident is about the series, not one crash: each
+    # crash's own account is its dead-neighbour incidents, detected as fast as the
+    # first's. The
+    # bench's relay kills used to count a flapping incident (dated from an earlier kill,
+    # held until the damping ended) as one kill's MTTD of 3 s and MTTR of 12 s; and the
+    # flapping was dated from the neighbours' start-up, whose first link-up counted
+    # as a flap.
+    run = _grid_with_flows(seed=12)
+    kills = []
+    for _ in range(3):
+        t = run.now
+        kills.append(t)
+        run.at(t, kill("n0004")).run(t + 2.0)
+        run.at(run.now, restart("n0004")).run(run.now + 3.0)
+    run.run(run.now + 15.0)
+    outages = run.user_outages()
+    assert [o.t for o in outages] == kills
+    for o in outages:
+        print(f"crash at {o.t:.2f}:\n{_show(o.healing, o.t)}")
+        assert {e.kind for _, e in o.healing} <= {"dead_neighbour"}
+        assert all(e.mttd is not None and e.mttd <= 0.5 for _, e in o.healing)
+    # the first two crashes cut flows and are reported; by the third the neighbours
+    # hold the link out of routing (damped), so no flow crosses it and none is cut
+    assert all(o.healing and o.affected for o in outages[:2])
+    assert not outages[2].affected
+    flapping = [(n, e) for n, e in run.healing_events if e.kind == "flapping_link"]
+    print(_show(flapping, kills[0]))
+    assert flapping, "three outages in fifteen seconds are flapping"
+    assert all(e.subject == "n0004" and e.started_at >= kills[0] for _, e in flapping)

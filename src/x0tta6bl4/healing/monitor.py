@@ -240,8 +240,9 @@ class Monitor:
         config = self.config
         alive = lo is not None and bool(lo.alive)
         if lk.alive is not None and lk.alive != alive:
-            lk.alive_changes.append(now)
-            lk.add_merit(now, 1.0, config)  # a flap, down or up, for damping
+            if lk.ever_alive:  # a link's first coming up is no flap: nothing was lost
+                lk.alive_changes.append(now)
+                lk.add_merit(now, 1.0, config)  # a flap, down or up, for damping
             if alive:
                 lk.revived_at = now
             elif lo is not None and lk.alive:
