@@ -18,7 +18,8 @@ whatever the healing layer believes. Its resolution is the flow's send interval.
 
 Beside it, :meth:`OutageTracker.report` puts the healing layer's own account of the fault:
 the :class:`HealingEvent`\\ s its nodes reported about the failed element (MTTD, MTTR,
-outcome), so the two can be compared.
+outcome), so the two can be compared. A flapping-link incident is about a series of
+faults, not one, and is in no fault's account (``MeshRun.healing_events`` has it).
 """
 
 from __future__ import annotations
@@ -255,8 +256,15 @@ def _groups(groups: Iterable[Iterable[str]]) -> Mapping[str, int]:
     return {n: i for i, g in enumerate(groups) for n in g}
 
 
+_FLAPPING: Final = "flapping_link"
+
+
 def _about(fault: FaultRecord, node: str, e: HealingEvent) -> bool:
     """Whether healing event ``e`` reported by ``node`` is about ``fault``."""
+    if e.kind == _FLAPPING:
+        # About a series of outages (dated from the first, held until the damping
+        # ends), reported on its own: no one fault's account.
+        return False
     kind = fault.kind
     if kind == "crash":
         return e.subject == fault.node
