@@ -552,30 +552,33 @@ def _onset_at_death(
     silent. Those (not the silence, which every death has) go into the onset statistic
     only, so a link that was dying by degrees before its last hello, unseen between two
     observations, has its fault dated from the loss rather than the silence. The
-    verdict's evidence stays frozen (see ``_quiet``)."""
-    heard = _finite(lo.last_heard)
-    raw = _finite(lo.loss)
-    if heard is None or raw is None or lk.loss_at is None or heard <= lk.loss_at:
-        return  # nothing heard since the last report: that one has been counted
-    window, hi = config.loss_window, config.hello_interval
-    # the estimator counts overdue hellos as lost (half an interval of slack)
-    missed = max(0, min(window, int((now - heard) / hi - 0.5)))
-    before = window - missed  # hellos of the window up to the last one heard
-    hellos = min(float(before), (heard - lk.loss_at) / hi)
-    if hellos <= 0.0:
-        return
-    lost = clamp(raw * window - missed, 0.0, float(before))
-    prev = lk.loss_prev if lk.loss_prev is not None else 0.0
-    fresh = clamp(lost - prev * max(0.0, before - hellos), 0.0, hellos)
-    rise = _onset(lk, fresh, hellos, lk.loss_at, heard, config)
-    if rise is None:
-        return
-    # Significant by the verdict's own standard, had it seen these hellos before the
-    # silence (its evidence itself is left as it was).
+    verdict's evidence stays frozen (see ``_quiet``).
+
+    The death is dated from the rise only if, counting those hellos, the rise is still
+    significant by the verdict's own standard: a burst of lost hellos some seconds
+    before (a thousand link ends at 2 % loss see one about every second) leaves the
+    onset statistic above zero for seconds after the verdict's evidence has drained,
+    and a death after it did not begin with it."""
     p0 = lk.loss_threshold
     p1 = p0 + config.loss_shift
-    if lk.loss_llr + _llr(fresh, hellos, p1, p0) >= config.onset_ratio * config.loss_evidence:
-        rise.significant = True
+    recent = 0.0  # the verdict's evidence in the hellos heard since the last report
+    heard = _finite(lo.last_heard)
+    raw = _finite(lo.loss)
+    if heard is not None and raw is not None and lk.loss_at is not None and heard > lk.loss_at:
+        window, hi = config.loss_window, config.hello_interval
+        # the estimator counts overdue hellos as lost (half an interval of slack)
+        missed = max(0, min(window, int((now - heard) / hi - 0.5)))
+        before = window - missed  # hellos of the window up to the last one heard
+        hellos = min(float(before), (heard - lk.loss_at) / hi)
+        if hellos > 0.0:
+            lost = clamp(raw * window - missed, 0.0, float(before))
+            prev = lk.loss_prev if lk.loss_prev is not None else 0.0
+            fresh = clamp(lost - prev * max(0.0, before - hellos), 0.0, hellos)
+            _onset(lk, fresh, hellos, lk.loss_at, heard, config)
+            recent = _llr(fresh, hellos, p1, p0)
+    rise = lk.loss_rise
+    if rise is not None:
+        rise.significant = lk.loss_llr + recent >= config.onset_ratio * config.loss_evidence
 
 
 def _significant(old: int, new: int, config: HealingConfig) -> bool:
