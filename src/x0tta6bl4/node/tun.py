@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -312,6 +311,8 @@ class TunDevice:
         # to change (and older pyroute2 releases do not know the attribute): try iproute2's
         # `ip link set`; if that fails too, the default (64 KB) stays, which only costs
         # super-packets that no longer fit one sealed UDP GSO batch.
+        import shutil  # here: the agent process never runs this, the configuring child does
+
         ip = shutil.which("ip")
         if ip is not None:
             done = subprocess.run(
