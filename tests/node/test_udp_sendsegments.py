@@ -12,7 +12,16 @@ import socket
 
 from x0tta6bl4.node import udpfast
 from x0tta6bl4.node.udp import UdpRunner
-from x0tta6bl4.sansio import Action, Input, Send, SendSegments, SetTimer, Timer, segments
+from x0tta6bl4.sansio import (
+    Action,
+    Deliver,
+    Input,
+    Send,
+    SendSegments,
+    SetTimer,
+    Timer,
+    segments,
+)
 
 
 class _Idle:
@@ -170,3 +179,30 @@ def test_sends_held_in_a_block_leave_together_at_its_end() -> None:
         rx.settimeout(2.0)
         assert early == []
         assert _recv(rx, len(grams) + 1) == [*grams, b"last"]
+
+
+def test_in_a_held_block_large_messages_and_deliveries_do_not_wait() -> None:
+    # Only single datagrams wait for the block's end. A large message goes at once,
+    # after the datagrams held before it (order kept), and a delivery happens at once:
+    # holding a burst of 60 KB deliveries to the end added megabytes to the receiver.
+    rx, addr = _receiver()
+    with rx:
+        delivered: list[bytes] = []
+        seen_during: list[int] = []
+        big = [bytes([i]) * 1400 for i in range(10)]
+
+        async def main() -> None:
+            runner = UdpRunner(_Idle(), on_deliver=lambda d: delivered.append(d.payload))
+            await runner.bind("127.0.0.1", 0)
+            with runner.held():
+                runner.apply([Send(addr, b"first")])
+                runner.apply([Deliver("x", 7, b"payload")])
+                seen_during.append(len(delivered))
+                runner.apply([SendSegments(addr, bytearray().join(big), 1400)])
+                runner.apply([Send(addr, b"last")])
+            await asyncio.sleep(0.05)
+            runner.close()
+
+        asyncio.run(main())
+        assert seen_during == [1] and delivered == [b"payload"]
+        assert _recv(rx, 12) == [b"first", *big, b"last"]
