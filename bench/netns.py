@@ -106,23 +106,34 @@ def _wait_listening(ns: Netns, port: int, proto: str = "t", timeout: float = 10.
     raise TimeoutError(f"nothing listens on port {port} in {ns.short}")
 
 
-def _iperf3(
-    src: Netns, dst: Netns, addr: str, seconds: float, timeout: float = 30.0
+def _iperf3_end(
+    src: Netns, dst: Netns, addr: str, port: int, seconds: float, timeout: float, *args: str
 ) -> dict[str, Any]:
-    server = dst.popen("iperf3", "-s", "-1", "-B", addr, "-p", str(PORT))
+    """Run an iperf3 server in ``dst`` for one test and the client in ``src``; the JSON
+    report's ``end`` section. Raises RuntimeError if iperf3 gave no result."""
+    server = dst.popen("iperf3", "-s", "-1", "-B", addr, "-p", str(port))
     try:
-        _wait_listening(dst, PORT)
+        _wait_listening(dst, port)
         done = src.run(
-            "iperf3", "-c", addr, "-p", str(PORT), "-t", str(seconds), "-J",
+            "iperf3", "-c", addr, "-p", str(port), *args, "-t", str(seconds), "-J",
             "--connect-timeout", "5000", timeout=seconds + timeout,
         )  # fmt: skip
         server.wait(10)
     finally:
         _stop(server)
     data = json.loads(done.stdout)
-    end = data.get("end", {})
-    if "sum_received" not in end:  # iperf3 can exit 0 without a result
+    end: dict[str, Any] = data.get("end", {})
+    if not (end.get("sum_received") or end.get("sum")):  # iperf3 can exit 0 without one
         raise RuntimeError(f"iperf3 gave no result: {data.get('error', done.stdout[-300:])}")
+    return end
+
+
+def _iperf3(
+    src: Netns, dst: Netns, addr: str, seconds: float, timeout: float = 30.0
+) -> dict[str, Any]:
+    end = _iperf3_end(src, dst, addr, PORT, seconds, timeout)
+    if "sum_received" not in end:
+        raise RuntimeError("iperf3 gave no receiver's result")
     return {
         "mbit_s": end["sum_received"]["bits_per_second"] / 1e6,
         "retransmits": end["sum_sent"].get("retransmits", 0),
@@ -137,22 +148,9 @@ UDP_LENGTH = 1200  # fits the TUN MTU of 1,280 with IPv6 and UDP headers: no fra
 
 def _iperf3_udp(src: Netns, dst: Netns, addr: str, seconds: float) -> dict[str, Any]:
     """iperf3 -u at :data:`UDP_OFFERED`: what arrived, and the loss the receiver saw."""
-    server = dst.popen("iperf3", "-s", "-1", "-B", addr, "-p", str(UDP_PORT))
-    try:
-        _wait_listening(dst, UDP_PORT)
-        done = src.run(
-            "iperf3", "-c", addr, "-p", str(UDP_PORT), "-u", "-b", UDP_OFFERED,
-            "-l", str(UDP_LENGTH), "-t", str(seconds), "-J", "--connect-timeout", "5000",
-            timeout=seconds + 30,
-        )  # fmt: skip
-        server.wait(10)
-    finally:
-        _stop(server)
-    data = json.loads(done.stdout)
-    end = data.get("end", {})
-    got = end.get("sum_received") or end.get("sum")
-    if not got:
-        raise RuntimeError(f"iperf3 gave no result: {data.get('error', done.stdout[-300:])}")
+    end = _iperf3_end(src, dst, addr, UDP_PORT, seconds, 30.0,
+                      "-u", "-b", UDP_OFFERED, "-l", str(UDP_LENGTH))  # fmt: skip
+    got = end.get("sum_received") or end["sum"]
     sent = end.get("sum_sent") or end["sum"]
     return {
         "mbit_s": got["bits_per_second"] / 1e6 * (1 if "sum_received" in end else

@@ -28,6 +28,7 @@ from x0tta6bl4.healing import (
     RepairStats,
 )
 from x0tta6bl4.healing.knowledge import Knowledge
+from x0tta6bl4.mesh.observe import RouteObservation
 
 DEAD = FaultKind.DEAD_NEIGHBOUR
 DEGRADED = FaultKind.DEGRADED_LINK
@@ -296,9 +297,10 @@ def test_a_link_dying_by_degrees_is_dated_from_its_loss_not_its_silence() -> Non
     assert inc.fault_started_at is not None and inc.fault_started_at < 61.0
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_clean_kill_on_an_ordinary_lossy_link_is_dated_from_its_silence(seed: int) -> None:
-    # 2 % loss is normal for this link: no rise to date the death from.
+def _ordinary_lossy_link(
+    seed: int,
+) -> tuple[RecordingNode, HealingLoop, HelloLoss, list[RouteObservation]]:
+    """B's link at 2 % loss for 120 s, observed every second: its normal."""
     node, loop, _ = make()
     hellos = HelloLoss(seed, 0.02)
     table = [route("B", "B"), route("C", "B"), route("E", "E")]
@@ -306,6 +308,13 @@ def test_a_clean_kill_on_an_ordinary_lossy_link_is_dated_from_its_silence(seed: 
         t = float(i)
         node.set([link("B", loss=hellos.at(t), last_heard=t - 0.05), link("E")], table)
         loop.cycle(t)
+    return node, loop, hellos, table
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_clean_kill_on_an_ordinary_lossy_link_is_dated_from_its_silence(seed: int) -> None:
+    # 2 % loss is normal for this link: no rise to date the death from.
+    node, loop, hellos, _ = _ordinary_lossy_link(seed)
     node.set([link("B", alive=False, loss=hellos.at(120.45), last_heard=119.95), link("E")], [])
     loop.cycle(120.45)
     [inc] = [i for i in loop.open_incidents if i.kind is DEAD]
@@ -320,13 +329,7 @@ def test_a_loss_burst_that_passed_does_not_date_a_later_kill(seed: int, burst: i
     # its neighbour is killed. The death began at the silence. It used to be dated
     # from the burst: the onset statistic was still above zero, though the verdict's
     # evidence had drained (the relay-kill bench saw MTTDs of 2-3 s against 0.25 s).
-    node, loop, _ = make()
-    hellos = HelloLoss(seed, 0.02)
-    table = [route("B", "B"), route("C", "B"), route("E", "E")]
-    for i in range(120):
-        t = float(i)
-        node.set([link("B", loss=hellos.at(t), last_heard=t - 0.05), link("E")], table)
-        loop.cycle(t)
+    node, loop, hellos, table = _ordinary_lossy_link(seed)
     hellos.at(120.0)
     hellos.history.extend([True] * burst)  # the next `burst` hellos lost
     hellos.sent += burst
