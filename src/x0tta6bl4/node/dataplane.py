@@ -61,8 +61,6 @@ GSO_MAX_SIZE: Final = 60000
 """Largest TCP super-packet the kernel hands the device (with its headers, it stays
 under one end-to-end message, 65,533 bytes)."""
 
-FlowKey = tuple[int, IPAddr, IPAddr, int | None, int | None]
-
 
 _AMBIGUOUS: Final = ""
 """In the address table: two names share this IPv4 address; send to neither."""
