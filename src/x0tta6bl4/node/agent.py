@@ -775,7 +775,7 @@ class Agent:
     # -- operations for the local API ---------------------------------------------------
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
-        """Sends made inside leave together at its end (``UdpRunner.held``)."""
+        """Single datagrams sent inside leave together at its end (``UdpRunner.held``)."""
         return self.runner.held()
 
     def send(self, dst: str, port: int, payload: bytes) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Final
 
-from x0tta6bl4.healing import HealingEvent
+from x0tta6bl4.healing import FaultKind, HealingEvent
 
 from .engine import Simulator
 from .flows import GAP_PACKETS, Flow, FlowSet
@@ -256,12 +256,9 @@ def _groups(groups: Iterable[Iterable[str]]) -> Mapping[str, int]:
     return {n: i for i, g in enumerate(groups) for n in g}
 
 
-_FLAPPING: Final = "flapping_link"
-
-
 def _about(fault: FaultRecord, node: str, e: HealingEvent) -> bool:
     """Whether healing event ``e`` reported by ``node`` is about ``fault``."""
-    if e.kind == _FLAPPING:
+    if e.kind == FaultKind.FLAPPING_LINK:
         # About a series of outages (dated from the first, held until the damping
         # ends), reported on its own: no one fault's account.
         return False
