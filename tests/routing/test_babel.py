@@ -232,6 +232,9 @@ tlv_strategy: st.SearchStrategy[Tlv] = st.one_of(
     st.builds(Update, node_ids, u16, u16, st.sampled_from([0, 100, 1600, 0xFFFF])),
     st.builds(SeqnoRequest, node_ids, u16, st.integers(0, 255)),
     st.builds(RouteRequest, st.none() | node_ids),
+    st.builds(rt.Query, node_ids, u16, u16),
+    st.builds(rt.Reply, node_ids, u16, u16, u16),
+    st.builds(rt.Resume, node_ids, u16, u16, u16),
 )
 
 
@@ -293,6 +296,12 @@ def test_decode_error_kinds() -> None:
         decode_tlvs(b"\x02\x00\x0a" + b"\x00" * 10)
     with pytest.raises(BadLength):
         decode_tlvs(b"\x03\x00\x04" + b"\x00" * 4)
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x04\x00\x0e" + b"\x00" * 14)  # a query is 12 bytes
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x05\x00\x0c" + b"\x00" * 12)  # a reply is 14
+    with pytest.raises(BadLength):
+        decode_tlvs(b"\x06\x00\x0c" + b"\x00" * 12)  # so is a resume
     with pytest.raises(UnknownType):
         decode_tlvs(b"\x09\x00\x00")
     assert decode_tlvs(b"") == []
@@ -309,6 +318,10 @@ def test_encode_rejects_bad_fields() -> None:
         encode_tlvs([SeqnoRequest(nid("a"), 1, 256)])
     with pytest.raises(ValueError):
         encode_tlvs([RouteRequest(b"x")])
+    with pytest.raises(ValueError):
+        encode_tlvs([rt.Query(nid("a"), 1, 0x10000)])
+    with pytest.raises(ValueError):
+        encode_tlvs([rt.Reply(b"x", 1, 1, 1)])
     with pytest.raises(ValueError):
         pack_tlvs([Update(nid("a"), 1, 1, 1)], 16)
     with pytest.raises(ValueError):
@@ -472,6 +485,145 @@ def test_starvation_is_escaped_with_a_seqno_request() -> None:
     requests = net.sent_tlvs(SeqnoRequest, since=t_cut)
     assert any(src == "b" and t.dst == s_id for src, _, t in requests)
     assert any(src == "x" for src, _, _ in requests)  # forwarded toward the source
+
+
+def _lose_tlvs(net: Net, lost: Callable[[object, str, Tlv], bool]) -> None:
+    """From now on every TLV for which ``lost(sender, receiver, tlv)`` holds is lost; the
+    rest of its packet arrives."""
+    prev = net.sim.net.intercept
+
+    def intercept(src: object, dst: str, data: bytes) -> bytes | None:
+        tlvs = decode_tlvs(data)
+        kept = [t for t in tlvs if not lost(src, dst, t)]
+        if not kept:
+            return None
+        if len(kept) < len(tlvs):
+            data = encode_tlvs(kept)
+        return data if prev is None else prev(src, dst, data)
+
+    net.sim.net.set_intercept(intercept)
+
+
+def _lose_seqno_requests(net: Net) -> None:
+    _lose_tlvs(net, lambda _s, _d, t: isinstance(t, SeqnoRequest))
+
+
+def _starving_b(**kw: object) -> Net:
+    """The starvation topology above, converged, with every seqno request lost: only a
+    query can free b's unfeasible route through y."""
+    net = Net(["s", "a", "b", "x", "y"], **kw)  # type: ignore[arg-type]
+    net.link("s", "a", 96)
+    net.link("a", "b", 96)
+    net.link("s", "x", 96)
+    net.link("x", "y", 96)
+    net.link("y", "b", 200)
+    net.run(2.0)
+    assert net.path("b", "s") == ["b", "a", "s"]
+    _lose_seqno_requests(net)
+    return net
+
+
+def test_a_starving_node_takes_an_unfeasible_route_once_every_neighbour_replied() -> None:
+    net = _starving_b()
+    s_id = net.ids["s"]
+    b = net.routers["b"]
+    seqno_before = net.routers["s"].seqno
+    net.on_deliver = net.assert_loop_free
+    t_cut = net.now
+    net.unlink("a", "b")
+    net.run(0.1)
+    # Without a newer seqno (every request was lost), b's query let it reset its FD: one
+    # round trip to its only other neighbour, not one to the origin.
+    assert net.path("b", "s") == ["b", "y", "x", "s"]
+    assert b.feasibility_distance(s_id) == (seqno_before, 200 + 192)
+    assert net.routers["s"].seqno == seqno_before
+
+    def about_s(kind: type) -> list[tuple[str, str | None]]:
+        return [(src, to) for src, to, t in net.sent_tlvs(kind, since=t_cut) if t.dst == s_id]
+
+    assert about_s(rt.Query) == [("b", None)]
+    assert about_s(rt.Reply) == [("y", "b")]
+    # The others learn b's new route at once, not after the 50 ms coalescing.
+    resumes = [(src, t) for src, _, t in net.sent_tlvs(rt.Resume, since=t_cut)]
+    about = [(src, t.metric) for src, t in resumes if isinstance(t, rt.Resume) and t.dst == s_id]
+    assert about == [("b", 392)]
+
+
+def test_a_neighbour_that_starves_too_replies_when_its_own_query_is_over() -> None:
+    # s-a-b-c, and the long way s-x-y-c. When a's query makes b (routing through a)
+    # starve too, b answers a only once c has answered b, so that a's reset does not
+    # pick a route behind b that still leads through a. (a's retraction is lost, so b
+    # learns of the loss from the query.)
+    net = Net(["s", "a", "b", "c", "x", "y"])
+    for u, v in (("s", "a"), ("a", "b"), ("b", "c"), ("s", "x"), ("x", "y")):
+        net.link(u, v, 96)
+    net.link("y", "c", 250)
+    net.run(2.0)
+    assert net.path("a", "s") == ["a", "s"] and net.path("c", "s") == ["c", "b", "a", "s"]
+    _lose_seqno_requests(net)
+    s_id = net.ids["s"]
+    _lose_tlvs(
+        net,
+        lambda src, dst, t: (
+            (src, dst) == ("a", "b")
+            and isinstance(t, Update)
+            and (t.dst, t.metric) == (s_id, INFINITY)
+        ),
+    )
+    net.on_deliver = net.assert_loop_free
+    t_cut = net.now
+    net.unlink("s", "a")
+    net.run(0.3)
+    assert net.path("a", "s") == ["a", "b", "c", "y", "x", "s"]
+    order = [
+        (src, to, type(t).__name__)
+        for at, src, to, t in net.sent
+        if at >= t_cut and isinstance(t, rt.Query | rt.Reply) and t.dst == net.ids["s"]
+    ]
+    assert order.index(("c", "b", "Reply")) < order.index(("b", "a", "Reply"))
+    assert ("b", None, "Query") in order
+
+
+def test_a_query_nobody_answers_is_given_up_without_resetting() -> None:
+    net = _starving_b()
+    s_id = net.ids["s"]
+    b = net.routers["b"]
+    fd = b.feasibility_distance(s_id)
+    net.drop("y", "b", float("inf"), lambda tlvs: any(isinstance(t, rt.Reply) for t in tlvs))
+    t_cut = net.now
+    net.unlink("a", "b")
+    net.run(rt.QUERY_TIMEOUT + 0.2)
+    assert b.next_hop(s_id) is None
+    assert b.feasibility_distance(s_id) == fd
+    # It asked again, every QUERY_RESEND, until it gave up.
+    asked = [
+        at for at, src, _, t in net.sent if src == "b" and isinstance(t, rt.Query) and t.dst == s_id
+    ]
+    assert len(asked) == pytest.approx(rt.QUERY_TIMEOUT / rt.QUERY_RESEND, abs=2)
+    assert max(asked) < t_cut + rt.QUERY_TIMEOUT + 0.01
+
+
+def test_an_update_overtaken_by_the_neighbours_query_is_ignored() -> None:
+    net = line(3)
+    net.run(2.0)
+    a = net.routers["a"]
+    c_id = net.ids["c"]
+    seqno = a.selected()[c_id][2]
+    now = net.now
+    # b withdraws c with a query; its older update, overtaken on the way, comes second.
+    a.handle(now, "b", [rt.Query(c_id, seqno, 7)])
+    assert a.next_hop(c_id) is None
+    a.handle(now + 0.01, "b", [Update(c_id, seqno, 96, 1600)])
+    assert a.next_hop(c_id) is None
+    # b's Resume (its query is over) is taken at once, and so is a newer seqno.
+    a.handle(now + 0.02, "b", [rt.Resume(c_id, seqno, 90, 7)])
+    assert a.metric(c_id) == 186
+    a.handle(now + 0.03, "b", [rt.Query(c_id, seqno, 8)])
+    a.handle(now + 0.04, "b", [Update(c_id, (seqno + 1) & 0xFFFF, 96, 1600)])
+    assert a.metric(c_id) == 192
+    # A late copy of a query that is over changes nothing.
+    a.handle(now + 0.05, "b", [rt.Query(c_id, seqno, 7)])
+    assert a.metric(c_id) == 192
 
 
 def test_hysteresis_ignores_small_improvements_but_takes_big_ones() -> None:
@@ -1037,8 +1189,11 @@ def test_the_simulator_always_holds_a_timer_no_later_than_the_router_needs() -> 
 
 
 def _retracts(dst: bytes) -> Callable[[list[Tlv]], bool]:
+    """A packet withdrawing ``dst``: a retraction, or a starvation query (one too)."""
     return lambda tlvs: any(
-        isinstance(t, Update) and t.dst == dst and t.metric == INFINITY for t in tlvs
+        (isinstance(t, Update) and t.dst == dst and t.metric == INFINITY)
+        or (isinstance(t, rt.Query) and t.dst == dst)
+        for t in tlvs
     )
 
 

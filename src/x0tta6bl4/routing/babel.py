@@ -14,7 +14,12 @@ cannot close into a cycle. Sources (FDs) outlive every route that could refer to
 
 Starvation (§3.8.2.1): when the selected route is lost and nothing feasible remains, the
 destination stays unreachable, a retraction goes out, and a seqno request asks the
-origin for a newer seqno; routes carrying it are feasible everywhere.
+origin for a newer seqno; routes carrying it are feasible everywhere. That answer may
+be a long detour away, so beside it the node runs a *query* (DUAL's diffusing
+computation): every neighbour drops the node's route and replies once it no longer
+routes through it; with every reply in, no route of the node's is held anywhere, and it
+may reset its FD and take its best route at once. Its safety rests on one assumption:
+a link never lets a packet overtake another by more than :data:`QUERY_FREEZE`.
 
 Loss (§3.7.2 asks for urgent updates to be sent reliably). Every triggered update (bad
 news, good news, seqno answers) and every dump to one neighbour (a new link, a route
@@ -40,6 +45,9 @@ Wire format (big-endian)::
     UPDATE    (1)  body = interval_cs:u16 { dst:8 seqno:u16 metric:u16 }+
     SEQNO_REQ (2)  body = dst:8 seqno:u16 hop_count:u8
     ROUTE_REQ (3)  body = "" (wildcard) | dst:8
+    QUERY     (4)  body = dst:8 seqno:u16 qid:u16
+    REPLY     (5)  body = dst:8 seqno:u16 metric:u16 qid:u16
+    RESUME    (6)  body = dst:8 seqno:u16 metric:u16 qid:u16
 
 Consecutive updates with the same interval share one UPDATE TLV (12 bytes each), which
 keeps a 1,000-route dump at ~12 kB and lets the decoder unpack records in C.
@@ -144,6 +152,23 @@ MIN_LINK_COST: Final = 1
 T_UPDATE: Final = 1
 T_SEQNO_REQUEST: Final = 2
 T_ROUTE_REQUEST: Final = 3
+T_QUERY: Final = 4
+T_REPLY: Final = 5
+T_RESUME: Final = 6
+
+QUERY_RESEND: Final = 0.05
+"""A starvation query (see :class:`Query`) goes again to the neighbours that have not
+replied this often: a lost query or reply would otherwise hold the whole region."""
+
+QUERY_TIMEOUT: Final = 1.0
+"""A query not answered by every neighbour within this long is given up: the node stays
+unreachable (with its feasibility distance intact) and waits for the seqno request."""
+
+QUERY_FREEZE: Final = 0.05
+"""After a neighbour's query, finite updates from it at the query's seqno or older are
+ignored for this long, except its :class:`Resume`: one sent before the query and
+overtaken by it would otherwise bring back a route the neighbour has withdrawn. Packets
+are assumed never to be overtaken by more than this (links reorder by milliseconds)."""
 
 _SEQNO_MOD: Final = 1 << 16
 _HALF: Final = 1 << 15
@@ -151,6 +176,8 @@ _HDR = struct.Struct(">BH")
 _U16 = struct.Struct(">H")
 _UPD_REC = struct.Struct(">8sHH")
 _SEQREQ = struct.Struct(">8sHB")
+_QUERY = struct.Struct(">8sHH")
+_ANSWER = struct.Struct(">8sHHH")
 _UPD_HDR_SIZE: Final = _HDR.size + _U16.size  # 5
 _MAX_RECORDS: Final = (0xFFFF - _U16.size) // _UPD_REC.size
 _SEQREQ_TLV_SIZE: Final = _HDR.size + _SEQREQ.size  # 14
@@ -197,7 +224,42 @@ class RouteRequest:
     dst: NodeId | None = None
 
 
-Tlv: TypeAlias = Update | SeqnoRequest | RouteRequest
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The sender lost its last feasible route to ``dst`` and withdraws every route to it
+    at ``seqno``: the receiver treats it as a retraction and answers with a
+    :class:`Reply` once it no longer routes through the sender (a starving receiver
+    first runs its own query). With every neighbour's reply the sender may take any
+    route, as nobody holds one of its old ones any more (DUAL's diffusing computation)."""
+
+    dst: NodeId
+    seqno: int
+    qid: int
+    """The sender's query id, echoed in the replies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer to the receiver's query ``qid``: the sender's route to ``dst`` now, which
+    does not go through the receiver."""
+
+    dst: NodeId
+    seqno: int
+    metric: int
+    qid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The sender's query ``qid`` is over; its route to ``dst`` now (maybe INFINITY)."""
+
+    dst: NodeId
+    seqno: int
+    metric: int
+    qid: int
+
+
+Tlv: TypeAlias = Update | SeqnoRequest | RouteRequest | Query | Reply | Resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +317,12 @@ def _segments(data: bytes) -> list[tuple[int, int, int]]:
         elif t == T_ROUTE_REQUEST:
             if ln not in (0, NODE_ID_LEN):
                 raise BadLength(f"route request TLV body of {ln} bytes")
+        elif t == T_QUERY:
+            if ln != _QUERY.size:
+                raise BadLength(f"query TLV body of {ln} bytes")
+        elif t in (T_REPLY, T_RESUME):
+            if ln != _ANSWER.size:
+                raise BadLength(f"{'reply' if t == T_REPLY else 'resume'} TLV body of {ln} bytes")
         else:
             raise UnknownType(f"TLV type {t}")
         segs.append((t, pos, pos + ln))
@@ -273,8 +341,14 @@ def decode_tlvs(data: bytes) -> list[Tlv]:
         elif t == T_SEQNO_REQUEST:
             dst, seqno, hops = _SEQREQ.unpack_from(data, start)
             out.append(SeqnoRequest(dst, seqno, hops))
-        else:
+        elif t == T_ROUTE_REQUEST:
             out.append(RouteRequest(bytes(data[start:end]) if end > start else None))
+        elif t == T_QUERY:
+            out.append(Query(*_QUERY.unpack_from(data, start)))
+        elif t == T_REPLY:
+            out.append(Reply(*_ANSWER.unpack_from(data, start)))
+        else:
+            out.append(Resume(*_ANSWER.unpack_from(data, start)))
     return out
 
 
@@ -293,6 +367,13 @@ def _encode_one(t: Tlv) -> bytes:
             return _HDR.pack(T_ROUTE_REQUEST, 0)
         _check_id(t.dst)
         return _HDR.pack(T_ROUTE_REQUEST, NODE_ID_LEN) + t.dst
+    if isinstance(t, Query):
+        _check_id(t.dst)
+        return _HDR.pack(T_QUERY, _QUERY.size) + _QUERY.pack(t.dst, t.seqno, t.qid)
+    if isinstance(t, Reply | Resume):
+        _check_id(t.dst)
+        kind = T_REPLY if isinstance(t, Reply) else T_RESUME
+        return _HDR.pack(kind, _ANSWER.size) + _ANSWER.pack(t.dst, t.seqno, t.metric, t.qid)
     raise TypeError(f"not a TLV: {t!r}")
 
 
@@ -373,23 +454,51 @@ def pack_tlvs(tlvs: Iterable[Tlv], max_bytes: int) -> list[bytes]:
 
 
 class _Route:
-    """What neighbour ``nbr`` last advertised for one destination."""
+    """What neighbour ``nbr`` last advertised for one destination, and its last query."""
 
-    __slots__ = ("adv", "expires", "nbr", "seqno")
+    __slots__ = ("adv", "expires", "nbr", "qid", "qseq", "resumed", "seqno", "thaw")
 
     def __init__(self, nbr: str, seqno: int, adv: int, expires: float) -> None:
         self.nbr = nbr
         self.seqno = seqno
         self.adv = adv
         self.expires = expires
+        self.qid = -1  # the neighbour's last query for this destination (-1: none)
+        self.qseq = 0  # ...its seqno
+        self.thaw = float("-inf")  # until then, its finite updates at <= qseq are stale
+        self.resumed = False  # its Resume for qid has arrived
+
+
+class _Active:
+    """Our query for one destination: who still owes a reply, whom we owe one."""
+
+    __slots__ = ("askers", "deadline", "next_resend", "owed", "qid", "seqno")
+
+    def __init__(self, qid: int, seqno: int, owed: Iterable[str], now: float) -> None:
+        self.qid = qid
+        self.seqno = seqno  # the FD seqno whose metric the query may reset
+        self.owed: dict[str, None] = dict.fromkeys(owed)
+        self.askers: dict[str, int] = {}  # neighbour -> its qid, answered when we finish
+        self.deadline = now + QUERY_TIMEOUT
+        self.next_resend = now + QUERY_RESEND
 
 
 class _Dest:
     """Everything about one destination: its routes, selection and source (FD)."""
 
-    __slots__ = ("adv_metric", "fd_metric", "fd_seqno", "fd_time", "routes", "sel", "seqno")
+    __slots__ = (
+        "active",
+        "adv_metric",
+        "fd_metric",
+        "fd_seqno",
+        "fd_time",
+        "routes",
+        "sel",
+        "seqno",
+    )
 
     def __init__(self, seqno: int) -> None:
+        self.active: _Active | None = None  # our query, while one runs
         self.routes: dict[str, _Route] = {}
         self.sel: _Route | None = None
         self.seqno = seqno  # latest seqno we know, for retractions and requests
@@ -491,6 +600,8 @@ class Router:
         self._by_nbr: dict[str, dict[NodeId, _Route]] = {}
         self._dests: dict[NodeId, _Dest] = {}
         self._pending: dict[NodeId, _Pending] = {}
+        self._active: dict[NodeId, _Active] = {}
+        self._qid = rng.randrange(_SEQNO_MOD)
         self._next_dump: float | None = None
         self._next_sweep: float | None = None
         self._buffered: dict[NodeId, None] = {}  # coalesced triggered updates
@@ -507,6 +618,8 @@ class Router:
         # How long a retraction stays in full dumps: as long as a neighbour may still
         # hold the finite route we advertised last (its expiry, in our interval).
         self._retract_hold = ROUTE_EXPIRY_FACTOR * update_interval
+        # Replies and Resumes carry no interval: they hold as long as our own updates.
+        self._reply_expiry = ROUTE_EXPIRY_FACTOR * update_interval
         # When the timer we last asked for fires (inf: none asked for yet). A call that
         # needs an earlier wake-up returns a SetTimer; a later one just lets it fire.
         self._timer_at = float("inf")
@@ -619,6 +732,12 @@ class Router:
             del d.routes[neighbour]
             if d.sel is r:
                 self._reselect(now, dst, d, out)
+        for dst, a in list(self._active.items()):
+            a.askers.pop(neighbour, None)
+            if neighbour in a.owed:
+                del a.owed[neighbour]  # a lost link holds no route of ours
+                if not a.owed and dests[dst].active is a:
+                    self._complete_query(now, dst, dests[dst], out)
         return self._finish(now, out)
 
     # -- received TLVs ------------------------------------------------------------------
@@ -654,6 +773,12 @@ class Router:
                 self._on_seqno_request(now, neighbour, t.dst, t.seqno, t.hop_count, out)
             elif type(t) is RouteRequest:
                 self._on_route_request(neighbour, t.dst, out)
+            elif type(t) is Query:
+                self._on_query(now, neighbour, t.dst, t.seqno, t.qid, out)
+            elif type(t) is Reply:
+                self._on_reply(now, neighbour, t.dst, t.seqno, t.metric, t.qid, out)
+            elif type(t) is Resume:
+                self._on_resume(now, neighbour, t.dst, t.seqno, t.metric, t.qid, out)
         return self._finish(now, out)
 
     def _handle_packet(self, now: float, neighbour: str, data: bytes) -> RouterOutput:
@@ -676,8 +801,17 @@ class Router:
             elif t == T_SEQNO_REQUEST:
                 dst, seqno, hops = _SEQREQ.unpack_from(data, start)
                 self._on_seqno_request(now, neighbour, dst, seqno, hops, out)
-            else:
+            elif t == T_ROUTE_REQUEST:
                 self._on_route_request(neighbour, bytes(data[start:end]) or None, out)
+            elif t == T_QUERY:
+                dst, seqno, qid = _QUERY.unpack_from(data, start)
+                self._on_query(now, neighbour, dst, seqno, qid, out)
+            else:
+                dst, seqno, metric, qid = _ANSWER.unpack_from(data, start)
+                if t == T_REPLY:
+                    self._on_reply(now, neighbour, dst, seqno, metric, qid, out)
+                else:
+                    self._on_resume(now, neighbour, dst, seqno, metric, qid, out)
         return self._finish(now, out)
 
     def _on_update(
@@ -689,8 +823,11 @@ class Router:
         metric: int,
         expires: float,
         out: _Out,
+        *,
+        fresh: bool = False,
     ) -> None:
-        """An update that is not a plain refresh; ``expires`` is its refresh deadline."""
+        """An update that is not a plain refresh; ``expires`` is its refresh deadline.
+        ``fresh``: it cannot be older than the neighbour's last query (a Resume)."""
         if dst == self.node_id:
             # Someone remembers a newer seqno of ours (we restarted): jump past it.
             if seqno_newer(seqno, self.seqno):
@@ -704,6 +841,14 @@ class Router:
             d = self._dests[dst] = _Dest(seqno)
         r = d.routes.get(nbr)
         sel = d.sel
+        if (
+            r is not None
+            and not fresh
+            and metric < INFINITY
+            and now < r.thaw
+            and not seqno_newer(seqno, r.qseq)
+        ):
+            return  # maybe sent before the neighbour's query and overtaken by it
         if r is None:
             if metric >= INFINITY:
                 return
@@ -832,6 +977,118 @@ class Router:
         else:
             out.uni.setdefault(nbr, {})[dst] = None
 
+    # -- starvation queries ------------------------------------------------------------
+    #
+    # A node that loses its last feasible route while unfeasible ones remain (the region
+    # behind a dead relay) need not wait for a newer seqno from the destination, which
+    # may be a long detour away. It withdraws its route with a Query to every neighbour.
+    # Each neighbour treats the query as a retraction, so it no longer routes through the
+    # querier, and replies; one that thereby starves too first runs its own query and
+    # replies when that is over. Once every neighbour has replied, none holds a finite
+    # route from the querier at that seqno (the QUERY_FREEZE guard keeps an overtaken
+    # older update from bringing one back, and the querier advertised only INFINITY
+    # since), so raising its feasibility distance to INFINITY for that seqno cannot
+    # close a loop: the querier may take the best route it has. This is the diffusing
+    # computation of DUAL (Garcia-Luna-Aceves, 1993) on top of Babel's seqnos; the seqno
+    # request still goes out beside it, and a feasible route ends the query early.
+
+    def _on_query(self, now: float, nbr: str, dst: NodeId, seqno: int, qid: int, out: _Out) -> None:
+        if dst == self.node_id:
+            out.request(nbr, Reply(dst, self.seqno, 0, qid))
+            return
+        d = self._dests.get(dst)
+        if d is None:
+            out.request(nbr, Reply(dst, seqno, INFINITY, qid))
+            return
+        r = d.routes.get(nbr)
+        if (
+            r is not None
+            and r.qid >= 0
+            and ((qid == r.qid and r.resumed) or seqno_newer(r.qid, qid))
+        ):
+            return  # a late copy of a query that is over, or of an older one
+        if r is None:
+            r = _Route(nbr, seqno, INFINITY, now)
+            d.routes[nbr] = r
+            self._by_nbr[nbr][dst] = r
+        if r.qid != qid:
+            r.qid, r.qseq, r.resumed = qid, seqno, False
+            r.thaw = now + QUERY_FREEZE
+            r.expires = max(r.expires, r.thaw)
+        was_active = d.active is not None
+        if r.adv < INFINITY:
+            r.adv = INFINITY
+            if d.sel is r:
+                self._reselect(now, dst, d, out)
+        a = d.active
+        if a is not None and (not was_active or nbr in a.askers):
+            # Its query made us starve: answer once our own query is over, so that its
+            # reset does not pick a route of those behind us that still led through it.
+            # (Only a speed-up: a reply means we no longer route through it, which is all
+            # its reset needs. A query that finds us already asking is answered at once.)
+            a.askers[nbr] = qid
+        else:
+            u = self._advert(now, dst)
+            out.request(nbr, Reply(dst, u.seqno, u.metric, qid))
+
+    def _on_reply(
+        self, now: float, nbr: str, dst: NodeId, seqno: int, metric: int, qid: int, out: _Out
+    ) -> None:
+        d = self._dests.get(dst)
+        if d is None:
+            return
+        self._on_update(now, nbr, dst, seqno, metric, now + self._reply_expiry, out)
+        a = d.active
+        if a is not None and a.qid == qid and nbr in a.owed:
+            del a.owed[nbr]
+            if not a.owed:
+                self._complete_query(now, dst, d, out)
+
+    def _on_resume(
+        self, now: float, nbr: str, dst: NodeId, seqno: int, metric: int, qid: int, out: _Out
+    ) -> None:
+        d = self._dests.get(dst)
+        r = d.routes.get(nbr) if d is not None else None
+        fresh = r is not None and r.qid == qid and not r.resumed
+        if fresh:
+            assert r is not None
+            r.resumed = True
+        self._on_update(now, nbr, dst, seqno, metric, now + self._reply_expiry, out, fresh=fresh)
+
+    def _start_query(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
+        if d.active is not None or d.fd_seqno == _NO_FD or not self._costs:
+            return
+        self._qid = qid = (self._qid + 1) & 0xFFFF
+        a = _Active(qid, d.fd_seqno, self._costs, now)
+        d.active = self._active[dst] = a
+        out.request(None, Query(dst, a.seqno, qid))
+
+    def _complete_query(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
+        """Every neighbour has replied: reset the feasibility distance and reselect."""
+        a = d.active
+        assert a is not None
+        if d.fd_seqno == a.seqno:
+            d.fd_metric = INFINITY
+        self._reselect(now, dst, d, out)  # ends the query if it found a route
+        if d.active is a:
+            self._end_query(now, dst, d, out)
+
+    def _end_query(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
+        """Our query is over (answered, given up, or a feasible route came): answer those
+        who waited for it, and tell every neighbour our route now."""
+        a = d.active
+        assert a is not None
+        d.active = None
+        del self._active[dst]
+        u = self._advert(now, dst)
+        for asker, qid in a.askers.items():
+            if asker in self._costs:
+                out.request(asker, Reply(dst, u.seqno, u.metric, qid))
+        if u.metric < INFINITY:
+            # Unfreeze our route at the neighbours at once. (Unreachable, we have
+            # nothing to unfreeze; our retraction went out when the query began.)
+            out.request(None, Resume(dst, u.seqno, u.metric, a.qid))
+
     # -- selection ------------------------------------------------------------------------
 
     def _reselect(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
@@ -843,6 +1100,7 @@ class Router:
         best: _Route | None = None
         best_m = INFINITY
         unfeasible_m = INFINITY
+        resettable = False  # an unfeasible route at the FD's seqno: a query may free it
         p = self._pending.get(dst)
         if p is not None and p.expires <= now:
             p = None
@@ -862,6 +1120,8 @@ class Router:
                 if not ((s == fs and a < fm) or 0 < ((s - fs) & 0xFFFF) < _HALF):
                     if m < unfeasible_m:
                         unfeasible_m = m
+                    if s == fs:
+                        resettable = True
                     continue
             if r is cur:
                 cur_m = m
@@ -890,9 +1150,14 @@ class Router:
                 self._reforward(now, dst, d, out)
             if cur_m >= INFINITY and cur is not None:
                 out.all[dst] = None  # retraction or failover: tell everyone now
+            elif cur is None and fs != _NO_FD:
+                # Reachable again after an outage: whoever starves behind us is waiting.
+                out.all[dst] = None
             else:
                 out.lazy[dst] = None  # new route or voluntary switch: coalesce
         if best is None:
+            if resettable:
+                self._start_query(now, dst, d, out)
             if cur is not None:
                 self._request_seqno(now, dst, d, None, out)  # starvation escape
             elif unfeasible_m < INFINITY:
@@ -902,6 +1167,8 @@ class Router:
             return
         if seqno_newer(best.seqno, d.seqno):
             d.seqno = best.seqno
+        if d.active is not None:
+            self._end_query(now, dst, d, out)
         delta = best_m - d.adv_metric
         if delta >= TRIGGER_METRIC_DELTA:
             out.all[dst] = None  # bad news travels fast
@@ -980,6 +1247,8 @@ class Router:
             self._next_sweep = now + interval / 2
         self._due_copies(now, out.rep)
         self._due_request_copies(now, out)
+        if self._active:
+            self._query_timers(now, out)
         for nbr, (_left, due) in self._dump_repeats.items():
             if due <= now:
                 out.rep_dump[nbr] = None
@@ -1005,6 +1274,19 @@ class Router:
                     p.next_resend = now + SEQNO_REQUEST_RESEND_DELAY * (1 << done)
         return self._finish(now, out)
 
+    def _query_timers(self, now: float, out: _Out) -> None:
+        """Give up queries past their deadline; ask again whoever has not replied."""
+        for dst, a in list(self._active.items()):
+            d = self._dests[dst]
+            if d.active is not a:
+                continue  # ended by an earlier one in this loop
+            if now >= a.deadline:
+                self._end_query(now, dst, d, out)  # feasibility distance untouched
+            elif now >= a.next_resend:
+                a.next_resend = now + QUERY_RESEND
+                for nbr in a.owed:
+                    out.request(nbr, Query(dst, a.seqno, a.qid))
+
     def _deadline(self) -> float:
         """When _tick is next due (after it has run once)."""
         assert self._next_dump is not None and self._next_sweep is not None
@@ -1023,6 +1305,10 @@ class Router:
                     t = due
         if self._req_repeats and self._req_repeats[0][0] < t:
             t = self._req_repeats[0][0]
+        for a in self._active.values():
+            due = min(a.next_resend, a.deadline)
+            if due < t:
+                t = due
         return t
 
     def _owe_request_copies(self, now: float, out: _Out) -> None:
@@ -1067,6 +1353,7 @@ class Router:
         for dst in dead:
             del dests[dst]
             self._pending.pop(dst, None)
+            self._active.pop(dst, None)
 
     # -- output --------------------------------------------------------------------------
 
