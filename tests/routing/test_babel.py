@@ -511,7 +511,7 @@ def _lose_seqno_requests(net: Net) -> None:
 def _starving_b(**kw: object) -> Net:
     """The starvation topology above, converged, with every seqno request lost: only a
     query can free b's unfeasible route through y."""
-    net = Net(["s", "a", "b", "x", "y"], **kw)  # type: ignore[arg-type]
+    net = Net(["s", "a", "b", "x", "y", "x2"], **kw)  # type: ignore[arg-type]
     net.link("s", "a", 96)
     net.link("a", "b", 96)
     net.link("s", "x", 96)
@@ -601,6 +601,25 @@ def test_a_query_nobody_answers_is_given_up_without_resetting() -> None:
     ]
     assert len(asked) == pytest.approx(rt.QUERY_TIMEOUT / rt.QUERY_RESEND, abs=2)
     assert max(asked) < t_cut + rt.QUERY_TIMEOUT + 0.01
+
+
+def test_a_neighbour_dropped_at_one_end_only_blocks_the_reset() -> None:
+    # b drops its link to x, but x has not noticed and still holds b's route to s
+    # (metric 288 via b-a-s; feasible for x, whose own metric via y is larger).
+    net = _starving_b()
+    net.link("b", "x2", 96)
+    net.link("x2", "x", 500)
+    net.run(2.0)
+    s_id = net.ids["s"]
+    b = net.routers["b"]
+    fd = b.feasibility_distance(s_id)
+    net.emit("b", b.remove_neighbour(net.now, "x2"))  # only b's end
+    net.unlink("a", "b")
+    net.run(rt.QUERY_TIMEOUT + 0.2)
+    # x2 cannot hear b's query and may still take b's old route, so b must not reset
+    # its FD: a reset route through y could lead back through x2 (y-x-x2-b).
+    assert b.feasibility_distance(s_id) == fd
+    net.assert_loop_free()
 
 
 def test_an_update_overtaken_by_the_neighbours_query_is_ignored() -> None:

@@ -601,6 +601,12 @@ class Router:
         self._dests: dict[NodeId, _Dest] = {}
         self._pending: dict[NodeId, _Pending] = {}
         self._active: dict[NodeId, _Active] = {}
+        # Neighbours we dropped lately -> (when, the destinations they were our next hop
+        # for). Link failure is detected at each end on its own: one we dropped may still
+        # hold a route of ours and take it, and it cannot hear a query, so a query may
+        # not reset a destination's FD while such a one may hold our route to it (see
+        # _complete_query). Kept as long as a route of ours can live there.
+        self._gone: dict[str, tuple[float, set[NodeId]]] = {}
         self._qid = rng.randrange(_SEQNO_MOD)
         self._next_dump: float | None = None
         self._next_sweep: float | None = None
@@ -727,15 +733,20 @@ class Router:
         self._dump_repeats.pop(neighbour, None)
         table = self._by_nbr.pop(neighbour)
         dests = self._dests
+        next_hop_for: set[NodeId] = set()
+        self._gone[neighbour] = (now, next_hop_for)
         for dst, r in table.items():
             d = dests[dst]
             del d.routes[neighbour]
             if d.sel is r:
+                # It routed to dst not through us, so it will not take our route to dst
+                # without a query of its own, which we (not hearing it) never answer.
+                next_hop_for.add(dst)
                 self._reselect(now, dst, d, out)
         for dst, a in list(self._active.items()):
             a.askers.pop(neighbour, None)
             if neighbour in a.owed:
-                del a.owed[neighbour]  # a lost link holds no route of ours
+                del a.owed[neighbour]  # it cannot answer; _complete_query decides
                 if not a.owed and dests[dst].active is a:
                     self._complete_query(now, dst, dests[dst], out)
         return self._finish(now, out)
@@ -1067,11 +1078,21 @@ class Router:
         """Every neighbour has replied: reset the feasibility distance and reselect."""
         a = d.active
         assert a is not None
-        if d.fd_seqno == a.seqno:
+        if d.fd_seqno == a.seqno and self._none_gone_may_hold(now, dst):
             d.fd_metric = INFINITY
         self._reselect(now, dst, d, out)  # ends the query if it found a route
         if d.active is a:
             self._end_query(now, dst, d, out)
+
+    def _none_gone_may_hold(self, now: float, dst: NodeId) -> bool:
+        """No neighbour we dropped lately may still hold (and take) our route to dst."""
+        horizon = now - self._retract_hold
+        for nbr, (when, next_hop_for) in list(self._gone.items()):
+            if when <= horizon or nbr in self._costs:
+                del self._gone[nbr]  # expired there, or back (and sent our table again)
+            elif dst not in next_hop_for:
+                return False
+        return True
 
     def _end_query(self, now: float, dst: NodeId, d: _Dest, out: _Out) -> None:
         """Our query is over (answered, given up, or a feasible route came): answer those
@@ -1354,6 +1375,9 @@ class Router:
             del dests[dst]
             self._pending.pop(dst, None)
             self._active.pop(dst, None)
+        horizon = now - self._retract_hold
+        for nbr in [n for n, (when, _) in self._gone.items() if when <= horizon]:
+            del self._gone[nbr]
 
     # -- output --------------------------------------------------------------------------
 
