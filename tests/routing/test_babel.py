@@ -459,19 +459,25 @@ def test_link_restoration_relearns_routes() -> None:
     net.assert_shortest_paths()
 
 
-def test_starvation_is_escaped_with_a_seqno_request() -> None:
-    # s-a-b is the short way; s-x-y-b the long one. b's FD comes from the short way,
-    # so y's route (metric 192 = b's FD metric) is unfeasible until s's seqno moves.
-    net = Net(["s", "a", "b", "x", "y"])
+def _starvation_net(**kw: object) -> Net:
+    """s-a-b is the short way; s-x-y-b the long one (x2: not linked yet). b's FD comes
+    from the short way, so y's route (metric 192 = b's FD metric) is unfeasible until
+    s's seqno moves. Converged."""
+    net = Net(["s", "a", "b", "x", "y", "x2"], **kw)  # type: ignore[arg-type]
     net.link("s", "a", 96)
     net.link("a", "b", 96)
     net.link("s", "x", 96)
     net.link("x", "y", 96)
     net.link("y", "b", 200)
     net.run(2.0)
+    assert net.path("b", "s") == ["b", "a", "s"]
+    return net
+
+
+def test_starvation_is_escaped_with_a_seqno_request() -> None:
+    net = _starvation_net()
     s_id = net.ids["s"]
     b = net.routers["b"]
-    assert net.path("b", "s") == ["b", "a", "s"]
     fd = b.feasibility_distance(s_id)
     assert fd is not None and fd[1] == 192
     seqno_before = net.routers["s"].seqno
@@ -508,17 +514,10 @@ def _lose_seqno_requests(net: Net) -> None:
     _lose_tlvs(net, lambda _s, _d, t: isinstance(t, SeqnoRequest))
 
 
-def _starving_b(**kw: object) -> Net:
-    """The starvation topology above, converged, with every seqno request lost: only a
-    query can free b's unfeasible route through y."""
-    net = Net(["s", "a", "b", "x", "y", "x2"], **kw)  # type: ignore[arg-type]
-    net.link("s", "a", 96)
-    net.link("a", "b", 96)
-    net.link("s", "x", 96)
-    net.link("x", "y", 96)
-    net.link("y", "b", 200)
-    net.run(2.0)
-    assert net.path("b", "s") == ["b", "a", "s"]
+def _starving_b() -> Net:
+    """:func:`_starvation_net` with every seqno request lost: only a query can free b's
+    unfeasible route through y."""
+    net = _starvation_net()
     _lose_seqno_requests(net)
     return net
 
