@@ -1035,8 +1035,9 @@ class Router:
         if a is not None and (not was_active or nbr in a.askers):
             # Its query made us starve: answer once our own query is over, so that its
             # reset does not pick a route of those behind us that still led through it.
-            # (Only a speed-up: a reply means we no longer route through it, which is all
-            # its reset needs. A query that finds us already asking is answered at once.)
+            # (Loop freedom does not need the wait: a reply says we no longer route
+            # through it, which is all its reset needs. A query that finds us already
+            # asking is answered at once: two waiting on each other would stall.)
             a.askers[nbr] = qid
         else:
             u = self._advert(now, dst)
