@@ -583,6 +583,38 @@ def test_a_neighbour_that_starves_too_replies_when_its_own_query_is_over() -> No
     assert ("b", None, "Query") in order
 
 
+def test_a_node_resets_its_fd_once_per_seqno() -> None:
+    # b's query has reset its FD once and b took the long way (s-x-y-b). When that goes
+    # too, a route at the same seqno (via x2, which advertises more than the new FD) is
+    # not taken by a second reset: across a partition such routes are the ghosts of the lost side
+    # (neighbours that had not heard of the loss yet), and a reset after each one
+    # counted to infinity over them for seconds. A newer seqno frees it as ever.
+    net = _starving_b()
+    s_id = net.ids["s"]
+    b = net.routers["b"]
+    seqno_before = net.routers["s"].seqno
+    net.unlink("a", "b")
+    net.run(0.1)
+    assert net.path("b", "s") == ["b", "y", "x", "s"]
+    net.link("x2", "x", 300)
+    net.link("b", "x2", 96)
+    net.run(1.0)
+    assert b.feasibility_distance(s_id) == (seqno_before, 392)
+    assert b.next_hop(s_id) == "y"
+    net.on_deliver = net.assert_loop_free
+    t_cut = net.now
+    net.unlink("y", "b")
+    net.run(1.0)
+    assert b.next_hop(s_id) is None  # x2 advertises 396: not feasible at this seqno
+    queries = [t for at, src, _, t in net.sent if at >= t_cut and isinstance(t, rt.Query)]
+    assert not [t for t in queries if t.dst == s_id]
+    # Once seqno requests get through (b resends its own with backoff), s's seqno moves
+    # and b takes x2's route.
+    net.sim.net.set_intercept(None)
+    net.run(5.0)
+    assert net.path("b", "s") == ["b", "x2", "x", "s"]
+
+
 def test_a_query_nobody_answers_is_given_up_without_resetting() -> None:
     net = _starving_b()
     s_id = net.ids["s"]

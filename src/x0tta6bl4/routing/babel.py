@@ -492,6 +492,7 @@ class _Dest:
         "fd_metric",
         "fd_seqno",
         "fd_time",
+        "reset_seqno",
         "routes",
         "sel",
         "seqno",
@@ -506,6 +507,7 @@ class _Dest:
         self.fd_seqno = _NO_FD
         self.fd_metric = INFINITY
         self.fd_time = float("-inf")
+        self.reset_seqno = _NO_FD  # the FD seqno a query of ours last reset
 
 
 class _Pending:
@@ -1079,8 +1081,13 @@ class Router:
         """Every neighbour has replied: reset the feasibility distance and reselect."""
         a = d.active
         assert a is not None
-        if d.fd_seqno == a.seqno and self._none_gone_may_hold(now, dst):
+        if (
+            d.fd_seqno == a.seqno
+            and d.reset_seqno != a.seqno
+            and self._none_gone_may_hold(now, dst)
+        ):
             d.fd_metric = INFINITY
+            d.reset_seqno = a.seqno
         self._reselect(now, dst, d, out)  # ends the query if it found a route
         if d.active is a:
             self._end_query(now, dst, d, out)
@@ -1142,7 +1149,7 @@ class Router:
                 if not ((s == fs and a < fm) or 0 < ((s - fs) & 0xFFFF) < _HALF):
                     if m < unfeasible_m:
                         unfeasible_m = m
-                    if s == fs:
+                    if s == fs and d.reset_seqno != fs:
                         resettable = True
                     continue
             if r is cur:
