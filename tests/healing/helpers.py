@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.routing.linkquality import RECORD_LEN
 from x0tta6bl4.sansio import Action, Event, Input, SetTimer
 
 
@@ -61,14 +62,33 @@ class HelloLoss:
         self.window = window
         self.interval = interval
         self.history: deque[bool] = deque(maxlen=window)  # True: lost
+        self.fates: deque[bool] = deque(maxlen=RECORD_LEN)  # the same, for the record
         self.sent = 0
 
     def at(self, now: float) -> float:
         """The reported loss at ``now`` (hellos are sent at interval, 2*interval, ...)."""
         while (self.sent + 1) * self.interval <= now + 1e-9:
-            self.sent += 1
-            self.history.append(self.rng.random() < self.loss)
+            self.send(self.rng.random() < self.loss)
         return sum(self.history) / len(self.history) if self.history else 0.0
+
+    def send(self, lost: bool) -> None:
+        self.sent += 1
+        self.history.append(lost)
+        self.fates.append(lost)
+
+    def record(self) -> tuple[tuple[int, int], float | None]:
+        """The hello record as the link estimator keeps it (up to the last hello heard,
+        that one in bit 0) and when that hello was heard (None: none was)."""
+        fates = list(self.fates)
+        while fates and fates[-1]:
+            fates.pop()
+        if not fates:
+            return (0, 0), None
+        bits = 0
+        for lost in fates:
+            bits = (bits << 1) | (not lost)
+        last = self.sent - (len(self.fates) - len(fates))
+        return (bits, len(fates)), last * self.interval
 
 
 class RecordingNode:

@@ -268,6 +268,26 @@ def test_history_counts_gaps_and_survives_seqno_wrap() -> None:
     assert est.loss == pytest.approx(15 / 16)
 
 
+def test_the_hello_record_keeps_the_fate_of_more_hellos_than_the_loss_window() -> None:
+    est = LinkEstimator()
+    assert est.hello_record() == (0, 0)
+    heard = [s for s in range(100, 140) if s not in (110, 111, 112, 135)]
+    for s in heard:
+        est.on_hello(s * 0.1, _hello(s))
+    bits, n = est.hello_record()
+    assert n == 139 - 100 + 1  # from the first hello heard to the last
+    assert [s for s in range(100, 140) if (bits >> (139 - s)) & 1] == heard
+    assert est.loss == pytest.approx(1 / 16)  # the cost still sees the last 16 only
+    # The silence since the last hello is the caller's to count: not in the record.
+    est.is_dead(20.0)
+    assert est.hello_record() == (bits, n)
+    for s in range(140, 140 + lq.RECORD_LEN):
+        est.on_hello(s * 0.1, _hello(s))
+    assert est.hello_record() == ((1 << lq.RECORD_LEN) - 1, lq.RECORD_LEN)
+    est.on_hello(40.0, _hello(5))  # far behind: the peer restarted its counter
+    assert est.hello_record() == (1, 1)
+
+
 def test_peer_restart_resets_history() -> None:
     est = LinkEstimator()
     for i, s in enumerate(range(1000, 1016)):
@@ -322,6 +342,8 @@ def test_estimates_stay_in_range_for_any_hello_sequence(
         assert est.etx >= 1.0
         assert 1 <= est.cost <= INFINITY
         assert 1 <= est.rxcost <= INFINITY
+        bits, n = est.hello_record()
+        assert 1 <= n <= lq.RECORD_LEN and bits & 1 and bits < 1 << n
 
 
 def test_hello_bytes_is_the_encoding_of_make_hello() -> None:

@@ -27,7 +27,13 @@ from __future__ import annotations
 from collections import deque
 
 from x0tta6bl4.healing.events import FaultKind, Finding, HealingEvent, IncidentKey, Outcome
-from x0tta6bl4.healing.knowledge import HealingConfig, Incident, Knowledge, LinkKnowledge
+from x0tta6bl4.healing.knowledge import (
+    HealingConfig,
+    Incident,
+    Knowledge,
+    LinkKnowledge,
+    rise_start,
+)
 from x0tta6bl4.healing.monitor import LinkFeatures, Snapshot
 
 _LINK_KINDS = frozenset(
@@ -108,13 +114,38 @@ def _earliest(*times: float | None) -> float | None:
     return min(known) if known else None
 
 
-def _death_started(lf: LinkFeatures, lk: LinkKnowledge) -> float | None:
+def _loss_rise(
+    lf: LinkFeatures, now: float, config: HealingConfig, *, before_silence: bool
+) -> float | None:
+    """When the link's ongoing loss rise began: from its hello record if the observation
+    has one (the silence since the last hello heard left out if ``before_silence``),
+    else from the loss reports (``loss_onset``, a coarser estimate)."""
+    if lf.hellos is None or lf.last_heard is None:
+        return lf.loss_onset
+    bits, n = lf.hellos
+    interval = config.hello_interval
+    overdue = 0
+    if not before_silence:
+        # the hellos due since the last one heard count as lost (half an interval of
+        # slack for the sender's jitter), as in the link's reported loss
+        overdue = max(0, int((now - lf.last_heard) / interval - 0.5))
+        bits, n = bits << overdue, n + overdue
+    j = rise_start(bits, n, config.rise_evidence, config.rise_fall_evidence)
+    if j is None:
+        return None
+    # bit i is the hello due (i - overdue) intervals before the last one heard
+    return lf.last_heard - (j - 1 - overdue) * interval
+
+
+def _death_started(
+    lf: LinkFeatures, lk: LinkKnowledge, now: float, config: HealingConfig
+) -> float | None:
     """When a dead neighbour's fault began: when it fell silent, not when we noticed;
     or, if its loss had been rising markedly since it last came up, unnoticed, when that
     began (a link dying by degrees fails users before its last hello). A rise that some
     incident already caught was detected then; the death is a fault of its own."""
     started = lf.last_heard if lf.last_heard is not None else lk.last_alive_at
-    onset = lf.loss_onset
+    onset = _loss_rise(lf, now, config, before_silence=True)
     if (
         onset is not None
         and (lf.revived_at is None or onset >= lf.revived_at)
@@ -147,7 +178,7 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
                 Finding(
                     FaultKind.DEAD_NEIGHBOUR,
                     peer,
-                    fault_started_at=_death_started(lf, lk),
+                    fault_started_at=_death_started(lf, lk, now, config),
                     destinations=lk.via_when_alive - {peer},
                 )
             )
@@ -175,7 +206,10 @@ def analyse(snap: Snapshot, knowledge: Knowledge) -> list[Finding]:
                         # pressure decides (loss only on enough evidence), severity says
                         # how bad (the smoothed loss level, RTT) and sizes the penalty
                         severity=max(1.0, lf.severity),
-                        fault_started_at=_earliest(lf.degrading_since, lf.loss_onset),
+                        fault_started_at=_earliest(
+                            lf.degrading_since,
+                            _loss_rise(lf, now, config, before_silence=False),
+                        ),
                     )
                 )
 

@@ -75,6 +75,12 @@ class HealingConfig:
     rtt_sigma_floor: float = 0.005
     rtt_sigma_floor_ratio: float = 0.25  # of the baseline RTT
     onset_ratio: float = 0.34  # pressure (1.0 = threshold) that marks a degradation's start
+    # A fault is dated from a loss rise in the link's hello record (the neighbour's last
+    # 128 hellos) if the rise gains this many nats over no change (ln 1,000: the search
+    # over every change point makes smaller gains common; 128 hellos at 2 % loss reach
+    # 6.5 nats one time in a thousand) and does not fall back after (rise_fall_evidence).
+    rise_evidence: float = 6.9
+    rise_fall_evidence: float = 4.6
     # A link back from the dead still reports the outage in its hello history (16 hellos
     # at 0.1 s): no degradation verdict, and no baseline learning, for this long.
     revive_grace: float = 2.0
@@ -195,6 +201,72 @@ class HealingConfig:
             raise ValueError("HealingConfig needs 0 < verify_interval <= verify_interval_max")
         if self.probe_rate_per_second <= 0 or self.probe_burst < 1:
             raise ValueError("HealingConfig needs probe_rate_per_second > 0, probe_burst >= 1")
+
+
+def _binomial_ll(lost: int, n: int) -> float:
+    """Log-likelihood of ``lost`` of ``n`` hellos lost at their own rate (its maximum)."""
+    if lost == 0 or lost == n:
+        return 0.0
+    p = lost / n
+    return lost * math.log(p) + (n - lost) * math.log(1.0 - p)
+
+
+def _rise(lost_at: list[int]) -> tuple[float, int]:
+    """The most likely change point to a higher loss rate in a record (index 0 the
+    newest hello; ``lost_at`` holds 1 per lost one): ``(gain in nats over no change,
+    j)``, the hellos before ``j`` being the lossier; ``(0.0, 0)`` if there is none."""
+    n = len(lost_at)
+    total = sum(lost_at)
+    base = _binomial_ll(total, n)
+    best, best_j = 0.0, 0
+    newer = 0
+    for j in range(1, n):
+        newer += lost_at[j - 1]
+        older = total - newer
+        if newer * (n - j) <= older * j:
+            continue
+        gain = _binomial_ll(newer, j) + _binomial_ll(older, n - j) - base
+        if gain >= best:  # ties: the earlier change, so a time to detect is not flattered
+            best, best_j = gain, j
+    return best, best_j
+
+
+def _fell_back(lost_at: list[int], j: int) -> float:
+    """How much likelier (nats) the record is if the newest hellos of a rise at ``j``
+    went back to the loss rate before it: a burst that passed, not a rise going on."""
+    n = len(lost_at)
+    before = sum(lost_at[j:])
+    rise = sum(lost_at[:j])
+    two = _binomial_ll(before, n - j) + _binomial_ll(rise, j)
+    best = 0.0
+    newest = 0
+    for k in range(1, j):
+        newest += lost_at[k - 1]
+        calm, calm_n = before + newest, n - j + k  # the newest k back at the old rate
+        mid = rise - newest
+        if mid * calm_n <= calm * (j - k):
+            continue
+        best = max(best, _binomial_ll(calm, calm_n) + _binomial_ll(mid, j - k) - two)
+    return best
+
+
+def rise_start(bits: int, n: int, rise: float, fall: float) -> int | None:
+    """How many of the newest hellos of a hello record (``bits``: newest in bit 0, 1 for
+    heard; ``n`` of them) an ongoing rise in loss spans, or None if there is none.
+
+    The most likely single change point from a lower loss rate to a higher one must gain
+    ``rise`` nats of likelihood over no change at all, and the hellos after it must not
+    have gone back to the rate before it (``fall`` nats likelier so): a burst of lost
+    hellos that passed, followed by the link's usual few, is no rise going on now,
+    though the stretch since the burst loses more than the link used to. (A link that
+    fell silent for a while and came back as lossy as before it did has not gone back.)"""
+    if n < 2:
+        return None
+    lost_at = [1 - ((bits >> i) & 1) for i in range(n)]
+    gain, j = _rise(lost_at)
+    if gain < rise or _fell_back(lost_at, j) >= fall:
+        return None
+    return j
 
 
 def clamp(x: float, lo: float, hi: float) -> float:

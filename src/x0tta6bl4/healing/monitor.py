@@ -69,6 +69,7 @@ class LinkFeatures:
     severity: float  # how bad: max of loss level, RTT and anomaly over their thresholds
     loss_evidence: float  # nats of evidence that loss exceeds its threshold (CUSUM)
     loss_onset: float | None  # when that evidence began to rise, if it rose markedly
+    hellos: tuple[int, int] | None  # the hello record (LinkObservation.hellos), if any
     flap_merit: float  # RFC 2439 figure of merit (decayed alive transitions)
     loss_threshold: float
     rtt_threshold: float
@@ -358,6 +359,7 @@ class Monitor:
             severity=lk.severity,
             loss_evidence=lk.loss_llr,
             loss_onset=lk.loss_onset(self.config),
+            hellos=lo.hellos if lo is not None else None,
             flap_merit=lk.merit(now, self.config),
             loss_threshold=lk.loss_threshold,
             rtt_threshold=lk.rtt_threshold,

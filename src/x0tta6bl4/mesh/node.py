@@ -1141,6 +1141,7 @@ class MeshNode:
                 session_age=session_age,
                 handshake_failures=failures,
                 damped_until=nb.damped_until,
+                hellos=est.hello_record(),
             )
         return NodeObservation(
             now=now,

@@ -29,6 +29,9 @@ class LinkObservation:
     session_age: float | None  # seconds since the current session was established
     handshake_failures: int  # consecutive failed handshakes
     damped_until: float | None = None  # held down by the healing layer until then
+    # the fate of the neighbour's last n hellos up to the last one heard (bits, n):
+    # that one in bit 0, 1 = heard (LinkEstimator.hello_record); dates a loss rise
+    hellos: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,11 @@ DEAD_INTERVAL: Final = 0.4
 """No hello heard for longer than this means the neighbour is dead (detect within 0.5 s)."""
 
 HISTORY_LEN: Final = 16
-"""Hello reception history length, in hellos."""
+"""Hello reception history length, in hellos (the reception rate, so the cost)."""
+
+RECORD_LEN: Final = 128
+"""Hellos whose fate :meth:`LinkEstimator.hello_record` keeps: enough to see when a
+loss rise began (the healing layer dates faults from it), not only that it did."""
 
 BASE_COST: Final = 96
 """Cost of a perfect link (Babel's wired default)."""
@@ -84,6 +88,7 @@ _SEQNO_MOD: Final = 1 << 16
 _TS_MOD: Final = 1 << 32
 _HALF_TS: Final = 1 << 31
 _HISTORY_MASK: Final = (1 << HISTORY_LEN) - 1
+_RECORD_MASK: Final = (1 << RECORD_LEN) - 1
 # version u8 | flags u8 | seqno u16 | interval_cs u16 | rxcost u16 |
 # timestamp_us u32 | echo_timestamp_us u32 | echo_delay_us u32
 _HELLO = struct.Struct(">BBHHHIII")
@@ -264,8 +269,8 @@ class LinkEstimator:
                 self._hist, self._hist_len = 1, 1
             else:
                 # Gap of delta-1 lost hellos, then this one.
-                self._hist = ((self._hist << delta) | 1) & _HISTORY_MASK
-                self._hist_len = min(HISTORY_LEN, self._hist_len + delta)
+                self._hist = ((self._hist << delta) | 1) & _RECORD_MASK
+                self._hist_len = min(RECORD_LEN, self._hist_len + delta)
         self._last_seqno = seqno
         self._last_heard = now
         self._peer_rxcost = rxcost
@@ -331,14 +336,25 @@ class LinkEstimator:
         """Our reception rate of the peer's hellos, counting hellos overdue right now."""
         if self._last_heard is None or self._hist_len == 0:
             return 0.0
-        hist, n = self._hist, self._hist_len
+        hist, n = self._hist, min(HISTORY_LEN, self._hist_len)
         # Hellos that should have arrived since the last one count as lost; half an
         # interval of slack absorbs the sender's jitter.
-        missed = int((self._now - self._last_heard) / self._peer_interval - 0.5)
+        missed = self._overdue()
         if missed > 0:
-            hist = (hist << missed) & _HISTORY_MASK
+            hist <<= missed
             n = min(HISTORY_LEN, n + missed)
-        return hist.bit_count() / n
+        return (hist & _HISTORY_MASK).bit_count() / n
+
+    def _overdue(self) -> int:
+        assert self._last_heard is not None
+        return int((self._now - self._last_heard) / self._peer_interval - 0.5)
+
+    def hello_record(self) -> tuple[int, int]:
+        """``(bits, n)``: the fate of the peer's hellos up to the last one heard (at
+        most ``RECORD_LEN``), that one in bit 0, 1 for heard, seqno gaps as lost. The
+        silence since :attr:`last_heard` is not in it. ``(0, 0)`` before the first
+        hello; a peer that restarted its counter starts a new record."""
+        return self._hist, self._hist_len
 
     @property
     def last_heard(self) -> float | None:
@@ -350,7 +366,8 @@ class LinkEstimator:
         since then left out), 0..1; 1 if never heard."""
         if self._last_heard is None or self._hist_len == 0:
             return 1.0
-        return 1.0 - self._hist.bit_count() / self._hist_len
+        n = min(HISTORY_LEN, self._hist_len)
+        return 1.0 - (self._hist & _HISTORY_MASK).bit_count() / n
 
     @property
     def loss(self) -> float:
