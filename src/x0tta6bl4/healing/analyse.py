@@ -35,6 +35,7 @@ from x0tta6bl4.healing.knowledge import (
     rise_start,
 )
 from x0tta6bl4.healing.monitor import LinkFeatures, Snapshot
+from x0tta6bl4.routing.linkquality import RECORD_LEN
 
 _LINK_KINDS = frozenset(
     {
@@ -128,7 +129,7 @@ def _loss_rise(
     if not before_silence:
         # the hellos due since the last one heard count as lost (half an interval of
         # slack for the sender's jitter), as in the link's reported loss
-        overdue = max(0, int((now - lf.last_heard) / interval - 0.5))
+        overdue = min(RECORD_LEN, max(0, int((now - lf.last_heard) / interval - 0.5)))
         bits, n = bits << overdue, n + overdue
     j = rise_start(bits, n, config.rise_evidence, config.rise_fall_evidence)
     if j is None:

@@ -339,15 +339,12 @@ class LinkEstimator:
         hist, n = self._hist, min(HISTORY_LEN, self._hist_len)
         # Hellos that should have arrived since the last one count as lost; half an
         # interval of slack absorbs the sender's jitter.
-        missed = self._overdue()
+        missed = int((self._now - self._last_heard) / self._peer_interval - 0.5)
         if missed > 0:
+            missed = min(missed, HISTORY_LEN)  # no wider shift than the window needs
             hist <<= missed
             n = min(HISTORY_LEN, n + missed)
         return (hist & _HISTORY_MASK).bit_count() / n
-
-    def _overdue(self) -> int:
-        assert self._last_heard is not None
-        return int((self._now - self._last_heard) / self._peer_interval - 0.5)
 
     def hello_record(self) -> tuple[int, int]:
         """``(bits, n)``: the fate of the peer's hellos up to the last one heard (at
