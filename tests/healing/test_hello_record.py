@@ -121,6 +121,23 @@ def test_a_clean_kill_is_dated_from_its_silence(seed: int) -> None:
     assert inc.kind is DEAD and inc.fault_started_at == last_heard
 
 
+def test_a_gray_link_is_dated_from_its_rising_loss() -> None:
+    # Half of B's hellos lost from 120.0 on: B is found degraded, or dead first when
+    # four in a row are lost. Either is dated from the rise (before: a degradation
+    # "began" when the verdict's pressure crossed the onset ratio, a death when the
+    # silence did). 12 seeds.
+    starts = []
+    for seed in range(12):
+        b = Neighbour(seed)
+        b.run(120.0)
+        b.hellos.loss = 0.5
+        inc = b.first_incident(130.0)
+        assert inc.fault_started_at is not None
+        assert inc.fault_started_at < inc.detected_at
+        starts.append(inc.fault_started_at)
+    assert sum(abs(t - 120.0) <= 0.5 for t in starts) >= 10, starts
+
+
 def test_a_loss_burst_that_passed_rarely_dates_a_later_kill() -> None:
     # An ordinary 2 % lossy link loses 3-6 hellos at once (one of a thousand link ends
     # does about every second), then carries on as before; three seconds later B is

@@ -118,11 +118,10 @@ def _earliest(*times: float | None) -> float | None:
 def _loss_rise(
     lf: LinkFeatures, now: float, config: HealingConfig, *, before_silence: bool
 ) -> float | None:
-    """When the link's ongoing loss rise began: from its hello record if the observation
-    has one (the silence since the last hello heard left out if ``before_silence``),
-    else from the loss reports (``loss_onset``, a coarser estimate)."""
+    """When the link's ongoing loss rise began, from its hello record (the silence since
+    the last hello heard left out if ``before_silence``); None without a record."""
     if lf.hellos is None or lf.last_heard is None:
-        return lf.loss_onset
+        return None
     bits, n = lf.hellos
     interval = config.hello_interval
     overdue = 0

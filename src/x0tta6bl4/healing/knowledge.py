@@ -321,49 +321,6 @@ class LinkSample(NamedTuple):
     jitter: float | None
 
 
-class LossRise:
-    """One excursion of a link's onset statistic above zero: where its loss began to rise.
-
-    The onset statistic is a second CUSUM beside the verdict's, of "loss = p1" against
-    "loss = the link's own normal loss" (its baseline, not its threshold), so it leaves
-    zero at the first excess rather than once the excess passes the threshold. Page's
-    CUSUM puts a change point at the statistic's last zero: here within the chunk (the
-    hellos between two loss reports) in which it left zero, ``lost / p`` hellos before
-    the chunk's end, ``p`` the loss rate after the change: ``p1``, or the rate later
-    chunks measured if lower. With ``p`` no higher than the true rate the start is placed
-    no later than the truth (but for the luck of one chunk's count), so a time to detect
-    is not flattered.
-    """
-
-    __slots__ = (
-        "chunk_end",
-        "chunk_start",
-        "later_hellos",
-        "later_lost",
-        "lost",
-        "p1",
-        "significant",
-    )
-
-    def __init__(self, chunk_start: float, chunk_end: float, lost: float, p1: float) -> None:
-        self.chunk_start = chunk_start
-        self.chunk_end = chunk_end
-        self.lost = lost  # hellos lost within the chunk where the excursion began
-        self.p1 = p1
-        self.later_lost = 0.0  # hellos lost / heard in the chunks after it
-        self.later_hellos = 0.0
-        # it reached 1.5 x loss_evidence nats itself, or the verdict's evidence reached
-        # onset_ratio of loss_evidence: a rise worth dating a fault from, not bad luck
-        self.significant = False
-
-    def onset(self, config: HealingConfig) -> float:
-        rate = self.p1
-        if self.later_hellos >= config.loss_window:
-            rate = max(min(rate, self.later_lost / self.later_hellos), 1e-3)
-        span = self.chunk_end - self.chunk_start
-        return self.chunk_end - min(span, self.lost * config.hello_interval / rate)
-
-
 class LinkKnowledge:
     """Everything remembered about one neighbour link."""
 
@@ -396,10 +353,7 @@ class LinkKnowledge:
         self.loss_degraded = False
         self.loss_level: float | None = None
         self.loss_at: float | None = None  # when the evidence last took in hellos
-        self.loss_prev: float | None = None  # the loss report the evidence last took in
-        self.onset_llr = 0.0  # the onset statistic (nats), see LossRise
         self.incident_at: float | None = None  # last incident about this link opened
-        self.loss_rise: LossRise | None = None  # its current excursion above zero
         self.degrading_since: float | None = None
         self.pressure = 0.0  # of the latest sample; 0 while the link is dead
         self.severity = 0.0  # how far past its thresholds the link is (1.0 = at one)
@@ -448,15 +402,6 @@ class LinkKnowledge:
     @property
     def anomaly(self) -> float:
         return self.rtt_score
-
-    def loss_onset(self, config: HealingConfig) -> float | None:
-        """When the link's loss began to rise, if it rose enough to mean something (see
-        ``LossRise.significant``); None otherwise. Kept while the link is dead or
-        settling, like the evidence itself."""
-        rise = self.loss_rise
-        if rise is None or not rise.significant:
-            return None
-        return rise.onset(config)
 
     def adapt_thresholds(
         self, config: HealingConfig, rate: float, *, loss: bool, rtt: bool

@@ -25,7 +25,6 @@ from x0tta6bl4.healing.knowledge import (
     Knowledge,
     LinkKnowledge,
     LinkSample,
-    LossRise,
     RouteKnowledge,
     clamp,
     count_since,
@@ -34,13 +33,6 @@ from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObserv
 from x0tta6bl4.routing.metric import INFINITY
 
 _SESSION_AGE_SLACK = 1e-3  # seconds of float noise tolerated before "age went backwards"
-# The least normal loss the onset statistic assumes: a link that never lost a hello
-# would otherwise make every first loss a change point worth ln(p1 / 0).
-_ONSET_FLOOR = 0.01
-# The onset statistic marks a rise worth dating a fault from at this many times the
-# verdict's evidence (it weighs each lost hello against the link's normal loss, not
-# against its threshold, so it needs the larger margin).
-_ONSET_ODDS = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +60,6 @@ class LinkFeatures:
     pressure: float  # progress toward a degraded verdict (1.0 = degraded, see monitor)
     severity: float  # how bad: max of loss level, RTT and anomaly over their thresholds
     loss_evidence: float  # nats of evidence that loss exceeds its threshold (CUSUM)
-    loss_onset: float | None  # when that evidence began to rise, if it rose markedly
     hellos: tuple[int, int] | None  # the hello record (LinkObservation.hellos), if any
     flap_merit: float  # RFC 2439 figure of merit (decayed alive transitions)
     loss_threshold: float
@@ -246,8 +237,6 @@ class Monitor:
                 lk.add_merit(now, 1.0, config)  # a flap, down or up, for damping
             if alive:
                 lk.revived_at = now
-            elif lo is not None and lk.alive:
-                _onset_at_death(lk, lo, now, config)
         lk.alive = alive
         if lo is None:
             _quiet(lk)
@@ -358,7 +347,6 @@ class Monitor:
             pressure=lk.pressure,
             severity=lk.severity,
             loss_evidence=lk.loss_llr,
-            loss_onset=lk.loss_onset(self.config),
             hellos=lo.hellos if lo is not None else None,
             flap_merit=lk.merit(now, self.config),
             loss_threshold=lk.loss_threshold,
@@ -482,15 +470,10 @@ def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingCo
     """
     window = config.loss_window
     if lk.loss_at is None:
-        hellos = float(window)
-        chunk_start = now - window * config.hello_interval
-        prev_loss = 0.0  # the whole window is new
+        hellos = float(window)  # the whole window is new
     else:
         hellos = min(float(window), (now - lk.loss_at) / config.hello_interval)
-        chunk_start = lk.loss_at
-        prev_loss = lk.loss_prev if lk.loss_prev is not None else 0.0
     lk.loss_at = now
-    lk.loss_prev = loss
     if lk.loss_level is None:
         lk.loss_level = loss
     else:
@@ -501,86 +484,12 @@ def _loss_evidence(lk: LinkKnowledge, loss: float, now: float, config: HealingCo
     llr = _llr(loss * hellos, hellos, p1, p0)
     evidence = clamp(lk.loss_llr + llr, 0.0, config.loss_evidence_max)
     lk.loss_llr = evidence
-    # Where the rise began, for an honest time to detect (see LossRise): hellos lost
-    # among the new ones are the window's count less what remains of the previous one's.
-    fresh = clamp(loss * window - prev_loss * max(0.0, window - hellos), 0.0, hellos)
-    rise = _onset(lk, fresh, hellos, chunk_start, now, config)
-    if rise is not None and evidence >= config.onset_ratio * config.loss_evidence:
-        rise.significant = True
     if evidence >= config.loss_evidence:
         lk.loss_degraded = True
     elif evidence <= 0.0:
         lk.loss_degraded = False
     pressure = evidence / config.loss_evidence
     return max(1.0, pressure) if lk.loss_degraded else pressure
-
-
-def _onset(
-    lk: LinkKnowledge,
-    fresh: float,
-    hellos: float,
-    chunk_start: float,
-    chunk_end: float,
-    config: HealingConfig,
-) -> LossRise | None:
-    """Fold ``fresh`` lost of ``hellos`` new hellos into the onset statistic; return its
-    current excursion (see LossRise)."""
-    p0 = lk.loss_threshold
-    p1 = p0 + config.loss_shift
-    normal = clamp(lk.loss_base.mean, _ONSET_FLOOR, p0)
-    llr = _llr(fresh, hellos, p1, normal)
-    began = lk.onset_llr <= 0.0
-    lk.onset_llr = clamp(lk.onset_llr + llr, 0.0, config.loss_evidence_max)
-    rise = lk.loss_rise
-    if lk.onset_llr <= 0.0:
-        lk.loss_rise = rise = None
-    elif began or rise is None:
-        lk.loss_rise = rise = LossRise(chunk_start, chunk_end, fresh, p1)
-    else:
-        rise.later_lost += fresh
-        rise.later_hellos += hellos
-    if rise is not None and lk.onset_llr >= _ONSET_ODDS * config.loss_evidence:
-        # Far above normal (odds of ~1,000 to 1 at the default: ordinary loss of a few
-        # per cent gets there about once a quarter of an hour, and soon falls back):
-        # a rise, not bad luck.
-        rise.significant = True
-    return rise
-
-
-def _onset_at_death(
-    lk: LinkKnowledge, lo: LinkObservation, now: float, config: HealingConfig
-) -> None:
-    """A link seen dead: its last report still counts the hellos lost before it fell
-    silent. Those (not the silence, which every death has) go into the onset statistic
-    only, so a link that was dying by degrees before its last hello, unseen between two
-    observations, has its fault dated from the loss rather than the silence. The
-    verdict's evidence stays frozen (see ``_quiet``).
-
-    The death is dated from the rise only if, counting those hellos, the rise is still
-    significant by the verdict's own standard: a burst of lost hellos some seconds
-    before (a thousand link ends at 2 % loss see one about every second) leaves the
-    onset statistic above zero for seconds after the verdict's evidence has drained,
-    and a death after it did not begin with it."""
-    p0 = lk.loss_threshold
-    p1 = p0 + config.loss_shift
-    recent = 0.0  # the verdict's evidence in the hellos heard since the last report
-    heard = _finite(lo.last_heard)
-    raw = _finite(lo.loss)
-    if heard is not None and raw is not None and lk.loss_at is not None and heard > lk.loss_at:
-        window, hi = config.loss_window, config.hello_interval
-        # the estimator counts overdue hellos as lost (half an interval of slack)
-        missed = max(0, min(window, int((now - heard) / hi - 0.5)))
-        before = window - missed  # hellos of the window up to the last one heard
-        hellos = min(float(before), (heard - lk.loss_at) / hi)
-        if hellos > 0.0:
-            lost = clamp(raw * window - missed, 0.0, float(before))
-            prev = lk.loss_prev if lk.loss_prev is not None else 0.0
-            fresh = clamp(lost - prev * max(0.0, before - hellos), 0.0, hellos)
-            _onset(lk, fresh, hellos, lk.loss_at, heard, config)
-            recent = _llr(fresh, hellos, p1, p0)
-    rise = lk.loss_rise
-    if rise is not None:
-        rise.significant = lk.loss_llr + recent >= config.onset_ratio * config.loss_evidence
 
 
 def _significant(old: int, new: int, config: HealingConfig) -> bool:
