@@ -111,6 +111,14 @@ class Neighbour:
         return incident
 
 
+def _gray(seed: int) -> Neighbour:
+    """B after two calm minutes, losing half its hellos from 120.0 on."""
+    b = Neighbour(seed)
+    b.run(120.0)
+    b.hellos.loss = 0.5
+    return b
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_clean_kill_is_dated_from_its_silence(seed: int) -> None:
     b = Neighbour(seed)
@@ -128,9 +136,7 @@ def test_a_gray_link_is_dated_from_its_rising_loss() -> None:
     # silence did). 12 seeds.
     starts = []
     for seed in range(12):
-        b = Neighbour(seed)
-        b.run(120.0)
-        b.hellos.loss = 0.5
+        b = _gray(seed)
         inc = b.first_incident(130.0)
         assert inc.fault_started_at is not None
         assert inc.fault_started_at < inc.detected_at
@@ -170,9 +176,7 @@ def test_a_link_dying_by_degrees_is_dated_from_its_loss() -> None:
     dated: dict[float, list[float]] = {1.0: [], 2.0: []}
     for dying, starts in dated.items():
         for seed in range(6):
-            b = Neighbour(seed)
-            b.run(120.0)
-            b.hellos.loss = 0.5
+            b = _gray(seed)
             b.kill_at = 120.0 + dying
             inc = b.first_incident(125.0)
             assert inc.fault_started_at is not None
@@ -191,9 +195,7 @@ def test_a_gray_link_back_from_the_dead_is_dated_from_its_loss() -> None:
     # 120.0. (Before: from the first loss report after the settling, 1.6 s back.)
     found = []
     for seed in range(12):
-        b = Neighbour(seed)
-        b.run(120.0)
-        b.hellos.loss = 0.5
+        b = _gray(seed)
         while b.t < 130.0 and not any(i.kind is DEGRADED for i in b.loop.open_incidents):
             if b.t == 120.5:
                 for _ in range(5):
