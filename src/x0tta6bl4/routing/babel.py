@@ -609,7 +609,7 @@ class Router:
         # not reset a destination's FD while such a one may hold our route to it (see
         # _complete_query). Kept as long as a route of ours can live there.
         self._gone: dict[str, tuple[float, set[NodeId]]] = {}
-        self._qid = rng.randrange(_SEQNO_MOD)
+        self._qid = rng.randrange(_SEQNO_MOD)  # names our queries, as seqnos do: not secret
         self._next_dump: float | None = None
         self._next_sweep: float | None = None
         self._buffered: dict[NodeId, None] = {}  # coalesced triggered updates
