@@ -61,19 +61,19 @@ class HelloLoss:
         self.loss = loss
         self.window = window
         self.interval = interval
-        self.history: deque[bool] = deque(maxlen=window)  # True: lost
-        self.fates: deque[bool] = deque(maxlen=RECORD_LEN)  # the same, for the record
+        # True: lost; the last `window` make the reported loss, all of them the record
+        self.fates: deque[bool] = deque(maxlen=max(window, RECORD_LEN))
         self.sent = 0
 
     def at(self, now: float) -> float:
         """The reported loss at ``now`` (hellos are sent at interval, 2*interval, ...)."""
         while (self.sent + 1) * self.interval <= now + 1e-9:
             self.send(self.rng.random() < self.loss)
-        return sum(self.history) / len(self.history) if self.history else 0.0
+        recent = list(self.fates)[-self.window :]
+        return sum(recent) / len(recent) if recent else 0.0
 
     def send(self, lost: bool) -> None:
         self.sent += 1
-        self.history.append(lost)
         self.fates.append(lost)
 
     def record(self) -> tuple[tuple[int, int], float | None]:
