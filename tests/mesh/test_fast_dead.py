@@ -3,7 +3,8 @@
 Hellos come every 0.1 s and silence of ``DEAD_INTERVAL`` (0.4 s) has always meant dead,
 so a crashed relay cost its neighbours 0.4-0.5 s before they even began to reroute. A
 neighbour that has missed hellos is now asked directly (liveness probes, answered at
-once); one that stays silent and answers none is dead after about 0.25 s of silence.
+once, the moment a hello is overdue); one that stays silent and answers none is dead
+after 0.16 s of silence (0.25 s, checked on the next hello tick, until stop 25).
 Ordinary loss must not pay for the speed: a false death needs the hellos *and* every
 probe of a burst (or its answer) to be lost.
 """
@@ -27,7 +28,7 @@ def _deaths(run: MeshRun, peer: str, after: float) -> list[tuple[float, str]]:
     ]
 
 
-def test_a_crashed_neighbour_is_declared_dead_within_0_3_s() -> None:
+def test_a_crashed_neighbour_is_declared_dead_within_0_2_s() -> None:
     run = build_mesh(diamond(LinkSpec(latency=0.005)), seed=11)
     assert run.wait_converged(limit=5.0) is not None
     phase = random.Random(5)
@@ -43,8 +44,9 @@ def test_a_crashed_neighbour_is_declared_dead_within_0_3_s() -> None:
         run.at(run.now, restart("b"))
         assert run.wait_converged(limit=10.0) is not None
     assert min(delays) > 0.0
-    # Before: 0.40-0.50 s, the dead interval plus the hello tick.
-    assert max(delays) <= 0.3, sorted(delays)
+    # At first 0.40-0.50 s, the dead interval plus the hello tick; then up to 0.27 s,
+    # suspicion waiting for the next hello tick and death for 2.5 hello intervals.
+    assert max(delays) <= 0.2, sorted(delays)
     assert max(delays) < DEAD_INTERVAL
 
 

@@ -196,13 +196,14 @@ def test_a_cut_link_is_a_fault_with_its_own_outage() -> None:
 def test_a_fault_on_a_flow_already_down_is_not_its_outage() -> None:
     run = build_mesh(line(4, LinkSpec(latency=LATENCY)), seed=SEED)
     assert run.wait_converged(limit=5.0) is not None
-    flow = run.add_flow("n0000", "n0003", RATE)
+    flow = run.add_flow("n0000", "n0003", 4 * RATE)
     run.run(run.now + 1.0)
     t1 = run.now
-    # The second cut comes before routing has noticed the first (at least 0.15 s: 0.25 s
-    # of silence, the last hello up to 0.1 s before the cut), so the flow's routing path
-    # still crosses it, but nothing has arrived for 0.12 s (more than GAP_PACKETS).
-    run.at(t1, cut("n0000", "n0001")).at(t1 + 0.12, cut("n0002", "n0003")).run(t1 + 2.0)
+    # The second cut comes before routing has noticed the first (at least 0.07 s: 0.17 s
+    # of silence and unanswered probes, the last hello up to 0.1 s before the cut), so the
+    # flow's routing path still crosses it, but nothing has arrived for 0.05 s (more than
+    # GAP_PACKETS at 200 packets a second).
+    run.at(t1, cut("n0000", "n0001")).at(t1 + 0.05, cut("n0002", "n0003")).run(t1 + 2.0)
     first, second = run.user_outages()
     assert [f.flow for f in first.affected] == [flow.id] and first.already_down == ()
     assert second.affected == () and second.already_down == (flow.id,)

@@ -234,13 +234,17 @@ HELLO_JITTER: Final = 0.1
 """Fraction of the hello interval drawn at random each period, to desynchronise nodes."""
 SUSPECT_SILENCE: Final = 1.2
 """Hello intervals of silence (a hello is overdue) after which a live neighbour is asked
-directly whether it is there: a burst of small probes, answered at once."""
-FAST_DEAD_SILENCE: Final = 2.5
+directly whether it is there: a burst of small probes, answered at once. The check runs
+on its own timer at that moment, not on the next hello tick, which could be most of an
+interval later."""
+FAST_DEAD_SILENCE: Final = 1.6
 """Hello intervals of silence after which a neighbour that answered none of the probes of
-a burst sent since its last hello is dead, before ``DEAD_INTERVAL``."""
-LIVENESS_PROBES: Final = 3
-"""Probes per burst: a false death needs two hellos and every probe or its answer lost
-(at 2 % loss per direction about 4e-4 x 6e-5, against 1.6e-7 for four hellos alone)."""
+a burst sent since its last hello is dead, before ``DEAD_INTERVAL``. Hellos leave at
+most one interval apart, so by then exactly one hello is missing."""
+LIVENESS_PROBES: Final = 6
+"""Probes per burst: a false death needs a hello and every probe or its answer lost (at
+2 % loss per direction about 0.02 x 4e-9; a burst of 3 with two hellos missed, as before
+the silence was cut from 2.5 intervals to 1.6, was 4e-4 x 6e-5)."""
 DAMPED_COST: Final = 16384
 """What a damped (flapping) link adds to its cost while it is held down: more than any
 path of undamped links, so it carries only routes that have no other way. Holding it
@@ -380,6 +384,7 @@ class MeshNode:
         self._configured: list[Addr] = list(neighbours)
         self._nbrs: dict[str, _Neighbour] = {}
         self._live_due: float | None = None  # the LIVENESS timer, when set
+        self._next_hello_tick: float | None = None
         self._by_addr: dict[Addr, _Neighbour] = {}  # neighbours by their link address
         self._relay_data = cfg.relay_data
         self._names: dict[NodeId, str] = {self.id: name}
@@ -481,7 +486,8 @@ class MeshNode:
         for addr in self._configured:
             self.links.add_peer(addr)
             self._wrap(now, _LINK, self.links.connect(now, addr), out)
-        out.append(SetTimer(now + self._hello_period(), MeshTimer.HELLO))
+        self._next_hello_tick = now + self._hello_period()
+        out.append(SetTimer(self._next_hello_tick, MeshTimer.HELLO))
         self._emit_routing(now, self.router.start(now), out)
         return out
 
@@ -760,7 +766,9 @@ class MeshNode:
                 self._update_cost(now, nb, out)
             if nb.alive and now >= nb.next_probe:
                 self._probe_tick(now, nb, out)
-        out.append(SetTimer(now + self._hello_period(), MeshTimer.HELLO))
+        self._next_hello_tick = now + self._hello_period()
+        out.append(SetTimer(self._next_hello_tick, MeshTimer.HELLO))
+        self._arm_suspicion(self._next_hello_tick, out)
 
     def _neighbour_dead(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         nb.alive = False
@@ -782,44 +790,71 @@ class MeshNode:
             nb.live_probe_at + timeout, heard + FAST_DEAD_SILENCE * self.config.hello_interval
         )
 
-    def _maybe_suspect(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+    def _arm_liveness(self, at: float, out: list[Action]) -> None:
+        """Make the LIVENESS timer fire by ``at`` (it holds the earliest of its uses)."""
+        if self._live_due is None or at < self._live_due:
+            self._live_due = at
+            out.append(SetTimer(at, MeshTimer.LIVENESS))
+
+    def _suspect_at(self, nb: _Neighbour) -> float | None:
+        """When a live neighbour with no burst out becomes suspect, if it can."""
         heard = nb.est.last_heard
-        if heard is None or now - heard < SUSPECT_SILENCE * self.config.hello_interval:
+        if heard is None or nb.est.heard_loss > FAST_DEAD_MAX_LOSS:
+            return None
+        at = heard + SUSPECT_SILENCE * self.config.hello_interval
+        if nb.live_probe_at >= heard:  # a burst went out since the last hello
+            if nb.live_probe_id is not None:
+                return None  # and is still out
+            at = max(at, nb.live_probe_at + self.config.hello_interval)  # and was answered
+        return at
+
+    def _maybe_suspect(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+        at = self._suspect_at(nb)
+        if at is None or now < at:
             return
-        if nb.est.heard_loss > FAST_DEAD_MAX_LOSS:
-            return
-        if nb.live_probe_id is not None and nb.live_probe_at >= heard:
-            return  # a burst since the last hello is still out
+        heard = nb.est.last_heard
+        assert heard is not None
         nb.live_probe_id = self._rng.getrandbits(32)  # matches answers; not secret
         nb.live_probe_at = now
         frame = _PROBE.pack(FRAME_PROBE, nb.live_probe_id)
         for _ in range(LIVENESS_PROBES):
             self._link_send(now, nb.addr, frame, out)
         self._count("liveness_probe")
-        due = self._liveness_due(nb, heard)
-        if self._live_due is None or due < self._live_due:
-            self._live_due = due
-            out.append(SetTimer(due, MeshTimer.LIVENESS))
+        self._arm_liveness(self._liveness_due(nb, heard), out)
+
+    def _arm_suspicion(self, until: float, out: list[Action]) -> None:
+        """Wake when the first neighbour falls due for suspicion before ``until`` (the next
+        hello tick, which would see it anyway)."""
+        first: float | None = None
+        for nb in self._nbrs.values():
+            if nb.alive:
+                at = self._suspect_at(nb)
+                if at is not None and at < until and (first is None or at < first):
+                    first = at
+        if first is not None:
+            self._arm_liveness(first, out)
 
     def _liveness_check(self, now: float, out: list[Action]) -> None:
         self._live_due = None
-        nxt: float | None = None
         for nb in list(self._nbrs.values()):
-            if not nb.alive or nb.live_probe_id is None:
+            if not nb.alive:
+                continue
+            if nb.live_probe_id is None:
+                self._maybe_suspect(now, nb, out)
                 continue
             heard = nb.est.last_heard
             if heard is None or heard > nb.live_probe_at:
                 nb.live_probe_id = None  # a hello came after the burst: alive
+                self._maybe_suspect(now, nb, out)
                 continue
             due = self._liveness_due(nb, heard)
             if now >= due:
                 self._count("liveness_dead")
                 self._neighbour_dead(now, nb, out)
-            elif nxt is None or due < nxt:
-                nxt = due
-        if nxt is not None:
-            self._live_due = nxt
-            out.append(SetTimer(nxt, MeshTimer.LIVENESS))
+            else:
+                self._arm_liveness(due, out)
+        if self._next_hello_tick is not None:
+            self._arm_suspicion(self._next_hello_tick, out)
 
     def _update_cost(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         cost = nb.est.cost
