@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from x0tta6bl4.channel import constants as C
-from x0tta6bl4.mesh.node import RELAY_OVERHEAD, MeshNode
-from x0tta6bl4.sansio import Datagram, Deliver, SendSegments, outgoing
+from x0tta6bl4.mesh.node import RELAY_OVERHEAD, MeshNode, MeshTimer
+from x0tta6bl4.mesh.routewait import ROUTE_WAIT
+from x0tta6bl4.sansio import Datagram, Deliver, SendSegments, Timer, outgoing
 from x0tta6bl4.sim import Simulator, line
 from x0tta6bl4.sim.meshrun import build_mesh
 
@@ -140,9 +141,13 @@ def test_a_large_message_without_a_route_counts_every_datagram() -> None:
     before = a.counters.get("no_route", 0)
     out = a.send_app(sim.now, "n0002", 7, bytes(20_000))
     assert not outgoing(out)
-    # one per datagram of the message: port 2 + payload + tag, in chunks of a fragment
+    # one per datagram of the message: port 2 + payload + tag, in chunks of a fragment;
+    # each waits for a route (routewait.py), and no route came in time
     chunk = a.e2e_max_datagram - C.DATA_FRAGMENT_HEADER_SIZE
-    assert a.counters["no_route"] == before + math.ceil((2 + 20_000 + C.AEAD_TAG_SIZE) / chunk)
+    n = math.ceil((2 + 20_000 + C.AEAD_TAG_SIZE) / chunk)
+    assert a.counters["route_wait"] == n
+    assert not outgoing(a.handle(sim.now + ROUTE_WAIT, Timer(MeshTimer.ROUTE_WAIT)))
+    assert a.counters["no_route"] == before + n
 
 
 def _short_tail_sizes() -> list[int]:

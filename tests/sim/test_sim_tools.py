@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from x0tta6bl4.mesh.routewait import ROUTE_WAIT
 from x0tta6bl4.sim import (
     TOPOLOGY_KINDS,
     Edge,
@@ -120,11 +121,13 @@ def test_flow_counts_deliveries_latency_and_the_gap_of_a_cut() -> None:
     s = run.flow_stats()[0]
     assert (s.flow, s.src, s.dst, f.sent) == (0, "n0000", "n0002", 120)
     assert s.sent == 120 and s.duplicates == 0
-    # 20 of 120 sent into the cut and more until the link is trusted again (~0.8 s).
-    assert 0.6 < s.delivery_ratio < 0.85
+    # 20 of 120 sent into the cut: those sent before n0001 found the link dead (0.1-0.2
+    # s) are lost, the rest wait for a route (mesh/routewait.py) and arrive late.
+    assert 0.85 < s.delivery_ratio < 0.98
     # Two links of 10 ms; the first packets waited for the end-to-end handshake.
     assert s.latency_p50 == pytest.approx(0.02, abs=0.002)
-    assert s.latency_p50 <= s.latency_p90 <= s.latency_p99 <= s.latency_max < 0.5
+    assert s.latency_p50 <= s.latency_p90 <= s.latency_p99 <= s.latency_max
+    assert s.latency_max < ROUTE_WAIT + 0.1  # none waited longer than a route wait
     assert s.first_delivery_at is not None and t0 < s.first_delivery_at < t0 + 0.5
     assert len(s.outages) == 1
     before, after = s.outages[0]

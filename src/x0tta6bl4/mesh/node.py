@@ -106,6 +106,7 @@ from x0tta6bl4.errors import DecodeError, IdentityError, MessageTooLarge, Protoc
 from x0tta6bl4.identity.cert import validate_name
 from x0tta6bl4.identity.types import CertVerifier, VerifiedIdentity
 from x0tta6bl4.mesh.observe import LinkObservation, NodeObservation, RouteObservation
+from x0tta6bl4.mesh.routewait import RouteWait
 from x0tta6bl4.routing import babel as rt
 from x0tta6bl4.routing import linkquality as lq
 from x0tta6bl4.sansio import (
@@ -263,6 +264,7 @@ LIVENESS_TIMEOUT_MIN: Final = 0.05
 class MeshTimer(enum.StrEnum):
     HELLO = "mesh.hello"
     LIVENESS = "mesh.liveness"
+    ROUTE_WAIT = "mesh.route_wait"
 
 
 _LINK: Final = "x0t.link"  # timer namespaces of the two endpoints
@@ -385,6 +387,9 @@ class MeshNode:
         self._nbrs: dict[str, _Neighbour] = {}
         self._live_due: float | None = None  # the LIVENESS timer, when set
         self._next_hello_tick: float | None = None
+        self._route_wait = RouteWait()  # packets that found no route, until one appears
+        self._route_wait_due: float | None = None  # its expiry timer, when set
+        self._releasing = False
         self._by_addr: dict[Addr, _Neighbour] = {}  # neighbours by their link address
         self._relay_data = cfg.relay_data
         self._names: dict[NodeId, str] = {self.id: name}
@@ -413,6 +418,10 @@ class MeshNode:
 
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def _add(self, reason: str, n: int) -> None:
+        if n:
+            self.counters[reason] = self.counters.get(reason, 0) + n
 
     def name_of(self, nid: NodeId) -> str:
         """The node's name, or ``#`` and its id in hex while the name is unknown (routes
@@ -510,6 +519,10 @@ class MeshNode:
                 self._hello_tick(now, out)
             elif key is MeshTimer.LIVENESS:
                 self._liveness_check(now, out)
+            elif key is MeshTimer.ROUTE_WAIT:
+                self._route_wait_due = None
+                self._add("no_route", self._route_wait.expire(now))
+                self._arm_route_wait(out)
             elif key is rt.ROUTE_TIMER:
                 self._emit_routing(now, self.router.handle_timer(now), out)
         elif type(inp) is AppSend:
@@ -593,13 +606,13 @@ class MeshNode:
                     self.counters["ttl_expired"] = self.counters.get("ttl_expired", 0) + count
                     return out
                 nxt = self._live_next_hop(dst)
-                if nxt is None:
-                    self.counters["no_route"] = self.counters.get("no_route", 0) + count
-                    return out
                 fwd = bytearray(data)
                 hi, lo = _U16.pack(ttl - 1)
                 fwd[4::size] = _BYTE[hi] * count
                 fwd[5::size] = _BYTE[lo] * count
+                if nxt is None:
+                    self._wait_for_route(now, dst, bytes(fwd), size, count, False, out)
+                    return out
                 out.append(SendSegments(nxt.addr, fwd, size))
                 self.counters["relayed"] = self.counters.get("relayed", 0) + count
                 return out
@@ -1057,6 +1070,8 @@ class MeshNode:
             for nb in targets:
                 for p in packets:
                     self._link_send(now, nb.addr, _ROUTING_PREFIX + p, out)
+        if self._route_wait:
+            self._release_waiting(now, out)
 
     # -- forwarding ----------------------------------------------------------------------
 
@@ -1065,10 +1080,11 @@ class MeshNode:
             return
         if self._relay_data and _is_e2e_data(data):
             nb = self._live_next_hop(dst)
+            packet = _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst) + data
             if nb is None:
-                self._count("no_route")
+                self._wait_for_route(now, dst, packet, 0, 1, False, out)
                 return
-            out.append(Send(nb.addr, _RELAY.pack(_RELAY_HDR, self.config.ttl, self.id, dst) + data))
+            out.append(Send(nb.addr, packet))
             return
         frame = _FWD.pack(FRAME_FORWARD, self.config.ttl, self.id, dst) + data
         self._relay(now, dst, frame, out)
@@ -1098,7 +1114,7 @@ class MeshNode:
             return
         nb = self._live_next_hop(dst)
         if nb is None:
-            self.counters["no_route"] = self.counters.get("no_route", 0) + a.count
+            self._wait_for_route(now, dst, bytes(a.data), a.size, a.count, False, out)
             return
         out.append(SendSegments(nb.addr, a.data, a.size))
 
@@ -1106,9 +1122,61 @@ class MeshNode:
         hop = self.router.next_hop(dst)
         nb = self._nbrs.get(hop) if hop is not None else None
         if nb is None:
-            self._count("no_route")
+            self._wait_for_route(now, dst, frame, 0, 1, True, out)
             return
         self._link_send(now, nb.addr, frame, out)
+
+    # -- packets waiting for a route (routewait.py) -----------------------------------------
+
+    def _wait_for_route(
+        self,
+        now: float,
+        dst: NodeId,
+        data: bytes,
+        size: int,
+        count: int,
+        framed: bool,
+        out: list[Action],
+    ) -> None:
+        """Hold what found no route, if routing knows ``dst`` and it fits; else drop it."""
+        if not self.router.knows(dst) or not self._route_wait.hold(
+            now, dst, data, size=size, count=count, framed=framed
+        ):
+            self._add("no_route", count)
+            return
+        self._add("route_wait", count)
+        self._arm_route_wait(out)
+
+    def _arm_route_wait(self, out: list[Action]) -> None:
+        at = self._route_wait.next_expiry()
+        if at is not None and (self._route_wait_due is None or at < self._route_wait_due):
+            self._route_wait_due = at
+            out.append(SetTimer(at, MeshTimer.ROUTE_WAIT))
+
+    def _release_waiting(self, now: float, out: list[Action]) -> None:
+        """Send what waits for each destination that has a route now."""
+        if self._releasing:  # a send below led back here: the outer loop goes on
+            return
+        self._releasing = True
+        try:
+            for dst in self._route_wait.destinations():
+                assert isinstance(dst, bytes)
+                hop = self.router.next_hop(dst)
+                nb = self._nbrs.get(hop) if hop is not None else None
+                if nb is None or not nb.alive:
+                    continue
+                held, expired = self._route_wait.take(now, dst)
+                self._add("no_route", expired)
+                for h in held:
+                    if h.framed:
+                        self._link_send(now, nb.addr, h.data, out)
+                    elif h.size:
+                        out.append(SendSegments(nb.addr, h.data, h.size))
+                    else:
+                        out.append(Send(nb.addr, h.data))
+                    self._add("route_wait_sent", h.count)
+        finally:
+            self._releasing = False
 
     def _live_next_hop(self, dst: NodeId) -> _Neighbour | None:
         hop = self.router.next_hop(dst)
@@ -1133,11 +1201,12 @@ class MeshNode:
             self._count("ttl_expired")
             return
         nxt = self._live_next_hop(dst)
+        packet = data[:4] + _U16.pack(ttl - 1) + data[6:]
         if nxt is None:
-            self._count("no_route")
+            self._wait_for_route(now, dst, packet, 0, 1, False, out)
             return
         self._count("relayed")
-        out.append(Send(nxt.addr, data[:4] + _U16.pack(ttl - 1) + data[6:]))
+        out.append(Send(nxt.addr, packet))
 
     def _on_forward(self, now: float, frame: bytes, out: list[Action]) -> None:
         if len(frame) < FORWARD_OVERHEAD:

@@ -643,6 +643,10 @@ class Router:
             return None
         return d.sel.nbr
 
+    def knows(self, dst: NodeId) -> bool:
+        """Whether ``dst`` is a destination routing has heard of (routed or not now)."""
+        return dst in self._dests
+
     def metric(self, dst: NodeId) -> int:
         """Metric of the selected route to ``dst`` (0 for ourselves), INFINITY if none."""
         if dst == self.node_id:
