@@ -203,6 +203,35 @@ def test_repeated_failures_open_the_breaker_and_stop_the_calls() -> None:
     assert [c[2] for c in node.called("drop_neighbour")] == ["B", "C"]  # not D
 
 
+def test_leaves_that_die_for_good_open_no_breaker() -> None:
+    # Three neighbours that carried no transit traffic die in turn and never come back:
+    # each incident times out ("failed": nothing verified it), but no action could have
+    # ended it, so no breaker hears of it, and a relay that dies next is still routed
+    # around. (Before, three leaf crashes opened the REROUTE and REHANDSHAKE breakers.)
+    node, loop, events = make(
+        incident_timeout=1.0, partition_grace=100.0, breaker_failures=2, breaker_cooldown=30.0
+    )
+    peers = "BCDE"
+    for i, peer in enumerate("BCD"):
+        gone = set("BCD"[:i])
+        up = [p for p in peers if p not in gone]
+        routes = [route(p, p) for p in up]
+        node.set([link(p, alive=p not in gone) for p in peers], routes)
+        loop.cycle(i * 2.0)
+        node.set([link(p, alive=p not in gone | {peer}) for p in peers], routes[1:])
+        loop.cycle(i * 2.0 + 0.1)
+        loop.cycle(i * 2.0 + 1.2)
+    assert [(e.subject, e.outcome) for e in events] == [
+        ("B", "failed"),
+        ("C", "failed"),
+        ("D", "failed"),
+    ]
+    for kind in (ActionKind.REROUTE, ActionKind.REHANDSHAKE):
+        assert loop.executor.breakers[kind].state is BreakerState.CLOSED, kind
+        assert loop.executor.breakers[kind].failures == 0, kind
+    assert [c[2] for c in node.called("drop_neighbour")] == ["B", "C", "D"]
+
+
 def test_phase_durations_use_the_injected_counter() -> None:
     ticks = itertools.count()
     seen: list[dict[str, float]] = []

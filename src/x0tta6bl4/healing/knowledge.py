@@ -500,6 +500,13 @@ class Incident:
     def key(self) -> IncidentKey:
         return (self.kind, self.subject)
 
+    @property
+    def judges_actions(self) -> bool:
+        """Whether a failure of this incident speaks against its actions. Not for a dead
+        neighbour that carried no transit traffic: nothing was cut off but the neighbour
+        itself, and if it crashed only its return ends the incident, whatever we do."""
+        return not (self.kind is FaultKind.DEAD_NEIGHBOUR and not self.destinations)
+
     def needed(self, config: HealingConfig) -> int:
         """Answered probes a dead neighbour's verified repair takes: one per destination
         routed through it, up to ``verify_sample``; at least one, so a neighbour that

@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 
 from x0tta6bl4.healing.analyse import analyse, track_incidents
 from x0tta6bl4.healing.events import (
+    FaultKind,
     Finding,
     HealingEvent,
     Outcome,
@@ -94,10 +95,13 @@ class HealingLoop:
         snap = self.monitor.update(self.node.observe(now), stats)
         t1 = clock()
         findings = analyse(snap, knowledge)
+        was_open = dict(knowledge.incidents)
         finished = track_incidents(snap, findings, knowledge)
         t2 = clock()
         for event in finished:
-            self._feedback(now, event)
+            incident = was_open.get((FaultKind(event.kind), event.subject))
+            if incident is None or incident.judges_actions:
+                self._feedback(now, event)
         planned = plan(snap, findings, knowledge, self.rng)
         t3 = clock()
         result = self.executor.execute(now, planned)
@@ -120,7 +124,8 @@ class HealingLoop:
     def _feedback(self, now: float, event: HealingEvent) -> None:
         # An incident's outcome is the measured verdict on the actions taken for it;
         # superseded incidents say nothing either way, nor do cleared ones (the fault
-        # went away whatever the actions did).
+        # went away whatever the actions did), nor incidents no action could end
+        # (Incident.judges_actions).
         if event.outcome in (Outcome.SUPERSEDED, Outcome.CLEARED):
             return
         ok = event.outcome == Outcome.REPAIRED
