@@ -763,12 +763,15 @@ class MeshNode:
             for nb in self._nbrs.values():
                 if nb.alive:
                     self._send_names(now, nb, news, out)
+        suspect_next: float | None = None
         for nb in list(self._nbrs.values()):
             if nb.alive:
                 if nb.est.is_dead(now):
                     self._neighbour_dead(now, nb, out)
                 else:
-                    self._maybe_suspect(now, nb, out)
+                    at = self._maybe_suspect(now, nb, out)
+                    if at is not None and (suspect_next is None or at < suspect_next):
+                        suspect_next = at
             if nb.alive or now >= nb.next_hello:
                 if nb.alive or not self.links.revoked_addr(nb.addr, now):
                     self._send_hello(now, nb, out)
@@ -781,7 +784,7 @@ class MeshNode:
                 self._probe_tick(now, nb, out)
         self._next_hello_tick = now + self._hello_period()
         out.append(SetTimer(self._next_hello_tick, MeshTimer.HELLO))
-        self._arm_suspicion(self._next_hello_tick, out)
+        self._arm_suspicion(suspect_next, out)
 
     def _neighbour_dead(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         nb.alive = False
@@ -810,9 +813,10 @@ class MeshNode:
             out.append(SetTimer(at, MeshTimer.LIVENESS))
 
     def _suspect_at(self, nb: _Neighbour) -> float | None:
-        """When a live neighbour with no burst out becomes suspect, if it can."""
+        """When a live neighbour with no burst out would become suspect (its loss is
+        checked only then: it is on every hello tick's path)."""
         heard = nb.est.last_heard
-        if heard is None or nb.est.heard_loss > FAST_DEAD_MAX_LOSS:
+        if heard is None:
             return None
         at = heard + SUSPECT_SILENCE * self.config.hello_interval
         if nb.live_probe_at >= heard:  # a burst went out since the last hello
@@ -821,10 +825,15 @@ class MeshNode:
             at = max(at, nb.live_probe_at + self.config.hello_interval)  # and was answered
         return at
 
-    def _maybe_suspect(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
+    def _maybe_suspect(self, now: float, nb: _Neighbour, out: list[Action]) -> float | None:
+        """Send a burst if ``nb`` is due for suspicion; else when it will be, if it can."""
         at = self._suspect_at(nb)
-        if at is None or now < at:
-            return
+        if at is None:
+            return None
+        if now < at:
+            return at
+        if nb.est.heard_loss > FAST_DEAD_MAX_LOSS:
+            return None
         heard = nb.est.last_heard
         assert heard is not None
         nb.live_probe_id = self._rng.getrandbits(32)  # matches answers; not secret
@@ -834,40 +843,37 @@ class MeshNode:
             self._link_send(now, nb.addr, frame, out)
         self._count("liveness_probe")
         self._arm_liveness(self._liveness_due(nb, heard), out)
+        return None
 
-    def _arm_suspicion(self, until: float, out: list[Action]) -> None:
-        """Wake when the first neighbour falls due for suspicion before ``until`` (the next
-        hello tick, which would see it anyway)."""
-        first: float | None = None
-        for nb in self._nbrs.values():
-            if nb.alive:
-                at = self._suspect_at(nb)
-                if at is not None and at < until and (first is None or at < first):
-                    first = at
-        if first is not None:
-            self._arm_liveness(first, out)
+    def _arm_suspicion(self, at: float | None, out: list[Action]) -> None:
+        """Wake when the next neighbour falls due for suspicion, if before the next hello
+        tick (which would see it anyway)."""
+        tick = self._next_hello_tick
+        if at is not None and tick is not None and at < tick:
+            self._arm_liveness(at, out)
 
     def _liveness_check(self, now: float, out: list[Action]) -> None:
         self._live_due = None
+        suspect_next: float | None = None
         for nb in list(self._nbrs.values()):
             if not nb.alive:
                 continue
-            if nb.live_probe_id is None:
-                self._maybe_suspect(now, nb, out)
-                continue
             heard = nb.est.last_heard
-            if heard is None or heard > nb.live_probe_at:
+            if nb.live_probe_id is not None and (heard is None or heard > nb.live_probe_at):
                 nb.live_probe_id = None  # a hello came after the burst: alive
-                self._maybe_suspect(now, nb, out)
+            if nb.live_probe_id is None:
+                at = self._maybe_suspect(now, nb, out)
+                if at is not None and (suspect_next is None or at < suspect_next):
+                    suspect_next = at
                 continue
+            assert heard is not None
             due = self._liveness_due(nb, heard)
             if now >= due:
                 self._count("liveness_dead")
                 self._neighbour_dead(now, nb, out)
             else:
                 self._arm_liveness(due, out)
-        if self._next_hello_tick is not None:
-            self._arm_suspicion(self._next_hello_tick, out)
+        self._arm_suspicion(suspect_next, out)
 
     def _update_cost(self, now: float, nb: _Neighbour, out: list[Action]) -> None:
         cost = nb.est.cost
