@@ -10,10 +10,12 @@ in the next core event, which is checked.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +124,8 @@ def _apply(sim: Simulator, topo: Topology, f: Fault) -> None:
 
 
 @settings(
-    max_examples=25,
+    # X0T_LOOPFREE_EXAMPLES runs a deeper search than the suite's (600-1,500 by hand)
+    max_examples=int(os.environ.get("X0T_LOOPFREE_EXAMPLES", "25")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -157,3 +160,32 @@ def test_no_routing_loop_after_any_event(topo: Topology, script: list[Fault], se
     end = max(f.at for f in script) + 2.0
     sim.run(end)
     assert checks[0] > 100  # the invariant was really exercised
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, not fixed yet: a node that restarts before its neighbours notice its "
+    "death learns a route through a neighbour whose path still runs through its old "
+    "incarnation (found by a 1,500-example run of the test above; present since the "
+    "starvation queries of stop 24). A fix must hold a fresh incarnation's routes "
+    "through others until every neighbour has seen it or declared the old one dead.",
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_node_restarted_before_its_neighbours_notice_forms_no_loop(seed: int) -> None:
+    # n0000 dies and is back at once; n0001 hears the new incarnation first and, its
+    # route to n0003 gone, takes n0002's, which still runs through the old n0000; the new
+    # n0000, with no route of its own yet, takes n0001's: n0000 -> n0001 -> n0002 -> n0000.
+    spec = LinkSpec(latency=0.001)
+    topo = Topology(
+        ("n0000", "n0001", "n0002", "n0003"),
+        (
+            Edge("n0000", "n0001", spec),
+            Edge("n0000", "n0002", LinkSpec(latency=0.004)),
+            Edge("n0000", "n0003", spec),
+            Edge("n0001", "n0002", spec),
+        ),
+    )
+    script = [Fault(2.0, "kill", 0, 0), Fault(2.0, "restart", 0, 0)]
+    test_no_routing_loop_after_any_event.hypothesis.inner_test(  # type: ignore[attr-defined]
+        topo=topo, script=script, seed=seed
+    )
