@@ -932,7 +932,7 @@ class MeshNode:
             nb.alive = False
             out.append(LinkDown(nb.name, LinkDownReason.RESTARTED))
             out.append(Event("neighbour_dead", {"peer": nb.name, "reason": "restarted"}))
-        self._emit_routing(now, self.router.remove_neighbour(now, nb.name), out)
+        self._emit_routing(now, self.router.remove_neighbour(now, nb.name, restarted=True), out)
 
     def _on_leave(self, now: float, nb: _Neighbour, frame: bytes, out: list[Action]) -> None:
         if len(frame) != 1 + _BOOT.size:

@@ -170,6 +170,14 @@ ignored for this long, except its :class:`Resume`: one sent before the query and
 overtaken by it would otherwise bring back a route the neighbour has withdrawn. Packets
 are assumed never to be overtaken by more than this (links reorder by milliseconds)."""
 
+RESTART_GHOST: Final = 1.0
+"""After a neighbour restarted (it lost its routes and feasibility distances), no query
+of ours resets a feasibility distance for this long. Its other neighbours may not have
+noticed yet, so their replies can be routes through its former self; reset on one, we
+would offer the restarted node a path through itself, which it would take. They notice
+within the dead interval (0.4 s) plus a hello; meanwhile a starving node waits for a
+newer seqno, as without queries."""
+
 _SEQNO_MOD: Final = 1 << 16
 _HALF: Final = 1 << 15
 _HDR = struct.Struct(">BH")
@@ -609,6 +617,7 @@ class Router:
         # not reset a destination's FD while such a one may hold our route to it (see
         # _complete_query). Kept as long as a route of ours can live there.
         self._gone: dict[str, tuple[float, set[NodeId]]] = {}
+        self._restarted: dict[str, float] = {}  # neighbour -> when we heard it restarted
         self._qid = rng.randrange(_SEQNO_MOD)  # names our queries, as seqnos do: not secret
         self._next_dump: float | None = None
         self._next_sweep: float | None = None
@@ -691,8 +700,13 @@ class Router:
         """Add a neighbour or change its link cost; INFINITY means the link is gone."""
         return self._arm(now, self._set_link_cost(now, neighbour, cost))
 
-    def remove_neighbour(self, now: float, neighbour: str) -> RouterOutput:
-        """The link is gone: routes through it become unusable immediately."""
+    def remove_neighbour(
+        self, now: float, neighbour: str, *, restarted: bool = False
+    ) -> RouterOutput:
+        """The link is gone: routes through it become unusable immediately. ``restarted``:
+        the neighbour is back as a new incarnation (see :data:`RESTART_GHOST`)."""
+        if restarted:
+            self._restarted[neighbour] = now
         return self._arm(now, self._remove_neighbour(now, neighbour))
 
     def _set_link_cost(self, now: float, neighbour: str, cost: int) -> RouterOutput:
@@ -1098,6 +1112,10 @@ class Router:
 
     def _none_gone_may_hold(self, now: float, dst: NodeId) -> bool:
         """No neighbour we dropped lately may still hold (and take) our route to dst."""
+        for nbr, when in list(self._restarted.items()):
+            if now - when < RESTART_GHOST:
+                return False
+            del self._restarted[nbr]
         horizon = now - self._retract_hold
         for nbr, (when, next_hop_for) in list(self._gone.items()):
             if when <= horizon or nbr in self._costs:
