@@ -1167,9 +1167,8 @@ class MeshNode:
         try:
             for dst in self._route_wait.destinations():
                 assert isinstance(dst, bytes)
-                hop = self.router.next_hop(dst)
-                nb = self._nbrs.get(hop) if hop is not None else None
-                if nb is None or not nb.alive:
+                nb = self._live_next_hop(dst)
+                if nb is None:
                     continue
                 held, expired = self._route_wait.take(now, dst)
                 self._add("no_route", expired)

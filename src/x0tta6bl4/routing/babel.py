@@ -1111,7 +1111,9 @@ class Router:
             self._end_query(now, dst, d, out)
 
     def _none_gone_may_hold(self, now: float, dst: NodeId) -> bool:
-        """No neighbour we dropped lately may still hold (and take) our route to dst."""
+        """No neighbour we dropped lately may still hold (and take) our route to dst,
+        and none restarted so lately that others may still route through its former self
+        (:data:`RESTART_GHOST`)."""
         for nbr, when in list(self._restarted.items()):
             if now - when < RESTART_GHOST:
                 return False
